@@ -1,0 +1,181 @@
+"""Per-language aggregation, paired bootstrap confidence intervals, disparity and correlation.
+
+Aggregates are ratios of sums over documents (Σ nats / Σ bytes), never means of per-document ratios. A
+bootstrap replicate resamples a language's documents with replacement and recomputes every statistic from
+the same resample for both models (paired). Intervals are percentile intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+LN2 = math.log(2)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    lo: float | None = None
+    hi: float | None = None
+    note: str | None = None  # why a value is undefined
+
+    def to_dict(self) -> dict:
+        d = {"value": self.value, "ci95": None if self.lo is None else [self.lo, self.hi]}
+        if self.note:
+            d["note"] = self.note
+        return d
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.lo is not None and (self.lo > 0 or self.hi < 0)
+
+
+def _ci(point: float, reps: np.ndarray) -> Estimate:
+    reps = reps[np.isfinite(reps)]
+    if not np.isfinite(point):
+        return Estimate(None, note="not finite")
+    if reps.size == 0:
+        return Estimate(float(point))
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return Estimate(float(point), float(lo), float(hi))
+
+
+def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]`` multiplicities of a with-replacement resample of ``n`` documents."""
+    if n == 0:
+        return np.zeros((n_boot, 0))
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+#: Per-language statistics, in report order. ``fp``: reference model; ``q``: quantized model.
+LANG_METRICS = (
+    "bpb_fp", "bpb_q", "delta_bpb", "rel_delta_bpb", "ppl_fp", "ppl_q", "ppl_ratio", "log_degradation_pct",
+    "kl_bits", "top1_agreement",
+)
+
+
+def _metrics(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All per-language statistics from (replicated) sums; works elementwise on arrays."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        bpb_fp = sums["nll_ref"] / (LN2 * sums["bytes"])
+        bpb_q = sums["nll"] / (LN2 * sums["bytes"])
+        ppl_fp = np.exp(sums["nll_ref"] / sums["n_pred"])
+        ppl_q = np.exp(sums["nll"] / sums["n_pred"])
+        return {
+            "bpb_fp": bpb_fp,
+            "bpb_q": bpb_q,
+            "delta_bpb": bpb_q - bpb_fp,
+            "rel_delta_bpb": (bpb_q - bpb_fp) / bpb_fp,
+            "ppl_fp": ppl_fp,
+            "ppl_q": ppl_q,
+            "ppl_ratio": ppl_q / ppl_fp,
+            "log_degradation_pct": (ppl_q / ppl_fp - 1) * 100,
+            "kl_bits": sums["kl"] / sums["n_pred"] / LN2,
+            "top1_agreement": sums["top1"] / sums["n_pred"],
+        }
+
+
+@dataclass
+class LanguageStats:
+    lang: str
+    n_docs: int
+    n_bytes: int
+    n_pred: int
+    estimates: dict[str, Estimate]
+    replicates: dict[str, np.ndarray]  # per metric, [n_boot] (kept for cross-language statistics)
+
+    def to_dict(self) -> dict:
+        return {
+            "lang": self.lang,
+            "n_docs": self.n_docs,
+            "n_bytes": self.n_bytes,
+            "n_predicted_tokens": self.n_pred,
+            **{k: v.to_dict() for k, v in self.estimates.items()},
+        }
+
+
+def language_stats(lang: str, docs: Mapping[str, np.ndarray], n_boot: int, rng: np.random.Generator) -> LanguageStats:
+    """``docs`` holds per-document arrays: nll, nll_ref, kl, top1, n_pred, bytes."""
+    arrays = {k: np.asarray(docs[k], dtype=np.float64) for k in ("nll", "nll_ref", "kl", "top1", "n_pred", "bytes")}
+    n = len(arrays["nll"])
+    point = _metrics({k: v.sum() for k, v in arrays.items()})
+    weights = resample_counts(n, n_boot, rng)
+    reps = _metrics({k: weights @ v for k, v in arrays.items()})
+    return LanguageStats(
+        lang=lang,
+        n_docs=n,
+        n_bytes=int(arrays["bytes"].sum()),
+        n_pred=int(arrays["n_pred"].sum()),
+        estimates={k: _ci(float(point[k]), reps[k]) for k in LANG_METRICS},
+        replicates=reps,
+    )
+
+
+def disparity(
+    per_lang: Sequence[LanguageStats], groups: Mapping[str, str], metric: str = "rel_delta_bpb"
+) -> dict:
+    """Low- vs high-resource comparison of ``metric``: ratio and difference of group means, with CIs.
+
+    ``groups`` maps language -> "low" | "high" (others are left out). The ratio is undefined when the
+    interval of the high-resource mean includes zero: dividing by a quantity that may be zero gives
+    meaningless or infinite ratios (the original log's "214x").
+    """
+    low = [s for s in per_lang if groups.get(s.lang) == "low"]
+    high = [s for s in per_lang if groups.get(s.lang) == "high"]
+    out = {"metric": metric, "low": [s.lang for s in low], "high": [s.lang for s in high]}
+    if not low or not high:
+        note = "needs at least one low- and one high-resource language"
+        for k in ("low_mean", "high_mean", "difference", "ratio"):
+            out[k] = Estimate(None, note=note).to_dict()
+        return out
+    mean = lambda ss: float(np.mean([s.estimates[metric].value for s in ss]))  # noqa: E731
+    rmean = lambda ss: np.mean([s.replicates[metric] for s in ss], axis=0)  # noqa: E731
+    lo_p, hi_p, lo_r, hi_r = mean(low), mean(high), rmean(low), rmean(high)
+    hi_est = _ci(hi_p, hi_r)
+    out["low_mean"] = _ci(lo_p, lo_r).to_dict()
+    out["high_mean"] = hi_est.to_dict()
+    out["difference"] = _ci(lo_p - hi_p, lo_r - hi_r).to_dict()
+    if hi_est.lo is None or hi_est.lo <= 0 <= hi_est.hi:
+        out["ratio"] = Estimate(None, note="undefined: the high-resource mean's 95% CI includes zero").to_dict()
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["ratio"] = _ci(lo_p / hi_p, lo_r / hi_r).to_dict()
+    return out
+
+
+def correlation(
+    per_lang: Sequence[LanguageStats], measure: Mapping[str, float | None], metric: str, n_boot: int,
+    rng: np.random.Generator,
+) -> dict:
+    """Spearman correlation across languages of ``metric`` with a resource ``measure``.
+
+    The interval is a two-stage bootstrap: languages are resampled with replacement, and each language
+    contributes its own document-level bootstrap replicate, so both sources of uncertainty are in it. No
+    p-value is given: with a dozen languages the interval says more.
+    """
+    langs = [s for s in per_lang if measure.get(s.lang) is not None]
+    out: dict = {"metric": metric, "n_languages": len(langs), "languages": [s.lang for s in langs]}
+    if len(langs) < 3:
+        out["spearman"] = Estimate(None, note="needs at least 3 languages with the measure").to_dict()
+        return out
+    x = np.array([measure[s.lang] for s in langs], dtype=np.float64)
+    y = np.array([s.estimates[metric].value for s in langs], dtype=np.float64)
+    if np.ptp(x) == 0:
+        out["spearman"] = Estimate(None, note="the measure is the same for every language").to_dict()
+        return out
+    point = sps.spearmanr(x, y).statistic
+    yr = np.array([s.replicates[metric] for s in langs])  # [n_lang, n_boot]
+    reps = np.full(n_boot, np.nan)
+    for b in range(n_boot):
+        pick = rng.integers(0, len(langs), len(langs))
+        xb, yb = x[pick], yr[pick, b]
+        if np.ptp(xb) > 0 and np.ptp(yb) > 0:
+            reps[b] = sps.spearmanr(xb, yb).statistic
+    out["spearman"] = _ci(float(point), reps).to_dict()
+    out["valid_replicates"] = int(np.isfinite(reps).sum())
+    return out

@@ -1,0 +1,240 @@
+"""The audit: how much does a quantization scheme hurt each language, and how sure are we?"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import LanguageStats, correlation, disparity, language_stats
+from .config import AuditConfig
+from .corpus import Corpus, Document, filter_split, language_info, load_corpus, take_until_tokens
+from .corpus.documents import base_language
+from .corpus.resources import MEASURES
+from .errors import UserError, did_you_mean
+from .evaluate import Forward, evaluate, prepare, tokenize
+from .models import LoadedModel, classify_source, load_model, parse_device, parse_dtype
+from .models.modules import ModuleMap, build_module_map
+from .provenance import environment
+from .quant import QuantEngine, Scheme, cost, parse_scheme
+
+SCHEMA = "quant-disparity/audit"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Selection:
+    """Documents chosen per language (whole documents in corpus order up to the token cap)."""
+
+    docs: dict[str, list[Document]]
+    tokens: dict[str, list[list[int]]]
+
+
+def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
+    """Everything that can be checked before a model is loaded; raises :class:`UserError`."""
+    scheme = parse_scheme(config.scheme)
+    if config.resource_measure not in MEASURES:
+        raise UserError(f"unknown resource measure {config.resource_measure!r}"
+                        f"{did_you_mean(config.resource_measure, MEASURES)}", f"use one of {', '.join(MEASURES)}")
+    parse_dtype(config.dtype)
+    parse_device(config.device)
+    classify_source(config.model)
+    corpus = load_corpus(config.corpus, flores_split=config.flores_split, sentences_per_doc=config.sentences_per_doc)
+    langs = list(dict.fromkeys(corpus.resolve(lang) for lang in config.langs))
+    for lang in langs:
+        if not filter_split(corpus.documents(lang), config.split):
+            raise UserError(f"{lang} has no documents in split {config.split!r}", "use --split all")
+    return scheme, corpus, langs
+
+
+def select_documents(corpus: Corpus, langs: list[str], config: AuditConfig, tokenizer) -> Selection:
+    docs, toks = {}, {}
+    cap = config.max_tokens or None
+    for lang in langs:
+        pool = filter_split(corpus.documents(lang), config.split)
+        pool_tokens = tokenize(tokenizer, pool)
+        counts = {d.id: len(t) for d, t in zip(pool, pool_tokens)}
+        chosen = take_until_tokens(pool, cap, lambda d: counts[d.id])
+        docs[lang] = chosen
+        toks[lang] = pool_tokens[: len(chosen)]
+    return Selection(docs=docs, tokens=toks)
+
+
+def quantization_targets(modmap: ModuleMap, include: tuple[str, ...]) -> list[str]:
+    names = modmap.default_targets()
+    for p in modmap.params:
+        if "embeddings" in include and any(c in ("embed.token", "embed.pos") for c in p.components):
+            names.append(p.name)
+        if "lm_head" in include and "lm_head" in p.components and p.role in ("matrix", "embedding"):
+            names.append(p.name)
+    return list(dict.fromkeys(names))
+
+
+def describe_targets(modmap: ModuleMap, names: list[str]) -> dict:
+    """What was quantized, in words a reader can check."""
+    chosen = set(names)
+    comps: dict[str, int] = {}
+    for p in modmap.params:
+        if p.name in chosen:
+            key = "+".join(p.components)
+            comps[key] = comps.get(key, 0) + p.numel
+    kept = sorted({"+".join(p.components) for p in modmap.params if p.name not in chosen})
+    layers = sorted({p.layer for p in modmap.params if p.name in chosen and p.layer is not None})
+    return {
+        "tensors": len(names),
+        "params_by_component": comps,
+        "layers": f"{layers[0]}-{layers[-1]}" if layers else "none",
+        "kept_components": kept,
+        "tied": list(modmap.notes),
+    }
+
+
+@dataclass
+class AuditResult:
+    config: AuditConfig
+    model: dict
+    scheme: dict
+    corpus: dict
+    languages: list[dict]
+    summary: dict
+    documents: list[dict]
+    environment: dict
+    timing: dict
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "config": self.config.to_dict(),
+            "model": self.model,
+            "scheme": self.scheme,
+            "corpus": self.corpus,
+            "settings": self.config.eval.to_dict(),
+            "languages": self.languages,
+            "summary": self.summary,
+            "documents": self.documents,
+            "environment": self.environment,
+            "timing": self.timing,
+        }
+
+    def sorted_languages(self, key: str = "rel_delta_bpb") -> list[dict]:
+        return sorted(self.languages, key=lambda r: -(r[key]["value"] if r[key]["value"] is not None else -1e9))
+
+
+def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random.Generator) -> dict:
+    infos = {s.lang: language_info(base_language(s.lang)) for s in per_lang}
+    groups = {}
+    for lang, info in infos.items():
+        cls = info.resources.joshi_class
+        if cls is not None:
+            groups[lang] = "low" if cls <= config.lr_max_class else "high"
+    worst = max(per_lang, key=lambda s: s.estimates["rel_delta_bpb"].value or -np.inf)
+    best = min(per_lang, key=lambda s: s.estimates["rel_delta_bpb"].value or np.inf)
+    measure = {lang: info.resources.get(config.resource_measure) for lang, info in infos.items()}
+    return {
+        "worst_language": {"lang": worst.lang, "rel_delta_bpb": worst.estimates["rel_delta_bpb"].to_dict(),
+                           "delta_bpb": worst.estimates["delta_bpb"].to_dict()},
+        "best_language": {"lang": best.lang, "rel_delta_bpb": best.estimates["rel_delta_bpb"].to_dict()},
+        "groups": {"rule": f"low-resource = Joshi class <= {config.lr_max_class}", "assignment": groups,
+                   "unclassified": [lang for lang in infos if lang not in groups]},
+        "disparity": disparity(per_lang, groups, "rel_delta_bpb"),
+        "disparity_kl": disparity(per_lang, groups, "kl_bits"),
+        "correlation": {
+            "measure": config.resource_measure,
+            "description": MEASURES[config.resource_measure],
+            **correlation(per_lang, measure, "rel_delta_bpb", config.n_boot, rng),
+        },
+    }
+
+
+def run_audit(
+    config: AuditConfig,
+    *,
+    lm: LoadedModel | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditResult:
+    """Run an audit. ``lm``: a model already loaded (its name must match ``config.model``).
+
+    ``progress(done, total)`` is called with predicted tokens scored so far.
+    """
+    t0 = time.perf_counter()
+    scheme, corpus, langs = validate(config)
+    if lm is None:
+        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
+    t_load = time.perf_counter()
+    modmap = build_module_map(lm.model)
+    targets = quantization_targets(modmap, config.include)
+    assignment = {name: scheme for name in targets}
+    selection = select_documents(corpus, langs, config, lm.tokenizer)
+    docs = [d for lang in langs for d in selection.docs[lang]]
+    tokens = [t for lang in langs for t in selection.tokens[lang]]
+    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length)
+    log(f"{len(docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches")
+
+    engine = QuantEngine(lm.model, modmap)
+    forward = Forward(lm.model)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, prepared.total_pred)
+
+    try:
+        t_q = time.perf_counter()
+        engine.assign_(assignment)  # quantize once up front (cached), so the timing below is evaluation only
+        engine.restore_()
+        t_eval = time.perf_counter()
+        scores = evaluate(forward, prepared, use_reference=engine.restore_,
+                          use_model=lambda: engine.assign_(assignment), vocab_chunk=config.eval.vocab_chunk,
+                          progress=tick)
+    finally:
+        engine.restore_()
+    t_done = time.perf_counter()
+
+    rng = np.random.default_rng(config.seed)
+    per_lang: list[LanguageStats] = []
+    doc_rows: list[dict] = []
+    offset = 0
+    for lang in langs:
+        n = len(selection.docs[lang])
+        sl = slice(offset, offset + n)
+        offset += n
+        arrays = {
+            "nll": scores.nll[sl], "nll_ref": scores.nll_ref[sl], "kl": scores.kl[sl], "top1": scores.top1[sl],
+            "n_pred": scores.n_pred[sl], "bytes": np.array([d.n_bytes for d in selection.docs[lang]]),
+        }
+        per_lang.append(language_stats(lang, arrays, config.n_boot, rng))
+        for i, d in enumerate(selection.docs[lang]):
+            doc_rows.append({
+                "lang": lang, "doc_id": d.id, "bytes": d.n_bytes, "chars": d.n_chars,
+                "tokens": prepared.n_tokens[sl.start + i], "predicted_tokens": int(arrays["n_pred"][i]),
+                "nll_fp": float(arrays["nll_ref"][i]), "nll_q": float(arrays["nll"][i]),
+                "kl_nats": float(arrays["kl"][i]), "top1_agree": int(arrays["top1"][i]),
+            })
+    lang_rows = [
+        {**language_info(base_language(s.lang)).to_dict(), **s.to_dict(), "id": s.lang} for s in per_lang
+    ]
+    summary = summarize(per_lang, config, rng)
+    return AuditResult(
+        config=config,
+        model={**lm.info.to_dict(), "module_map": modmap.summary()},
+        scheme={"name": scheme.name, "quantized": describe_targets(modmap, targets), "cost": cost(modmap, assignment),
+                "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)"},
+        corpus={"name": corpus.name, "digest": corpus.digest, "source": corpus.source, "license": corpus.license,
+                "split": config.split, "max_tokens_per_language": config.max_tokens},
+        languages=lang_rows,
+        summary=summary,
+        documents=doc_rows,
+        environment=environment(),
+        timing={"load_s": round(t_load - t0, 3), "quantize_s": round(t_eval - t_q, 3),
+                "evaluate_s": round(t_done - t_eval, 3), "total_s": round(time.perf_counter() - t0, 3),
+                "predicted_tokens": prepared.total_pred},
+    )

@@ -1,0 +1,234 @@
+"""Command line: parse, build a config, call the library, print. Bad input: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+from rich.console import Console
+
+from .errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def app() -> None:
+    """Measure and fix how LLM weight quantization hurts some languages more than others."""
+
+err = Console(stderr=True, highlight=False)
+# Wide enough for result tables when output is redirected (rich assumes 80 columns without a terminal).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _csv(value: Optional[str]) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip()) if value else ()
+
+
+def _default_out(kind: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{stamp}"
+
+
+@app.command()
+@click.option("--model", help="Bundled alias (gemma-3-270m, smollm2-135m), HF id, model dir or .gguf file.")
+@click.option("--scheme", help="Quantization scheme, e.g. w4g128, w4g128-asym, w8-channel, gguf:q4_0.")
+@click.option("--langs", help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
+@click.option("--split", help="all | select | heldout.")
+@click.option("--max-tokens", type=int, help="Tokens per language (whole documents, corpus order); 0 = all.")
+@click.option("--include", help="Also quantize: embeddings, lm_head (comma-separated).")
+@click.option("--seed", type=int, help="Bootstrap seed.")
+@click.option("--n-boot", type=int, help="Bootstrap replicates.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Output directory (default runs/audit-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing audit.json in --out.")
+@click.option("--device", help="cpu or cuda.")
+@click.option("--dtype", help="float32 or bfloat16.")
+@click.option("--window", type=int, help="Tokens per forward window.")
+@click.option("--context", type=int, help="Context tokens carried into later windows of long documents.")
+@click.option("--batch-tokens", type=int, help="Padded tokens per batch.")
+@click.option("--config", type=click.Path(path_type=Path), help="An audit config TOML; options given here override it.")
+def audit(model, scheme, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir, overwrite, device, dtype,
+          window, context, batch_tokens, config) -> None:
+    """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
+    from .audit import run_audit, validate
+    from .config import AuditConfig
+    from .report.tables import audit_markdown, audit_rich_table, audit_summary_lines
+    from ._io import atomic_write_text, prepare_out_dir
+
+    base = AuditConfig().to_dict()
+    if config is not None:
+        try:
+            base = AuditConfig.from_toml(config.read_text(encoding="utf-8")).to_dict()
+        except OSError as e:
+            raise UserError(f"cannot read --config {config} ({e.strerror})") from None
+    overrides = {
+        "model": model, "scheme": scheme, "langs": list(_csv(langs)) or None, "corpus": corpus, "split": split,
+        "max_tokens": max_tokens, "include": list(_csv(include)) if include is not None else None, "seed": seed,
+        "n_boot": n_boot, "device": device, "dtype": dtype,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    apply_eval_options(base["eval"], window, context, batch_tokens)
+    cfg = AuditConfig.from_dict(base)
+    validate(cfg)
+    target = prepare_out_dir(out_dir or _default_out("audit"), "audit.json", overwrite)
+    created = not any(target.iterdir())
+    try:
+        result = _run_with_progress(lambda log, prog: run_audit(cfg, log=log, progress=prog))
+    except BaseException:
+        if created and not any(target.iterdir()):
+            target.rmdir()
+        raise
+    data = result.to_dict()
+    atomic_write_text(target / "audit.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(target / "audit.md", audit_markdown(data))
+    atomic_write_text(target / "config.toml", cfg.to_toml())
+    out.print(audit_rich_table(data))
+    for line in audit_summary_lines(data):
+        out.print(line, markup=False)
+    out.print(f"wrote {target / 'audit.json'} and audit.md")
+
+
+def apply_eval_options(ev: dict, window: int | None, context: int | None, batch_tokens: int | None) -> None:
+    """Command-line window settings; a smaller --window alone also shrinks the context to a quarter of it."""
+    if window is not None:
+        ev["window"] = window
+        if context is None:
+            ev["context"] = min(ev["context"], max(0, window // 4))
+        if batch_tokens is None:
+            ev["batch_tokens"] = max(ev["batch_tokens"], window)
+    if context is not None:
+        ev["context"] = context
+    if batch_tokens is not None:
+        ev["batch_tokens"] = batch_tokens
+
+
+def _run_with_progress(fn):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False) as bar:
+        task = bar.add_task("scoring tokens", total=None)
+
+        def prog(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        def log(msg: str) -> None:
+            bar.console.print(msg)
+
+        return fn(log, prog)
+
+
+@app.command()
+@click.option("--corpus", default="udhr", show_default=True, help="udhr, a .jsonl file, a txt dir or a FLORES dir.")
+@click.option("--panel", is_flag=True, help="Only the default panel.")
+@click.option("--search", help="Only languages whose id or name contains this text.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def languages(corpus, panel, search, as_json) -> None:
+    """List the languages a corpus offers, with script, direction and resource measures."""
+    from rich.table import Table
+
+    from .corpus import DEFAULT_PANEL, language_info, load_corpus
+    from .corpus.documents import base_language
+
+    c = load_corpus(corpus)
+    keys = [k for k in c.languages if not panel or k in DEFAULT_PANEL]
+    rows = []
+    for key in keys:
+        info = language_info(base_language(key))
+        if search and search.lower() not in f"{key} {info.name}".lower():
+            continue
+        docs = c.documents(key)
+        rows.append({**info.to_dict(), "id": key, "documents": len(docs), "bytes": sum(d.n_bytes for d in docs),
+                     "default_panel": key in DEFAULT_PANEL})
+    if as_json:
+        out.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    t = Table(title=f"{c.name}: {len(rows)} language versions" + (" (default panel)" if panel else ""),
+              title_justify="left")
+    for col in ("id", "name", "script", "dir", "Joshi", "CC %", "docs", "bytes", "panel"):
+        t.add_column(col, justify="right" if col in ("Joshi", "CC %", "docs", "bytes") else "left")
+    for r in rows:
+        t.add_row(r["id"], r["name"], r["script"], r["direction"],
+                  "—" if r["joshi_class"] is None else str(r["joshi_class"]),
+                  "—" if r["cc_pct"] is None else f"{r['cc_pct']:.4f}", str(r["documents"]), f"{r['bytes']:,}",
+                  "*" if r["default_panel"] else "")
+    out.print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models, whether their packages are installed, and whether they are cached."""
+    import importlib.util
+
+    from rich.table import Table
+
+    from .models import BUNDLED, DEFAULT_MODEL
+    from .models.loading import gguf_cache_dir
+
+    t = Table(title="bundled models (any Hugging Face id, model directory or .gguf file works too)",
+              title_justify="left")
+    for col in ("alias", "description", "installed", "cached", "install"):
+        t.add_column(col)
+    for alias, b in BUNDLED.items():
+        installed = importlib.util.find_spec(b.module) is not None
+        cached = (gguf_cache_dir(b.sha256) / "quant_disparity.json").exists()
+        t.add_row(alias + (" (default)" if alias == DEFAULT_MODEL else ""), b.description,
+                  "yes" if installed else "no", "yes" if cached else "no", b.install)
+    out.print(t)
+
+
+@app.command()
+def schemes() -> None:
+    """Show the scheme grammar with the storage cost of each example."""
+    from rich.table import Table
+
+    from .quant import parse_scheme
+
+    t = Table(title="schemes (bits per weight for a 2048 x 2048 matrix, scales and zero points included)",
+              title_justify="left")
+    t.add_column("scheme")
+    t.add_column("bits/weight", justify="right")
+    t.add_column("meaning")
+    examples = {
+        "w4g128": "4-bit RTN, groups of 128 inputs, symmetric, fp16 scales",
+        "w4g128-asym": "the same with an integer zero point per group",
+        "w3g64": "3-bit RTN, groups of 64",
+        "w8-channel": "8-bit, one scale per output channel",
+        "w4-tensor": "4-bit, one scale per tensor (the original log's quantizer)",
+        "gguf:q4_0": "llama.cpp Q4_0 (via the gguf package, bit-exact)",
+        "gguf:q4_1": "llama.cpp Q4_1", "gguf:q5_0": "llama.cpp Q5_0", "gguf:q5_1": "llama.cpp Q5_1",
+        "gguf:q8_0": "llama.cpp Q8_0",
+        "fp16": "cast to float16", "bf16": "cast to bfloat16", "none": "identity",
+    }
+    for name, meaning in examples.items():
+        s = parse_scheme(name)
+        t.add_row(name, f"{s.storage_bits((2048, 2048), 32) / 2048**2:.3f}", meaning)
+    out.print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        click.echo(app.get_help(click.Context(app, info_name="quant-disparity")))
+        return
+    try:
+        app.main(args=args, prog_name="quant-disparity", standalone_mode=False)
+    except UserError as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "quant-disparity"
+        err.print(f"error: {e.format_message()} (see `{where} --help`)", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("interrupted; nothing was written", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

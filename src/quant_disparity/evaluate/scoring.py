@@ -1,0 +1,157 @@
+"""Exact per-token NLL, KL(reference ‖ model) and top-1 agreement without materializing full logits.
+
+The LM head is applied one vocabulary slice at a time and log-sum-exp, the target logit, the KL numerator
+and the arg-max are accumulated online (the running-max rescaling of "online softmax"). Nothing is
+approximated: the result equals ``log_softmax`` over the full logits up to float rounding, and is bit-exact
+zero KL when model and reference logits are identical. Written by hand because no library fuses a
+vocabulary-chunked head with these statistics on CPU; it avoids allocating a ``tokens x vocab`` tensor
+(1 MB per token for a 262k vocabulary) and is faster than ``log_softmax`` on the full logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LMHead:
+    """``logits = transform(h @ weight.T + bias)`` with the model's own logit transform."""
+
+    weight: torch.Tensor | None  # [V, H]; None: the rows passed in are already logits
+    bias: torch.Tensor | None = None
+    softcap: float | None = None  # Gemma 2: tanh(z / cap) * cap
+    scale: float | None = None  # multiply (Cohere logit_scale; Granite uses 1 / logits_scaling)
+
+    vocab: int | None = None  # vocabulary size when weight is None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab if self.weight is None else self.weight.shape[0]
+
+    def logits(self, h: torch.Tensor, v0: int, v1: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.weight is None:  # precomputed logits (fallback path): already transformed
+            return h[:, v0:v1] if out is None else out.copy_(h[:, v0:v1])
+        z = torch.matmul(h, self.weight[v0:v1].t(), out=out)
+        if self.bias is not None:
+            z.add_(self.bias[v0:v1])
+        if self.scale is not None:
+            z.mul_(self.scale)
+        if self.softcap is not None:
+            z.div_(self.softcap).tanh_().mul_(self.softcap)
+        return z
+
+
+def head_of(model: torch.nn.Module) -> LMHead:
+    """The model's output head and logit transform, read from its config."""
+    head = model.get_output_embeddings()
+    cfg = model.config
+    scale = getattr(cfg, "logit_scale", None)
+    if getattr(cfg, "logits_scaling", None):
+        scale = 1.0 / cfg.logits_scaling
+    return LMHead(
+        weight=head.weight,
+        bias=getattr(head, "bias", None),
+        softcap=getattr(cfg, "final_logit_softcapping", None) or None,
+        scale=float(scale) if scale not in (None, 1, 1.0) else None,
+    )
+
+
+@dataclass
+class TokenScores:
+    nll: torch.Tensor  # [N] float64, nats
+    nll_ref: torch.Tensor | None = None
+    kl: torch.Tensor | None = None  # [N] float64, nats, KL(ref ‖ model)
+    top1_agree: torch.Tensor | None = None  # [N] bool
+
+
+def score_tokens(
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    head: LMHead,
+    h_ref: torch.Tensor | None = None,
+    head_ref: LMHead | None = None,
+    *,
+    vocab_chunk: int = 4096,
+    row_chunk: int = 1024,
+) -> TokenScores:
+    """Score hidden states ``h [N, H]`` against ``targets [N]``; with ``h_ref``, also against a reference.
+
+    ``head_ref`` defaults to ``head`` (the same output layer, e.g. when only decoder blocks are quantized).
+    """
+    parts = [
+        _score_rows(h[r : r + row_chunk], targets[r : r + row_chunk], head,
+                    None if h_ref is None else h_ref[r : r + row_chunk], head_ref or head, vocab_chunk)
+        for r in range(0, h.shape[0], row_chunk)
+    ]
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.float64)
+        with_ref = h_ref is not None
+        return TokenScores(empty, empty if with_ref else None, empty if with_ref else None,
+                           torch.zeros(0, dtype=torch.bool) if with_ref else None)
+    cat = lambda k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])  # noqa: E731
+    return TokenScores(cat("nll"), cat("nll_ref"), cat("kl"), cat("top1_agree"))
+
+
+class _Online:
+    """Running log-sum-exp, target logit and arg-max over vocabulary slices for one set of rows."""
+
+    def __init__(self, n: int, device):
+        self.m = torch.full((n,), -torch.inf, device=device)  # running max (float32)
+        self.s = torch.zeros(n, dtype=torch.float64, device=device)  # sum exp(z - m)
+        self.target = torch.zeros(n, device=device)
+        self.arg = torch.zeros(n, dtype=torch.long, device=device)
+
+    def update(self, z: torch.Tensor, v0: int, targets: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        """Fold the slice ``z [n, c]`` (columns ``v0..``) in; returns ``exp(z - m_new)`` in ``work``."""
+        cmax, carg = z.max(dim=1)
+        better = cmax > self.m  # strict: the first maximal index wins, as in torch.argmax
+        self.arg = torch.where(better, carg + v0, self.arg)
+        m_new = torch.maximum(self.m, cmax)
+        self.s.mul_(torch.exp((self.m - m_new).double()))
+        torch.sub(z, m_new[:, None], out=work).exp_()
+        self.s.add_(work.sum(dim=1, dtype=torch.float64))
+        self.m = m_new
+        hit = (targets >= v0) & (targets < v0 + z.shape[1])
+        if hit.any():
+            rows = hit.nonzero().squeeze(1)
+            self.target[rows] = z[rows, targets[rows] - v0]
+        return work
+
+    def lse(self) -> torch.Tensor:
+        return self.m.double() + torch.log(self.s)
+
+
+def _score_rows(h, targets, head, h_ref, head_ref, vocab_chunk) -> TokenScores:
+    n, V = h.shape[0], head.vocab_size
+    dev = h.device
+    c = min(vocab_chunk, V)
+    z = torch.empty(n, c, device=dev, dtype=h.dtype)
+    work = torch.empty(n, c, device=dev, dtype=torch.float32)
+    model = _Online(n, dev)
+    ref = None
+    if h_ref is not None:
+        zr = torch.empty(n, c, device=dev, dtype=h.dtype)
+        work_r = torch.empty(n, c, device=dev, dtype=torch.float32)
+        diff = torch.empty(n, c, device=dev, dtype=torch.float32)
+        ref = _Online(n, dev)
+        kl_num = torch.zeros(n, dtype=torch.float64, device=dev)  # sum exp(zr - mr) * (zr - z)
+    for v0 in range(0, V, c):
+        v1 = min(V, v0 + c)
+        w = v1 - v0
+        zq = head.logits(h, v0, v1, out=z if w == c else None).float()
+        model.update(zq, v0, targets, work[:, :w])
+        if ref is not None:
+            zf = head_ref.logits(h_ref, v0, v1, out=zr if w == c else None).float()
+            m_old = ref.m
+            p = ref.update(zf, v0, targets, work_r[:, :w])  # exp(zr - m_new)
+            kl_num.mul_(torch.exp((m_old - ref.m).double()))
+            torch.sub(zf, zq, out=diff[:, :w]).mul_(p)
+            kl_num.add_(diff[:, :w].sum(dim=1, dtype=torch.float64))
+    nll = model.lse() - model.target.double()
+    if ref is None:
+        return TokenScores(nll=nll)
+    lse_r = ref.lse()
+    kl = kl_num / ref.s - lse_r + model.lse()
+    return TokenScores(nll=nll, nll_ref=lse_r - ref.target.double(), kl=kl, top1_agree=model.arg == ref.arg)

@@ -1,0 +1,284 @@
+"""Load a causal LM and its tokenizer from a bundled alias, a Hugging Face id or directory, or a .gguf file.
+
+GGUF files (bundled or given by path) are dequantized once by transformers and cached as safetensors in the
+user cache directory, keyed by the file's sha256 and the versions of the converting libraries; later loads
+read the cache and take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_write_text, sha256_file
+from ..errors import UserError, did_you_mean
+from ..provenance import lib_version
+from .bundled import BUNDLED, DEFAULT_MODEL
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_root() -> Path:
+    """``$QUANT_DISPARITY_CACHE`` or the platform's user cache directory for quant-disparity."""
+    env = os.environ.get("QUANT_DISPARITY_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("quant-disparity"))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # what the user asked for (alias, id, path)
+    source: str  # bundled | gguf | hf-dir | hf-hub | in-memory
+    digest: str  # sha256 of the source file(s), or of the weights for in-memory models
+    arch: str
+    n_params: int
+    vocab_size: int
+    max_length: int
+    tied_embeddings: bool
+    dtype: str
+    device: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+
+    @property
+    def prefix_token_id(self) -> int | None:
+        """Token prepended to every document: BOS, else EOS (as lm-evaluation-harness does), else none."""
+        tok = self.tokenizer
+        for attr in ("bos_token_id", "eos_token_id"):
+            value = getattr(tok, attr, None)
+            if value is not None:
+                return int(value)
+        return None
+
+
+def parse_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available", "use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r}", "use cpu, cuda or cuda:N")
+    return dev
+
+
+def parse_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}{did_you_mean(dtype, DTYPES)}", f"use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def classify_source(spec: str) -> str:
+    """bundled | gguf | hf-dir | hf-hub; raises UserError for anything else."""
+    if spec in BUNDLED:
+        return "bundled"
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"GGUF file {spec!r} not found", "check the path")
+        return "gguf"
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"{spec!r} is a directory without config.json", "point to a Hugging Face model directory")
+        return "hf-dir"
+    if _HUB_ID.match(spec) and not path.exists():
+        return "hf-hub"
+    BUNDLED.get(spec)  # raises "unknown model ... did you mean"
+    raise AssertionError("unreachable")
+
+
+def _state_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _dir_digest(path: Path) -> str:
+    """sha256 over config and weight files, memoised in the cache by (path, size, mtime)."""
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".model"))
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo = cache_root() / "digests" / (hashlib.sha256(f"{path.resolve()}{stamp}".encode()).hexdigest()[:24] + ".txt")
+    if memo.exists():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    digest = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(memo, digest)
+    return digest
+
+
+def _log_default(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def gguf_cache_dir(digest: str) -> Path:
+    """Cache directory of a dequantized GGUF; the converting libraries' versions are part of the key."""
+    return cache_root() / "models" / f"{digest[:16]}-tf{lib_version('transformers')}-gguf{lib_version('gguf')}"
+
+
+def materialize_gguf(gguf_path: Path, digest: str, log: Callable[[str], None] = _log_default) -> Path:
+    """Dequantize ``gguf_path`` to an fp32 safetensors checkpoint in the cache (once); return its directory."""
+    target = gguf_cache_dir(digest)
+    if (target / "quant_disparity.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"dequantizing {gguf_path.name} once (about a minute); cache: {target}")
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except Exception as e:  # gguf/transformers raise many types for unreadable files
+        raise UserError(f"could not read GGUF {gguf_path} ({type(e).__name__}: {e})",
+                        "check that the file is a complete GGUF of a supported architecture") from None
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one on the meta device and move the
+    # dequantized tensors in (assign=True: no second copy of the weights).
+    config = loaded.config
+    plain = config.to_dict()
+    plain.pop("quantization_config", None)
+    config = type(config).from_dict(plain)
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    fresh.tie_weights()
+    del loaded
+    tmp.mkdir(parents=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    atomic_write_text(tmp / "quant_disparity.json", json.dumps({"gguf": gguf_path.name, "sha256": digest}))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def verify_sha256(path: Path, expected: str, what: str, fix: str) -> str:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise UserError(f"{what}: checksum mismatch for {path} (sha256 {actual[:12]}…, expected {expected[:12]}…)", fix)
+    return actual
+
+
+def _finish(model, tokenizer, *, name, source, digest, dtype, device, extra=None) -> LoadedModel:
+    model = model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    params = {id(p): p for p in model.parameters()}
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    cfg = model.config
+    max_len = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "seq_length")
+                    if isinstance(getattr(cfg, a, None), int)), 2048)
+    info = ModelInfo(
+        name=name,
+        source=source,
+        digest=digest,
+        arch=getattr(cfg, "model_type", type(model).__name__),
+        n_params=sum(p.numel() for p in params.values()),
+        vocab_size=int(head.weight.shape[0]) if head is not None else int(getattr(cfg, "vocab_size", 0)),
+        max_length=int(max_len),
+        tied_embeddings=bool(head is not None and emb is not None and head.weight is emb.weight),
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        extra=extra or {},
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", *, device="cpu", dtype="float32"):
+    """A :class:`LoadedModel` for a model built in memory (tests, notebooks); digest from its weights."""
+    return _finish(model, tokenizer, name=name, source="in-memory", digest=_state_digest(model),
+                   dtype=parse_dtype(dtype), device=parse_device(device))
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    log: Callable[[str], None] = _log_default,
+) -> LoadedModel:
+    """Load ``spec``: a bundled alias, a ``.gguf`` path, a local HF directory or a Hugging Face Hub id."""
+    torch_dtype, dev = parse_dtype(dtype), parse_device(device)
+    source = classify_source(spec)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra: dict = {}
+    if source in ("bundled", "gguf"):
+        if source == "bundled":
+            bundled = BUNDLED.get(spec)
+            digest = bundled.sha256
+            ckpt = gguf_cache_dir(digest)
+            if not (ckpt / "quant_disparity.json").exists():
+                work = cache_root() / "gguf"
+                work.mkdir(parents=True, exist_ok=True)
+                path = bundled.gguf_path(work)
+                verify_sha256(path, digest, f"model {spec!r}", f"reinstall it: {bundled.install} --force-reinstall")
+                ckpt = materialize_gguf(path, digest, log)
+                if path.parent == work:  # an assembled copy (not the package's own file): the cache replaces it
+                    path.unlink(missing_ok=True)
+            extra["description"] = bundled.description
+        else:
+            path = Path(spec).expanduser()
+            sidecar = path.with_name(path.name + ".sha256")
+            if sidecar.exists():
+                expected = sidecar.read_text().split()[0].lower()
+                digest = verify_sha256(path, expected, f"GGUF {spec!r}", f"the file differs from {sidecar.name}: "
+                                       "download it again")
+            else:
+                digest = sha256_file(path)
+            ckpt = materialize_gguf(path, digest, log)
+        extra["checkpoint"] = str(ckpt)
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    elif source == "hf-dir":
+        path = Path(spec).expanduser()
+        digest = _dir_digest(path)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+        except OSError as e:
+            raise UserError(f"could not load {spec!r} from the Hugging Face Hub ({str(e).splitlines()[0]})",
+                            "check the id and your network, or pass a local directory or a bundled alias "
+                            f"({', '.join(BUNDLED.names())})") from None
+        commit = getattr(model.config, "_commit_hash", None)
+        digest = f"hf:{spec}@{commit}" if commit else _state_digest(model)
+    return _finish(model, tokenizer, name=spec, source=source, digest=digest, dtype=torch_dtype, device=dev,
+                   extra=extra)

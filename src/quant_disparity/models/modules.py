@@ -1,0 +1,263 @@
+"""An architecture-neutral map of a decoder model's weights.
+
+Structure does most of the work: the decoder blocks are the ``ModuleList`` of identical modules that holds
+the most parameters; norms are found by class, embeddings and the LM head through the model's own
+``get_input_embeddings`` / ``get_output_embeddings``; tied tensors are found by identity. Only the last step,
+naming a projection inside a block (q, k, v, o, gate, up, down), reads module names, from one small
+vocabulary shared by all architectures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+COMPONENTS = (
+    "attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv", "attn.other",
+    "mlp.gate", "mlp.up", "mlp.down", "mlp.gate_up", "mlp.other",
+    "norm", "embed.token", "embed.pos", "lm_head", "other",
+)
+
+_ATTN_HINTS = ("attn", "attention")
+_MLP_HINTS = ("mlp", "ffn", "feed_forward", "feedforward", "moe", "experts")
+_ATTN_LEAVES = {
+    "attn.q": {"q_proj", "query", "q", "wq", "q_lin"},
+    "attn.k": {"k_proj", "key", "k", "wk", "k_lin"},
+    "attn.v": {"v_proj", "value", "v", "wv", "v_lin"},
+    "attn.o": {"o_proj", "out_proj", "wo", "dense", "c_proj", "out_lin", "proj", "o"},
+    "attn.qkv": {"qkv_proj", "c_attn", "query_key_value", "wqkv", "qkv", "w_pack", "in_proj"},
+}
+_MLP_LEAVES = {
+    "mlp.gate": {"gate_proj", "w1", "gate", "wg"},
+    "mlp.up": {"up_proj", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "lin1", "wi", "linear_1"},
+    "mlp.down": {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "lin2", "linear_2", "wo"},
+    "mlp.gate_up": {"gate_up_proj", "w12"},
+}
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or "norm" in type(module).__name__.lower()
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers.pytorch_utils.Conv1D
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One weight tensor (tied names are merged into one entry)."""
+
+    name: str
+    module: str
+    layer: int | None  # decoder block index, None outside the blocks
+    components: tuple[str, ...]  # usually one; a tied embedding is ("embed.token", "lm_head")
+    role: str  # matrix | bias | norm | embedding | other
+    shape: tuple[int, ...]
+    numel: int
+    bits: int  # storage width of the reference weights
+    transposed: bool = False  # Conv1D stores [in, out]
+    aliases: tuple[str, ...] = ()  # other parameter names of the same tensor
+
+    @property
+    def component(self) -> str:
+        return self.components[0]
+
+    @property
+    def is_bias(self) -> bool:
+        return self.name.rsplit(".", 1)[-1] == "bias"
+
+    @property
+    def tied(self) -> bool:
+        return bool(self.aliases)
+
+
+@dataclass(frozen=True)
+class ModuleMap:
+    blocks_path: str
+    n_layers: int
+    params: tuple[ParamInfo, ...]
+    hidden_size: int
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
+
+    def __getitem__(self, name: str) -> ParamInfo:
+        return self._by_name[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    def default_targets(self) -> list[str]:
+        """Every Linear weight matrix inside the decoder blocks (embeddings, LM head, norms, biases kept)."""
+        return [p.name for p in self.params if p.role == "matrix" and p.layer is not None]
+
+    def summary(self) -> dict:
+        by_comp: dict[str, int] = {}
+        for p in self.params:
+            key = "+".join(p.components)
+            by_comp[key] = by_comp.get(key, 0) + p.numel
+        return {
+            "blocks": self.blocks_path,
+            "n_layers": self.n_layers,
+            "total_params": self.total_params,
+            "params_by_component": by_comp,
+            "tied": [f"{p.name} = {', '.join(p.aliases)}" for p in self.params if p.tied],
+            "notes": list(self.notes),
+        }
+
+
+def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    best, best_n = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            types = {type(m) for m in module}
+            if len(types) != 1:
+                continue
+            n = sum(p.numel() for p in module.parameters())
+            if n > best_n:
+                best, best_n = (name, module), n
+    if best is None:
+        top = ", ".join(f"{n} ({type(m).__name__})" for n, m in model.named_children())
+        raise UserError(
+            f"cannot find the decoder blocks of {type(model).__name__}: no list of identical layers; found {top}",
+            "quant-disparity supports decoder-only models whose layers sit in a ModuleList",
+        )
+    return best
+
+
+def _classify_linear(rel: str, module: nn.Linear) -> str:
+    parts = rel.split(".")
+    leaf, containers = parts[-1].lower(), [p.lower() for p in parts[:-1] if not p.isdigit()]
+    in_attn = any(h in c for c in containers for h in _ATTN_HINTS)
+    in_mlp = any(h in c for c in containers for h in _MLP_HINTS)
+    tables = [_ATTN_LEAVES] if in_attn else [_MLP_LEAVES] if in_mlp else [_MLP_LEAVES, _ATTN_LEAVES]
+    if in_attn and in_mlp:  # e.g. an MLP inside an attention wrapper: trust the innermost container
+        inner = next(c for c in reversed(containers) if any(h in c for h in _ATTN_HINTS + _MLP_HINTS))
+        tables = [_ATTN_LEAVES] if any(h in inner for h in _ATTN_HINTS) else [_MLP_LEAVES]
+    for table in tables:
+        for comp, leaves in table.items():
+            if leaf in leaves:
+                return comp
+    if in_attn:
+        return "attn.other"
+    if in_mlp:
+        return "mlp.other"
+    return "other"
+
+
+def build_module_map(model: nn.Module) -> ModuleMap:
+    """Classify every weight of ``model``; raises :class:`UserError` when no blocks or projections are found."""
+    blocks_path, blocks = _find_blocks(model)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hidden = int(emb.weight.shape[1]) if emb is not None else 0
+
+    module_of = {}
+    for mname, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            module_of[f"{mname}.{pname}" if mname else pname] = (mname, module)
+
+    # Group parameter names by tensor identity (tied weights share one tensor).
+    groups: dict[int, list[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+        tensors[id(p)] = p
+
+    entries = []
+    notes = []
+    for key, names in groups.items():
+        t = tensors[key]
+        comps: list[str] = []
+        role = "other"
+        layer = None
+        transposed = False
+        for name in names:
+            mname, module = module_of[name]
+            attr = name.rsplit(".", 1)[-1]
+            if mname == blocks_path or mname.startswith(blocks_path + "."):
+                rest = mname[len(blocks_path) + 1:]
+                layer = int(rest.split(".")[0]) if rest else None
+                rel = rest.split(".", 1)[1] if "." in rest else ""
+            else:
+                rel = None
+            if emb is not None and module is emb:
+                comps.append("embed.token")
+                role = "embedding"
+            elif head is not None and module is head:
+                comps.append("lm_head")
+                role = "embedding" if role == "embedding" else ("matrix" if attr == "weight" else "bias")
+            elif _is_norm(module):
+                comps.append("norm")
+                role = "norm"
+            elif isinstance(module, nn.Embedding):
+                comps.append("embed.pos" if rel is None else "other")
+                role = "embedding"
+            elif _is_linear(module):
+                comps.append(_classify_linear(rel, module) if rel is not None else "other")
+                role = "matrix" if attr == "weight" else "bias"
+                transposed = _is_conv1d(module) and attr == "weight"
+            else:
+                comps.append("other")
+                role = "bias" if attr == "bias" else "other"
+        comps = list(dict.fromkeys(comps))
+        primary = names[0]
+        if "embed.token" in comps:  # the embedding's own name first, the head as an alias
+            primary = next(n for n in names if module_of[n][1] is emb)
+        aliases = tuple(n for n in names if n != primary)
+        entries.append(ParamInfo(
+            name=primary,
+            module=module_of[primary][0],
+            layer=layer,
+            components=tuple(comps),
+            role=role,
+            shape=tuple(t.shape),
+            numel=t.numel(),
+            bits=torch.finfo(t.dtype).bits if t.dtype.is_floating_point else torch.iinfo(t.dtype).bits,
+            transposed=transposed,
+            aliases=aliases,
+        ))
+        if len(comps) > 1:
+            notes.append(f"{primary} is tied to {', '.join(aliases)}: protecting one protects both")
+
+    in_blocks = [e for e in entries if e.role == "matrix" and e.layer is not None]
+    if not in_blocks or not any(e.component.startswith(("attn.", "mlp.")) for e in in_blocks):
+        found = sorted({type(m).__name__ for m in blocks[0].modules()})
+        raise UserError(
+            f"no attention or MLP projections recognised in the blocks at {blocks_path!r}; module types found: "
+            f"{', '.join(found)}",
+            "this architecture is not supported yet; please report it",
+        )
+    return ModuleMap(blocks_path=blocks_path, n_layers=len(blocks), params=tuple(entries), hidden_size=hidden,
+                     notes=tuple(notes))
+
+
+def weight_2d(t: torch.Tensor, info: ParamInfo) -> torch.Tensor:
+    """The ``[out, in]`` view that quantizers group along (Conv1D transposed, vectors as one row)."""
+    if info.transposed:
+        return t.t()
+    if t.dim() == 1:
+        return t.reshape(1, -1)
+    if t.dim() > 2:
+        return t.reshape(t.shape[0], -1)
+    return t
+
+
+def from_2d(w2d: torch.Tensor, info: ParamInfo) -> torch.Tensor:
+    """Inverse of :func:`weight_2d`, contiguous in the parameter's own layout."""
+    if info.transposed:
+        return w2d.t().contiguous()
+    return w2d.reshape(info.shape).contiguous()

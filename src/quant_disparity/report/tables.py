@@ -1,0 +1,121 @@
+"""Tables of stored results: markdown files and the terminal (rich). Every number comes from the result."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def fmt(est: dict | None, digits: int = 3, pct: bool = False, sign: bool = False) -> str:
+    """``{"value": v, "ci95": [lo, hi]}`` -> ``"v [lo, hi]"`` (percent when ``pct``)."""
+    if est is None or est.get("value") is None:
+        return "undefined" if est and est.get("note") else "—"
+    k = 100.0 if pct else 1.0
+    spec = f"{'+' if sign else ''}.{digits}f"
+    text = format(est["value"] * k, spec) + ("%" if pct else "")
+    ci = est.get("ci95")
+    if ci:
+        text += f" [{format(ci[0] * k, f'.{digits}f')}, {format(ci[1] * k, f'.{digits}f')}]"
+    return text
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(headers) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+AUDIT_COLUMNS = ("language", "Joshi", "bpb FP", "bpb quant", "Δbpb [95% CI]", "rel. Δbpb [95% CI]",
+                 "KL bits/token", "top-1 agree", "token PPL ratio")
+
+
+def audit_rows(result: dict) -> list[list[str]]:
+    langs = sorted(result["languages"], key=lambda r: -(r["rel_delta_bpb"]["value"] or -1e9))
+    rows = []
+    for r in langs:
+        rows.append([
+            f"{r['id']} ({r['name']})",
+            "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
+            fmt(r["bpb_fp"], 3).split(" [")[0],
+            fmt(r["bpb_q"], 3).split(" [")[0],
+            fmt(r["delta_bpb"], 3, sign=True),
+            fmt(r["rel_delta_bpb"], 1, pct=True, sign=True),
+            fmt(r["kl_bits"], 3),
+            fmt(r["top1_agreement"], 1, pct=True),
+            fmt(r["ppl_ratio"], 2),
+        ])
+    return rows
+
+
+def audit_summary_lines(result: dict) -> list[str]:
+    s = result["summary"]
+    d = s["disparity"]
+    c = s["correlation"]
+    w = s["worst_language"]
+    lines = [
+        f"Worst language: {w['lang']}, relative Δbpb {fmt(w['rel_delta_bpb'], 1, pct=True, sign=True)}.",
+        f"Low-resource ({', '.join(d['low']) or 'none'}) vs high-resource ({', '.join(d['high']) or 'none'}) "
+        f"[{s['groups']['rule']}]: mean relative Δbpb {fmt(d['low_mean'], 1, pct=True)} vs "
+        f"{fmt(d['high_mean'], 1, pct=True)}; difference {fmt(d['difference'], 1, pct=True, sign=True)} points; "
+        f"ratio {fmt(d['ratio'], 2)}" + (f" ({d['ratio']['note']})" if d["ratio"].get("note") else "") + ".",
+        f"Spearman correlation of relative Δbpb with {c['measure']} ({c['description']}), "
+        f"{c['n_languages']} languages: {fmt(c['spearman'], 2)}"
+        + (f" ({c['spearman']['note']})" if c["spearman"].get("note") else "") + ".",
+    ]
+    return lines
+
+
+def audit_markdown(result: dict) -> str:
+    m, sc, co, cfg = result["model"], result["scheme"], result["corpus"], result["config"]
+    q = sc["quantized"]
+    cst = sc["cost"]
+    head = [
+        f"# Audit: {m['name']} with {sc['name']}",
+        "",
+        f"- Model: `{m['name']}` ({m['arch']}, {m['n_params']:,} parameters, {m['dtype']} on {m['device']}); "
+        f"digest `{m['digest'][:16]}`. Reference: {sc['reference']}.",
+        f"- Quantized: {q['tensors']} tensors in layers {q['layers']} "
+        f"({', '.join(f'{k}' for k in q['params_by_component'])}); kept: {', '.join(q['kept_components'])}."
+        + (f" {' '.join(q['tied'])}." if q["tied"] else ""),
+        f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); "
+        f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
+        f"{100 * cst['quantized_fraction']:.1f}% of parameters quantized.",
+        f"- Corpus: `{co['name']}` (digest `{co['digest'][:16]}`), split `{co['split']}`, up to "
+        f"{co['max_tokens_per_language'] or 'all'} tokens per language (whole documents).",
+        f"- Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents ({cfg['n_boot']} "
+        f"replicates, seed {cfg['seed']}). Token perplexity ratios are per tokenizer and not comparable "
+        f"across scripts.",
+        "",
+        markdown_table(AUDIT_COLUMNS, audit_rows(result)),
+        "",
+        *[f"- {line}" for line in audit_summary_lines(result)],
+        "",
+        f"Environment: quant-disparity {result['environment']['quant_disparity']} "
+        f"(git {result['environment']['git_revision'] or 'unknown'}), torch "
+        f"{result['environment']['libraries']['torch']}, transformers "
+        f"{result['environment']['libraries']['transformers']}; evaluation took {result['timing']['evaluate_s']:.0f} s "
+        f"for {result['timing']['predicted_tokens']:,} tokens (x2 models).",
+        "",
+    ]
+    return "\n".join(head)
+
+
+def audit_rich_table(result: dict):
+    """A compact terminal table (the markdown file has every column)."""
+    from rich.table import Table
+
+    t = Table(title=f"{result['model']['name']} · {result['scheme']['name']} · sorted by relative Δbpb "
+                    f"(95% CI)", title_justify="left")
+    cols = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
+    for i, col in enumerate(cols):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    langs = sorted(result["languages"], key=lambda r: -(r["rel_delta_bpb"]["value"] or -1e9))
+    for r in langs:
+        t.add_row(
+            r["id"], str(r["n_docs"]), "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
+            fmt(r["bpb_fp"], 3).split(" [")[0], fmt(r["bpb_q"], 3).split(" [")[0],
+            fmt(r["delta_bpb"], 3, sign=True), fmt(r["rel_delta_bpb"], 1, pct=True, sign=True),
+            fmt(r["kl_bits"], 2), fmt(r["top1_agreement"], 0, pct=True).split(" [")[0],
+        )
+    return t

@@ -1,0 +1,134 @@
+"""The audit end to end on a tiny model directory, its config round trip, and every bad CLI input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quant_disparity.audit import run_audit
+from quant_disparity.cli import main
+from quant_disparity.config import AuditConfig
+from quant_disparity.evaluate import EvalSettings
+
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    d = tmp_path_factory.mktemp("tiny") / "gemma3"
+    tiny_model("gemma3").save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return e.value.code or 0, captured.out, captured.err
+
+
+def test_config_round_trips_through_dict_and_toml():
+    cfg = AuditConfig(scheme="w4g64-asym", langs=("he", "en"), max_tokens=0, include=("lm_head",),
+                      eval=EvalSettings(window=256, context=32))
+    assert AuditConfig.from_dict(cfg.to_dict()) == cfg
+    assert AuditConfig.from_toml(cfg.to_toml()) == cfg
+    with pytest.raises(Exception, match="unknown field 'schem'"):
+        AuditConfig.from_dict({"schem": "w4g128"})
+
+
+def test_audit_library_call(model_dir):
+    cfg = AuditConfig(model=str(model_dir), langs=("eng", "heb", "amh", "deu"), max_tokens=150, n_boot=200,
+                      scheme="w3g32", eval=EvalSettings(window=128, context=16))
+    r = run_audit(cfg).to_dict()
+    assert r["schema"] == "quant-disparity/audit" and r["schema_version"] == 1
+    assert [x["id"] for x in r["languages"]] == ["eng_Latn", "heb_Hebr", "amh_Ethi", "deu_Latn"]
+    for row in r["languages"]:
+        assert row["bpb_q"]["value"] == pytest.approx(row["bpb_fp"]["value"] + row["delta_bpb"]["value"])
+        lo, hi = row["delta_bpb"]["ci95"]
+        assert lo <= row["delta_bpb"]["value"] <= hi
+        assert 0 <= row["top1_agreement"]["value"] <= 1 and row["kl_bits"]["value"] > 0
+        docs = [d for d in r["documents"] if d["lang"] == row["id"]]
+        assert len(docs) == row["n_docs"] and sum(d["bytes"] for d in docs) == row["n_bytes"]
+        # whole documents in corpus order until the cap is reached
+        assert [d["doc_id"] for d in docs] == [f"a{i:02d}" for i in range(1, len(docs) + 1)]
+        assert sum(d["tokens"] for d in docs[:-1]) < 150 <= sum(d["tokens"] for d in docs) or len(docs) == 30
+    assert r["summary"]["groups"]["assignment"] == {"eng_Latn": "high", "heb_Hebr": "low", "amh_Ethi": "low",
+                                                    "deu_Latn": "high"}
+    assert r["scheme"]["quantized"]["kept_components"] == ["embed.token+lm_head", "norm"]
+    assert r["scheme"]["cost"]["bits_per_quantized_weight"] == pytest.approx(3 + 16 / 32)
+    assert r["model"]["digest"] and r["corpus"]["digest"] and r["environment"]["libraries"]["torch"]
+    # seeded: a rerun gives identical numbers
+    again = run_audit(cfg).to_dict()
+    assert again["languages"] == r["languages"] and again["summary"] == r["summary"]
+
+
+def test_audit_cli_writes_results_and_refuses_to_overwrite(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["audit", "--model", str(model_dir), "--langs", "eng,heb", "--max-tokens", "60", "--scheme", "w4g32",
+            "--n-boot", "50", "--window", "128", "--out", str(out)]
+    code, stdout, err = _run(argv, capsys)
+    assert code == 0, err
+    data = json.loads((out / "audit.json").read_text())
+    assert data["config"]["scheme"] == "w4g32" and len(data["languages"]) == 2
+    md = (out / "audit.md").read_text()
+    assert "| language |" in md and "eng_Latn" in md and "heb_Hebr" in md
+    assert "eng_Latn" in stdout
+    assert AuditConfig.from_toml((out / "config.toml").read_text()).scheme == "w4g32"
+    before = (out / "audit.json").read_bytes()
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "already holds audit.json" in err and err.count("\n") == 1
+    assert (out / "audit.json").read_bytes() == before
+    code, _, _ = _run(argv + ["--overwrite", "--scheme", "w8-channel"], capsys)
+    assert code == 0 and json.loads((out / "audit.json").read_text())["config"]["scheme"] == "w8-channel"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scheme", "w4"], "unknown scheme 'w4'"),
+    (["--langs", "eng,klingon"], "has no language 'klingon'"),
+    (["--model", "gemma-3-27m"], "unknown model 'gemma-3-27m'"),
+    (["--max-tokens", "-1"], "--max-tokens must be >= 0"),
+    (["--include", "everything"], "unknown --include value"),
+    (["--split", "train"], "unknown split 'train'"),
+    (["--corpus", "/does/not/exist.jsonl"], "not found"),
+    (["--dtype", "int3"], "unknown dtype"),
+    (["--window", "1"], "--window must be at least 2"),
+    (["--bogus-option"], "No such option"),
+    (["--max-tokens", "many"], "not a valid integer"),
+])
+def test_bad_cli_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    out = tmp_path / "never"
+    code, stdout, err = _run(["audit", *args, "--out", str(out)], capsys)
+    assert code == 2
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bad_corpus_file_and_unwritable_out(tmp_path, capsys):
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"lang": "he", "text": "x"}\n{"lang": "he", "text": ""}\n')
+    code, _, err = _run(["audit", "--corpus", str(bad), "--langs", "he", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "c.jsonl:2: empty text" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = _run(["audit", "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and "is not writable" in err
+    code, _, err = _run(["audit", "--out", str(blocker)], capsys)
+    assert code == 2 and "not a directory" in err
+
+
+def test_listing_commands(capsys):
+    code, out, _ = _run(["languages", "--panel", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 12 and {r["id"] for r in rows} >= {"heb_Hebr", "amh_Ethi"}
+    code, out, _ = _run(["schemes"], capsys)
+    assert code == 0 and "gguf:q4_0" in out and "4.500" in out
+    code, out, _ = _run(["models"], capsys)
+    assert code == 0 and "gemma-3-270m" in out and "smollm2-135m" in out
