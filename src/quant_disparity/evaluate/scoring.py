@@ -80,18 +80,41 @@ def score_tokens(
 
     ``head_ref`` defaults to ``head`` (the same output layer, e.g. when only decoder blocks are quantized).
     """
-    parts = [
-        _score_rows(h[r : r + row_chunk], targets[r : r + row_chunk], head,
-                    None if h_ref is None else h_ref[r : r + row_chunk], head_ref or head, vocab_chunk)
-        for r in range(0, h.shape[0], row_chunk)
-    ]
-    if not parts:
+    if h_ref is None:
+        nll, _ = score_many(h, head, [], targets, vocab_chunk=vocab_chunk, row_chunk=row_chunk)
+        return TokenScores(nll=nll)
+    nll_ref, (out,) = score_many(h_ref, head_ref or head, [(h, head)], targets, vocab_chunk=vocab_chunk,
+                                 row_chunk=row_chunk)
+    out.nll_ref = nll_ref
+    return out
+
+
+def score_many(
+    h_ref: torch.Tensor,
+    head_ref: LMHead,
+    models: list[tuple[torch.Tensor, LMHead]],
+    targets: torch.Tensor,
+    *,
+    vocab_chunk: int = 4096,
+    row_chunk: int = 1024,
+) -> tuple[torch.Tensor, list[TokenScores]]:
+    """One reference and any number of models on the same tokens: the reference's logits are computed once
+    per vocabulary slice and shared by every model's KL. Returns the reference NLL and each model's scores."""
+    ref_parts: list[torch.Tensor] = []
+    parts: list[list[TokenScores]] = [[] for _ in models]
+    for r in range(0, h_ref.shape[0], row_chunk):
+        sl = slice(r, r + row_chunk)
+        ref_nll, scores = _score_rows(h_ref[sl], head_ref, [(h[sl], hd) for h, hd in models], targets[sl],
+                                      vocab_chunk)
+        ref_parts.append(ref_nll)
+        for acc, sc in zip(parts, scores):
+            acc.append(sc)
+    if not ref_parts:
         empty = torch.zeros(0, dtype=torch.float64)
-        with_ref = h_ref is not None
-        return TokenScores(empty, empty if with_ref else None, empty if with_ref else None,
-                           torch.zeros(0, dtype=torch.bool) if with_ref else None)
-    cat = lambda k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])  # noqa: E731
-    return TokenScores(cat("nll"), cat("nll_ref"), cat("kl"), cat("top1_agree"))
+        return empty, [TokenScores(empty, None, empty, torch.zeros(0, dtype=torch.bool)) for _ in models]
+    cat = lambda xs, k: torch.cat([getattr(x, k) for x in xs])  # noqa: E731
+    return torch.cat(ref_parts), [TokenScores(nll=cat(p, "nll"), kl=cat(p, "kl"), top1_agree=cat(p, "top1_agree"))
+                                  for p in parts]
 
 
 class _Online:
@@ -122,36 +145,36 @@ class _Online:
     def lse(self) -> torch.Tensor:
         return self.m.double() + torch.log(self.s)
 
+    def nll(self) -> torch.Tensor:
+        return self.lse() - self.target.double()
 
-def _score_rows(h, targets, head, h_ref, head_ref, vocab_chunk) -> TokenScores:
-    n, V = h.shape[0], head.vocab_size
-    dev = h.device
+
+def _score_rows(h_ref, head_ref, models, targets, vocab_chunk) -> tuple[torch.Tensor, list[TokenScores]]:
+    n, V = h_ref.shape[0], head_ref.vocab_size
+    dev = h_ref.device
     c = min(vocab_chunk, V)
-    z = torch.empty(n, c, device=dev, dtype=h.dtype)
+    z_buf = torch.empty(n, c, device=dev, dtype=h_ref.dtype)
+    zr_buf = torch.empty(n, c, device=dev, dtype=h_ref.dtype)
     work = torch.empty(n, c, device=dev, dtype=torch.float32)
-    model = _Online(n, dev)
-    ref = None
-    if h_ref is not None:
-        zr = torch.empty(n, c, device=dev, dtype=h.dtype)
-        work_r = torch.empty(n, c, device=dev, dtype=torch.float32)
-        diff = torch.empty(n, c, device=dev, dtype=torch.float32)
-        ref = _Online(n, dev)
-        kl_num = torch.zeros(n, dtype=torch.float64, device=dev)  # sum exp(zr - mr) * (zr - z)
+    work_r = torch.empty(n, c, device=dev, dtype=torch.float32)
+    ref = _Online(n, dev)
+    online = [_Online(n, dev) for _ in models]
+    kl_num = [torch.zeros(n, dtype=torch.float64, device=dev) for _ in models]  # sum exp(zr - mr) * (zr - z)
     for v0 in range(0, V, c):
         v1 = min(V, v0 + c)
         w = v1 - v0
-        zq = head.logits(h, v0, v1, out=z if w == c else None).float()
-        model.update(zq, v0, targets, work[:, :w])
-        if ref is not None:
-            zf = head_ref.logits(h_ref, v0, v1, out=zr if w == c else None).float()
-            m_old = ref.m
-            p = ref.update(zf, v0, targets, work_r[:, :w])  # exp(zr - m_new)
-            kl_num.mul_(torch.exp((m_old - ref.m).double()))
-            torch.sub(zf, zq, out=diff[:, :w]).mul_(p)
-            kl_num.add_(diff[:, :w].sum(dim=1, dtype=torch.float64))
-    nll = model.lse() - model.target.double()
-    if ref is None:
-        return TokenScores(nll=nll)
+        full = w == c
+        zf = head_ref.logits(h_ref, v0, v1, out=zr_buf if full else None).float()
+        m_old = ref.m
+        p = ref.update(zf, v0, targets, work_r[:, :w])  # exp(zr - m_new)
+        rescale = torch.exp((m_old - ref.m).double())
+        for (h, head), state, num in zip(models, online, kl_num):
+            zq = head.logits(h, v0, v1, out=z_buf if full else None).float()
+            state.update(zq, v0, targets, work[:, :w])
+            num.mul_(rescale)
+            torch.sub(zf, zq, out=work[:, :w]).mul_(p)
+            num.add_(work[:, :w].sum(dim=1, dtype=torch.float64))
     lse_r = ref.lse()
-    kl = kl_num / ref.s - lse_r + model.lse()
-    return TokenScores(nll=nll, nll_ref=lse_r - ref.target.double(), kl=kl, top1_agree=model.arg == ref.arg)
+    scores = [TokenScores(nll=state.nll(), kl=num / ref.s - lse_r + state.lse(), top1_agree=state.arg == ref.arg)
+              for state, num in zip(online, kl_num)]
+    return lse_r - ref.target.double(), scores

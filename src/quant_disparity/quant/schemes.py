@@ -10,6 +10,8 @@ Grammar (case-insensitive):
 ``gguf:q4_0``         llama.cpp legacy types q4_0, q4_1, q5_0, q5_1, q8_0 via the ``gguf`` package
 ``fp16``, ``bf16``    cast to 16-bit floating point and back
 ``none``              identity (the weight is left as it is)
+``w4g128+outliers:1%``  any quantizing scheme, keeping the 1 % largest-magnitude weights of each tensor
+                      in float16 (scale computed on the rest; ``+outliers-inscale:`` lets them set it)
 ====================  =====================================================================
 
 Bits are 2-8. Scales are float16 (16 bits per group); an asymmetric zero point costs ``b`` bits per group.
@@ -17,6 +19,8 @@ Bits are 2-8. Scales are float16 (16 bits per group); an asymmetric zero point c
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass
 
@@ -44,9 +48,14 @@ class Scheme:
     symmetric: bool = True
     gguf_type: str | None = None
     cast_dtype: str | None = None
+    # Element-level protection: this fraction of the largest-magnitude weights of the tensor is kept in
+    # float16 as a sparse part. By default the scale is computed on the remaining weights; ``outliers_in_scale``
+    # reproduces the original log's flaw (kept outliers still set the scale).
+    outliers: float = 0.0
+    outliers_in_scale: bool = False
 
     @property
-    def name(self) -> str:
+    def base_name(self) -> str:
         if self.kind == "none":
             return "none"
         if self.kind == "cast":
@@ -56,6 +65,12 @@ class Scheme:
         gran = "-tensor" if self.per_tensor else ("-channel" if self.group_size is None else f"g{self.group_size}")
         return f"w{self.bits}{gran}{'' if self.symmetric else '-asym'}"
 
+    @property
+    def name(self) -> str:
+        if not self.outliers:
+            return self.base_name
+        return f"{self.base_name}+outliers{'-inscale' if self.outliers_in_scale else ''}:{100 * self.outliers:g}%"
+
     def __str__(self) -> str:
         return self.name
 
@@ -63,9 +78,26 @@ class Scheme:
     def is_identity(self) -> bool:
         return self.kind == "none"
 
+    def with_outliers(self, fraction: float, in_scale: bool = False) -> Scheme:
+        return dataclasses.replace(self, outliers=fraction, outliers_in_scale=in_scale)
+
     # -- the transform -------------------------------------------------------------------------
     def fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
         """Quantize and dequantize a 2-D ``[out, in]`` weight; returns a new tensor of the same dtype."""
+        if self.outliers and not self.is_identity:
+            return self._with_outliers(w2d)
+        return self._fake_quantize(w2d)
+
+    def _with_outliers(self, w2d: torch.Tensor) -> torch.Tensor:
+        k = n_outliers(w2d.numel(), self.outliers)
+        flat = w2d.reshape(-1)
+        idx = torch.topk(flat.abs(), k, sorted=False).indices if k else flat.new_zeros(0, dtype=torch.long)
+        rest = w2d if self.outliers_in_scale else flat.clone().index_fill_(0, idx, 0).reshape(w2d.shape)
+        out = self._fake_quantize(rest).reshape(-1)
+        out[idx] = flat[idx].to(torch.float16).to(w2d.dtype)
+        return out.reshape(w2d.shape)
+
+    def _fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
             return w2d.clone()
         if self.kind == "cast":
@@ -82,7 +114,14 @@ class Scheme:
 
     # -- cost ----------------------------------------------------------------------------------
     def storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        """Bits needed to store a ``[out, in]`` tensor in this scheme, scales and zero points included."""
+        """Bits needed to store a ``[out, in]`` tensor in this scheme: scales, zero points, and for kept
+        outliers a float16 value plus an int32 index each (a COO sparse part)."""
+        extra = 0.0
+        if self.outliers and not self.is_identity:
+            extra = n_outliers(shape[0] * shape[1], self.outliers) * (16 + 32)
+        return extra + self._storage_bits(shape, orig_bits)
+
+    def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         numel = shape[0] * shape[1]
         if self.kind == "none":
             return float(numel * orig_bits)
@@ -109,10 +148,29 @@ def _gguf_roundtrip(w2d: torch.Tensor, gguf_type: str) -> torch.Tensor:
 
 
 NONE = Scheme(kind="none")
+_OUTLIER_RE = re.compile(r"^(.*)\+outliers(-inscale)?:([0-9.]+)%$")
+
+
+def n_outliers(numel: int, fraction: float) -> int:
+    """How many elements a fraction keeps (rounded up, so any positive fraction keeps at least one)."""
+    return min(numel, math.ceil(fraction * numel - 1e-9)) if fraction > 0 else 0
+
+
+def parse_outlier_fraction(text: str, where: str) -> float:
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)%", text.strip())
+    if not m or not 0 < float(m.group(1)) < 100:
+        raise UserError(f"{where}: outlier share must be a percentage in (0, 100), got {text!r}", "e.g. 0.5%")
+    return float(m.group(1)) / 100
 
 
 def parse_scheme(text: str) -> Scheme:
     """Parse a scheme name (see the module docstring); raises :class:`UserError` with the grammar."""
+    m = _OUTLIER_RE.match(text.strip().lower())
+    if m:
+        base = parse_scheme(m.group(1))
+        if base.is_identity:
+            raise UserError(f"scheme {text!r}: outliers need a quantizing scheme", SCHEME_HELP)
+        return base.with_outliers(parse_outlier_fraction(m.group(3) + "%", f"scheme {text!r}"), bool(m.group(2)))
     raw = text.strip().lower()
     if raw in ("none", "fp32", "identity"):
         return NONE

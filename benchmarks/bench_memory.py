@@ -1,0 +1,65 @@
+"""Peak memory of an audit vs the fp32 weight bytes plus the corpus (target: at most 2.2x).
+
+Runs ``quant-disparity audit`` in a child process and reads its peak resident set size (``ru_maxrss``). The
+same child also reports the resident size of the bare interpreter with torch and transformers imported, so
+the part that is the libraries' and not the audit's can be seen.
+
+    python benchmarks/bench_memory.py [--model gemma-3-270m] [--max-tokens 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+
+from common import save
+
+CHILD = r"""
+import json, resource, sys
+import torch, transformers  # noqa: F401
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from quant_disparity.audit import run_audit
+from quant_disparity.config import AuditConfig
+from quant_disparity.models import load_model
+cfg = AuditConfig(**json.loads(sys.argv[1]))
+lm = load_model(cfg.model)
+weights = sum(p.numel() * 4 for p in {id(p): p for p in lm.model.parameters()}.values())
+r = run_audit(cfg, lm=lm)
+corpus = sum(row["n_bytes"] for row in r.to_dict()["languages"])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": weights, "corpus_bytes": corpus,
+                  "predicted_tokens": r.timing["predicted_tokens"]}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    args = ap.parse_args()
+    cfg = {"model": args.model, "max_tokens": args.max_tokens}
+    with tempfile.TemporaryDirectory():
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], check=True, capture_output=True,
+                             text=True)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    budget = m["fp32_weight_bytes"] + m["corpus_bytes"]
+    result = {
+        "model": args.model,
+        "config": cfg,
+        **m,
+        "peak_over_weights_plus_corpus": m["peak_rss"] / budget,
+        "peak_minus_baseline_over_weights_plus_corpus": (m["peak_rss"] - m["baseline_rss"]) / budget,
+    }
+    path = save("memory", result)
+    gib = 2**30
+    print(f"{args.model}: fp32 weights {m['fp32_weight_bytes'] / gib:.2f} GiB, corpus {m['corpus_bytes'] / 1e3:.0f} kB")
+    print(f"peak RSS {m['peak_rss'] / gib:.2f} GiB = {result['peak_over_weights_plus_corpus']:.2f}x (target <= 2.2x); "
+          f"interpreter + torch + transformers alone {m['baseline_rss'] / gib:.2f} GiB")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

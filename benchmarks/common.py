@@ -1,0 +1,74 @@
+"""Shared helpers for the benchmarks: the model and documents they run on, timing, result files.
+
+Every benchmark reports ratios measured within one run (ours vs the other way, same machine, same inputs),
+writes ``benchmarks/results/<name>.json`` and prints a summary. Nothing here is a test: the numbers depend
+on the machine, which is recorded with them.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from quant_disparity.corpus import load_udhr
+from quant_disparity.provenance import environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LANGS = ("eng_Latn", "heb_Hebr", "cmn_Hans", "amh_Ethi")
+
+
+def documents(tokenizer, langs=LANGS, max_tokens=512):
+    """Whole UDHR articles per language, in order, up to ``max_tokens`` each (as the audit selects them)."""
+    from quant_disparity.corpus import take_until_tokens
+    from quant_disparity.evaluate import tokenize
+
+    corpus = load_udhr()
+    docs = []
+    for lang in langs:
+        pool = list(corpus.documents(lang))
+        counts = {d.id: len(t) for d, t in zip(pool, tokenize(tokenizer, pool))}
+        docs.extend(take_until_tokens(pool, max_tokens, lambda d: counts[d.id]))
+    return docs
+
+
+def interleaved(fns: dict, repeats: int = 3) -> dict[str, list[float]]:
+    """Wall times of each function, after one warm-up call each, repeated in turn (so drift in machine
+    speed hits all alike). Returns name -> list of seconds."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor(), "threads": torch.get_num_threads(), **environment()}
+
+
+def save(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"benchmark": name, "machine": machine(), **data}
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return path
