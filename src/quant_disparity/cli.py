@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
+import numpy as np
 from rich.console import Console
 
 from .errors import UserError
@@ -105,12 +106,12 @@ def apply_eval_options(ev: dict, window: int | None, context: int | None, batch_
         ev["batch_tokens"] = batch_tokens
 
 
-def _run_with_progress(fn):
+def _run_with_progress(fn, what: str = "scoring tokens"):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False) as bar:
-        task = bar.add_task("scoring tokens", total=None)
+        task = bar.add_task(what, total=None)
 
         def prog(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
@@ -119,6 +120,172 @@ def _run_with_progress(fn):
             bar.console.print(msg)
 
         return fn(log, prog)
+
+
+@app.command()
+@click.option("--model", help="Bundled alias, HF id, model dir or .gguf file (default gemma-3-270m).")
+@click.option("--scheme", help="Quantization scheme of the swept universe (default w4g128).")
+@click.option("--granularity", type=click.Choice(["layer", "component", "layer×component", "layerxcomponent"]),
+              help="Units: decoder layers, components across layers, or both (default layer).")
+@click.option("--mode", type=click.Choice(["protect-one", "quantize-only"]),
+              help="protect-one: quantize all but the unit; quantize-only: only the unit (default protect-one).")
+@click.option("--pairs", help="Units whose pairwise interactions to measure, e.g. L0,L-1,L5 or mlp,attn.")
+@click.option("--langs", help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
+@click.option("--split", help="select (default: sensitivity scans choose on the selection split) | heldout | all.")
+@click.option("--max-tokens", type=int, help="Tokens per language (default 512; 0 = all).")
+@click.option("--include", help="Also quantize: embeddings, lm_head.")
+@click.option("--seed", type=int)
+@click.option("--n-boot", type=int)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Output directory (default runs/locate-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing locate.json in --out.")
+@click.option("--no-reuse", is_flag=True, help="Recompute every block (no replay of unchanged leading blocks).")
+@click.option("--device")
+@click.option("--dtype")
+@click.option("--window", type=int)
+@click.option("--context", type=int)
+@click.option("--batch-tokens", type=int)
+def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir,
+           overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
+    """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
+    from ._io import atomic_write_text, prepare_out_dir
+    from .audit import validate
+    from .locate import LocateConfig, effect_matrix, run_locate
+    from .report import plots
+    from .report.tables import locate_markdown
+
+    base = LocateConfig().to_dict()
+    overrides = {"model": model, "scheme": scheme, "granularity": granularity, "mode": mode,
+                 "pairs": list(_csv(pairs)) or None, "langs": list(_csv(langs)) or None, "corpus": corpus,
+                 "split": split, "max_tokens": max_tokens, "include": list(_csv(include)) if include else None,
+                 "seed": seed, "n_boot": n_boot, "device": device, "dtype": dtype,
+                 "reuse": False if no_reuse else None}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    apply_eval_options(base["eval"], window, context, batch_tokens)
+    cfg = LocateConfig.from_dict(base)
+    validate(cfg.audit_view())
+    target = prepare_out_dir(out_dir or _default_out("locate"), "locate.json", overwrite)
+    created = not any(target.iterdir())
+    try:
+        result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
+    except BaseException:
+        if created and not any(target.iterdir()):
+            target.rmdir()
+        raise
+    data = result.to_dict()
+    units, lang_ids, m = effect_matrix(data)
+    verb = "recovered by protecting" if cfg.mode == "protect-one" else "caused by quantizing only"
+    plots.save(plots.heatmap(m, units, lang_ids, f"{data['model']['name']} · {data['scheme']['name']} · "
+                             f"damage {verb} each unit", "% of reference bpb"), target / "heatmap.png")
+    groups = {}
+    for lang in lang_ids:
+        rows = data["results"][lang]["units"]
+        vals = np.array([100 * (rows[u]["effect"]["value"] or np.nan) for u in units])
+        ci = np.array([[100 * x for x in (rows[u]["effect"]["ci95"] or [np.nan, np.nan])] for u in units])
+        groups[lang] = (units, vals, ci[:, 0], ci[:, 1])
+    plots.save(plots.bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb"),
+               target / "bars.png")
+    atomic_write_text(target / "locate.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(target / "locate.md", locate_markdown(data))
+    out.print(locate_markdown(data), markup=False)
+    out.print(f"wrote {target / 'locate.json'}, locate.md, heatmap.png, bars.png")
+
+
+@app.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Address of an existing Ray cluster (default: start a local instance).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run directory (default runs/<spec name>).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
+    """Run (or resume) an experiment spec: every missing trial, then the claims' verdicts."""
+    from .experiments import run_experiment
+    from .models import parse_device, parse_dtype
+
+    parse_device(device)
+    parse_dtype(dtype)
+    result = _run_with_progress(lambda log, prog: run_experiment(
+        spec, out_dir, executor=executor, ray_address=ray_address, device=device, dtype=dtype, log=log,
+        progress=prog), "scoring trial tokens")
+    from .report.experiment import summary_markdown
+
+    out.print(summary_markdown(result), markup=False)
+    out.print(f"wrote {result['run']['invocation']} (summary.md, verdicts.json, run.log); store {result['run']['store']}")
+
+
+@app.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--format", "fmt_", type=click.Choice(["html", "md", "latex"]), default="html", show_default=True)
+@click.option("--out", "out_file", type=click.Path(path_type=Path), help="Output file (default: in the run directory).")
+def report(target, fmt_, out_file) -> None:
+    """Report a run directory (or a spec's default run): HTML with figures, markdown, or LaTeX tables."""
+    from ._io import atomic_write_text
+    from .experiments import analyse, load_run
+    from .provenance import environment
+    from .report.experiment import html_report, latex_report, summary_markdown
+
+    spec, store = load_run(target)
+    try:
+        result = analyse(spec, store)
+        keys = sorted({store.spec_trials(spec.name)[t.name] for t in spec.trials})
+        first = store.trial(keys[0]) if keys else {}
+        store_info = {"store": str(store.path), "trials stored": len(keys),
+                      "code version": first.get("code_version"), "model digests": ", ".join(
+                          sorted({store.trial(k)["model_digest"][:16] for k in keys})),
+                      "corpus digest": first.get("corpus_digest", "")[:16]}
+    finally:
+        store.close()
+    run_dir = target if target.is_dir() else Path("runs") / spec.name
+    suffix = {"html": "html", "md": "md", "latex": "tex"}[fmt_]
+    path = out_file or run_dir / f"report.{suffix}"
+    if fmt_ == "html":
+        text = html_report(result, environment(), store_info)
+    elif fmt_ == "md":
+        text = summary_markdown(result)
+    else:
+        text = latex_report(result)
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror})", "choose another --out") from None
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--plan", help="Also resolve a plan against this model and show what each tensor gets.")
+def modules(model, plan) -> None:
+    """Show a model's module map (blocks, components, tied tensors) and, with --plan, a plan's resolution."""
+    from rich.table import Table
+
+    from .models import load_model
+    from .models.modules import build_module_map
+    from .quant.plan import load_plan
+
+    parsed = load_plan(plan) if plan else None
+    lm = load_model(model, log=lambda m: err.print(m))
+    mm = build_module_map(lm.model)
+    summary = mm.summary()
+    out.print(f"{model}: {summary['n_layers']} blocks at {summary['blocks']}, {summary['total_params']:,} parameters")
+    for note in summary["notes"]:
+        out.print(f"note: {note}", markup=False)
+    t = Table(title="parameters by component", title_justify="left")
+    t.add_column("component")
+    t.add_column("params", justify="right")
+    t.add_column("share", justify="right")
+    for comp, n in summary["params_by_component"].items():
+        t.add_row(comp, f"{n:,}", f"{100 * n / summary['total_params']:.2f}%")
+    out.print(t)
+    if parsed is not None:
+        resolved = parsed.resolve(mm)
+        t = Table(title=f"plan: {parsed}", title_justify="left")
+        for col in ("tensor", "layer", "components", "params", "action"):
+            t.add_column(col)
+        for d in resolved.decisions:
+            t.add_row(d.name, "" if d.layer is None else str(d.layer), "+".join(d.components), f"{d.numel:,}", d.action)
+        out.print(t)
+        out.print(json.dumps(resolved.totals, indent=1))
 
 
 @app.command()

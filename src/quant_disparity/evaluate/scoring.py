@@ -134,7 +134,7 @@ class _Online:
         m_new = torch.maximum(self.m, cmax)
         self.s.mul_(torch.exp((self.m - m_new).double()))
         torch.sub(z, m_new[:, None], out=work).exp_()
-        self.s.add_(work.sum(dim=1, dtype=torch.float64))
+        self.s.add_(work.sum(dim=1).double())  # float32 sum per slice (a float64 sum is 10x slower)
         self.m = m_new
         hit = (targets >= v0) & (targets < v0 + z.shape[1])
         if hit.any():
@@ -173,7 +173,7 @@ def _score_rows(h_ref, head_ref, models, targets, vocab_chunk) -> tuple[torch.Te
             state.update(zq, v0, targets, work[:, :w])
             num.mul_(rescale)
             torch.sub(zf, zq, out=work[:, :w]).mul_(p)
-            num.add_(work[:, :w].sum(dim=1, dtype=torch.float64))
+            num.add_(work[:, :w].sum(dim=1).double())
     lse_r = ref.lse()
     scores = [TokenScores(nll=state.nll(), kl=num / ref.s - lse_r + state.lse(), top1_agree=state.arg == ref.arg)
               for state, num in zip(online, kl_num)]

@@ -327,7 +327,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
             hits = [p for p in params if _selects(sel, p, modmap, where)]
             if not hits:
                 raise UserError(f"{where}: selector {str(sel)!r} matches no tensor of this model",
-                                "run `quant-disparity locate --list-units` or check the selector")
+                                "`quant-disparity modules --model ...` shows what the model has")
             matched.extend(hits)
         if rule.is_outlier_rule:
             continue

@@ -119,3 +119,55 @@ def audit_rich_table(result: dict):
             fmt(r["kl_bits"], 2), fmt(r["top1_agreement"], 0, pct=True).split(" [")[0],
         )
     return t
+
+
+def locate_markdown(data: dict) -> str:
+    from ..locate import effect_matrix
+
+    units, langs, m = effect_matrix(data)
+    mode = data["mode"]
+    verb = "protecting" if mode == "protect-one" else "quantizing only"
+    lines = [
+        f"# Locate: {data['model']['name']} with {data['scheme']['name']} ({mode}, by {data['granularity']})",
+        "",
+        f"- Effect: {data['effect']}, in % of the reference bits per byte; 95% paired bootstrap intervals over "
+        f"documents ({data['config']['n_boot']} replicates).",
+        f"- Corpus `{data['corpus']['name']}`, split `{data['corpus']['split']}`, up to "
+        f"{data['corpus']['max_tokens_per_language'] or 'all'} tokens per language.",
+        f"- {data['timing']['configurations']} configurations x {data['timing']['tokens_per_configuration']:,} tokens "
+        f"in {data['timing']['evaluate_s']:.0f} s; block replay saved "
+        f"{100 * data['timing']['block_work_saved']:.0f}% of decoder-block work.",
+        "",
+        "## Damage with everything quantized",
+        "",
+        markdown_table(["language", "bpb reference", "Δbpb all quantized", "rel. Δbpb"],
+                       [[lang, fmt(data["results"][lang]["bpb_fp"], 3).split(" [")[0],
+                         fmt(data["results"][lang]["all_quantized"]["delta_bpb"], 3, sign=True),
+                         fmt(data["results"][lang]["all_quantized"]["rel_delta_bpb"], 1, pct=True, sign=True)]
+                        for lang in langs]),
+        "",
+        f"## Top units per language (effect of {verb} the unit)",
+        "",
+    ]
+    rows = []
+    for lang in langs:
+        r = data["results"][lang]
+        top = [f"{u} {fmt(r['units'][u]['effect'], 1, pct=True, sign=True)}" for u in r["ranking"][:3]]
+        rows.append([lang, *top])
+    lines += [markdown_table(["language", "1st", "2nd", "3rd"], rows, "llll"), "",
+              "## Effect by unit and language (% of reference bpb)", "",
+              markdown_table(["unit", *langs], [[u, *(f"{v:+.2f}" for v in m[i])] for i, u in enumerate(units)]), ""]
+    if data["pairs"]:
+        prow = []
+        for a, b in data["pairs"]:
+            for lang in langs:
+                p = data["results"][lang]["pairs"][f"{a}+{b}"]
+                prow.append([f"{a} + {b}", lang, fmt(p["effect_a"], 2, pct=True, sign=True),
+                             fmt(p["effect_b"], 2, pct=True, sign=True),
+                             fmt(p["rel_delta_bpb"], 2, pct=True, sign=True),
+                             fmt(p["interaction"], 2, pct=True, sign=True)])
+        lines += ["## Pair interactions", "",
+                  f"Interaction = effect of {verb} both − effect of A − effect of B (positive: synergy).", "",
+                  markdown_table(["pair", "language", "effect A", "effect B", "rel. Δbpb of A+B config",
+                                  "interaction"], prow), ""]
+    return "\n".join(lines)

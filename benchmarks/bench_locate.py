@@ -1,0 +1,154 @@
+"""A per-layer protect-one sweep: the locate engine vs the naive way, and its cost per configuration.
+
+Naive (as the original log did it): for every configuration a fresh copy of the model, every tensor of the
+configuration quantized from scratch, and every document scored with the model's own forward pass
+(``logits`` -> ``log_softmax`` -> target log-probabilities); the full-precision reference is scored once.
+Ours: ``quant_disparity.evaluate.sweep`` (shared reference, cached quantized tensors switched in place,
+replayed leading blocks, fused head). Both score the same batches; their per-document NLLs are compared.
+The naive way computes NLL only; ours also computes KL and top-1 agreement for every configuration.
+
+Also reported: ours relative to (configurations x one full evaluation of a single configuration with our own
+evaluator), and the sweep's peak memory relative to the fp32 weight bytes (a child process, ``ru_maxrss``).
+
+    python benchmarks/bench_locate.py [--model gemma-3-270m] [--max-tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from common import LANGS, documents, save
+from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate.sweep import sweep
+from quant_disparity.locate import build_configs, make_units
+from quant_disparity.models import load_model
+from quant_disparity.models.modules import build_module_map
+from quant_disparity.quant import QuantEngine, parse_scheme
+
+MEMORY_CHILD = r"""
+import json, resource, sys
+import torch, transformers  # noqa: F401
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from quant_disparity.locate import LocateConfig, run_locate
+args = json.loads(sys.argv[1])
+# as `quant-disparity locate` runs it: the sweep loads the model itself
+r = run_locate(LocateConfig(model=args["model"], langs=tuple(args["langs"]), max_tokens=args["max_tokens"],
+                            split="all", n_boot=200)).to_dict()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": r["model"]["n_params"] * 4}))
+"""
+
+
+@torch.inference_mode()
+def naive_nll(model, batches, n_docs) -> np.ndarray:
+    nll = np.zeros(n_docs)
+    for batch in batches:
+        L = max(len(w.input_ids) for w in batch)
+        ids = torch.zeros(len(batch), L, dtype=torch.long)
+        mask = torch.zeros(len(batch), L, dtype=torch.long)
+        for b, w in enumerate(batch):
+            ids[b, : len(w.input_ids)] = torch.tensor(w.input_ids)
+            mask[b, : len(w.input_ids)] = 1
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+        for b, w in enumerate(batch):
+            p0 = w.first_scored_position
+            tgt = torch.tensor(w.input_ids[p0 + 1:])
+            nll[w.doc] -= logp[b, p0 : len(w.input_ids) - 1].gather(1, tgt[:, None]).sum().item()
+    return nll
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--scheme", default="w4g128")
+    ap.add_argument("--skip-naive", action="store_true", help="only ours and the memory run")
+    args = ap.parse_args()
+
+    lm = load_model(args.model)
+    docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
+    settings = EvalSettings(batch_tokens=2048)
+    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length)
+    mm = build_module_map(lm.model)
+    scheme = parse_scheme(args.scheme)
+    universe = mm.default_targets()
+    units = make_units(mm, universe, "layer")
+    configs = build_configs(universe, units, [], scheme, "protect-one")
+    unit_configs = {u.name: configs[u.name] for u in units}
+    print(f"{args.model}: {len(units)} layer units (+ the all-quantized baseline), {len(docs)} documents, "
+          f"{prepared.total_pred} tokens", flush=True)
+
+    # -- naive ----------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    naive = {"reference": naive_nll(lm.model, prepared.batches, len(docs))}
+    for name, cfg in configs.items():
+        model = copy.deepcopy(lm.model)
+        for tensor, s in cfg.items():
+            info = mm[tensor]
+            p = model.get_parameter(tensor)
+            with torch.no_grad():
+                from quant_disparity.models.modules import from_2d, weight_2d
+
+                p.data = from_2d(s.fake_quantize(weight_2d(p.data, info)), info)
+        naive[name] = naive_nll(model, prepared.batches, len(docs))
+        del model
+    naive_s = time.perf_counter() - t
+    print(f"naive: {naive_s:.1f} s", flush=True)
+
+    # -- ours -----------------------------------------------------------------------------------------------
+    engine = QuantEngine(lm.model, mm)
+    forward = Forward(lm.model)
+    t = time.perf_counter()
+    ours = sweep(forward, prepared, engine, configs, bases=["all"])
+    ours_s = time.perf_counter() - t
+    print(f"ours: {ours_s:.1f} s (quantization included; replay saved "
+          f"{100 * ours.stats['block_work_saved']:.0f}% of block work)", flush=True)
+
+    # -- one full evaluation of a single configuration with our evaluator, for the cost ratio -----------------
+    engine.assign_(unit_configs[units[0].name])
+    t = time.perf_counter()
+    evaluate(forward, prepared)
+    one_s = time.perf_counter() - t
+    engine.restore_()
+
+    diffs = [float(np.max(np.abs(ours.nll[n] - naive[n]) / naive[n])) for n in configs]
+    diffs.append(float(np.max(np.abs(ours.nll_ref - naive["reference"]) / naive["reference"])))
+
+    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD,
+                            json.dumps({"model": args.model, "langs": list(LANGS), "max_tokens": args.max_tokens})],
+                           check=True, capture_output=True, text=True)
+    mem = json.loads(child.stdout.strip().splitlines()[-1])
+    result = {
+        "model": args.model,
+        "scheme": args.scheme,
+        "configurations": len(configs),
+        "documents": len(docs),
+        "tokens_per_configuration": prepared.total_pred,
+        "seconds": {"naive": naive_s, "ours": ours_s, "one_full_evaluation": one_s},
+        "speedup_vs_naive": naive_s / ours_s,
+        "cost_vs_configs_x_one_evaluation": ours_s / (len(configs) * one_s),
+        "max_relative_nll_difference_vs_naive": max(diffs),
+        "replay": ours.stats,
+        "memory": {**mem, "peak_over_fp32_weights": mem["peak_rss"] / mem["fp32_weight_bytes"]},
+    }
+    path = save("locate", result)
+    print(f"speed-up vs naive: {result['speedup_vs_naive']:.2f}x (target >= 3x)")
+    print(f"cost vs {len(configs)} x one full evaluation ({one_s:.1f} s): "
+          f"{result['cost_vs_configs_x_one_evaluation']:.2f}")
+    print(f"max relative NLL difference ours vs naive: {max(diffs):.1e}")
+    print(f"peak memory of a locate run: {mem['peak_rss'] / 2**30:.2f} GiB = "
+          f"{result['memory']['peak_over_fp32_weights']:.2f}x fp32 weights (target <= 2.5x); interpreter + torch "
+          f"+ transformers alone {mem['baseline_rss'] / 2**30:.2f} GiB")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

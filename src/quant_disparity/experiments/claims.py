@@ -1,0 +1,338 @@
+"""Claims: comparisons of measured quantities, decided with bootstrap intervals.
+
+An expression is one comparison (``<``, ``>``, ``<=``, ``>=``) between arithmetic (``+ - * /``, numbers) of
+metric calls, parsed with :mod:`ast` (nothing is ``eval``-ed)::
+
+    disparity(plan='l0_last') < disparity(plan='none')
+    delta_bpb(lang='heb', plan='none') > 2 * delta_bpb(lang='eng', plan='none')
+
+Per-language metrics (need ``lang=``): ``bpb``, ``bpb_fp``, ``delta_bpb``, ``rel_delta_bpb``, ``kl`` (bits per
+token), ``top1``, ``ppl_ratio``, ``log_degradation`` (the original log's token-perplexity "degradation %").
+Across languages: ``disparity`` (mean relative Δbpb, low- over high-resource; undefined when the
+high-resource mean's interval includes zero), ``gap`` (low minus high), ``log_disparity`` (the log's formula:
+ratio of mean token-perplexity degradation %), ``mean_rel_delta(group=)``, ``mean_log_degradation(group=)``,
+``spearman(measure=)`` (relative Δbpb vs a resource measure). Trial filters: ``model``, ``scheme``, ``plan``;
+dimensions a claim leaves open give one verdict per value.
+
+Verdict, from the 95% interval of (left - right): **supported** when it lies wholly on the claimed side,
+**refuted** when wholly on the other side, **inconclusive** when it contains zero or a side is undefined.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis.stats import _metrics, resample_counts
+from ..errors import UserError, did_you_mean
+
+LANG_METRICS = {"bpb": "bpb_q", "bpb_fp": "bpb_fp", "delta_bpb": "delta_bpb", "rel_delta_bpb": "rel_delta_bpb",
+                "kl": "kl_bits", "top1": "top1_agreement", "ppl_ratio": "ppl_ratio",
+                "log_degradation": "log_degradation_pct"}
+GROUP_METRICS = {"disparity", "gap", "log_disparity", "mean_rel_delta", "mean_log_degradation", "spearman"}
+FILTERS = ("model", "scheme", "plan")
+_OPS = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">="}
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: str
+    kwargs: tuple[tuple[str, str], ...]
+
+    def kw(self) -> dict[str, str]:
+        return dict(self.kwargs)
+
+    def __str__(self) -> str:
+        return f"{self.fn}({', '.join(f'{k}={v!r}' for k, v in self.kwargs)})"
+
+
+def parse_expr(expr: str, claim_id: str) -> tuple[ast.AST, str, ast.AST, list[Call]]:
+    """(left, operator, right, calls) of a claim expression; raises UserError for anything outside the grammar."""
+    where = f"claim {claim_id}"
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise UserError(f"{where}: cannot parse {expr!r} ({e.msg})", "write e.g. disparity(plan='a') < disparity(plan='b')") from None
+    if not isinstance(tree, ast.Compare) or len(tree.ops) != 1 or type(tree.ops[0]) not in _OPS:
+        raise UserError(f"{where}: expected one comparison (<, >, <=, >=) in {expr!r}")
+    calls: list[Call] = []
+
+    def check(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            check(node.left)
+            check(node.right)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            check(node.operand)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            pass
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            if name not in LANG_METRICS and name not in GROUP_METRICS:
+                raise UserError(f"{where}: unknown function {name!r}{did_you_mean(name, [*LANG_METRICS, *GROUP_METRICS])}",
+                                f"functions: {', '.join([*LANG_METRICS, *sorted(GROUP_METRICS)])}")
+            if node.args:
+                raise UserError(f"{where}: {name}() takes keyword arguments only, e.g. {name}(plan='none')")
+            kws = []
+            for k in node.keywords:
+                if not isinstance(k.value, ast.Constant) or not isinstance(k.value.value, str):
+                    raise UserError(f"{where}: {name}({k.arg}=...) must be a quoted string")
+                allowed = set(FILTERS) | ({"lang"} if name in LANG_METRICS else set())
+                allowed |= {"group"} if name in ("mean_rel_delta", "mean_log_degradation") else set()
+                allowed |= {"measure"} if name == "spearman" else set()
+                if k.arg not in allowed:
+                    raise UserError(f"{where}: {name}() has no argument {k.arg!r}", f"it takes {', '.join(sorted(allowed))}")
+                kws.append((k.arg, k.value.value))
+            if name in LANG_METRICS and "lang" not in dict(kws):
+                raise UserError(f"{where}: {name}() needs lang=", f"e.g. {name}(lang='heb', plan='none')")
+            calls.append(Call(name, tuple(kws)))
+        else:
+            raise UserError(f"{where}: {ast.unparse(node)!r} is not allowed in a claim",
+                            "use metric calls, numbers and + - * /")
+
+    check(tree.left)
+    check(tree.comparators[0])
+    return tree.left, _OPS[type(tree.ops[0])], tree.comparators[0], calls
+
+
+def _matches(trial, filters: dict[str, str]) -> bool:
+    for key, value in filters.items():
+        have = {"model": trial.model, "scheme": trial.scheme, "plan": trial.plan_name}[key]
+        if key == "scheme" and have == "":  # a plan without {scheme}: the same trial for every scheme
+            continue
+        if have != value:
+            return False
+    return True
+
+
+def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, object]]]:
+    """Expand a claim over the dimensions it leaves open; for each instance, the trial of every call."""
+    _, _, _, calls = parse_expr(claim.expr, claim.id)
+    where = dict(claim.where)
+    values = {d: sorted({getattr(t, d) for t in spec.trials} - {""}) for d in FILTERS if d != "plan"}
+    # a dimension is expanded when a call leaves it open and the grid has more than one value for it
+    open_dims = [d for d in values if d not in where and len(values[d]) > 1 and any(d not in c.kw() for c in calls)]
+    out = []
+    for combo in itertools.product(*(values[d] for d in open_dims)):
+        inst = dict(zip(open_dims, combo))
+        chosen = {}
+        for call in calls:
+            filters = {**where, **inst, **{k: v for k, v in call.kw().items() if k in FILTERS}}
+            hits = [t for t in spec.trials if _matches(t, filters)]
+            if len(hits) != 1:
+                what = "no trial" if not hits else f"{len(hits)} trials ({', '.join(t.name for t in hits[:4])})"
+                raise UserError(f"claim {claim.id}: {call} matches {what} of the grid"
+                                + (f" for {inst}" if inst else ""),
+                                "name an existing plan, model and scheme" if not hits else "pin model, scheme or plan")
+            chosen[call] = hits[0]
+        out.append((inst, chosen))
+    return out
+
+
+def validate_claims(spec) -> None:
+    from ..corpus import load_corpus
+
+    corpus = None
+    for claim in spec.claims:
+        _, _, _, calls = parse_expr(claim.expr, claim.id)
+        for call in calls:
+            kw = call.kw()
+            if "lang" in kw:
+                corpus = corpus or load_corpus(spec.corpus.name, flores_split=spec.corpus.flores_split,
+                                               sentences_per_doc=spec.corpus.sentences_per_doc)
+                lang = corpus.resolve(kw["lang"])
+                if lang not in [corpus.resolve(x) for x in spec.corpus.langs]:
+                    raise UserError(f"claim {claim.id}: {call} names a language the spec does not evaluate")
+            if kw.get("group", "low") not in ("low", "high", "all"):
+                raise UserError(f"claim {claim.id}: group must be low, high or all")
+            if "measure" in kw:
+                from ..corpus.resources import MEASURES
+
+                if kw["measure"] not in MEASURES:
+                    raise UserError(f"claim {claim.id}: unknown measure {kw['measure']!r}",
+                                    f"use {', '.join(MEASURES)}")
+        instances(spec, claim)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+@dataclass
+class Value:
+    point: float | None
+    reps: np.ndarray | None
+    note: str = ""
+
+    @property
+    def defined(self) -> bool:
+        return self.point is not None and np.isfinite(self.point)
+
+    def ci(self) -> list[float] | None:
+        if not self.defined or self.reps is None:
+            return None
+        r = self.reps[np.isfinite(self.reps)]
+        return None if r.size == 0 else [float(x) for x in np.percentile(r, [2.5, 97.5])]
+
+    def to_dict(self) -> dict:
+        d = {"value": self.point if self.defined else None, "ci95": self.ci()}
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+def _combine(a: Value, b: Value, op: Callable) -> Value:
+    if not (a.defined and b.defined):
+        return Value(None, None, a.note or b.note or "undefined operand")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return Value(float(op(a.point, b.point)), op(a.reps, b.reps))
+
+
+class Evaluator:
+    """Computes metric values (point estimate and bootstrap replicates) from stored per-document rows.
+
+    Replicates resample each (model, language)'s documents with a generator seeded by the spec's seed and the
+    (model, language) pair, so every trial of a model shares the same resamples: comparisons are paired.
+    """
+
+    def __init__(self, spec, rows_by_trial: dict[str, dict[str, dict[str, np.ndarray]]]):
+        self.spec = spec
+        self.rows = rows_by_trial  # trial name -> lang -> column -> per-document array
+        self._weights: dict[tuple[str, str], np.ndarray] = {}
+
+    def weights(self, model: str, lang: str, n: int) -> np.ndarray:
+        key = (model, lang)
+        if key not in self._weights:
+            h = int.from_bytes(hashlib.sha256(f"{model}\0{lang}".encode()).digest()[:8], "big")
+            self._weights[key] = resample_counts(n, self.spec.n_boot, np.random.default_rng([self.spec.seed, h]))
+        return self._weights[key]
+
+    def lang_metrics(self, trial, lang: str) -> tuple[dict, dict]:
+        cols = self.rows[trial.name][lang]
+        sums = {"nll": cols["nll"], "nll_ref": cols["nll_ref"], "kl": cols["kl"], "top1": cols["top1"],
+                "n_pred": cols["n_pred"], "bytes": cols["bytes"]}
+        w = self.weights(trial.model, lang, len(cols["nll"]))
+        return _metrics({k: v.sum() for k, v in sums.items()}), _metrics({k: w @ v for k, v in sums.items()})
+
+    def languages(self) -> list[str]:
+        return list(next(iter(self.rows.values())).keys()) if self.rows else []
+
+    def groups(self) -> tuple[list[str], list[str]]:
+        from ..corpus import language_info, load_corpus
+        from ..corpus.documents import base_language
+
+        langs = self.languages()
+        if self.spec.groups:
+            c = load_corpus(self.spec.corpus.name, flores_split=self.spec.corpus.flores_split,
+                            sentences_per_doc=self.spec.corpus.sentences_per_doc)
+            low = [c.resolve(x) for x in self.spec.groups[0]]
+            high = [c.resolve(x) for x in self.spec.groups[1]]
+            return [x for x in langs if x in low], [x for x in langs if x in high]
+        low, high = [], []
+        for lang in langs:
+            cls = language_info(base_language(lang)).resources.joshi_class
+            if cls is not None:
+                (low if cls <= self.spec.lr_max_class else high).append(lang)
+        return low, high
+
+    def group_mean(self, trial, langs: list[str], metric: str) -> Value:
+        if not langs:
+            return Value(None, None, "empty group")
+        pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
+        return Value(float(np.mean([p[metric] for p in pts])), np.mean([r[metric] for r in reps], axis=0))
+
+    def call(self, call: Call, trial) -> Value:
+        kw = call.kw()
+        if call.fn in LANG_METRICS:
+            from ..corpus import load_corpus
+
+            lang = load_corpus(self.spec.corpus.name, flores_split=self.spec.corpus.flores_split,
+                               sentences_per_doc=self.spec.corpus.sentences_per_doc).resolve(kw["lang"])
+            p, r = self.lang_metrics(trial, lang)
+            m = LANG_METRICS[call.fn]
+            return Value(float(p[m]), r[m])
+        low, high = self.groups()
+        if call.fn in ("mean_rel_delta", "mean_log_degradation"):
+            metric = "rel_delta_bpb" if call.fn == "mean_rel_delta" else "log_degradation_pct"
+            group = {"low": low, "high": high, "all": self.languages()}[kw.get("group", "all")]
+            return self.group_mean(trial, group, metric)
+        if call.fn == "spearman":
+            return self._spearman(trial, kw.get("measure", "joshi_class"))
+        metric = "log_degradation_pct" if call.fn == "log_disparity" else "rel_delta_bpb"
+        lo, hi = self.group_mean(trial, low, metric), self.group_mean(trial, high, metric)
+        if call.fn == "gap":
+            return _combine(lo, hi, operator.sub)
+        ci = hi.ci()
+        if not hi.defined or ci is None or ci[0] <= 0 <= ci[1]:
+            return Value(None, None, "ratio undefined: the high-resource mean's 95% CI includes zero")
+        return _combine(lo, hi, operator.truediv)
+
+    def _spearman(self, trial, measure: str) -> Value:
+        from scipy import stats as sps
+
+        from ..corpus import language_info
+        from ..corpus.documents import base_language
+
+        langs = [x for x in self.languages() if language_info(base_language(x)).resources.get(measure) is not None]
+        if len(langs) < 3:
+            return Value(None, None, "needs at least 3 languages with the measure")
+        x = np.array([language_info(base_language(lang)).resources.get(measure) for lang in langs])
+        pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
+        y = np.array([p["rel_delta_bpb"] for p in pts])
+        yr = np.array([r["rel_delta_bpb"] for r in reps])
+        if np.ptp(x) == 0:
+            return Value(None, None, "the measure is the same for every language")
+        h = int.from_bytes(hashlib.sha256(f"spearman\0{trial.model}".encode()).digest()[:8], "big")
+        rng = np.random.default_rng([self.spec.seed, h])
+        out = np.full(yr.shape[1], np.nan)
+        for b in range(yr.shape[1]):
+            pick = rng.integers(0, len(langs), len(langs))
+            if np.ptp(x[pick]) > 0 and np.ptp(yr[pick, b]) > 0:
+                out[b] = sps.spearmanr(x[pick], yr[pick, b]).statistic
+        return Value(float(sps.spearmanr(x, y).statistic), out)
+
+    def evaluate(self, node, chosen) -> Value:
+        if isinstance(node, ast.Constant):
+            return Value(float(node.value), np.full(self.spec.n_boot, float(node.value)))
+        if isinstance(node, ast.UnaryOp):
+            v = self.evaluate(node.operand, chosen)
+            return Value(-v.point, -v.reps) if v.defined else v
+        if isinstance(node, ast.BinOp):
+            return _combine(self.evaluate(node.left, chosen), self.evaluate(node.right, chosen), _ARITH[type(node.op)])
+        call = Call(node.func.id, tuple((k.arg, k.value.value) for k in node.keywords))
+        return self.call(call, chosen[call])
+
+
+def verdict(diff: Value, op: str) -> str:
+    ci = diff.ci()
+    if not diff.defined or ci is None:
+        return "inconclusive"
+    want_negative = op in ("<", "<=")
+    lo, hi = ci
+    if (hi < 0) if want_negative else (lo > 0):
+        return "supported"
+    if (lo > 0) if want_negative else (hi < 0):
+        return "refuted"
+    return "inconclusive"
+
+
+def evaluate_claims(spec, evaluator: Evaluator) -> list[dict]:
+    out = []
+    for claim in spec.claims:
+        left, op, right, _ = parse_expr(claim.expr, claim.id)
+        for inst, chosen in instances(spec, claim):
+            lv, rv = evaluator.evaluate(left, chosen), evaluator.evaluate(right, chosen)
+            diff = _combine(lv, rv, operator.sub)
+            out.append({
+                "id": claim.id, "text": claim.text, "expr": claim.expr, "instance": inst,
+                "trials": sorted({t.name for t in chosen.values()}),
+                "left": lv.to_dict(), "right": rv.to_dict(), "difference": diff.to_dict(),
+                "verdict": verdict(diff, op),
+            })
+    return out
+
+
+__all__ = ["Evaluator", "evaluate_claims", "instances", "parse_expr", "validate_claims", "verdict"]

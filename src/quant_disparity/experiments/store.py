@@ -1,0 +1,263 @@
+"""The results store: SQLite (WAL journal, one transaction per commit), one row per (trial, document).
+
+Trials are keyed by a content hash of everything that determines their numbers (model digest, corpus digest
+and selection, resolved plan, evaluation settings, results version), so a stored trial is never recomputed
+and any change makes a new one. Work is committed per batch: while a trial is in progress its per-batch
+partial sums sit in ``partials``; the transaction that stores its last batch also writes its final ``rows``
+(exact sums, :func:`math.fsum`, so the order batches arrived in cannot change a bit) and marks it done.
+A process killed at any moment loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import UserError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    trial_key TEXT PRIMARY KEY,
+    model TEXT NOT NULL, model_digest TEXT NOT NULL, scheme TEXT NOT NULL, plan TEXT NOT NULL,
+    resolved TEXT NOT NULL, corpus_digest TEXT NOT NULL, selection TEXT NOT NULL, eval TEXT NOT NULL,
+    code_version TEXT NOT NULL, n_batches INTEGER NOT NULL, status TEXT NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}', created TEXT NOT NULL, finished TEXT
+);
+CREATE TABLE IF NOT EXISTS documents (
+    trial_key TEXT NOT NULL, doc INTEGER NOT NULL, lang TEXT NOT NULL, doc_id TEXT NOT NULL,
+    bytes INTEGER NOT NULL, chars INTEGER NOT NULL, tokens INTEGER NOT NULL, n_pred INTEGER NOT NULL,
+    PRIMARY KEY (trial_key, doc)
+);
+CREATE TABLE IF NOT EXISTS partials (
+    trial_key TEXT NOT NULL, batch INTEGER NOT NULL, doc INTEGER NOT NULL,
+    nll REAL NOT NULL, nll_ref REAL NOT NULL, kl REAL NOT NULL, top1 REAL NOT NULL,
+    PRIMARY KEY (trial_key, batch, doc)
+);
+CREATE TABLE IF NOT EXISTS batches_done (trial_key TEXT NOT NULL, batch INTEGER NOT NULL,
+    PRIMARY KEY (trial_key, batch));
+CREATE TABLE IF NOT EXISTS rows (
+    trial_key TEXT NOT NULL, lang TEXT NOT NULL, doc_id TEXT NOT NULL, doc INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, chars INTEGER NOT NULL, tokens INTEGER NOT NULL, n_pred INTEGER NOT NULL,
+    nll REAL NOT NULL, nll_ref REAL NOT NULL, kl REAL NOT NULL, top1 REAL NOT NULL,
+    PRIMARY KEY (trial_key, doc)
+);
+CREATE TABLE IF NOT EXISTS spec_trials (spec TEXT NOT NULL, trial_name TEXT NOT NULL, trial_key TEXT NOT NULL,
+    PRIMARY KEY (spec, trial_name));
+"""
+
+ROW_COLUMNS = ("trial_key", "lang", "doc_id", "doc", "bytes", "chars", "tokens", "n_pred", "nll", "nll_ref", "kl",
+               "top1")
+
+
+class Store:
+    """Open (or create) a store. Raises :class:`UserError` for a read-only, locked, corrupt or newer store."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 5.0):
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.exists():
+                raise UserError(f"store {self.path} not found", "run the experiment first")
+            uri = f"file:{self.path}?mode=ro"
+            self.db = self._connect(uri, timeout, uri=True)
+        else:
+            if self.path.exists() and not os.access(self.path, os.W_OK):
+                raise UserError(f"store {self.path} is read-only", "make it writable or choose another --out")
+            if not self.path.parent.exists() or not os.access(self.path.parent, os.W_OK):
+                raise UserError(f"store directory {self.path.parent} is not writable", "choose another --out")
+            self.db = self._connect(str(self.path), timeout)
+            self._init()
+        self._check_version()
+
+    def _connect(self, target: str, timeout: float, uri: bool = False) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(target, timeout=timeout, uri=uri, isolation_level=None)
+            db.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            if not self.readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.DatabaseError as e:
+            msg = str(e)
+            if "locked" in msg or "busy" in msg:
+                raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
+            if "readonly" in msg or "read-only" in msg:
+                raise UserError(f"store {self.path} is read-only", "make it writable or choose another --out") from None
+            raise UserError(f"store {self.path} is not a usable SQLite database ({msg})",
+                            "point --out at a fresh directory") from None
+
+    def _init(self) -> None:
+        if self._has_meta():
+            return
+        try:  # one script, one transaction: a half-created store cannot exist
+            self.db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR IGNORE INTO meta VALUES "
+                                  f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+        except sqlite3.OperationalError as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if "locked" in str(e) or "busy" in str(e):
+                raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
+            raise
+
+    def _has_meta(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is not None
+
+    def _check_version(self) -> None:
+        if not self._has_meta():
+            raise UserError(f"store {self.path} is not a quant-disparity store", "point --out at a fresh directory")
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise UserError(f"store {self.path} has schema version {version}, newer than this quant-disparity "
+                            f"({SCHEMA_VERSION})", "upgrade quant-disparity to read it")
+
+    @contextmanager
+    def transaction(self):
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``: all or nothing, and only one writer at a time."""
+        if self.readonly:
+            raise UserError(f"store {self.path} was opened read-only")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
+            if "readonly" in str(e):
+                raise UserError(f"store {self.path} is read-only", "make it writable") from None
+            raise
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- trials --------------------------------------------------------------------------------------------
+    def trial_status(self, key: str) -> str | None:
+        row = self.db.execute("SELECT status FROM trials WHERE trial_key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def register(self, key: str, meta: dict, documents: list[dict], spec: str, name: str, created: str) -> None:
+        """Record a trial (once) with its documents, and map ``spec``'s trial ``name`` to it."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM trials WHERE trial_key = ?", (key,)).fetchone() is None:
+                db.execute(
+                    "INSERT INTO trials (trial_key, model, model_digest, scheme, plan, resolved, corpus_digest,"
+                    " selection, eval, code_version, n_batches, status, info, created)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (key, meta["model"], meta["model_digest"], meta["scheme"], meta["plan"],
+                     json.dumps(meta["resolved"]), meta["corpus_digest"], json.dumps(meta["selection"]),
+                     json.dumps(meta["eval"]), meta["code_version"], meta["n_batches"], "pending",
+                     json.dumps(meta.get("info", {})), created))
+                db.executemany(
+                    "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
+                    [(key, d["doc"], d["lang"], d["doc_id"], d["bytes"], d["chars"], d["tokens"], d["n_pred"])
+                     for d in documents])
+            db.execute("INSERT OR REPLACE INTO spec_trials VALUES (?,?,?)", (spec, name, key))
+
+    def done_batches(self, key: str) -> set[int]:
+        return {b for (b,) in self.db.execute("SELECT batch FROM batches_done WHERE trial_key = ?", (key,))}
+
+    def commit_batch(self, batch: int, results: dict[str, list[tuple]], finished_at: str) -> list[str]:
+        """Store one batch's per-document partial sums for several trials; finish trials that are complete.
+
+        ``results[key] = [(doc, nll, nll_ref, kl, top1), ...]``. Returns the keys finished by this commit.
+        """
+        finished = []
+        with self.transaction() as db:
+            for key, parts in results.items():
+                if db.execute("SELECT 1 FROM batches_done WHERE trial_key = ? AND batch = ?", (key, batch)).fetchone():
+                    continue  # already stored by an earlier run: keep the first, never duplicate
+                db.executemany("INSERT INTO partials VALUES (?,?,?,?,?,?,?)", [(key, batch, *p) for p in parts])
+                db.execute("INSERT INTO batches_done VALUES (?, ?)", (key, batch))
+                (n_batches,) = db.execute("SELECT n_batches FROM trials WHERE trial_key = ?", (key,)).fetchone()
+                (n_done,) = db.execute("SELECT count(*) FROM batches_done WHERE trial_key = ?", (key,)).fetchone()
+                if n_done == n_batches:
+                    self._finish(db, key, finished_at)
+                    finished.append(key)
+        return finished
+
+    @staticmethod
+    def _finish(db: sqlite3.Connection, key: str, finished_at: str) -> None:
+        sums: dict[int, list[list[float]]] = {}
+        for doc, nll, nll_ref, kl, top1 in db.execute(
+                "SELECT doc, nll, nll_ref, kl, top1 FROM partials WHERE trial_key = ?", (key,)):
+            sums.setdefault(doc, [[], [], [], []])
+            for acc, v in zip(sums[doc], (nll, nll_ref, kl, top1)):
+                acc.append(v)
+        rows = []
+        for doc, lang, doc_id, nbytes, chars, tokens, n_pred in db.execute(
+                "SELECT doc, lang, doc_id, bytes, chars, tokens, n_pred FROM documents WHERE trial_key = ? ORDER BY doc",
+                (key,)):
+            parts = sums.get(doc, [[], [], [], []])
+            rows.append((key, lang, doc_id, doc, nbytes, chars, tokens, n_pred, *(math.fsum(p) for p in parts)))
+        db.executemany(f"INSERT INTO rows VALUES ({','.join('?' * len(ROW_COLUMNS))})", rows)
+        db.execute("DELETE FROM partials WHERE trial_key = ?", (key,))
+        db.execute("UPDATE trials SET status = 'done', finished = ? WHERE trial_key = ?", (finished_at, key))
+
+    def set_info(self, key: str, info: dict) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE trials SET info = ? WHERE trial_key = ?", (json.dumps(info), key))
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def spec_trials(self, spec: str) -> dict[str, str]:
+        return dict(self.db.execute("SELECT trial_name, trial_key FROM spec_trials WHERE spec = ?", (spec,)))
+
+    def trial(self, key: str) -> dict:
+        cur = self.db.execute("SELECT * FROM trials WHERE trial_key = ?", (key,))
+        cols = [c[0] for c in cur.description]
+        row = cur.fetchone()
+        if row is None:
+            raise KeyError(key)
+        out = dict(zip(cols, row))
+        for k in ("resolved", "selection", "eval", "info"):
+            out[k] = json.loads(out[k])
+        return out
+
+    def rows(self, keys: Iterable[str] | None = None) -> list[tuple]:
+        q = f"SELECT {', '.join(ROW_COLUMNS)} FROM rows"
+        if keys is None:
+            return list(self.db.execute(q + " ORDER BY trial_key, doc"))
+        keys = list(keys)
+        out = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            out += list(self.db.execute(q + f" WHERE trial_key IN ({','.join('?' * len(chunk))}) ORDER BY trial_key, doc",
+                                        chunk))
+        return out
+
+    def dataframe(self, spec: str | None = None):
+        """A pandas DataFrame of document rows (with trial names when ``spec`` is given)."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows(), columns=list(ROW_COLUMNS))
+        if spec is not None:
+            names = pd.DataFrame(list(self.spec_trials(spec).items()), columns=["trial", "trial_key"])
+            df = names.merge(df, on="trial_key", how="inner")
+        return df
+
+    def export(self, path: str | Path, spec: str | None = None) -> Path:
+        """Write the document rows to ``.csv`` or ``.parquet`` (by suffix)."""
+        path = Path(path)
+        df = self.dataframe(spec)
+        if path.suffix == ".parquet":
+            try:
+                df.to_parquet(path, index=False)
+            except ImportError:
+                raise UserError("Parquet export needs pyarrow", "run: pip install pyarrow") from None
+        elif path.suffix == ".csv":
+            df.to_csv(path, index=False)
+        else:
+            raise UserError(f"cannot export to {path.name}", "use a .csv or .parquet file name")
+        return path

@@ -1,0 +1,368 @@
+"""locate: which layers / components cause each language's damage?
+
+A *universe* of tensors is quantized (by default the Linear weights in the decoder blocks, as in the audit).
+It is cut into *units* (layers, components, or both) and every unit gets one configuration:
+
+- ``protect-one``: everything in the universe quantized except the unit. Effect = damage *recovered* by
+  protecting it: bpb(all quantized) - bpb(unit protected), in % of the reference bpb.
+- ``quantize-only``: only the unit quantized. Effect = damage the unit causes alone: bpb(unit) - bpb(reference).
+
+``pairs``: for units A, B the interaction (synergy) of protecting (or quantizing) both, beyond the sum of
+each alone; positive means "more together than apart". Every number has a 95% paired bootstrap interval
+(the same document resamples for every configuration of a language).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis.stats import _ci, resample_counts
+from .config import AuditConfig, _from_dict, to_dict
+from .corpus import DEFAULT_PANEL, language_info
+from .corpus.documents import base_language
+from .errors import UserError, did_you_mean
+from .evaluate import EvalSettings, Forward, prepare
+from .evaluate.sweep import sweep
+from .models import LoadedModel, load_model
+from .models.modules import COMPONENTS, ModuleMap, build_module_map
+from .provenance import environment
+from .quant import QuantEngine, Scheme, cost, parse_scheme
+
+SCHEMA = "quant-disparity/locate"
+SCHEMA_VERSION = 1
+GRANULARITIES = ("layer", "component", "layer×component")
+MODES = ("protect-one", "quantize-only")
+LN2 = math.log(2)
+
+
+def _locate_eval() -> EvalSettings:
+    return EvalSettings(batch_tokens=2048)
+
+
+@dataclass(frozen=True)
+class LocateConfig:
+    model: str = "gemma-3-270m"
+    scheme: str = "w4g128"
+    langs: tuple[str, ...] = DEFAULT_PANEL
+    corpus: str = "udhr"
+    split: str = "select"  # a sensitivity scan chooses; verdicts belong on held-out documents
+    max_tokens: int = 512
+    granularity: str = "layer"
+    mode: str = "protect-one"
+    pairs: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    reuse: bool = True
+    seed: int = 0
+    n_boot: int = 1000
+    device: str = "cpu"
+    dtype: str = "float32"
+    flores_split: str = "devtest"
+    sentences_per_doc: int = 10
+    eval: EvalSettings = field(default_factory=_locate_eval)
+    version: int = 1
+
+    def __post_init__(self):
+        g = {"layerxcomponent": "layer×component", "layer-component": "layer×component",
+             "layer*component": "layer×component"}.get(self.granularity, self.granularity)
+        object.__setattr__(self, "granularity", g)
+        if g not in GRANULARITIES:
+            raise UserError(f"unknown granularity {self.granularity!r}", f"use {', '.join(GRANULARITIES)}")
+        if self.mode not in MODES:
+            raise UserError(f"unknown mode {self.mode!r}{did_you_mean(self.mode, MODES)}", f"use {', '.join(MODES)}")
+        if len(self.pairs) == 1:
+            raise UserError("--pairs needs at least two units", "e.g. --pairs L0,L-1,L5")
+
+    def audit_view(self) -> AuditConfig:
+        """The audit-shaped part (model, corpus, languages, selection) for shared validation and selection."""
+        return AuditConfig(model=self.model, scheme=self.scheme, langs=self.langs, corpus=self.corpus,
+                           split=self.split, max_tokens=self.max_tokens, include=self.include, seed=self.seed,
+                           n_boot=self.n_boot, device=self.device, dtype=self.dtype, flores_split=self.flores_split,
+                           sentences_per_doc=self.sentences_per_doc, eval=self.eval)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LocateConfig:
+        return _from_dict(cls, data, "locate config")
+
+
+# -- units ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    tensors: tuple[str, ...]
+    n_params: int
+
+
+def make_units(modmap: ModuleMap, universe: list[str], granularity: str) -> list[Unit]:
+    info = {p.name: p for p in modmap.params}
+    groups: dict[str, list[str]] = {}
+    for name in universe:
+        p = info[name]
+        comp = "+".join(p.components)
+        if p.layer is None:
+            key = comp
+        elif granularity == "layer":
+            key = f"L{p.layer}"
+        elif granularity == "component":
+            key = comp
+        else:
+            key = f"L{p.layer}.{comp}"
+        groups.setdefault(key, []).append(name)
+
+    def comp_rank(comp: str) -> int:
+        first = comp.split("+")[0]
+        return COMPONENTS.index(first) if first in COMPONENTS else len(COMPONENTS)
+
+    def order(key: str):
+        m = re.match(r"L(\d+)(?:\.(.*))?$", key)
+        if m:
+            return (0, int(m.group(1)), comp_rank(m.group(2) or ""))
+        return (1, 0, comp_rank(key))
+
+    return [Unit(k, tuple(v), sum(info[t].numel for t in v)) for k, v in sorted(groups.items(), key=lambda kv: order(kv[0]))]
+
+
+def parse_unit(text: str, modmap: ModuleMap, universe: list[str]) -> Unit:
+    """``L0``, ``L-1``, ``mlp``, ``attn.q``, ``L3.mlp.down``, ``embed.token``: the universe tensors it names."""
+    text = text.strip()
+    info = {p.name: p for p in modmap.params}
+    m = re.fullmatch(r"L(-?\d+)(?:\.(.+))?", text)
+    n = modmap.n_layers
+    if m:
+        layer = int(m.group(1))
+        if not -n <= layer < n:
+            raise UserError(f"unit {text!r}: layer {layer} is out of range", f"the model has layers 0..{n - 1}")
+        layer %= n
+        comp = m.group(2)
+        name = f"L{layer}" + (f".{comp}" if comp else "")
+    else:
+        layer, comp, name = None, text, text
+
+    def hit(p) -> bool:
+        if layer is not None and p.layer != layer:
+            return False
+        return comp is None or any(c == comp or c.startswith(comp + ".") for c in p.components)
+
+    tensors = tuple(t for t in universe if hit(info[t]))
+    if not tensors:
+        known = sorted({c for t in universe for c in info[t].components})
+        raise UserError(f"unit {text!r} names no quantized tensor",
+                        f"units: L0..L{n - 1}, a component ({', '.join(known)}), or L<i>.<component>")
+    return Unit(name, tensors, sum(info[t].numel for t in tensors))
+
+
+# -- statistics ----------------------------------------------------------------------------------------------------
+@dataclass
+class _LangData:
+    lang: str
+    idx: np.ndarray
+    bytes: np.ndarray
+    weights: np.ndarray  # [n_boot, n_docs]
+
+
+def _bpb(lang: _LangData, nll: np.ndarray) -> tuple[float, np.ndarray]:
+    total = lang.bytes.sum() * LN2
+    return float(nll[lang.idx].sum() / total), (lang.weights @ nll[lang.idx]) / ((lang.weights @ lang.bytes) * LN2)
+
+
+def _est(point: float, reps: np.ndarray) -> dict:
+    return _ci(point, reps).to_dict()
+
+
+def analyse(scores, langs: dict[str, _LangData], unit_names: list[str], mode: str, pairs: list[tuple[str, str]]
+            ) -> dict:
+    out: dict = {"per_language": {}}
+    for lang, ld in langs.items():
+        fp, fp_r = _bpb(ld, scores.nll_ref)
+        npred = scores.n_pred[ld.idx].sum()
+        npred_r = ld.weights @ scores.n_pred[ld.idx]
+        bpb = {name: _bpb(ld, scores.nll[name]) for name in scores.nll}
+        all_p, all_r = bpb["all"]
+
+        def row(name: str) -> dict:
+            p, r = bpb[name]
+            kl = scores.kl[name]
+            return {
+                "bpb": _est(p, r),
+                "delta_bpb": _est(p - fp, r - fp_r),
+                "rel_delta_bpb": _est((p - fp) / fp, (r - fp_r) / fp_r),
+                "kl_bits": _est(kl[ld.idx].sum() / npred / LN2, (ld.weights @ kl[ld.idx]) / npred_r / LN2),
+                "top1_agreement": _est(scores.top1[name][ld.idx].sum() / npred,
+                                       (ld.weights @ scores.top1[name][ld.idx]) / npred_r),
+            }
+
+        def unit_row(u: str) -> dict:
+            r = row(u)
+            p, rr = bpb[u]
+            if mode == "protect-one":
+                eff_p, eff_r = (all_p - p) / fp, (all_r - rr) / fp_r
+                r["share_of_damage_recovered"] = _est((all_p - p) / (all_p - fp), (all_r - rr) / (all_r - fp_r))
+            else:
+                eff_p, eff_r = (p - fp) / fp, (rr - fp_r) / fp_r
+            r["effect"] = _est(eff_p, eff_r)
+            return r
+
+        units = {u: unit_row(u) for u in unit_names}
+        ranked = sorted(unit_names, key=lambda u: -units[u]["effect"]["value"])
+        for rank, u in enumerate(ranked, 1):
+            units[u]["rank"] = rank
+        pair_rows = {}
+        for a, b in pairs:
+            ab = f"{a}+{b}"
+            (pa, ra), (pb, rb), (pab, rab) = bpb[a], bpb[b], bpb[ab]
+            if mode == "protect-one":  # recovery(AB) - recovery(A) - recovery(B)
+                ip, ir = (pa + pb - pab - all_p) / fp, (ra + rb - rab - all_r) / fp_r
+            else:  # damage(AB) - damage(A) - damage(B)
+                ip, ir = (pab - pa - pb + fp) / fp, (rab - ra - rb + fp_r) / fp_r
+            pair_rows[ab] = {"units": [a, b], **row(ab), "interaction": _est(ip, ir),
+                             "effect_a": (units.get(a) or unit_row(a))["effect"],
+                             "effect_b": (units.get(b) or unit_row(b))["effect"]}
+        out["per_language"][lang] = {
+            "bpb_fp": _est(fp, fp_r),
+            "all_quantized": row("all"),
+            "units": units,
+            "ranking": ranked,
+            "pairs": pair_rows,
+        }
+    return out
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+@dataclass
+class LocateResult:
+    data: dict
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def build_configs(universe: list[str], units: list[Unit], pairs: list[tuple[Unit, Unit]], scheme: Scheme,
+                  mode: str) -> dict[str, dict[str, Scheme]]:
+    full = {t: scheme for t in universe}
+    configs = {"all": full}
+
+    def config(tensors: set[str]) -> dict[str, Scheme]:
+        if mode == "protect-one":
+            return {t: s for t, s in full.items() if t not in tensors}
+        return {t: scheme for t in universe if t in tensors}
+
+    for u in units:
+        configs[u.name] = config(set(u.tensors))
+    for a, b in pairs:
+        configs.setdefault(a.name, config(set(a.tensors)))
+        configs.setdefault(b.name, config(set(b.tensors)))
+        configs[f"{a.name}+{b.name}"] = config(set(a.tensors) | set(b.tensors))
+    return configs
+
+
+def run_locate(
+    config: LocateConfig,
+    *,
+    lm: LoadedModel | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LocateResult:
+    from .audit import quantization_targets, select_documents, validate
+
+    t0 = time.perf_counter()
+    scheme, corpus, langs = validate(config.audit_view())
+    own_model = lm is None
+    if own_model:
+        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
+    modmap = build_module_map(lm.model)
+    universe = quantization_targets(modmap, config.include)
+    units = make_units(modmap, universe, config.granularity)
+    pair_units = [parse_unit(u, modmap, universe) for u in config.pairs]
+    names = [u.name for u in pair_units]
+    if len(set(names)) != len(names):
+        raise UserError(f"--pairs names a unit twice ({', '.join(names)})")
+    pairs = list(itertools.combinations(pair_units, 2))
+    configs = build_configs(universe, units, pairs, scheme, config.mode)
+
+    selection = select_documents(corpus, langs, config.audit_view(), lm.tokenizer)
+    if own_model:
+        lm.drop_tokenizer()
+    docs = [d for lang in langs for d in selection.docs[lang]]
+    tokens = [t for lang in langs for t in selection.tokens[lang]]
+    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length)
+    total = prepared.total_pred * len(configs)
+    log(f"{len(units)} units, {len(configs)} configurations, {len(docs)} documents, "
+        f"{prepared.total_pred} tokens per configuration")
+
+    engine = QuantEngine(lm.model, modmap)
+    t_q = time.perf_counter()
+    for cfg in configs.values():  # fill the quantization cache once (each tensor x scheme is quantized once)
+        engine.assign_(cfg)
+    engine.restore_()
+    t_eval = time.perf_counter()
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    scores = sweep(Forward(lm.model), prepared, engine, configs, bases=["all"] if config.mode == "protect-one" else [],
+                   reuse=config.reuse, vocab_chunk=config.eval.vocab_chunk, progress=tick)
+    t_done = time.perf_counter()
+
+    rng = np.random.default_rng(config.seed)
+    lang_data, offset = {}, 0
+    for lang in langs:
+        n = len(selection.docs[lang])
+        lang_data[lang] = _LangData(lang, np.arange(offset, offset + n),
+                                    np.array([d.n_bytes for d in selection.docs[lang]], dtype=np.float64),
+                                    resample_counts(n, config.n_boot, rng))
+        offset += n
+    stats = analyse(scores, lang_data, [u.name for u in units], config.mode,
+                    [(a.name, b.name) for a, b in pairs])
+    data = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "model": {**lm.info.to_dict(), "module_map": modmap.summary()},
+        "scheme": {"name": scheme.name, "universe_tensors": len(universe),
+                   "universe_cost": cost(modmap, {t: scheme for t in universe})},
+        "corpus": {"name": corpus.name, "digest": corpus.digest, "split": config.split,
+                   "max_tokens_per_language": config.max_tokens},
+        "mode": config.mode,
+        "granularity": config.granularity,
+        "effect": ("share of the reference bpb recovered by protecting the unit (bpb all-quantized - bpb unit "
+                   "protected) / bpb reference" if config.mode == "protect-one" else
+                   "relative Δbpb caused by quantizing the unit alone"),
+        "units": [{"name": u.name, "tensors": len(u.tensors), "params": u.n_params} for u in units],
+        "languages": [{**language_info(base_language(lang)).to_dict(), "id": lang,
+                       "n_docs": len(selection.docs[lang]),
+                       "n_bytes": int(lang_data[lang].bytes.sum())} for lang in langs],
+        "results": stats["per_language"],
+        "pairs": [[a.name, b.name] for a, b in pairs],
+        "environment": environment(),
+        "timing": {"quantize_s": round(t_eval - t_q, 3), "evaluate_s": round(t_done - t_eval, 3),
+                   "total_s": round(time.perf_counter() - t0, 3), "configurations": len(configs),
+                   "tokens_per_configuration": prepared.total_pred, **scores.stats},
+    }
+    return LocateResult(data)
+
+
+def effect_matrix(data: dict) -> tuple[list[str], list[str], np.ndarray]:
+    """(units, languages, effect [units x languages]) in percent of the reference bpb."""
+    units = [u["name"] for u in data["units"]]
+    langs = [lang["id"] for lang in data["languages"]]
+    m = np.array([[data["results"][lang]["units"][u]["effect"]["value"] or np.nan for lang in langs] for u in units])
+    return units, langs, 100 * m
+
+
+__all__ = ["GRANULARITIES", "MODES", "LocateConfig", "LocateResult", "Unit", "effect_matrix", "make_units",
+           "parse_unit", "run_locate"]

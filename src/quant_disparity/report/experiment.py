@@ -1,0 +1,289 @@
+"""Reports of a study from its analysed results: markdown, LaTeX (booktabs) and a self-contained HTML page.
+
+Every number is read from ``experiments.results.analyse`` output, which is computed from the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+
+import numpy as np
+
+from .tables import fmt, markdown_table
+
+# -- shared pieces -------------------------------------------------------------------------------------------------
+
+
+def trial_rows(result: dict) -> list[list[str]]:
+    rows = []
+    for t in result["trials"]:
+        c = t["cost"]
+        s = t["summary"]
+        rows.append([
+            t["model"], t["scheme"] or "—", t["plan_name"],
+            f"{c.get('bits_per_weight', float('nan')):.2f}", f"{100 * c.get('protected_fraction', 0):.1f}%",
+            fmt(s["mean_rel_delta"], 1, pct=True, sign=True),
+            f"{t['worst_language']} {fmt(t['languages'][t['worst_language']]['rel_delta_bpb'], 1, pct=True, sign=True)}",
+            fmt(s["gap"], 1, pct=True, sign=True),
+            fmt(s["disparity"], 2) + (" (undefined)" if s["disparity"].get("note") else ""),
+        ])
+    return rows
+
+
+TRIAL_HEADERS = ["model", "scheme", "plan", "bits/weight", "protected", "mean rel. Δbpb", "worst language",
+                 "low − high gap", "disparity (low/high)"]
+VERDICT_HEADERS = ["claim", "instance", "left [95% CI]", "right [95% CI]", "left − right [95% CI]", "verdict"]
+
+
+def verdict_rows(result: dict, digits: int = 3) -> list[list[str]]:
+    rows = []
+    for v in result["verdicts"]:
+        inst = ", ".join(f"{k}={val}" for k, val in v["instance"].items()) or "—"
+        rows.append([f"{v['id']}: {v['expr']}", inst, fmt(v["left"], digits), fmt(v["right"], digits),
+                     fmt(v["difference"], digits, sign=True), v["verdict"]])
+    return rows
+
+
+def summary_markdown(result: dict) -> str:
+    spec = result["spec"]
+    g = result["groups"]
+    lines = [
+        f"# {spec['name']}",
+        "",
+        spec["description"] or "",
+        "",
+        f"- Corpus `{spec['corpus']['name']}`, split `{spec['corpus']['split']}`, {len(result['languages'])} languages, "
+        f"up to {spec['corpus']['max_tokens'] or 'all'} tokens per language"
+        + (", first sentence of each document" if spec["corpus"].get("first_sentence") else "") + ".",
+        f"- Low-resource: {', '.join(g['low']) or '—'}; high-resource: {', '.join(g['high']) or '—'} ({g['rule']}).",
+        f"- 95% paired bootstrap intervals over documents ({spec['n_boot']} replicates, seed {spec['seed']}); "
+        "disparity is undefined when the high-resource mean's interval includes zero.",
+        "",
+        "## Trials",
+        "",
+        markdown_table(TRIAL_HEADERS, trial_rows(result), "llllrrrrr"),
+        "",
+    ]
+    if result["verdicts"]:
+        lines += ["## Claims", "", markdown_table(VERDICT_HEADERS, verdict_rows(result), "llrrrl"), ""]
+    return "\n".join(lines)
+
+
+# -- LaTeX ---------------------------------------------------------------------------------------------------------
+_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "Δ": r"$\Delta$", "−": "--", "≤": r"$\le$"}
+
+
+def tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex_table(headers: list[str], rows: list[list[str]], align: str, caption: str, label: str) -> str:
+    body = "\n".join("    " + " & ".join(tex(c) for c in row) + r" \\" for row in rows)
+    return "\n".join([
+        r"\begin{table}[t]", r"  \centering", r"  \small", rf"  \begin{{tabular}}{{{align}}}", r"    \toprule",
+        "    " + " & ".join(tex(h) for h in headers) + r" \\", r"    \midrule", body, r"    \bottomrule",
+        r"  \end{tabular}", rf"  \caption{{{tex(caption)}}}", rf"  \label{{{label}}}", r"\end{table}", "",
+    ])
+
+
+def latex_report(result: dict) -> str:
+    name = result["spec"]["name"]
+    label = re.sub(r"[^A-Za-z0-9]+", "-", name)
+    parts = [f"% quant-disparity report for {name}; requires \\usepackage{{booktabs}}", ""]
+    parts.append(latex_table(TRIAL_HEADERS, trial_rows(result), "llllrrrrr",
+                             f"{name}: trials (95% bootstrap CIs over documents).", f"tab:{label}-trials"))
+    first = result["trials"][0]
+    lang_rows = [[lang, fmt(v["bpb_fp"], 3).split(" [")[0], fmt(v["delta_bpb"], 3, sign=True),
+                  fmt(v["rel_delta_bpb"], 1, pct=True, sign=True), fmt(v["kl_bits"], 3)]
+                 for lang, v in first["languages"].items()]
+    parts.append(latex_table(["language", "bpb ref.", "Δbpb", "rel. Δbpb", "KL bits/token"], lang_rows, "lrrrr",
+                             f"{name}: per-language damage of {first['name']}.", f"tab:{label}-languages"))
+    if result["verdicts"]:
+        parts.append(latex_table(VERDICT_HEADERS, verdict_rows(result), "llrrrl", f"{name}: claims and verdicts.",
+                                 f"tab:{label}-claims"))
+    return "\n".join(parts)
+
+
+# -- figures -------------------------------------------------------------------------------------------------------
+def _png(fig) -> str:
+    from . import plots
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plots.plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def figure_bars(result: dict, max_trials: int = 6):
+    from . import plots
+
+    trials = result["trials"][:max_trials]
+    langs = [x["id"] for x in result["languages"]]
+    fig, ax = plots.plt.subplots(figsize=(max(6, 0.6 * len(langs) * max(1, len(trials)) / 2 + 3), 3.6),
+                                 layout="constrained")
+    width = 0.8 / max(1, len(trials))
+    for i, t in enumerate(trials):
+        vals = np.array([100 * (t["languages"][x]["rel_delta_bpb"]["value"] or np.nan) for x in langs])
+        ci = np.array([[100 * c for c in (t["languages"][x]["rel_delta_bpb"]["ci95"] or [np.nan, np.nan])]
+                       for x in langs])
+        ax.bar(np.arange(len(langs)) + i * width, vals, width, yerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]),
+               capsize=2, label=t["name"])
+    ax.set_xticks(np.arange(len(langs)) + width * (len(trials) - 1) / 2, langs, rotation=45, ha="right")
+    ax.set_ylabel("relative Δbpb (%)")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_title("Per-language degradation (95% CI)", fontsize=10)
+    ax.legend(fontsize=6, ncols=2)
+    return fig
+
+
+def figure_trial_heatmap(result: dict):
+    from . import plots
+
+    langs = [x["id"] for x in result["languages"]]
+    names = [t["name"] for t in result["trials"]]
+    m = np.array([[100 * (t["languages"][x]["rel_delta_bpb"]["value"] or np.nan) for x in langs]
+                  for t in result["trials"]])
+    return plots.heatmap(m, names, langs, "Relative Δbpb by trial and language", "% of reference bpb")
+
+
+def layer_sweeps(result: dict) -> list[tuple[str, list[str], list[str], np.ndarray]]:
+    """(title, layers, languages, recovered %) for each model x scheme with one-layer-protected trials.
+
+    A trial protects one layer when every tensor its plan keeps lies in the same block; the baseline is the
+    trial of the same model and scheme that keeps nothing and quantizes the most parameters.
+    """
+    out = []
+    langs = [x["id"] for x in result["languages"]]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in result["trials"]:
+        groups.setdefault((t["model"], t["scheme"]), []).append(t)
+    for (model, scheme), trials in groups.items():
+        base = [t for t in trials if t["cost"].get("kept_params", 1) == 0]
+        if not base:
+            continue
+        base = max(base, key=lambda t: t["cost"].get("quantized_params", 0))
+        layer_trials = [(t["protected_layer"], t) for t in trials if t.get("protected_layer") is not None]
+        if len(layer_trials) < 2:
+            continue
+        layer_trials.sort(key=lambda x: x[0])
+        m = np.array([[100 * ((base["languages"][x]["bpb_q"]["value"] - t["languages"][x]["bpb_q"]["value"])
+                              / t["languages"][x]["bpb_fp"]["value"]) for x in langs] for _, t in layer_trials])
+        out.append((f"{model} · {scheme}: damage recovered by protecting one layer", [f"L{k}" for k, _ in layer_trials],
+                    langs, m))
+    return out
+
+
+def figure_pareto(result: dict):
+    from . import plots
+
+    fig, ax = plots.plt.subplots(figsize=(6, 4), layout="constrained")
+    for model in dict.fromkeys(t["model"] for t in result["trials"]):
+        pts = [(t["cost"].get("bits_per_weight", np.nan),
+                100 * (t["languages"][t["worst_language"]]["rel_delta_bpb"]["value"] or np.nan), t["plan_name"])
+               for t in result["trials"] if t["model"] == model]
+        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        ax.scatter(xs, ys, s=14, label=model, alpha=0.7)
+        order = np.argsort(xs)
+        front, best = [], np.inf
+        for i in order:
+            if ys[i] < best:
+                best = ys[i]
+                front.append(i)
+        ax.step(xs[front], ys[front], where="post", linewidth=1)
+    ax.set_xlabel("bits per weight (whole model, scales included)")
+    ax.set_ylabel("worst-language relative Δbpb (%)")
+    ax.set_title("Pareto frontier: size vs worst-language damage", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def figure_resource_scatter(result: dict, trial: dict):
+    from . import plots
+
+    rows = [(x["joshi_class"], 100 * trial["languages"][x["id"]]["rel_delta_bpb"]["value"], x["id"])
+            for x in result["languages"] if x.get("joshi_class") is not None]
+    fig, ax = plots.plt.subplots(figsize=(5, 3.6), layout="constrained")
+    if rows:
+        xs, ys = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
+        ax.scatter(xs, ys)
+        for x, y, name in rows:
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        rho = trial["summary"]["spearman_joshi"]
+        ax.set_title(f"{trial['name']}: Spearman ρ = {fmt(rho, 2)}", fontsize=9)
+        if len(rows) >= 2 and np.ptp(xs) > 0:
+            ax.plot(np.unique(xs), np.poly1d(np.polyfit(xs, ys, 1))(np.unique(xs)), linewidth=0.8)
+    ax.set_xlabel("Joshi et al. (2020) resource class")
+    ax.set_ylabel("relative Δbpb (%)")
+    return fig
+
+
+def figures(result: dict) -> list[tuple[str, str]]:
+    """(caption, base64 PNG) for every figure of the report."""
+    from . import plots
+
+    out = [("Per-language degradation of the first trials, with 95% intervals", _png(figure_bars(result))),
+           ("Relative Δbpb of every trial (rows) in every language (columns)", _png(figure_trial_heatmap(result)))]
+    for title, rows, cols, m in layer_sweeps(result):
+        out.append((title, _png(plots.heatmap(m, rows, cols, title, "% of reference bpb"))))
+    out.append(("Bits per weight against the worst language's damage; the line is the Pareto frontier",
+                _png(figure_pareto(result))))
+    out.append(("Damage against the language's resource class, with the Spearman correlation",
+                _png(figure_resource_scatter(result, result["trials"][0]))))
+    return out
+
+
+# -- HTML ----------------------------------------------------------------------------------------------------------
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; } figcaption { font-size: 0.85rem; color: #555; }
+.supported { color: #1a7f37; font-weight: 600; } .refuted { color: #b42318; font-weight: 600; }
+.inconclusive { color: #8a6d00; }
+code, pre { background: #f4f4f4; padding: 0.1rem 0.3rem; }
+"""
+
+
+def html_report(result: dict, environment: dict, store_info: dict) -> str:
+    spec = result["spec"]
+    figs = figures(result)
+    verdicts = "".join(
+        f"<tr><td>{html.escape(v['id'])}: <code>{html.escape(v['expr'])}</code><br><small>{html.escape(v['text'])}"
+        f"</small></td><td>{html.escape(', '.join(f'{k}={x}' for k, x in v['instance'].items()) or '—')}</td>"
+        f"<td>{html.escape(fmt(v['left'], 3))}</td><td>{html.escape(fmt(v['right'], 3))}</td>"
+        f"<td>{html.escape(fmt(v['difference'], 3, sign=True))}</td>"
+        f"<td class='{v['verdict']}'>{v['verdict']}</td></tr>" for v in result["verdicts"])
+    verdict_table = (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in VERDICT_HEADERS)}</tr></thead>"
+                     f"<tbody>{verdicts}</tbody></table>") if result["verdicts"] else "<p>No claims in this spec.</p>"
+    fig_html = "".join(f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{b}'>"
+                       f"<figcaption>{html.escape(c)}</figcaption></figure>" for c, b in figs)
+    env_rows = [[k, str(v)] for k, v in environment.items() if k != "libraries"]
+    env_rows += [[f"library: {k}", str(v)] for k, v in environment.get("libraries", {}).items()]
+    env_rows += [[k, str(v)] for k, v in store_info.items()]
+    g = result["groups"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(spec['name'])} — quant-disparity report</title>
+<style>{_CSS}</style></head><body>
+<h1>{html.escape(spec['name'])}</h1>
+<p>{html.escape(spec['description'])}</p>
+<p>Corpus <code>{html.escape(str(spec['corpus']['name']))}</code>, split <code>{html.escape(spec['corpus']['split'])}</code>;
+low-resource: {html.escape(', '.join(g['low']) or '—')}; high-resource: {html.escape(', '.join(g['high']) or '—')}
+({html.escape(g['rule'])}). Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents
+({spec['n_boot']} replicates, seed {spec['seed']}).</p>
+<h2>Claims</h2>{verdict_table}
+<h2>Trials</h2>{_html_table(TRIAL_HEADERS, trial_rows(result))}
+<h2>Figures</h2>{fig_html}
+<h2>Environment and provenance</h2>{_html_table(["item", "value"], env_rows)}
+</body></html>
+"""

@@ -1,0 +1,66 @@
+"""Figures from stored results (matplotlib, Agg backend). Each function returns a Figure; callers save it."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, cbar_label: str,
+            annotate: bool | None = None):
+    """Rows x columns heat map with a diverging colour scale centred on zero."""
+    h = max(3.0, 0.32 * len(rows) + 1.6)
+    w = max(4.5, 0.75 * len(cols) + 2.2)
+    fig, ax = plt.subplots(figsize=(w, h), layout="constrained")
+    finite = matrix[np.isfinite(matrix)]
+    lim = float(np.max(np.abs(finite))) if finite.size else 1.0
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.8)
+    if annotate if annotate is not None else matrix.size <= 400:
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                v = matrix[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+                            color="white" if abs(v) > 0.6 * lim else "black")
+    return fig
+
+
+def bars_by_group(groups: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]], title: str, ylabel: str,
+                  ncols: int = 4):
+    """Small multiples: one panel per group (e.g. language), bars with 95% CI error bars.
+
+    ``groups[name] = (labels, values, lo, hi)``.
+    """
+    n = len(groups)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    n_bars = max(len(v[0]) for v in groups.values())
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.2, 0.22 * n_bars + 1.2) * ncols, 2.6 * nrows),
+                             squeeze=False, sharey=True, layout="constrained")
+    for ax, (name, (labels, values, lo, hi)) in zip(axes.flat, groups.items()):
+        x = np.arange(len(labels))
+        err = np.vstack([values - lo, hi - values])
+        colors = ["#b2182b" if v >= 0 else "#2166ac" for v in values]
+        ax.bar(x, values, color=colors, yerr=err, capsize=1.5, error_kw={"elinewidth": 0.6})
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(x, labels, rotation=90, fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def save(fig, path) -> None:
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

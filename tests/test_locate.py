@@ -1,0 +1,155 @@
+"""Sweeps: exactness of replay and shared-reference scoring, locate's effects and pairs, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quant_disparity.cli import main
+from quant_disparity.corpus import load_udhr
+from quant_disparity.errors import UserError
+from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate.sweep import sweep
+from quant_disparity.locate import LocateConfig, make_units, parse_unit, run_locate
+from quant_disparity.models.modules import build_module_map
+from quant_disparity.quant import QuantEngine, parse_scheme
+
+from conftest import CORE_ARCHS, tiny_model
+
+
+def _prepared(lm, n=2):
+    c = load_udhr()
+    docs = [d for lang in ("eng_Latn", "heb_Hebr") for d in c.documents(lang)[:n]]
+    return prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, EvalSettings(window=64, context=8,
+                                                                                         batch_tokens=256))
+
+
+@pytest.mark.parametrize("arch", CORE_ARCHS + ("opt", "falcon"))
+def test_sweep_equals_one_evaluation_per_configuration(arch, tiny_lm):
+    lm = tiny_lm(arch)
+    mm = build_module_map(lm.model)
+    engine = QuantEngine(lm.model, mm)
+    universe = mm.default_targets()
+    s = parse_scheme("w3g16")
+    units = make_units(mm, universe, "layer")
+    configs = {"all": {t: s for t in universe}}
+    for u in units:
+        configs[u.name] = {t: s for t in universe if t not in u.tensors}
+    prep = _prepared(lm)
+    fw = Forward(lm.model)
+    fast = sweep(fw, prep, engine, configs, bases=["all"], reuse=True, vocab_chunk=100)
+    assert fast.stats["replay"] and fast.stats["block_work_saved"] > 0.2
+    slow = sweep(fw, prep, engine, configs, reuse=False, vocab_chunk=100)
+    assert slow.stats["block_work_saved"] == 0
+    for name, cfg in configs.items():
+        one = evaluate(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
+                       vocab_chunk=100)
+        engine.restore_()
+        np.testing.assert_allclose(fast.nll[name], one.nll, rtol=1e-6)
+        np.testing.assert_allclose(fast.kl[name], one.kl, rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(fast.top1[name], one.top1)
+        np.testing.assert_array_equal(fast.nll[name], slow.nll[name])  # replay is bit-exact
+        np.testing.assert_allclose(fast.nll_ref, one.nll_ref, rtol=1e-12)
+
+
+def test_units_by_granularity():
+    mm = build_module_map(tiny_model("llama"))
+    universe = mm.default_targets()
+    layers = make_units(mm, universe, "layer")
+    assert [u.name for u in layers] == ["L0", "L1", "L2"]
+    comps = make_units(mm, universe, "component")
+    assert {u.name for u in comps} == {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"}
+    both = make_units(mm, universe, "layer×component")
+    assert len(both) == 21 and both[0].name == "L0.attn.q"
+    for units in (layers, comps, both):  # a partition of the universe
+        flat = [t for u in units for t in u.tensors]
+        assert sorted(flat) == sorted(universe)
+    assert parse_unit("L-1", mm, universe).name == "L2"
+    assert parse_unit("L1.mlp", mm, universe).tensors == tuple(t for t in universe if ".1.mlp." in t)
+    with pytest.raises(UserError, match="out of range"):
+        parse_unit("L3", mm, universe)
+    with pytest.raises(UserError, match="names no quantized tensor"):
+        parse_unit("embed.token", mm, universe)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("mode", ["protect-one", "quantize-only"])
+def test_locate_effects_follow_their_definitions(model_dir, mode):
+    cfg = LocateConfig(model=str(model_dir), scheme="w3g16", langs=("eng", "heb"), max_tokens=120, mode=mode,
+                       pairs=("L0", "L-1", "mlp"), n_boot=100, split="all",
+                       eval=EvalSettings(window=128, context=16, batch_tokens=512))
+    d = run_locate(cfg).to_dict()
+    assert d["schema"] == "quant-disparity/locate" and [u["name"] for u in d["units"]] == ["L0", "L1", "L2"]
+    assert d["timing"]["configurations"] == 1 + 3 + 1 + 3  # all, 3 layers, the extra unit "mlp", 3 pairs
+    assert d["pairs"] == [["L0", "L2"], ["L0", "mlp"], ["L2", "mlp"]]
+    for lang, r in d["results"].items():
+        fp = r["bpb_fp"]["value"]
+        all_q = r["all_quantized"]["bpb"]["value"]
+        for u, row in r["units"].items():
+            b = row["bpb"]["value"]
+            expected = (all_q - b) / fp if mode == "protect-one" else (b - fp) / fp
+            assert row["effect"]["value"] == pytest.approx(expected)
+            lo, hi = row["effect"]["ci95"]
+            assert lo <= row["effect"]["value"] <= hi
+        assert sorted(r["ranking"], key=lambda u: -r["units"][u]["effect"]["value"]) == r["ranking"]
+        p = r["pairs"]["L0+L2"]
+        ab = p["bpb"]["value"]
+        a, b = r["units"]["L0"]["bpb"]["value"], r["units"]["L2"]["bpb"]["value"]
+        expected = (a + b - ab - all_q) / fp if mode == "protect-one" else (ab - a - b + fp) / fp
+        assert p["interaction"]["value"] == pytest.approx(expected)
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    c = capsys.readouterr()
+    return e.value.code or 0, c.out, c.err
+
+
+def test_locate_cli_writes_json_markdown_and_figures(model_dir, tmp_path, capsys):
+    out = tmp_path / "loc"
+    code, stdout, err = _run(["locate", "--model", str(model_dir), "--langs", "eng,heb,amh", "--max-tokens", "80",
+                              "--scheme", "w3g16", "--granularity", "component", "--n-boot", "50", "--window", "128",
+                              "--split", "all", "--out", str(out)], capsys)
+    assert code == 0, err
+    data = json.loads((out / "locate.json").read_text())
+    assert data["granularity"] == "component" and len(data["languages"]) == 3
+    for png in ("heatmap.png", "bars.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000
+    assert "## Effect by unit and language" in (out / "locate.md").read_text()
+    code, _, err = _run(["locate", "--model", str(model_dir), "--out", str(out)], capsys)
+    assert code == 2 and "already holds locate.json" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--granularity", "block"], "Invalid value for '--granularity'"),
+    (["--mode", "protect-all"], "Invalid value for '--mode'"),
+    (["--pairs", "L0"], "--pairs needs at least two units"),
+    (["--scheme", "w4x"], "unknown scheme"),
+    (["--langs", "xx"], "has no language"),
+])
+def test_locate_bad_input(args, message, capsys, tmp_path):
+    code, _, err = _run(["locate", *args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_locate_bad_units(model_dir, capsys, tmp_path):
+    code, _, err = _run(["locate", "--model", str(model_dir), "--pairs", "L0,L9", "--langs", "eng",
+                         "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "layer 9 is out of range" in err
