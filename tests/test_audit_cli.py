@@ -132,3 +132,25 @@ def test_listing_commands(capsys):
     assert code == 0 and "gguf:q4_0" in out and "4.500" in out
     code, out, _ = _run(["models"], capsys)
     assert code == 0 and "gemma-3-270m" in out and "smollm2-135m" in out
+
+
+def test_audit_with_a_plan(model_dir, tmp_path, capsys):
+    out = tmp_path / "planned"
+    code, _, err = _run(["audit", "--model", str(model_dir), "--langs", "eng,heb", "--max-tokens", "60",
+                         "--plan", "keep:layer:0,layer:-1; w3g32:*", "--n-boot", "50", "--window", "128",
+                         "--out", str(out)], capsys)
+    assert code == 0, err
+    data = json.loads((out / "audit.json").read_text())
+    assert data["scheme"]["name"] == "keep:layer:0,layer:-1; w3g32:*"
+    kept = {t["name"] for t in data["scheme"]["plan"]["tensors"] if t["action"] == "keep"}
+    quantized = {t["name"] for t in data["scheme"]["plan"]["tensors"] if t["action"] == "w3g32"}
+    assert kept and quantized and all(".layers.1." in n for n in quantized)
+    assert data["scheme"]["quantized"]["layers"] == "1-1"
+    code, _, err = _run(["audit", "--model", str(model_dir), "--plan", "w4g32:*", "--scheme", "w4g32",
+                         "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "either --scheme or --plan" in err
+    code, _, err = _run(["audit", "--model", str(model_dir), "--plan", "keep:layer:9; w4g32:*", "--langs", "eng",
+                         "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "layer 9 is out of range" in err and not (tmp_path / "y" / "audit.json").exists()
+    code, _, err = _run(["audit", "--plan", "w4g32:nonsense", "--out", str(tmp_path / "z")], capsys)
+    assert code == 2 and "unknown selector 'nonsense'" in err and not (tmp_path / "z").exists()

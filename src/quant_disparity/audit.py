@@ -20,6 +20,7 @@ from .models import LoadedModel, classify_source, load_model, parse_device, pars
 from .models.modules import ModuleMap, build_module_map
 from .provenance import environment
 from .quant import QuantEngine, Scheme, cost, parse_scheme
+from .quant.plan import load_plan
 
 SCHEMA = "quant-disparity/audit"
 SCHEMA_VERSION = 1
@@ -36,6 +37,10 @@ class Selection:
 def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
     """Everything that can be checked before a model is loaded; raises :class:`UserError`."""
     scheme = parse_scheme(config.scheme)
+    if config.plan:
+        load_plan(config.plan)
+        if config.include:
+            raise UserError("--include does not combine with --plan", "name those tensors in the plan instead")
     if config.resource_measure not in MEASURES:
         raise UserError(f"unknown resource measure {config.resource_measure!r}"
                         f"{did_you_mean(config.resource_measure, MEASURES)}", f"use one of {', '.join(MEASURES)}")
@@ -170,8 +175,15 @@ def run_audit(
         lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
     t_load = time.perf_counter()
     modmap = build_module_map(lm.model)
-    targets = quantization_targets(modmap, config.include)
-    assignment = {name: scheme for name in targets}
+    if config.plan:
+        resolved = load_plan(config.plan).resolve(modmap)
+        assignment = resolved.assignment()
+        targets = list(assignment)
+        plan_info = resolved.to_dict()
+    else:
+        targets = quantization_targets(modmap, config.include)
+        assignment = {name: scheme for name in targets}
+        plan_info = None
     selection = select_documents(corpus, langs, config, lm.tokenizer)
     if own_model:
         lm.drop_tokenizer()
@@ -230,8 +242,9 @@ def run_audit(
     return AuditResult(
         config=config,
         model={**lm.info.to_dict(), "module_map": modmap.summary()},
-        scheme={"name": scheme.name, "quantized": describe_targets(modmap, targets), "cost": cost(modmap, assignment),
-                "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)"},
+        scheme={"name": str(load_plan(config.plan)) if config.plan else scheme.name,
+                "quantized": describe_targets(modmap, targets), "cost": cost(modmap, assignment),
+                "plan": plan_info, "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)"},
         corpus={"name": corpus.name, "digest": corpus.digest, "source": corpus.source, "license": corpus.license,
                 "split": config.split, "max_tokens_per_language": config.max_tokens},
         languages=lang_rows,

@@ -36,6 +36,8 @@ def _default_out(kind: str) -> Path:
 @app.command()
 @click.option("--model", help="Bundled alias (gemma-3-270m, smollm2-135m), HF id, model dir or .gguf file.")
 @click.option("--scheme", help="Quantization scheme, e.g. w4g128, w4g128-asym, w8-channel, gguf:q4_0.")
+@click.option("--plan", help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' "
+                             "(or a .toml file).")
 @click.option("--langs", help="Comma-separated languages (default: the 12-language panel).")
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="all | select | heldout.")
@@ -51,8 +53,8 @@ def _default_out(kind: str) -> Path:
 @click.option("--context", type=int, help="Context tokens carried into later windows of long documents.")
 @click.option("--batch-tokens", type=int, help="Padded tokens per batch.")
 @click.option("--config", type=click.Path(path_type=Path), help="An audit config TOML; options given here override it.")
-def audit(model, scheme, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir, overwrite, device, dtype,
-          window, context, batch_tokens, config) -> None:
+def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir, overwrite, device,
+          dtype, window, context, batch_tokens, config) -> None:
     """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
     from .audit import run_audit, validate
     from .config import AuditConfig
@@ -65,8 +67,11 @@ def audit(model, scheme, langs, corpus, split, max_tokens, include, seed, n_boot
             base = AuditConfig.from_toml(config.read_text(encoding="utf-8")).to_dict()
         except OSError as e:
             raise UserError(f"cannot read --config {config} ({e.strerror})") from None
+    if plan and scheme:
+        raise UserError("give either --scheme or --plan, not both", "a plan names its schemes itself")
     overrides = {
-        "model": model, "scheme": scheme, "langs": list(_csv(langs)) or None, "corpus": corpus, "split": split,
+        "model": model, "scheme": scheme, "plan": plan, "langs": list(_csv(langs)) or None, "corpus": corpus,
+        "split": split,
         "max_tokens": max_tokens, "include": list(_csv(include)) if include is not None else None, "seed": seed,
         "n_boot": n_boot, "device": device, "dtype": dtype,
     }

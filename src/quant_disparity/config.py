@@ -53,6 +53,7 @@ class AuditConfig:
 
     model: str = DEFAULT_MODEL
     scheme: str = "w4g128"
+    plan: str = ""  # a plan (compact string or .toml path); when given it replaces scheme + include
     langs: tuple[str, ...] = DEFAULT_PANEL
     corpus: str = "udhr"
     split: str = "all"
