@@ -16,6 +16,7 @@ import torch
 
 from common import documents, interleaved, median, save
 from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate.runner import pack_batch
 from quant_disparity.models import load_model
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
@@ -38,15 +39,7 @@ def main() -> None:
     assignment = {n: parse_scheme("w4g128") for n in mm.default_targets()}
     engine.assign_(assignment)  # fill the quantization cache: this benchmark times evaluation only
     engine.restore_()
-    batches = []
-    for batch in prepared.batches:
-        L = max(len(w.input_ids) for w in batch)
-        ids = torch.zeros(len(batch), L, dtype=torch.long)
-        mask = torch.zeros(len(batch), L, dtype=torch.long)
-        for b, w in enumerate(batch):
-            ids[b, : len(w.input_ids)] = torch.tensor(w.input_ids)
-            mask[b, : len(w.input_ids)] = 1
-        batches.append((ids, mask))
+    batches = [pack_batch(batch, "cpu")[:2] for batch in prepared.batches]
 
     @torch.inference_mode()
     def bare():

@@ -21,42 +21,49 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import LANGS, documents, save
+from common import LANGS, RESULTS as RESULTS_DIR, documents, save
 from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate.runner import pack_batch
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.locate import build_configs, make_units
 from quant_disparity.models import load_model
-from quant_disparity.models.modules import build_module_map
+from quant_disparity.models.modules import build_module_map, from_2d, weight_2d
 from quant_disparity.quant import QuantEngine, parse_scheme
 
 MEMORY_CHILD = r"""
-import json, resource, sys
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from common import peak_rss_bytes
 import torch, transformers  # noqa: F401
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_rss_bytes()
 from quant_disparity.locate import LocateConfig, run_locate
 args = json.loads(sys.argv[1])
 # as `quant-disparity locate` runs it: the sweep loads the model itself
 r = run_locate(LocateConfig(model=args["model"], langs=tuple(args["langs"]), max_tokens=args["max_tokens"],
                             split="all", n_boot=200)).to_dict()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": r["model"]["n_params"] * 4}))
 """
+
+
+def memory(args) -> dict:
+    """Peak RSS of `quant-disparity locate` (as the CLI runs it) in a child process."""
+    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD,
+                            json.dumps({"model": args.model, "langs": list(LANGS), "max_tokens": args.max_tokens}),
+                            str(Path(__file__).resolve().parent)], check=True, capture_output=True, text=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 @torch.inference_mode()
 def naive_nll(model, batches, n_docs) -> np.ndarray:
     nll = np.zeros(n_docs)
     for batch in batches:
-        L = max(len(w.input_ids) for w in batch)
-        ids = torch.zeros(len(batch), L, dtype=torch.long)
-        mask = torch.zeros(len(batch), L, dtype=torch.long)
-        for b, w in enumerate(batch):
-            ids[b, : len(w.input_ids)] = torch.tensor(w.input_ids)
-            mask[b, : len(w.input_ids)] = 1
+        ids, mask, *_ = pack_batch(batch, "cpu")
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
         for b, w in enumerate(batch):
             p0 = w.first_scored_position
@@ -70,8 +77,17 @@ def main() -> None:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--scheme", default="w4g128")
-    ap.add_argument("--skip-naive", action="store_true", help="only ours and the memory run")
+    ap.add_argument("--memory-only", action="store_true", help="only re-measure the sweep's peak memory")
     args = ap.parse_args()
+    if args.memory_only:
+        path = RESULTS_DIR / f"locate-{args.model}.json"
+        result = json.loads(path.read_text())
+        mem = memory(args)
+        result["memory"] = {**mem, "peak_over_fp32_weights": mem["peak_rss"] / mem["fp32_weight_bytes"]}
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"peak memory of a locate run: {mem['peak_rss'] / 2**30:.2f} GiB = "
+              f"{result['memory']['peak_over_fp32_weights']:.2f}x fp32 weights (target <= 2.5x)")
+        return
 
     lm = load_model(args.model)
     docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
@@ -95,8 +111,6 @@ def main() -> None:
             info = mm[tensor]
             p = model.get_parameter(tensor)
             with torch.no_grad():
-                from quant_disparity.models.modules import from_2d, weight_2d
-
                 p.data = from_2d(s.fake_quantize(weight_2d(p.data, info)), info)
         naive[name] = naive_nll(model, prepared.batches, len(docs))
         del model
@@ -122,10 +136,7 @@ def main() -> None:
     diffs = [float(np.max(np.abs(ours.nll[n] - naive[n]) / naive[n])) for n in configs]
     diffs.append(float(np.max(np.abs(ours.nll_ref - naive["reference"]) / naive["reference"])))
 
-    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD,
-                            json.dumps({"model": args.model, "langs": list(LANGS), "max_tokens": args.max_tokens})],
-                           check=True, capture_output=True, text=True)
-    mem = json.loads(child.stdout.strip().splitlines()[-1])
+    mem = memory(args)
     result = {
         "model": args.model,
         "scheme": args.scheme,
@@ -139,7 +150,7 @@ def main() -> None:
         "replay": ours.stats,
         "memory": {**mem, "peak_over_fp32_weights": mem["peak_rss"] / mem["fp32_weight_bytes"]},
     }
-    path = save("locate", result)
+    path = save(f"locate-{args.model}", result)
     print(f"speed-up vs naive: {result['speedup_vs_naive']:.2f}x (target >= 3x)")
     print(f"cost vs {len(configs)} x one full evaluation ({one_s:.1f} s): "
           f"{result['cost_vs_configs_x_one_evaluation']:.2f}")

@@ -1,7 +1,7 @@
 """Peak memory of an audit vs the fp32 weight bytes plus the corpus (target: at most 2.2x).
 
 Runs an audit in a child process exactly as ``quant-disparity audit`` does (the audit loads the model itself)
-and reads the child's peak resident set size (``ru_maxrss``), which includes the libraries, the tokenizer and
+and reads the child's peak resident set size (``VmHWM``), which includes the libraries, the tokenizer and
 the weights' pages. The child also reports the resident size of the bare interpreter with torch and
 transformers imported, so the part that is the libraries' and not the audit's can be seen.
 
@@ -15,20 +15,23 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from common import save
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from common import peak_rss_bytes
 import torch, transformers  # noqa: F401
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_rss_bytes()
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
 cfg = AuditConfig(**json.loads(sys.argv[1]))
 r = run_audit(cfg)  # as the CLI runs it: the audit loads the model itself
 weights = r.model["n_params"] * 4
 corpus = sum(row["n_bytes"] for row in r.to_dict()["languages"])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": weights, "corpus_bytes": corpus,
                   "predicted_tokens": r.timing["predicted_tokens"]}))
 """
@@ -41,8 +44,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg = {"model": args.model, "max_tokens": args.max_tokens}
     with tempfile.TemporaryDirectory():
-        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], check=True, capture_output=True,
-                             text=True)
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(Path(__file__).resolve().parent)],
+                             check=True, capture_output=True, text=True)
     m = json.loads(out.stdout.strip().splitlines()[-1])
     budget = m["fp32_weight_bytes"] + m["corpus_bytes"]
     result = {

@@ -54,6 +54,20 @@ def median(xs) -> float:
     return statistics.median(xs)
 
 
+def peak_rss_bytes() -> int:
+    """High-water resident set size of this process image (``VmHWM``).
+
+    Unlike ``getrusage(...).ru_maxrss``, which Linux carries over from the parent through fork and exec, this
+    starts afresh in a child process, so a child's peak is its own.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def machine() -> dict:
     cpu = ""
     try:

@@ -92,3 +92,25 @@ def tiny_lm(tokenizer):
         return wrap_model(tiny_model(arch, seed), tokenizer, name=f"tiny-{arch}")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, tokenizer):
+    """saved_model("llama") -> a directory holding that tiny model and the tokenizer (built once per session)."""
+    made: dict[str, object] = {}
+
+    def make(arch: str):
+        if arch not in made:
+            d = tmp_path_factory.mktemp("tiny") / arch
+            tiny_model(arch).save_pretrained(d)
+            tokenizer.save_pretrained(d)
+            made[arch] = d
+        return made[arch]
+
+    return make
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Point the model/digest cache at a fresh directory for one test."""
+    monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))

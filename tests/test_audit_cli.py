@@ -11,20 +11,14 @@ from quant_disparity.cli import main
 from quant_disparity.config import AuditConfig
 from quant_disparity.evaluate import EvalSettings
 
-from conftest import tiny_model
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "gemma3"
-    tiny_model("gemma3").save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
+@pytest.fixture
+def model_dir(saved_model):
+    return saved_model("gemma3")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _run(argv, capsys):

@@ -21,20 +21,14 @@ from quant_disparity.experiments.claims import Evaluator, Value, evaluate_claims
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.experiments.store import SCHEMA_VERSION
 
-from conftest import tiny_model
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
+@pytest.fixture
+def model_dir(saved_model):
+    return saved_model("llama")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def spec_text(model: Path, *, name="tiny-study", extra="", claims=True, max_tokens=160, window=64) -> str:
@@ -356,3 +350,16 @@ def test_report_bad_targets(tmp_path, capsys):
     assert e.value.code == 2 and "is not a run directory" in capsys.readouterr().err
     with pytest.raises(UserError, match="not found"):
         load_run(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("All human beings are born free. They are endowed", "All human beings are born free."),
+    ("人人生而自由,在尊严和权利上一律平等。他们赋有理性", "人人生而自由,在尊严和权利上一律平等。"),
+    ("Version 2.5 is out. Next", "Version 2.5 is out."),
+    ("no final mark\nsecond line", "no final mark"),
+    ("يولد جميع الناس أحرارًا؟ نعم", "يولد جميع الناس أحرارًا؟"),
+])
+def test_first_sentence(text, expected):
+    from quant_disparity.experiments.runner import first_sentence
+
+    assert first_sentence(text) == expected

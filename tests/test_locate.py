@@ -74,17 +74,12 @@ def test_units_by_granularity():
         parse_unit("embed.token", mm, universe)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama").save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
+@pytest.fixture
+def model_dir(saved_model):
+    return saved_model("llama")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.mark.parametrize("mode", ["protect-one", "quantize-only"])

@@ -108,7 +108,7 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     return base if isinstance(base, torch.nn.Module) and base is not model else None
 
 
-def _pack(batch: list[Window], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_batch(batch: list[Window], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids and mask, plus flat indices of the predicting positions, their targets and docs."""
     L = max(len(w.input_ids) for w in batch)
     ids = torch.zeros(len(batch), L, dtype=torch.long)
@@ -145,7 +145,7 @@ class Forward:
 
     @torch.inference_mode()
     def rows(self, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ids, mask, flat, targets, docs = _pack(batch, self.device)
+        ids, mask, flat, targets, docs = pack_batch(batch, self.device)
         if self.split:
             h = self.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         else:

@@ -37,11 +37,12 @@ from .store import Store
 #: Bumped whenever a change in the code changes stored numbers; part of every trial key.
 RESULTS_VERSION = "1"
 MAX_CONFIGS_PER_SWEEP = 24
-_SENTENCE_END = re.compile(r"^.*?[.!?。！？।।።؟۔](?=\s|$)", re.S)
+# Latin-style marks end a sentence before a space; CJK, Devanagari, Ethiopic and Arabic marks end it outright.
+_SENTENCE_END = re.compile(r"^.*?(?:[.!?](?=\s|$)|[。！？।።؟۔])", re.S)
 
 
 def first_sentence(text: str) -> str:
-    """The first sentence of ``text`` (up to the first sentence-final mark followed by a space), else its first line."""
+    """The first sentence of ``text`` (up to its first sentence-final mark), else its first line."""
     m = _SENTENCE_END.match(text.strip())
     return m.group(0).strip() if m else text.strip().splitlines()[0]
 
