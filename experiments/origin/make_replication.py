@@ -66,6 +66,14 @@ def instance_label(v: dict) -> str:
     return ", ".join(str(x) for x in v["instance"].values()) or "—"
 
 
+def value(est: dict) -> str:
+    """A value with its interval, or alone when the interval is a point (one document per language)."""
+    ci = est.get("ci95")
+    if est.get("value") is not None and ci and ci[0] == ci[1]:
+        return fmt({"value": est["value"]}, 2)
+    return fmt(est, 2)
+
+
 def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str]]:
     if result is None:
         return "not run", []
@@ -74,7 +82,7 @@ def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str]]:
         if v["id"] != cid:
             continue
         verdicts.append(v["verdict"])
-        parts.append(f"{v['text']} — {instance_label(v)}: {fmt(v['left'], 2)} vs {fmt(v['right'], 2)} → "
+        parts.append(f"{v['text']} — {instance_label(v)}: {value(v['left'])} vs {value(v['right'])} → "
                      f"**{v['verdict']}**")
     return "<br>".join(parts) if parts else "—", verdicts
 
@@ -167,8 +175,8 @@ def main() -> None:
         "per-document results. The column *the log* quotes the original log's own numbers.",
         "",
         f"- **Log's setup** (`{lspec['path']}`): {lspec['description']} Disparity = the log's formula (mean "
-        "token-perplexity degradation % of zh/he/ar over en/de/fr); intervals are bootstrap intervals over the "
-        "six sentences (one per language), shown for what they are worth.",
+        "token-perplexity degradation % of zh/he/ar over en/de/fr). With one sentence per language there is nothing "
+        "to resample, so its verdicts are comparisons of point values (shown without intervals).",
         f"- **Sound** (`{sspec['path']}`): {sspec['description']} Disparity = mean relative Δbpb of the "
         f"low-resource languages ({', '.join(sound['groups']['low'])}) over the high-resource ones; *undefined* "
         "when the high-resource mean's interval includes zero.",

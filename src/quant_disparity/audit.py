@@ -152,7 +152,7 @@ def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random
         "correlation": {
             "measure": config.resource_measure,
             "description": MEASURES[config.resource_measure],
-            **correlation(per_lang, measure, "rel_delta_bpb", config.n_boot, rng),
+            **correlation(per_lang, measure, "rel_delta_bpb", rng),
         },
     }
 

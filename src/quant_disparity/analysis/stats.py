@@ -148,9 +148,25 @@ def disparity(
     return out
 
 
+def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: np.random.Generator
+                        ) -> tuple[float, np.ndarray]:
+    """Spearman correlation of ``x`` and ``y`` across languages, and its two-stage bootstrap replicates.
+
+    ``y_reps [n_lang, n_boot]`` are each language's own document-level replicates; replicate ``b`` also
+    resamples the languages with replacement. Replicates where either side is constant are NaN.
+    """
+    point = float(sps.spearmanr(x, y).statistic)
+    reps = np.full(y_reps.shape[1], np.nan)
+    for b in range(y_reps.shape[1]):
+        pick = rng.integers(0, len(x), len(x))
+        xb, yb = x[pick], y_reps[pick, b]
+        if np.ptp(xb) > 0 and np.ptp(yb) > 0:
+            reps[b] = sps.spearmanr(xb, yb).statistic
+    return point, reps
+
+
 def correlation(
-    per_lang: Sequence[LanguageStats], measure: Mapping[str, float | None], metric: str, n_boot: int,
-    rng: np.random.Generator,
+    per_lang: Sequence[LanguageStats], measure: Mapping[str, float | None], metric: str, rng: np.random.Generator,
 ) -> dict:
     """Spearman correlation across languages of ``metric`` with a resource ``measure``.
 
@@ -168,14 +184,8 @@ def correlation(
     if np.ptp(x) == 0:
         out["spearman"] = Estimate(None, note="the measure is the same for every language").to_dict()
         return out
-    point = sps.spearmanr(x, y).statistic
     yr = np.array([s.replicates[metric] for s in langs])  # [n_lang, n_boot]
-    reps = np.full(n_boot, np.nan)
-    for b in range(n_boot):
-        pick = rng.integers(0, len(langs), len(langs))
-        xb, yb = x[pick], yr[pick, b]
-        if np.ptp(xb) > 0 and np.ptp(yb) > 0:
-            reps[b] = sps.spearmanr(xb, yb).statistic
+    point, reps = spearman_replicates(x, y, yr, rng)
     out["spearman"] = _ci(float(point), reps).to_dict()
     out["valid_replicates"] = int(np.isfinite(reps).sum())
     return out

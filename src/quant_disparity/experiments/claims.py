@@ -271,8 +271,7 @@ class Evaluator:
         return _combine(lo, hi, operator.truediv)
 
     def _spearman(self, trial, measure: str) -> Value:
-        from scipy import stats as sps
-
+        from ..analysis.stats import spearman_replicates
         from ..corpus import language_info
         from ..corpus.documents import base_language
 
@@ -280,19 +279,14 @@ class Evaluator:
         if len(langs) < 3:
             return Value(None, None, "needs at least 3 languages with the measure")
         x = np.array([language_info(base_language(lang)).resources.get(measure) for lang in langs])
-        pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
-        y = np.array([p["rel_delta_bpb"] for p in pts])
-        yr = np.array([r["rel_delta_bpb"] for r in reps])
         if np.ptp(x) == 0:
             return Value(None, None, "the measure is the same for every language")
+        pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
         h = int.from_bytes(hashlib.sha256(f"spearman\0{trial.model}".encode()).digest()[:8], "big")
-        rng = np.random.default_rng([self.spec.seed, h])
-        out = np.full(yr.shape[1], np.nan)
-        for b in range(yr.shape[1]):
-            pick = rng.integers(0, len(langs), len(langs))
-            if np.ptp(x[pick]) > 0 and np.ptp(yr[pick, b]) > 0:
-                out[b] = sps.spearmanr(x[pick], yr[pick, b]).statistic
-        return Value(float(sps.spearmanr(x, y).statistic), out)
+        point, out = spearman_replicates(x, np.array([p["rel_delta_bpb"] for p in pts]),
+                                         np.array([r["rel_delta_bpb"] for r in reps]),
+                                         np.random.default_rng([self.spec.seed, h]))
+        return Value(point, out)
 
     def evaluate(self, node, chosen) -> Value:
         if isinstance(node, ast.Constant):
