@@ -37,6 +37,10 @@ bench: $(VENV)/.bench
 replicate: setup
 	$(BIN)/quant-disparity run experiments/origin/log_setup.toml --out runs/origin-log_setup
 	$(BIN)/quant-disparity run experiments/origin/sound.toml --out runs/origin-sound
+	test -f runs/locate-gemma-3-270m/locate.json || \
+		$(BIN)/quant-disparity locate --model gemma-3-270m --out runs/locate-gemma-3-270m
+	test -f runs/locate-smollm2-135m/locate.json || \
+		$(BIN)/quant-disparity locate --model smollm2-135m --max-tokens 256 --out runs/locate-smollm2-135m
 	$(BIN)/python experiments/origin/make_replication.py
 
 clean:

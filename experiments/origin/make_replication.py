@@ -87,30 +87,33 @@ def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str]]:
     return "<br>".join(parts) if parts else "—", verdicts
 
 
-def best_layers(result: dict) -> list[str]:
-    """C17: per model, the layer whose protection (MLP or attention) recovers most of the mean damage."""
+def best_layers(locate_dirs: list[str]) -> list[str]:
+    """C17: per model, the decoder layers whose protection recovers most damage, averaged over languages.
+
+    Read from ``quant-disparity locate`` outputs (layer granularity, protect-one), which sweep every layer
+    against one shared reference; the replication specs do not repeat that sweep as whole-model trials."""
+    import json
+
+    import numpy as np
+
+    from quant_disparity.locate import effect_matrix
+
     out = []
-    by_model = defaultdict(dict)
-    for t in result["trials"]:
-        if t["scheme"] in ("w4g128", "w4-tensor"):
-            by_model[t["model"]][t["plan_name"]] = t
-    for model, trials in by_model.items():
-        base = trials.get("all")
-        if base is None:
+    for d in locate_dirs:
+        path = Path(d) / "locate.json"
+        if not path.exists():
             continue
-        scores = {}
-        for name, t in trials.items():
-            for kind in ("mlp", "attn"):
-                prefix = f"keep_{kind}_L"
-                if name.startswith(prefix):
-                    scores[f"{kind} L{name[len(prefix):]}"] = (base["summary"]["mean_rel_delta"]["value"]
-                                                               - t["summary"]["mean_rel_delta"]["value"])
-        if scores:
-            n_layers = 1 + max(int(k.split("L")[1]) for k in scores)
-            best = max(scores, key=scores.get)
-            layer = int(best.split("L")[1])
-            out.append(f"{model}: {best} (depth {layer / max(1, n_layers - 1):.2f}) recovers "
-                       f"{100 * scores[best]:.1f} points of mean relative damage")
+        data = json.loads(path.read_text())
+        cfg = data["config"]
+        if cfg.get("granularity") != "layer" or cfg.get("mode") != "protect-one":
+            continue
+        units, langs, m = effect_matrix(data)
+        mean = np.nanmean(m, axis=1)
+        n_layers = len(units)
+        top = np.argsort(-mean)[:3]
+        cells = ", ".join(f"{units[i]} (depth {i / max(1, n_layers - 1):.2f}): {mean[i]:+.1f}" for i in top)
+        out.append(f"{cfg['model']} ({len(langs)} languages, `{cfg['scheme']}`): {cells} points of relative "
+                   "damage recovered")
     return out
 
 
@@ -136,8 +139,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log-run", default=str(ROOT / "runs" / "origin-log_setup"))
     ap.add_argument("--sound-run", default=str(ROOT / "runs" / "origin-sound"))
+    ap.add_argument("--locate-run", action="append", default=None,
+                    help="locate output directory (layer granularity) for C17; repeat per model")
     ap.add_argument("--out", default=str(ROOT / "REPLICATION.md"))
     args = ap.parse_args()
+    locate_runs = args.locate_run or [str(ROOT / "runs" / f"locate-{m}") for m in ("gemma-3-270m", "smollm2-135m")]
     results = {}
     for label, path in (("log", args.log_run), ("sound", args.sound_run)):
         spec, store = load_run(path)
@@ -161,9 +167,9 @@ def main() -> None:
             verdict = "not testable on the bundled models (they have no bias vectors)" if all(
                 x.endswith(": 0 bias parameters") for x in info) else "not run"
         if cid == "C17":
-            sound_cell = "<br>".join(best_layers(sound)) or "—"
-            log_cell = "<br>".join(best_layers(log)) or "—"
-            verdict = "see the most helpful layer per model (relative depth) in the cells"
+            log_cell = "—"
+            sound_cell = "<br>".join(best_layers(locate_runs)) or "not run (needs `quant-disparity locate` per model)"
+            verdict = "compare the most helpful layers per model (relative depth) in the cell"
         tally[cid] = verdict
         rows.append([cid, statement, numbers, log_cell, sound_cell, verdict])
     lspec, sspec = log["spec"], sound["spec"]
