@@ -81,6 +81,29 @@ def test_spec_expands_the_grid(model_dir):
     assert [c.id for c in spec.claims] == ["A", "B"]
 
 
+def test_claims_expand_only_over_model_scheme_pairs_the_spec_runs(model_dir, saved_model):
+    """A scheme run on one model only gives no instance for the other model (not an error)."""
+    from quant_disparity.experiments.claims import instances
+
+    other = saved_model("gpt2")
+    extra = "".join(f"""
+[[trials]]
+model = "{other}"
+scheme = "w3g16"
+plan_name = "{name}"
+plan = "{plan}"
+""" for name, plan in (("none", "w3g16:*"), ("ends", "keep:layer:0,layer:-1; w3g16:*")))
+    spec = parse_spec(spec_text(model_dir, extra=extra), "s.toml")
+    a, b = spec.claims
+    got = sorted((i["model"], i["scheme"]) for i, _ in instances(spec, a))
+    assert got == sorted([(str(model_dir), "w3g16"), (str(model_dir), "w4g16"), (str(other), "w3g16")])
+    assert sorted(i["model"] for i, _ in instances(spec, b)) == sorted([str(model_dir), str(other)])
+    # a plan missing from a pair that does exist is still an error
+    bad = spec_text(model_dir, extra=extra.replace('plan_name = "ends"', 'plan_name = "endz"'))
+    with pytest.raises(UserError, match=r"claim A: .*matches no trial .*'scheme': 'w3g16'"):
+        parse_spec(bad, "s.toml")
+
+
 @pytest.mark.parametrize("mutate,message", [
     (lambda t: t.replace('description = "tiny"', 'description = "tiny'), r"s.toml: not valid TOML .*line 3"),
     (lambda t: t.replace("n_boot = 200", "n_boot = 200\nseeed = 1"), r"s.toml:5: unknown field 'seeed'.*did you mean 'seed'"),

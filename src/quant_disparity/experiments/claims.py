@@ -121,6 +121,8 @@ def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, object]]]:
     out = []
     for combo in itertools.product(*(values[d] for d in open_dims)):
         inst = dict(zip(open_dims, combo))
+        if not any(_matches(t, {**where, **inst}) for t in spec.trials):
+            continue  # e.g. a scheme the spec runs on one model only: no such instance, not an error
         chosen = {}
         for call in calls:
             filters = {**where, **inst, **{k: v for k, v in call.kw().items() if k in FILTERS}}
