@@ -103,3 +103,24 @@ def test_spearman_correlation_and_its_interval():
     assert out["spearman"]["ci95"][1] < 0
     few = correlation(langs[:2], measure, "rel_delta_bpb", rng)
     assert few["spearman"]["value"] is None
+
+
+def test_vectorized_spearman_replicates_equal_scipy_per_replicate():
+    import scipy.stats as sps
+
+    from quant_disparity.analysis.stats import spearman_replicates
+
+    g = np.random.default_rng(3)
+    x = g.integers(0, 4, 8).astype(float)  # ties, and some replicates where x is constant
+    y = g.normal(size=8)
+    y_reps = y[:, None] + 0.5 * g.normal(size=(8, 300))
+    point, reps = spearman_replicates(x, y, y_reps, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    for b in range(300):
+        pick = rng.integers(0, 8, 8)
+        xb, yb = x[pick], y_reps[pick, b]
+        if np.ptp(xb) > 0 and np.ptp(yb) > 0:
+            assert reps[b] == pytest.approx(sps.spearmanr(xb, yb).statistic, abs=1e-12)
+        else:
+            assert np.isnan(reps[b])
+    assert point == pytest.approx(sps.spearmanr(x, y).statistic)

@@ -156,13 +156,19 @@ def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: n
     resamples the languages with replacement. Replicates where either side is constant are NaN.
     """
     point = float(sps.spearmanr(x, y).statistic)
-    reps = np.full(y_reps.shape[1], np.nan)
-    for b in range(y_reps.shape[1]):
-        pick = rng.integers(0, len(x), len(x))
-        xb, yb = x[pick], y_reps[pick, b]
-        if np.ptp(xb) > 0 and np.ptp(yb) > 0:
-            reps[b] = sps.spearmanr(xb, yb).statistic
-    return point, reps
+    n, n_boot = len(x), y_reps.shape[1]
+    # one draw per replicate, in order, so the random stream is that of a replicate-by-replicate loop
+    picks = np.stack([rng.integers(0, n, n) for _ in range(n_boot)]) if n_boot else np.zeros((0, n), int)
+    xb, yb = x[picks], y_reps[picks, np.arange(n_boot)[:, None]]
+    # Spearman = Pearson correlation of average ranks, for all replicates at once (scipy's spearmanr per
+    # replicate gives the same numbers but dominated the runtime of an experiment's analysis)
+    rx, ry = sps.rankdata(xb, axis=1), sps.rankdata(yb, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    valid = (np.ptp(xb, axis=1) > 0) & (np.ptp(yb, axis=1) > 0)
+    return point, np.where(valid, np.clip(r, -1.0, 1.0), np.nan)
 
 
 def correlation(
