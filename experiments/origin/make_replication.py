@@ -66,12 +66,26 @@ def instance_label(v: dict) -> str:
     return ", ".join(str(x) for x in v["instance"].values()) or "—"
 
 
+def _num(x: float) -> str:
+    # the log's setup yields degradations of 10^9 % and more: three significant digits say enough there
+    return f"{x:.3g}" if abs(x) >= 1e5 else f"{x:.2f}"
+
+
 def value(est: dict) -> str:
     """A value with its interval, or alone when the interval is a point (one document per language)."""
-    ci = est.get("ci95")
-    if est.get("value") is not None and ci and ci[0] == ci[1]:
-        return fmt({"value": est["value"]}, 2)
-    return fmt(est, 2)
+    v, ci = est.get("value"), est.get("ci95")
+    if v is None:
+        return fmt(est, 2)
+    if ci and ci[0] == ci[1]:
+        return _num(v)
+    return _num(v) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
+
+
+def rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
 
 
 def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str]]:
@@ -180,10 +194,10 @@ def main() -> None:
         f"({_dt.date.today().isoformat()}); every number in the last three columns is computed from stored "
         "per-document results. The column *the log* quotes the original log's own numbers.",
         "",
-        f"- **Log's setup** (`{lspec['path']}`): {lspec['description']} Disparity = the log's formula (mean "
+        f"- **Log's setup** (`{rel(lspec['path'])}`): {lspec['description']} Disparity = the log's formula (mean "
         "token-perplexity degradation % of zh/he/ar over en/de/fr). With one sentence per language there is nothing "
         "to resample, so its verdicts are comparisons of point values (shown without intervals).",
-        f"- **Sound** (`{sspec['path']}`): {sspec['description']} Disparity = mean relative Δbpb of the "
+        f"- **Sound** (`{rel(sspec['path'])}`): {sspec['description']} Disparity = mean relative Δbpb of the "
         f"low-resource languages ({', '.join(sound['groups']['low'])}) over the high-resource ones; *undefined* "
         "when the high-resource mean's interval includes zero.",
         "- Models: Gemma 3 270M and SmolLM2 135M as bundled (4-bit GGUFs; the reference is their dequantized "

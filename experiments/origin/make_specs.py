@@ -151,7 +151,9 @@ def write(name: str, sound: bool) -> None:
             if sound and scheme == "w4g128":
                 for bits in (2, 3, 5, 6, 8):
                     trials[f"int{bits}"] = f"w{bits}g128:*"
-                trials["keep_L0_last_int8"] = "w8g128:layer:0,layer:-1; w4g128:*"
+                # `layer:N` alone also selects the layer's norms; `&*` limits the 8-bit rule to its Linear
+                # weights, so this differs from keep_L0_last only in 8-bit vs full-precision protection.
+                trials["keep_L0_last_int8"] = "w8g128:layer:0&*,layer:-1&*; w4g128:*"
             for pname, plan in trials.items():
                 lines += ["[[trials]]", f"model = {q(model)}", f"scheme = {q(scheme)}", f"plan_name = {q(pname)}",
                           f"plan = {q(plan)}", ""]
