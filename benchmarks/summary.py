@@ -35,7 +35,7 @@ def main() -> None:
     for model in ("gemma-3-270m", "smollm2-135m"):
         loc = load(f"locate-{model}")
         if loc:
-            # The targets are for the default model; the contrast model's rows are for comparison.
+            # The targets are for the default model; the contrast model's rows are for comparison.
             default = model == "gemma-3-270m"
             rows.append((f"per-layer protect-one sweep vs the naive way, {model} (`bench_locate.py`)",
                          "≥ 3× faster" if default else "(contrast model)", f"{loc['speedup_vs_naive']:.2f}× ({loc['configurations']} configurations, "

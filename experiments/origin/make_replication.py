@@ -42,9 +42,9 @@ LOG = {
     "C17": ("Criticality is model-specific", "GPT-2 best L0+L11 (1.04x); OPT-125M best L4+L9 (26.9x)"),
     "C18": ("Recommended plan: L0+L11+ln_f+biases", "11.46% overhead -> 3.4x"),
 }
-PENDING = {"C13": "needs random and magnitude-ranked tensor selection (selection scores: a later issue)",
-           "C14": "needs per-layer weight statistics as a predictor (selection scores: a later issue)",
-           "C15": "needs gradient-based importance scores (a later issue)"}
+PENDING = {"C13": "needs random and magnitude-ranked tensor selection (selection scores, not yet in quant-disparity)",
+           "C14": "needs per-layer weight statistics as a predictor (selection scores, not yet in quant-disparity)",
+           "C15": "needs gradient-based importance scores (not yet in quant-disparity)"}
 
 
 def verdict_summary(verdicts: list[str]) -> str:
