@@ -59,7 +59,7 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, 
     from .audit import run_audit, validate
     from .config import AuditConfig
     from .report.tables import audit_markdown, audit_rich_table, audit_summary_lines
-    from ._io import atomic_write_text, prepare_out_dir
+    from ._io import atomic_write_text
 
     base = AuditConfig().to_dict()
     if config is not None:
@@ -79,14 +79,8 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, 
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = AuditConfig.from_dict(base)
     validate(cfg)
-    target = prepare_out_dir(out_dir or _default_out("audit"), "audit.json", overwrite)
-    created = not any(target.iterdir())
-    try:
-        result = _run_with_progress(lambda log, prog: run_audit(cfg, log=log, progress=prog))
-    except BaseException:
-        if created and not any(target.iterdir()):
-            target.rmdir()
-        raise
+    target, result = _run_into(out_dir or _default_out("audit"), "audit.json", overwrite,
+                               lambda log, prog: run_audit(cfg, log=log, progress=prog))
     data = result.to_dict()
     atomic_write_text(target / "audit.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(target / "audit.md", audit_markdown(data))
@@ -109,6 +103,21 @@ def apply_eval_options(ev: dict, window: int | None, context: int | None, batch_
         ev["context"] = context
     if batch_tokens is not None:
         ev["batch_tokens"] = batch_tokens
+
+
+def _run_into(out_dir: Path, marker: str, overwrite: bool, fn, what: str = "scoring tokens"):
+    """Check (and create) the output directory first, then run ``fn`` with progress; a directory this call
+    created is removed again if the run fails before writing anything. Returns (directory, result)."""
+    from ._io import prepare_out_dir
+
+    target = prepare_out_dir(out_dir, marker, overwrite)
+    created = not any(target.iterdir())
+    try:
+        return target, _run_with_progress(fn, what)
+    except BaseException:
+        if created and not any(target.iterdir()):
+            target.rmdir()
+        raise
 
 
 def _run_with_progress(fn, what: str = "scoring tokens"):
@@ -153,7 +162,7 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir,
            overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
-    from ._io import atomic_write_text, prepare_out_dir
+    from ._io import atomic_write_text
     from .audit import validate
     from .locate import LocateConfig, effect_matrix, run_locate
     from .report import plots
@@ -169,25 +178,18 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = LocateConfig.from_dict(base)
     validate(cfg.audit_view())
-    target = prepare_out_dir(out_dir or _default_out("locate"), "locate.json", overwrite)
-    created = not any(target.iterdir())
-    try:
-        result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
-    except BaseException:
-        if created and not any(target.iterdir()):
-            target.rmdir()
-        raise
+    target, result = _run_into(out_dir or _default_out("locate"), "locate.json", overwrite,
+                               lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
     data = result.to_dict()
     units, lang_ids, m = effect_matrix(data)
     verb = "recovered by protecting" if cfg.mode == "protect-one" else "caused by quantizing only"
     plots.save(plots.heatmap(m, units, lang_ids, f"{data['model']['name']} · {data['scheme']['name']} · "
                              f"damage {verb} each unit", "% of reference bpb"), target / "heatmap.png")
     groups = {}
-    for lang in lang_ids:
+    for j, lang in enumerate(lang_ids):
         rows = data["results"][lang]["units"]
-        vals = np.array([100 * (rows[u]["effect"]["value"] or np.nan) for u in units])
         ci = np.array([[100 * x for x in (rows[u]["effect"]["ci95"] or [np.nan, np.nan])] for u in units])
-        groups[lang] = (units, vals, ci[:, 0], ci[:, 1])
+        groups[lang] = (units, m[:, j], ci[:, 0], ci[:, 1])
     plots.save(plots.bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb"),
                target / "bars.png")
     atomic_write_text(target / "locate.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")

@@ -360,7 +360,8 @@ def effect_matrix(data: dict) -> tuple[list[str], list[str], np.ndarray]:
     """(units, languages, effect [units x languages]) in percent of the reference bpb."""
     units = [u["name"] for u in data["units"]]
     langs = [lang["id"] for lang in data["languages"]]
-    m = np.array([[data["results"][lang]["units"][u]["effect"]["value"] or np.nan for lang in langs] for u in units])
+    vals = [[data["results"][lang]["units"][u]["effect"]["value"] for lang in langs] for u in units]
+    m = np.array([[np.nan if v is None else v for v in row] for row in vals], dtype=np.float64)
     return units, langs, 100 * m
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from .._io import digest_json
-from ..corpus import Document, filter_split, load_corpus
+from ..corpus import Document, filter_split, load_corpus, take_until_tokens
 from ..errors import UserError
 from ..evaluate import EvalSettings, Forward, Prepared, prepare, tokenize
 from ..evaluate.sweep import Sweeper
@@ -78,13 +78,10 @@ def select(spec: ExperimentSpec, tokenizer) -> tuple[list[Document], list[list[i
         if cs.first_sentence:
             pool = [Document(d.lang, d.id, first_sentence(d.text)) for d in pool]
         toks = tokenize(tokenizer, pool)
-        total = 0
-        for d, t in zip(pool, toks):
-            if cs.max_tokens and total >= cs.max_tokens:
-                break
-            docs.append(d)
-            tokens.append(t)
-            total += len(t)
+        counts = {d.id: len(t) for d, t in zip(pool, toks)}
+        chosen = take_until_tokens(pool, cs.max_tokens or None, lambda d: counts[d.id])
+        docs += chosen
+        tokens += toks[: len(chosen)]
     return docs, tokens, [corpus.digest, *langs]
 
 
@@ -95,10 +92,6 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
         lm = load_model(model, log=log, device=device, dtype=dtype)
     docs, tokens, (corpus_digest, *langs) = select(spec, lm.tokenizer)
     prepared = prepare(docs, tokens, lm.prefix_token_id, spec.eval, lm.info.max_length)
-    doc_of = {}
-    for i, batch in enumerate(prepared.batches):
-        for w in batch:
-            doc_of.setdefault(w.doc, i)
     docs_meta = [{"doc": i, "lang": d.lang, "doc_id": d.id, "bytes": d.n_bytes, "chars": d.n_chars,
                   "tokens": prepared.n_tokens[i], "n_pred": prepared.n_pred[i]} for i, d in enumerate(docs)]
     selection = {"corpus": spec.corpus.name, "split": spec.corpus.split, "langs": langs,
@@ -147,7 +140,7 @@ def pick_bases(assignments: dict[str, dict]) -> list[str]:
 
 
 def iter_batches(lm: LoadedModel, prepared: Prepared, configs: dict[str, dict], missing: dict[str, set[int]], *,
-                 vocab_chunk: int, stats: dict | None = None):
+                 vocab_chunk: int):
     """Score ``configs`` (name -> assignment) on the batches each one misses.
 
     Yields ``(group index, {name: [(doc, nll, nll_ref, kl, top1), ...]}, scored tokens)`` per batch group
@@ -182,9 +175,6 @@ def iter_batches(lm: LoadedModel, prepared: Prepared, configs: dict[str, dict], 
                 results[name] = [(doc, float(nll[doc]), float(ref[doc]), float(kl[doc]), float(top1[doc]))
                                  for doc in present]
             yield i, results, int(ref_nll.numel()) * len(todo)
-        if stats is not None:
-            stats["blocks_run"] = stats.get("blocks_run", 0) + sweeper.blocks_run
-            stats["blocks_without_replay"] = stats.get("blocks_without_replay", 0) + sweeper.blocks_full
 
 
 def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray_address: str | None = None,
@@ -213,7 +203,7 @@ def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray
         if not by_key:
             log(f"{model}: all {len(trials)} trials already stored")
             continue
-        total = sum(mp.prepared.total_pred for _ in by_key) if progress else 0
+        total = mp.prepared.total_pred * len(by_key)
         log(f"{model}: {len(by_key)} of {len(trials)} trials to compute, {len(mp.prepared.groups)} batch groups, "
             f"{mp.prepared.total_pred} tokens each")
 
