@@ -21,6 +21,7 @@ Verdict, from the 95% interval of (left - right): **supported** when it lies who
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import itertools
 import operator
@@ -204,6 +205,15 @@ class Evaluator:
         self.spec = spec
         self.rows = rows_by_trial  # trial name -> lang -> column -> per-document array
         self._weights: dict[tuple[str, str], np.ndarray] = {}
+        self._groups: tuple[list[str], list[str]] | None = None
+
+    @functools.cached_property
+    def corpus(self):
+        """The spec's corpus, loaded once (language names in claims and groups resolve against it)."""
+        from ..corpus import load_corpus
+
+        c = self.spec.corpus
+        return load_corpus(c.name, flores_split=c.flores_split, sentences_per_doc=c.sentences_per_doc)
 
     def weights(self, model: str, lang: str, n: int) -> np.ndarray:
         key = (model, lang)
@@ -223,15 +233,19 @@ class Evaluator:
         return list(next(iter(self.rows.values())).keys()) if self.rows else []
 
     def groups(self) -> tuple[list[str], list[str]]:
-        from ..corpus import language_info, load_corpus
+        """(low-resource, high-resource) languages: from the spec's groups, else by Joshi class; computed once."""
+        if self._groups is None:
+            self._groups = self._compute_groups()
+        return self._groups
+
+    def _compute_groups(self) -> tuple[list[str], list[str]]:
+        from ..corpus import language_info
         from ..corpus.documents import base_language
 
         langs = self.languages()
         if self.spec.groups:
-            c = load_corpus(self.spec.corpus.name, flores_split=self.spec.corpus.flores_split,
-                            sentences_per_doc=self.spec.corpus.sentences_per_doc)
-            low = [c.resolve(x) for x in self.spec.groups[0]]
-            high = [c.resolve(x) for x in self.spec.groups[1]]
+            low = [self.corpus.resolve(x) for x in self.spec.groups[0]]
+            high = [self.corpus.resolve(x) for x in self.spec.groups[1]]
             return [x for x in langs if x in low], [x for x in langs if x in high]
         low, high = [], []
         for lang in langs:
@@ -249,10 +263,7 @@ class Evaluator:
     def call(self, call: Call, trial) -> Value:
         kw = call.kw()
         if call.fn in LANG_METRICS:
-            from ..corpus import load_corpus
-
-            lang = load_corpus(self.spec.corpus.name, flores_split=self.spec.corpus.flores_split,
-                               sentences_per_doc=self.spec.corpus.sentences_per_doc).resolve(kw["lang"])
+            lang = self.corpus.resolve(kw["lang"])
             p, r = self.lang_metrics(trial, lang)
             m = LANG_METRICS[call.fn]
             return Value(float(p[m]), r[m])
