@@ -49,12 +49,8 @@ def run_with_ray(spec, store, by_model: dict, summary: dict, *, address: str | N
     for model, trials in by_model.items():
         mp = plan_model(spec, model, trials, store, log=log, device="cpu", dtype=dtype)
         mp.lm = None  # the driver only plans; workers load their own copy
-        by_key = {}
-        for t in trials:
-            info = mp.trials[t.name]
-            if mp.missing.get(info["key"]):
-                by_key.setdefault(info["key"], info)
-        summary["already_stored"] += len(trials) - sum(1 for t in trials if mp.missing.get(mp.trials[t.name]["key"]))
+        by_key, n_stored = mp.to_compute(trials)
+        summary["already_stored"] += n_stored
         keys = list(by_key)
         for i in range(0, len(keys), MAX_CONFIGS_PER_SWEEP):
             chunk = keys[i : i + MAX_CONFIGS_PER_SWEEP]

@@ -62,6 +62,15 @@ class ModelPlan:
     trials: dict[str, dict]  # trial name -> {"key", "assignment", "meta"}
     missing: dict[str, set[int]] = field(default_factory=dict)  # trial key -> batch indices to compute
 
+    def to_compute(self, trials: list[TrialSpec]) -> tuple[dict[str, dict], int]:
+        """({trial key: trial} still missing batches, number of ``trials`` already stored). Several trial
+        names may share one key (identical content): each key is computed once."""
+        todo = [self.trials[t.name] for t in trials if self.missing.get(self.trials[t.name]["key"])]
+        by_key: dict[str, dict] = {}
+        for info in todo:
+            by_key.setdefault(info["key"], info)
+        return by_key, len(trials) - len(todo)
+
 
 def select(spec: ExperimentSpec, tokenizer) -> tuple[list[Document], list[list[int]], list[str]]:
     cs = spec.corpus
@@ -194,12 +203,8 @@ def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray
     done_tokens = 0
     for model, trials in by_model.items():
         mp = plan_model(spec, model, trials, store, log=log, device=device, dtype=dtype)
-        todo = {t.name: mp.trials[t.name] for t in trials if mp.missing.get(mp.trials[t.name]["key"])}
-        summary["already_stored"] += len(trials) - len(todo)
-        # several trial names may share one key (identical content): compute each key once
-        by_key = {}
-        for name, t in todo.items():
-            by_key.setdefault(t["key"], t)
+        by_key, n_stored = mp.to_compute(trials)
+        summary["already_stored"] += n_stored
         if not by_key:
             log(f"{model}: all {len(trials)} trials already stored")
             continue
