@@ -44,15 +44,19 @@ class LMHead:
 
 
 def head_of(model: torch.nn.Module) -> LMHead:
-    """The model's output head and logit transform, read from its config."""
+    """A snapshot of the model's output head (its current tensors) and logit transform, read from its config."""
     head = model.get_output_embeddings()
     cfg = model.config
     scale = getattr(cfg, "logit_scale", None)
     if getattr(cfg, "logits_scaling", None):
         scale = 1.0 / cfg.logits_scaling
+    bias = getattr(head, "bias", None)
+    # ``detach()`` pins the tensor the parameter holds *now*. The quantization engine switches configurations
+    # by re-pointing ``param.data``; keeping the Parameter itself would make every head captured earlier (the
+    # reference's, another arm's) silently follow the latest assignment.
     return LMHead(
-        weight=head.weight,
-        bias=getattr(head, "bias", None),
+        weight=head.weight.detach(),
+        bias=None if bias is None else bias.detach(),
         softcap=getattr(cfg, "final_logit_softcapping", None) or None,
         scale=float(scale) if scale not in (None, 1, 1.0) else None,
     )

@@ -35,7 +35,10 @@ from .spec import ExperimentSpec, TrialSpec
 from .store import Store
 
 #: Bumped whenever a change in the code changes stored numbers; part of every trial key.
-RESULTS_VERSION = "1"
+#: 2: each arm is scored with its own output layer (v1 scored trials that quantize the LM head or a tied
+#:    embedding with the reference's head), and modules outside the blocks are placed by execution order
+#:    (v1 treated a pre-block norm such as BLOOM's word_embeddings_layernorm as after the blocks).
+RESULTS_VERSION = "2"
 MAX_CONFIGS_PER_SWEEP = 24
 # Latin-style marks end a sentence before a space; CJK, Devanagari, Ethiopic and Arabic marks end it outright.
 _SENTENCE_END = re.compile(r"^.*?(?:[.!?](?=\s|$)|[。！？।።؟۔])", re.S)
