@@ -49,8 +49,9 @@ def plan_reuse(modmap: ModuleMap, configs: Mapping[str, Mapping[str, Scheme]], b
     A base may only replay from bases listed before it, so running bases in order always works.
     """
     layer_of = {p.name: p.layer for p in modmap.params}
-    after = {p.name for p in modmap.params if p.layer is None and p.role == "norm"}
-    after |= {p.name for p in modmap.params if "lm_head" in p.components and "embed.token" not in p.components}
+    # Only what runs after the last block (from the module map's probe of the execution order, not from
+    # names) leaves every block's output unchanged.
+    after = {p.name for p in modmap.params if p.stage == "after"}
     n = modmap.n_layers
     choice = {}
     for name, cfg in configs.items():

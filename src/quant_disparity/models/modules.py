@@ -65,6 +65,10 @@ class ParamInfo:
     bits: int  # storage width of the reference weights
     transposed: bool = False  # Conv1D stores [in, out]
     aliases: tuple[str, ...] = ()  # other parameter names of the same tensor
+    #: Where the tensor is used in the forward pass, from a probe run (:func:`execution_stages`): "block"
+    #: (inside decoder block ``layer``), "before" or "after" the blocks, "during" (a module outside the
+    #: blocks called while they run), or None (not seen running: assume it can change everything).
+    stage: str | None = None
 
     @property
     def component(self) -> str:
@@ -158,6 +162,53 @@ def _classify_linear(rel: str, module: nn.Linear) -> str:
     return "other"
 
 
+def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str, nn.Module]) -> dict[str, str] | None:
+    """For each module in ``modules`` (name -> module, outside the blocks), whether the model's forward runs it
+    "before" the first block, "after" the last one or "during" the blocks, from one probe forward pass.
+
+    Names say nothing reliable about this (BLOOM's ``word_embeddings_layernorm`` is a norm outside the blocks
+    that runs *before* them). A tied tensor belongs to every stage its modules run in; the caller takes the
+    earliest. Returns None when the model cannot run a probe (weights on the meta device, an unusual forward).
+    """
+    params = list(model.parameters())
+    if not params or any(p.is_meta for p in params):
+        return None
+    clock = iter(range(1 << 62))
+    first_call: dict[str, int] = {}
+    span: dict[str, int] = {}
+    hooks = []
+
+    def on_call(name):
+        def hook(module, args):
+            first_call.setdefault(name, next(clock))
+        return hook
+
+    def on_block_start(module, args):
+        span.setdefault("start", next(clock))
+
+    def on_block_end(module, args, output):
+        span["end"] = next(clock)
+
+    try:
+        for name, module in modules.items():
+            hooks.append(module.register_forward_pre_hook(on_call(name)))
+        hooks.append(blocks[0].register_forward_pre_hook(on_block_start))
+        hooks.append(blocks[-1].register_forward_hook(on_block_end))
+        vocab = model.get_input_embeddings().weight.shape[0]
+        ids = (torch.arange(4) % vocab).reshape(1, 4).to(params[0].device)
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    except Exception:  # noqa: BLE001 - any failure means: order unknown, be conservative
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    if "start" not in span or "end" not in span:
+        return None
+    return {name: "before" if t < span["start"] else "after" if t > span["end"] else "during"
+            for name, t in first_call.items()}
+
+
 def build_module_map(model: nn.Module) -> ModuleMap:
     """Classify every weight of ``model``; raises :class:`UserError` when no blocks or projections are found."""
     blocks_path, blocks = _find_blocks(model)
@@ -177,8 +228,16 @@ def build_module_map(model: nn.Module) -> ModuleMap:
         groups.setdefault(id(p), []).append(name)
         tensors[id(p)] = p
 
+    outside = {mname: module for name, (mname, module) in module_of.items()
+               if not (mname == blocks_path or mname.startswith(blocks_path + "."))}
+    stages = execution_stages(model, blocks, outside)
+    _rank = {"before": 0, "during": 1, "after": 2}
+
     entries = []
     notes = []
+    if stages is None:
+        notes.append("execution order of the modules outside the blocks unknown (probe failed): each is assumed "
+                     "to change every block's output, and norm.final matches nothing")
     for key, names in groups.items():
         t = tensors[key]
         comps: list[str] = []
@@ -218,6 +277,11 @@ def build_module_map(model: nn.Module) -> ModuleMap:
         if "embed.token" in comps:  # the embedding's own name first, the head as an alias
             primary = next(n for n in names if module_of[n][1] is emb)
         aliases = tuple(n for n in names if n != primary)
+        if layer is not None:
+            stage = "block"
+        else:
+            seen = [stages[module_of[n][0]] for n in names if stages and module_of[n][0] in stages]
+            stage = min(seen, key=_rank.__getitem__) if seen else None
         entries.append(ParamInfo(
             name=primary,
             module=module_of[primary][0],
@@ -229,6 +293,7 @@ def build_module_map(model: nn.Module) -> ModuleMap:
             bits=torch.finfo(t.dtype).bits if t.dtype.is_floating_point else torch.iinfo(t.dtype).bits,
             transposed=transposed,
             aliases=aliases,
+            stage=stage,
         ))
         if len(comps) > 1:
             notes.append(f"{primary} is tied to {', '.join(aliases)}: protecting one protects both")

@@ -247,7 +247,7 @@ def _atom_matches(atom: Atom, p: ParamInfo, modmap: ModuleMap, where: str) -> bo
     if k == "norms":
         return p.role == "norm"
     if k == "norm.final":
-        return p.role == "norm" and p.layer is None
+        return p.role == "norm" and p.stage == "after"
     if k == "biases":
         return p.is_bias
     if k in ("embed.token", "embed.pos", "lm_head"):
