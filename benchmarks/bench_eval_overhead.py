@@ -32,7 +32,8 @@ def main() -> None:
     lm = load_model(args.model)
     docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
     settings = EvalSettings()
-    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length)
+    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length,
+                       tokenizer=lm.tokenizer)
     forward = Forward(lm.model)
     mm = build_module_map(lm.model)
     engine = QuantEngine(lm.model, mm)

@@ -68,13 +68,13 @@ def main() -> None:
     settings = EvalSettings(window=window)
 
     t = time.perf_counter()
-    prepared = prepare(docs, tokens, lm.prefix_token_id, settings, lm.info.max_length)
+    prepared = prepare(docs, tokens, lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer)
     scores = evaluate(Forward(lm.model), prepared)
     ours_s = time.perf_counter() - t
     ours = {}
     for lang in LANGS:
         idx = [i for i, d in enumerate(docs) if d.lang == lang]
-        ours[lang] = sum(scores.nll[i] for i in idx) / math.log(2) / sum(docs[i].n_bytes for i in idx)
+        ours[lang] = sum(scores.nll[i] for i in idx) / math.log(2) / sum(prepared.n_bytes[i] for i in idx)
 
     by_lang = {lang: [d for d in docs if d.lang == lang] for lang in LANGS}
     theirs, theirs_s = lm_eval_bpb(checkpoint, by_lang, window, args.batch_size)

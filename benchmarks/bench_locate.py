@@ -92,7 +92,8 @@ def main() -> None:
     lm = load_model(args.model)
     docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
     settings = EvalSettings(batch_tokens=2048)
-    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length)
+    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length,
+                       tokenizer=lm.tokenizer)
     mm = build_module_map(lm.model)
     scheme = parse_scheme(args.scheme)
     universe = mm.default_targets()

@@ -200,6 +200,6 @@ def test_without_prefix_the_first_token_is_not_scored(tiny_lm):
     lm = tiny_lm("gpt2")
     docs = [Document("eng_Latn", "a", "hello world, hello")]
     toks = tokenize(lm.tokenizer, docs)
-    prep = prepare(docs, toks, None, EvalSettings(window=16, context=2))
+    prep = prepare(docs, toks, None, EvalSettings(window=16, context=2), tokenizer=lm.tokenizer)
     s = evaluate(Forward(lm.model), prep)
     assert s.n_pred[0] == len(toks[0]) - 1

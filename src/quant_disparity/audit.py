@@ -185,11 +185,11 @@ def run_audit(
         assignment = {name: scheme for name in targets}
         plan_info = None
     selection = select_documents(corpus, langs, config, lm.tokenizer)
-    if own_model:
-        lm.drop_tokenizer()
     docs = [d for lang in langs for d in selection.docs[lang]]
     tokens = [t for lang in langs for t in selection.tokens[lang]]
-    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length)
+    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length, tokenizer=lm.tokenizer)
+    if own_model:
+        lm.drop_tokenizer()
     log(f"{len(docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches in "
         f"{len(prepared.groups)} scoring groups")
 
@@ -225,12 +225,12 @@ def run_audit(
         offset += n
         arrays = {
             "nll": scores.nll[sl], "nll_ref": scores.nll_ref[sl], "kl": scores.kl[sl], "top1": scores.top1[sl],
-            "n_pred": scores.n_pred[sl], "bytes": np.array([d.n_bytes for d in selection.docs[lang]]),
+            "n_pred": scores.n_pred[sl], "bytes": np.array(prepared.n_bytes[sl]),
         }
         per_lang.append(language_stats(lang, arrays, config.n_boot, rng))
         for i, d in enumerate(selection.docs[lang]):
             doc_rows.append({
-                "lang": lang, "doc_id": d.id, "bytes": d.n_bytes, "chars": d.n_chars,
+                "lang": lang, "doc_id": d.id, "bytes": prepared.n_bytes[sl.start + i], "chars": d.n_chars,
                 "tokens": prepared.n_tokens[sl.start + i], "predicted_tokens": int(arrays["n_pred"][i]),
                 "nll_fp": float(arrays["nll_ref"][i]), "nll_q": float(arrays["nll"][i]),
                 "kl_nats": float(arrays["kl"][i]), "top1_agree": int(arrays["top1"][i]),

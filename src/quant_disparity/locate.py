@@ -290,11 +290,11 @@ def run_locate(
     configs = build_configs(universe, units, pairs, scheme, config.mode)
 
     selection = select_documents(corpus, langs, config.audit_view(), lm.tokenizer)
-    if own_model:
-        lm.drop_tokenizer()
     docs = [d for lang in langs for d in selection.docs[lang]]
     tokens = [t for lang in langs for t in selection.tokens[lang]]
-    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length)
+    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length, tokenizer=lm.tokenizer)
+    if own_model:
+        lm.drop_tokenizer()
     total = prepared.total_pred * len(configs)
     log(f"{len(units)} units, {len(configs)} configurations, {len(docs)} documents, "
         f"{prepared.total_pred} tokens per configuration")
@@ -322,7 +322,7 @@ def run_locate(
     for lang in langs:
         n = len(selection.docs[lang])
         lang_data[lang] = _LangData(lang, np.arange(offset, offset + n),
-                                    np.array([d.n_bytes for d in selection.docs[lang]], dtype=np.float64),
+                                    np.array(prepared.n_bytes[offset: offset + n], dtype=np.float64),
                                     resample_counts(n, config.n_boot, rng))
         offset += n
     stats = analyse(scores, lang_data, [u.name for u in units], config.mode,

@@ -8,7 +8,7 @@ model where it does not (an unusual head) falls back to the full forward pass, w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -54,6 +54,32 @@ def tokenize(tokenizer, docs: Sequence[Document]) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
+def first_token_bytes(tokenizer, docs: Sequence[Document], tokens: Sequence[list[int]]) -> list[int]:
+    """UTF-8 bytes of the text of each document's first token: the token a model without a BOS or EOS prefix
+    cannot predict, whose bytes therefore leave the bits-per-byte denominator.
+
+    Read from the tokenizer's character offsets (a token that ends inside a character counts up to the end
+    of that character); tokenizers without offsets decode the first token alone."""
+    out = []
+    for d, ids in zip(docs, tokens):
+        if not ids:
+            out.append(0)
+            continue
+        end = None
+        try:
+            enc = tokenizer(d.text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+            if offsets and list(enc["input_ids"][:1]) == list(ids[:1]):
+                end = offsets[0][1]
+        except (NotImplementedError, TypeError, ValueError, KeyError):
+            end = None
+        if end is not None:
+            out.append(len(d.text[:end].encode("utf-8")))
+        else:
+            out.append(min(d.n_bytes, len(tokenizer.decode(ids[:1]).encode("utf-8"))))
+    return out
+
+
 @dataclass
 class Prepared:
     docs: list[Document]
@@ -61,6 +87,9 @@ class Prepared:
     n_pred: list[int]
     batches: list[list[Window]]
     groups: list[list[int]]  # consecutive batch indices scored together (the unit of work and of commits)
+    #: UTF-8 bytes of the text the predicted tokens cover: the document's bytes, less its first token's when
+    #: there is no prefix token (that token is never predicted). The bits-per-byte denominator.
+    n_bytes: list[int] = field(default_factory=list)
 
     @property
     def total_pred(self) -> int:
@@ -68,7 +97,16 @@ class Prepared:
 
 
 def prepare(docs: Sequence[Document], tokens: Sequence[list[int]], prefix: int | None, settings: EvalSettings,
-            max_length: int | None = None) -> Prepared:
+            max_length: int | None = None, *, tokenizer=None) -> Prepared:
+    """Windows, batches and scoring groups of ``docs``. Without a ``prefix`` token the first token of each
+    document is not predicted, and ``tokenizer`` is needed to take its bytes out of the denominator."""
+    if prefix is None:
+        if tokenizer is None:
+            raise ValueError("prepare() needs the tokenizer when there is no prefix token (to count the bytes "
+                             "of the unpredicted first tokens)")
+        unscored = first_token_bytes(tokenizer, docs, tokens)
+    else:
+        unscored = [0] * len(docs)
     window = settings.window if max_length is None else min(settings.window, max_length)
     context = min(settings.context, window - 2)
     windows: list[Window] = []
@@ -81,6 +119,7 @@ def prepare(docs: Sequence[Document], tokens: Sequence[list[int]], prefix: int |
         n_pred=[n_predicted(len(t), prefix is not None) for t in tokens],
         batches=batches,
         groups=score_groups(batches, settings.score_rows),
+        n_bytes=[d.n_bytes - u for d, u in zip(docs, unscored)],
     )
 
 

@@ -47,7 +47,8 @@ def run_with_ray(spec, store, by_model: dict, summary: dict, *, address: str | N
     gens = []
     total = 0
     for model, trials in by_model.items():
-        mp = plan_model(spec, model, trials, store, log=log, device="cpu", dtype=dtype)
+        # planned on the driver's CPU, keyed and recorded for the device the workers compute on
+        mp = plan_model(spec, model, trials, store, log=log, device="cpu", dtype=dtype, compute_device=device)
         mp.lm = None  # the driver only plans; workers load their own copy
         by_key, n_stored = mp.to_compute(trials)
         summary["already_stored"] += n_stored

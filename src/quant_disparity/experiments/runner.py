@@ -99,12 +99,19 @@ def select(spec: ExperimentSpec, tokenizer) -> tuple[list[Document], list[list[i
 
 def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store: Store | None,
                lm: LoadedModel | None = None, log: Callable[[str], None] = lambda m: None, device: str = "cpu",
-               dtype: str = "float32") -> ModelPlan:
+               dtype: str = "float32", compute_device: str | None = None) -> ModelPlan:
+    """Documents, batches, resolved plans and keys of ``trials`` on ``model``.
+
+    ``compute_device``: where the trials will be scored when that is not where they are planned (the Ray
+    driver plans on the CPU for workers on ``--device cuda``); it goes into the keys and the records, since
+    numbers differ slightly across devices.
+    """
     if lm is None:
         lm = load_model(model, log=log, device=device, dtype=dtype)
+    computed_on = compute_device or lm.info.device
     docs, tokens, (corpus_digest, *langs) = select(spec, lm.tokenizer)
-    prepared = prepare(docs, tokens, lm.prefix_token_id, spec.eval, lm.info.max_length)
-    docs_meta = [{"doc": i, "lang": d.lang, "doc_id": d.id, "bytes": d.n_bytes, "chars": d.n_chars,
+    prepared = prepare(docs, tokens, lm.prefix_token_id, spec.eval, lm.info.max_length, tokenizer=lm.tokenizer)
+    docs_meta = [{"doc": i, "lang": d.lang, "doc_id": d.id, "bytes": prepared.n_bytes[i], "chars": d.n_chars,
                   "tokens": prepared.n_tokens[i], "n_pred": prepared.n_pred[i]} for i, d in enumerate(docs)]
     selection = {"corpus": spec.corpus.name, "split": spec.corpus.split, "langs": langs,
                  "max_tokens": spec.corpus.max_tokens, "first_sentence": spec.corpus.first_sentence,
@@ -121,7 +128,7 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
             "model_digest": lm.info.digest, "corpus_digest": corpus_digest, "selection": selection,
             "eval": spec.eval.to_dict(), "prefix": lm.prefix_token_id,
             # numbers differ (slightly) across devices and dtypes: they are part of what a trial is
-            "device": lm.info.device.split(":")[0], "dtype": lm.info.dtype,
+            "device": computed_on.split(":")[0], "dtype": lm.info.dtype,
             "assignment": sorted((k, v.name) for k, v in assignment.items()), "results_version": RESULTS_VERSION,
         }
         key = digest_json(content, 32)
@@ -129,7 +136,7 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
                 "resolved": resolved.to_dict(), "corpus_digest": corpus_digest, "selection": selection,
                 "eval": spec.eval.to_dict(), "code_version": f"{__version__}/results-{RESULTS_VERSION}",
                 "n_batches": len(prepared.groups),
-                "info": {"cost": resolved.totals, "device": lm.info.device, "dtype": lm.info.dtype}}
+                "info": {"cost": resolved.totals, "device": computed_on, "dtype": lm.info.dtype}}
         out.trials[t.name] = {"key": key, "assignment": assignment, "meta": meta}
         if store is not None:
             store.register(key, meta, docs_meta, spec.name, t.name, now())

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 
 SCALE_DTYPE = torch.float16
-_FP16_TINY = torch.finfo(torch.float16).tiny
+# The smallest positive float16 (subnormal, 2^-24). Clamping at the smallest *normal* one (6.1e-5) would give a
+# group with absmax below 6.1e-5 * qmax (7.8e-3 at 8 bits) a coarser grid than its bits allow.
+_FP16_TINY = 2.0**-24
 
 
 @dataclass(frozen=True)
