@@ -149,6 +149,9 @@ def main() -> None:
         "cost_vs_configs_x_one_evaluation": ours_s / (len(configs) * one_s),
         "max_relative_nll_difference_vs_naive": max(diffs),
         "replay": ours.stats,
+        # the output layer scores every token of every configuration: its share of one evaluation's weights
+        "params": {"lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
+                   "block_linear": sum(mm[t].numel for t in universe)},
         "memory": {**mem, "peak_over_fp32_weights": mem["peak_rss"] / mem["fp32_weight_bytes"]},
     }
     path = save(f"locate-{args.model}", result)
