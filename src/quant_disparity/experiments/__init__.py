@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .._io import OutputLock, atomic_write_text, lock_dir
+from .._io import LOCK_NAME, OutputLock, atomic_write_text, lock_dir
 from ..errors import UserError
 from .claims import Evaluator, evaluate_claims
 from .results import analyse
@@ -95,6 +96,7 @@ def run_experiment(
         raise UserError(f"unknown executor {executor!r}", "use local or ray")
     spec = load_spec(spec_path)
     out = Path(out) if out else default_out(spec)
+    created = not out.exists()
     store, inv, lock = open_run_dir(out, spec)
     try:
         atomic_write_text(inv / "spec.toml", spec.source)
@@ -132,6 +134,22 @@ def run_experiment(
     except KeyboardInterrupt:
         logger.info("interrupted; the trials committed so far are kept in the store: rerun the same command "
                     "to finish")
+        raise
+    except BaseException as e:
+        logger.info(f"failed: {e}")
+        # A run directory this call created and that holds no trial is no result: remove it (while locked).
+        if created and store.db.execute("SELECT count(*) FROM trials").fetchone()[0] == 0:
+            logger.removeHandler(handler)
+            handler.close()
+            store.close()
+            for p in out.iterdir():
+                if p.name != LOCK_NAME:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            lock.release()
+            try:
+                out.rmdir()
+            except OSError:
+                pass
         raise
     finally:
         logger.removeHandler(handler)
