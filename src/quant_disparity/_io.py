@@ -120,7 +120,8 @@ class OutputLock:
             try:
                 fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise UserError(f"cannot lock {self.what} ({e.strerror})", "choose a location you can write to") from None
+                raise UserError(f"cannot lock {self.what} ({e.strerror})",
+                                "choose a location you can write to") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -207,6 +208,8 @@ class OutputDir:
             if (self.target / self.marker).exists() and not self.overwrite:
                 raise UserError(f"--out {self.target} already holds {self.marker}",
                                 "choose another --out directory or pass --overwrite to replace it")
+            for old in self.target.glob(".staging-*"):  # only the lock holder stages: these are a killed one's
+                shutil.rmtree(old, ignore_errors=True)
             self._stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.target))
         except BaseException:
             self._cleanup(failed=True)
