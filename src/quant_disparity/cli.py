@@ -59,7 +59,7 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, 
     from .audit import run_audit, validate
     from .config import AuditConfig
     from .report.tables import audit_markdown, audit_rich_table, audit_summary_lines
-    from ._io import atomic_write_text
+    from ._io import OutputDir
 
     base = AuditConfig().to_dict()
     if config is not None:
@@ -79,13 +79,15 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, 
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = AuditConfig.from_dict(base)
     validate(cfg)
-    target, result = _run_into(out_dir or _default_out("audit"), "audit.json", overwrite,
-                               lambda log, prog: run_audit(cfg, log=log, progress=prog))
-    data = result.to_dict()
-    atomic_write_text(target / "audit.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    atomic_write_text(target / "audit.md", audit_markdown(data))
-    atomic_write_text(target / "config.toml", cfg.to_toml())
-    out.print(audit_rich_table(data))
+    with OutputDir(out_dir or _default_out("audit"), "audit.json", overwrite) as staged:
+        result = _run_with_progress(lambda log, prog: run_audit(cfg, log=log, progress=prog))
+        data = result.to_dict()
+        staged.write_text("audit.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        staged.write_text("audit.md", audit_markdown(data))
+        staged.write_text("config.toml", cfg.to_toml())
+        table = audit_rich_table(data)
+    target = staged.target
+    out.print(table)
     for line in audit_summary_lines(data):
         out.print(line, markup=False)
     out.print(f"wrote {target / 'audit.json'} and audit.md")
@@ -105,35 +107,30 @@ def apply_eval_options(ev: dict, window: int | None, context: int | None, batch_
         ev["batch_tokens"] = batch_tokens
 
 
-def _run_into(out_dir: Path, marker: str, overwrite: bool, fn, what: str = "scoring tokens"):
-    """Check (and create) the output directory first, then run ``fn`` with progress; a directory this call
-    created is removed again if the run fails before writing anything. Returns (directory, result)."""
-    from ._io import prepare_out_dir
-
-    target = prepare_out_dir(out_dir, marker, overwrite)
-    created = not any(target.iterdir())
-    try:
-        return target, _run_with_progress(fn, what)
-    except BaseException:
-        if created and not any(target.iterdir()):
-            target.rmdir()
-        raise
-
-
 def _run_with_progress(fn, what: str = "scoring tokens"):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False) as bar:
-        task = bar.add_task(what, total=None)
+    bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    task = bar.add_task(what, total=None)
 
-        def prog(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def prog(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
 
-        def log(msg: str) -> None:
-            bar.console.print(msg)
+    def log(msg: str) -> None:
+        bar.console.print(msg)
 
-        return fn(log, prog)
+    bar.start()
+    try:
+        result = fn(log, prog)
+    except BaseException:
+        # Clear the bar (and skip the blank line Progress.stop adds when not on a terminal): the error or
+        # interrupt line that follows is then the only line about it.
+        bar.live.transient = True
+        bar.live.stop()
+        raise
+    bar.stop()
+    return result
 
 
 @app.command()
@@ -162,9 +159,10 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir,
            overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
-    from ._io import atomic_write_text
+    from ._io import OutputDir
     from .audit import validate
     from .locate import LocateConfig, effect_matrix, run_locate
+    from .quant import parse_scheme
     from .report import plots
     from .report.tables import locate_markdown
 
@@ -178,23 +176,29 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = LocateConfig.from_dict(base)
     validate(cfg.audit_view())
-    target, result = _run_into(out_dir or _default_out("locate"), "locate.json", overwrite,
-                               lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
-    data = result.to_dict()
-    units, lang_ids, m = effect_matrix(data)
-    verb = "recovered by protecting" if cfg.mode == "protect-one" else "caused by quantizing only"
-    plots.save(plots.heatmap(m, units, lang_ids, f"{data['model']['name']} · {data['scheme']['name']} · "
-                             f"damage {verb} each unit", "% of reference bpb"), target / "heatmap.png")
-    groups = {}
-    for j, lang in enumerate(lang_ids):
-        rows = data["results"][lang]["units"]
-        ci = np.array([[100 * x for x in (rows[u]["effect"]["ci95"] or [np.nan, np.nan])] for u in units])
-        groups[lang] = (units, m[:, j], ci[:, 0], ci[:, 1])
-    plots.save(plots.bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb"),
-               target / "bars.png")
-    atomic_write_text(target / "locate.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    atomic_write_text(target / "locate.md", locate_markdown(data))
-    out.print(locate_markdown(data), markup=False)
+    if parse_scheme(cfg.scheme).is_identity:
+        raise UserError(f"locate --scheme {cfg.scheme} quantizes nothing, so there is no damage to locate",
+                        "give a quantizing scheme, e.g. --scheme w4g128 (audit --scheme none compares the "
+                        "reference with itself)")
+    with OutputDir(out_dir or _default_out("locate"), "locate.json", overwrite) as staged:
+        result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
+        data = result.to_dict()
+        units, lang_ids, m = effect_matrix(data)
+        verb = "recovered by protecting" if cfg.mode == "protect-one" else "caused by quantizing only"
+        plots.save(plots.heatmap(m, units, lang_ids, f"{data['model']['name']} · {data['scheme']['name']} · "
+                                 f"damage {verb} each unit", "% of reference bpb"), staged.path("heatmap.png"))
+        groups = {}
+        for j, lang in enumerate(lang_ids):
+            rows = data["results"][lang]["units"]
+            ci = np.array([[100 * x for x in (rows[u]["effect"]["ci95"] or [np.nan, np.nan])] for u in units])
+            groups[lang] = (units, m[:, j], ci[:, 0], ci[:, 1])
+        plots.save(plots.bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb"),
+                   staged.path("bars.png"))
+        staged.write_text("locate.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        md = locate_markdown(data)
+        staged.write_text("locate.md", md)
+    target = staged.target
+    out.print(md, markup=False)
     out.print(f"wrote {target / 'locate.json'}, locate.md, heatmap.png, bars.png")
 
 
@@ -212,9 +216,13 @@ def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
 
     parse_device(device)
     parse_dtype(dtype)
-    result = _run_with_progress(lambda log, prog: run_experiment(
-        spec, out_dir, executor=executor, ray_address=ray_address, device=device, dtype=dtype, log=log,
-        progress=prog), "scoring trial tokens")
+    try:
+        result = _run_with_progress(lambda log, prog: run_experiment(
+            spec, out_dir, executor=executor, ray_address=ray_address, device=device, dtype=dtype, log=log,
+            progress=prog), "scoring trial tokens")
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the trials committed so far are kept in the store: rerun the same "
+                          "command to finish") from None
     from .report.experiment import summary_markdown
 
     out.print(summary_markdown(result), markup=False)
@@ -225,10 +233,11 @@ def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--format", "fmt_", type=click.Choice(["html", "md", "latex"]), default="html", show_default=True)
 @click.option("--out", "out_file", type=click.Path(path_type=Path), help="Output file (default: in the run directory).")
-def report(target, fmt_, out_file) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at the output path.")
+def report(target, fmt_, out_file, overwrite) -> None:
     """Report a run directory (or a spec's default run): HTML with figures, markdown, or LaTeX tables."""
-    from ._io import atomic_write_text
-    from .experiments import analyse, load_run
+    from ._io import atomic_write_text, lock_file_for
+    from .experiments import analyse, load_run, run_inputs
     from .provenance import environment
     from .report.experiment import html_report, latex_report, summary_markdown
 
@@ -246,6 +255,7 @@ def report(target, fmt_, out_file) -> None:
     run_dir = target if target.is_dir() else Path("runs") / spec.name
     suffix = {"html": "html", "md": "md", "latex": "tex"}[fmt_]
     path = out_file or run_dir / f"report.{suffix}"
+    _check_report_path(path, overwrite, [*run_inputs(run_dir), *([] if target.is_dir() else [target])])
     if fmt_ == "html":
         text = html_report(result, environment(), store_info)
     elif fmt_ == "md":
@@ -253,10 +263,23 @@ def report(target, fmt_, out_file) -> None:
     else:
         text = latex_report(result)
     try:
-        atomic_write_text(path, text)
+        with lock_file_for(path):
+            _check_report_path(path, overwrite, [])  # again, now that no other report can write it
+            atomic_write_text(path, text)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror})", "choose another --out") from None
     out.print(f"wrote {path}")
+
+
+def _check_report_path(path: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse to write a report over one of the run's inputs, a directory, or (without --overwrite) any file."""
+    for p in inputs:
+        if p.exists() and path.exists() and path.samefile(p):
+            raise UserError(f"--out {path} is an input of the run ({p.name})", "choose another --out file")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory", "give a file name, e.g. report.html")
+    if path.exists() and not overwrite:
+        raise UserError(f"--out {path} already exists", "choose another --out or pass --overwrite to replace it")
 
 
 @app.command()
@@ -383,6 +406,10 @@ def schemes() -> None:
     out.print(t)
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with the one line to print about what was kept (that depends on the command)."""
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args:
@@ -399,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except Interrupted as e:
+        err.print(str(e), markup=False, soft_wrap=True)
+        sys.exit(130)
     except (click.exceptions.Abort, KeyboardInterrupt):
         err.print("interrupted; nothing was written", markup=False)
         sys.exit(130)

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .._io import atomic_write_text
+from .._io import LOCK_NAME, OutputLock, atomic_write_text, lock_dir
 from ..errors import UserError
 from .claims import Evaluator, evaluate_claims
 from .results import analyse
@@ -29,14 +29,32 @@ def default_out(spec: ExperimentSpec) -> Path:
     return Path("runs") / spec.name
 
 
-def open_run_dir(out: Path, spec: ExperimentSpec) -> tuple[Store, Path]:
-    """Create (or reuse) a run directory and this invocation's timestamped subdirectory."""
+def run_inputs(run_dir: Path) -> list[Path]:
+    """The files of a run directory its results are read from (nothing may be written over them)."""
+    store = Path(run_dir) / STORE_NAME
+    return [Path(run_dir) / "spec.toml", store, store.with_name(store.name + "-wal"),
+            store.with_name(store.name + "-shm")]
+
+
+def open_run_dir(out: Path, spec: ExperimentSpec) -> tuple[Store, Path, OutputLock]:
+    """Lock a run directory (created if needed), open its store, record the spec and make this invocation's
+    timestamped subdirectory. The caller releases the lock when the invocation ends."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory", "choose a directory path")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out} is not writable ({e.strerror})", "choose a directory you can write to") from None
+    lock = lock_dir(out)
+    try:
+        store, inv = _open_locked(out, spec)
+    except BaseException:
+        lock.release()
+        raise
+    return store, inv, lock
+
+
+def _open_locked(out: Path, spec: ExperimentSpec) -> tuple[Store, Path]:
     other = out / "spec.toml"
     if other.exists():
         try:
@@ -46,13 +64,19 @@ def open_run_dir(out: Path, spec: ExperimentSpec) -> tuple[Store, Path]:
         if previous not in (None, spec.name):
             raise UserError(f"--out {out} holds the run of another spec ({previous!r})", "choose another --out")
     store = Store(out / STORE_NAME)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    inv = out / stamp
-    n = 1
-    while inv.exists():
-        n += 1
-        inv = out / f"{stamp}-{n}"
-    inv.mkdir()
+    try:
+        # before any work, so that a run killed at any point can be reported and is guarded as this spec's
+        atomic_write_text(other, spec.source)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        inv = out / stamp
+        n = 1
+        while inv.exists():
+            n += 1
+            inv = out / f"{stamp}-{n}"
+        inv.mkdir()
+    except BaseException:
+        store.close()
+        raise
     return store, inv
 
 
@@ -72,8 +96,14 @@ def run_experiment(
         raise UserError(f"unknown executor {executor!r}", "use local or ray")
     spec = load_spec(spec_path)
     out = Path(out) if out else default_out(spec)
-    store, inv = open_run_dir(out, spec)
-    atomic_write_text(inv / "spec.toml", spec.source)
+    created = not out.exists()
+    store, inv, lock = open_run_dir(out, spec)
+    try:
+        atomic_write_text(inv / "spec.toml", spec.source)
+    except BaseException:
+        store.close()
+        lock.release()
+        raise
     logger = logging.getLogger(f"quant_disparity.run.{inv}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(inv / "run.log", encoding="utf-8")
@@ -98,17 +128,34 @@ def run_experiment(
         atomic_write_text(inv / "summary.md", md)
         atomic_write_text(inv / "verdicts.json", json.dumps(result["verdicts"], indent=1, ensure_ascii=False) + "\n")
         atomic_write_text(inv / "results.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-        shutil.copyfile(inv / "spec.toml", out / "spec.toml")
         for v in result["verdicts"]:
             both(f"claim {v['id']} {v['instance'] or ''}: {v['verdict']}")
         return result
     except KeyboardInterrupt:
-        both("interrupted; what was committed is kept: rerun the same command to finish")
+        logger.info("interrupted; the trials committed so far are kept in the store: rerun the same command "
+                    "to finish")
+        raise
+    except BaseException as e:
+        logger.info(f"failed: {e}")
+        # A run directory this call created and that holds no trial is no result: remove it (while locked).
+        if created and store.db.execute("SELECT count(*) FROM trials").fetchone()[0] == 0:
+            logger.removeHandler(handler)
+            handler.close()
+            store.close()
+            for p in out.iterdir():
+                if p.name != LOCK_NAME:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            lock.release()
+            try:
+                out.rmdir()
+            except OSError:
+                pass
         raise
     finally:
         logger.removeHandler(handler)
         handler.close()
         store.close()
+        lock.release()
 
 
 def load_run(target: str | Path) -> tuple[ExperimentSpec, Store]:
@@ -130,4 +177,4 @@ def load_run(target: str | Path) -> tuple[ExperimentSpec, Store]:
 
 
 __all__ = ["Evaluator", "ExperimentSpec", "Store", "analyse", "evaluate_claims", "load_results", "load_run",
-           "load_spec", "parse_spec", "run_experiment", "run_spec"]
+           "load_spec", "parse_spec", "run_experiment", "run_inputs", "run_spec"]

@@ -21,6 +21,8 @@ from pathlib import Path
 from ..errors import UserError
 
 SCHEMA_VERSION = 1
+#: ``PRAGMA application_id`` of our stores ("QDIS"), so a store is recognised as ours before anything is added.
+APPLICATION_ID = 0x51444953
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,30 +65,58 @@ class Store:
     def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 5.0):
         self.path = Path(path)
         self.readonly = readonly
+        self._copy: Path | None = None
         if readonly:
             if not self.path.exists():
                 raise UserError(f"store {self.path} not found", "run the experiment first")
-            uri = f"file:{self.path}?mode=ro"
-            self.db = self._connect(uri, timeout, uri=True)
+            self.db = self._connect_readonly(timeout)
         else:
             if self.path.exists() and not os.access(self.path, os.W_OK):
                 raise UserError(f"store {self.path} is read-only", "make it writable or choose another --out")
             if not self.path.parent.exists() or not os.access(self.path.parent, os.W_OK):
                 raise UserError(f"store directory {self.path.parent} is not writable", "choose another --out")
             self.db = self._connect(str(self.path), timeout)
+            self._refuse_foreign()
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
             self._init()
         self._check_version()
 
-    def _connect(self, target: str, timeout: float, uri: bool = False) -> sqlite3.Connection:
+    def _uri(self, path: Path, **params: str) -> str:
+        from urllib.parse import quote
+
+        return f"file:{quote(str(path.resolve()))}?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+    def _connect_readonly(self, timeout: float) -> sqlite3.Connection:
+        """``mode=ro``; on read-only media, where SQLite cannot create the WAL index next to the store, the
+        file is opened ``immutable`` (nothing can change it there), or, when it still has a write-ahead log
+        with data (a run killed before its last checkpoint), a private copy of both is read instead."""
+        try:
+            return self._connect(self._uri(self.path, mode="ro"), timeout, uri=True, quiet=True)
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e) and "readonly" not in str(e):
+                return self._connect(self._uri(self.path, mode="ro"), timeout, uri=True)  # the usual message
+        wal = self.path.with_name(self.path.name + "-wal")
+        if not wal.exists() or wal.stat().st_size == 0:
+            return self._connect(self._uri(self.path, mode="ro", immutable="1"), timeout, uri=True)
+        import shutil
+        import tempfile
+
+        self._copy = Path(tempfile.mkdtemp(prefix="quant-disparity-store-"))
+        copy = self._copy / self.path.name
+        shutil.copyfile(self.path, copy)
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        return self._connect(self._uri(copy, mode="ro"), timeout, uri=True)
+
+    def _connect(self, target: str, timeout: float, uri: bool = False, quiet: bool = False) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(target, timeout=timeout, uri=uri, isolation_level=None)
             db.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
-            if not self.readonly:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return db
         except sqlite3.DatabaseError as e:
+            if quiet and isinstance(e, sqlite3.OperationalError):
+                raise
             msg = str(e)
             if "locked" in msg or "busy" in msg:
                 raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
@@ -95,12 +125,30 @@ class Store:
             raise UserError(f"store {self.path} is not a usable SQLite database ({msg})",
                             "point --out at a fresh directory") from None
 
+    def _refuse_foreign(self) -> None:
+        """Refuse a SQLite file of another program before anything (journal mode, tables) is changed in it."""
+        (app_id,) = self.db.execute("PRAGMA application_id").fetchone()
+        names = [n for (n,) in self.db.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
+        ours = app_id == APPLICATION_ID or (app_id == 0 and "meta" in names and "trials" in names
+                                             and self._has_schema_version())
+        if (names and not ours) or app_id not in (0, APPLICATION_ID):
+            what = f"application id {app_id:#x}" if app_id not in (0, APPLICATION_ID) else \
+                f"tables {', '.join(sorted(names)[:4])}{', ...' if len(names) > 4 else ''}"
+            raise UserError(f"store {self.path} is a SQLite database of another program ({what}), not a "
+                            "quant-disparity store", "point --out at a fresh directory")
+
+    def _has_schema_version(self) -> bool:
+        try:
+            return self.db.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
+        except sqlite3.DatabaseError:
+            return False
+
     def _init(self) -> None:
         if self._has_meta():
             return
         try:  # one script, one transaction: a half-created store cannot exist
-            self.db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR IGNORE INTO meta VALUES "
-                                  f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+            self.db.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; {_SCHEMA} "
+                                  f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
         except sqlite3.OperationalError as e:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -142,6 +190,11 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        if self._copy is not None:
+            import shutil
+
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     # -- trials --------------------------------------------------------------------------------------------
     def trial_status(self, key: str) -> str | None:
@@ -249,15 +302,18 @@ class Store:
 
     def export(self, path: str | Path, spec: str | None = None) -> Path:
         """Write the document rows to ``.csv`` or ``.parquet`` (by suffix)."""
+        from .._io import atomic_path
+
         path = Path(path)
-        df = self.dataframe(spec)
-        if path.suffix == ".parquet":
-            try:
-                df.to_parquet(path, index=False)
-            except ImportError:
-                raise UserError("Parquet export needs pyarrow", "run: pip install pyarrow") from None
-        elif path.suffix == ".csv":
-            df.to_csv(path, index=False)
-        else:
+        if path.suffix not in (".parquet", ".csv"):
             raise UserError(f"cannot export to {path.name}", "use a .csv or .parquet file name")
+        df = self.dataframe(spec)
+        with atomic_path(path) as tmp:
+            if path.suffix == ".parquet":
+                try:
+                    df.to_parquet(tmp, index=False)
+                except ImportError:
+                    raise UserError("Parquet export needs pyarrow", "run: pip install pyarrow") from None
+            else:
+                df.to_csv(tmp, index=False)
         return path

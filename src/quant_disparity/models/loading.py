@@ -150,9 +150,42 @@ def gguf_cache_dir(digest: str) -> Path:
     return cache_root() / "models" / f"{digest[:16]}-tf{lib_version('transformers')}-gguf{lib_version('gguf')}"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+_TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
+
+
+def remove_stale_temporaries(models_dir: Path | None = None) -> list[Path]:
+    """Remove ``<key>.tmp-PID`` directories left in the model cache by a dequantization that was killed
+    (its process is gone); a temporary of a running process is kept. Returns what was removed."""
+    models_dir = Path(models_dir) if models_dir is not None else cache_root() / "models"
+    removed = []
+    try:
+        entries = list(models_dir.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TMP_SUFFIX.search(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def materialize_gguf(gguf_path: Path, digest: str, log: Callable[[str], None] = _log_default) -> Path:
     """Dequantize ``gguf_path`` to an fp32 safetensors checkpoint in the cache (once); return its directory."""
     target = gguf_cache_dir(digest)
+    remove_stale_temporaries(target.parent)
     if (target / "quant_disparity.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -246,6 +279,8 @@ class ModelSource:
 def resolve_source(spec: str = DEFAULT_MODEL, log: Callable[[str], None] = _log_default) -> ModelSource:
     """Locate ``spec``'s checkpoint; a GGUF is verified and dequantized into the cache here (once)."""
     source = classify_source(spec)
+    if source in ("bundled", "gguf"):
+        remove_stale_temporaries()
     if source == "bundled":
         bundled = BUNDLED.get(spec)
         ckpt = gguf_cache_dir(bundled.sha256)
@@ -276,10 +311,26 @@ def resolve_source(spec: str = DEFAULT_MODEL, log: Callable[[str], None] = _log_
     return ModelSource(spec, source, spec, None)
 
 
-def _hub_error(spec: str, e: OSError) -> UserError:
-    return UserError(f"could not load {spec!r} from the Hugging Face Hub ({str(e).splitlines()[0]})",
-                     "check the id and your network, or pass a local directory or a bundled alias "
-                     f"({', '.join(BUNDLED.names())})")
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What from_pretrained raises for a missing, incomplete or corrupt checkpoint."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return (OSError,)
+    return (OSError, SafetensorError)
+
+
+def _load_error(src: ModelSource, e: BaseException, what: str = "model") -> UserError:
+    """A local directory's problem is in the directory; only a Hub id is about the Hub and the network."""
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    if src.source == "hf-hub":
+        return UserError(f"could not load {src.spec!r} from the Hugging Face Hub ({first})",
+                         "check the id and your network, or pass a local directory or a bundled alias "
+                         f"({', '.join(BUNDLED.names())})")
+    where = "model directory" if src.source == "hf-dir" else "cached checkpoint"
+    fix = ("check that it holds a complete Hugging Face checkpoint (config.json, the weights and the tokenizer "
+           "files)" if src.source == "hf-dir" else f"delete {src.path} so that it is rebuilt")
+    return UserError(f"could not load the {what} from the {where} {src.path} ({first})", fix)
 
 
 def load_tokenizer(src: ModelSource | str):
@@ -289,8 +340,8 @@ def load_tokenizer(src: ModelSource | str):
         src = resolve_source(src)
     try:
         return AutoTokenizer.from_pretrained(src.path)
-    except OSError as e:
-        raise _hub_error(src.spec, e) from None
+    except _load_errors() as e:
+        raise _load_error(src, e, "tokenizer") from None
 
 
 def prefix_token_of(tokenizer) -> int | None:
@@ -334,8 +385,8 @@ def load_model(
     load_dtype = torch.float32 if src.source in ("bundled", "gguf") else torch_dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(src.path, dtype=load_dtype)
-    except OSError as e:
-        raise _hub_error(src.spec, e) from None
+    except _load_errors() as e:
+        raise _load_error(src, e) from None
     tok = tokenizer if tokenizer is not None else load_tokenizer(src)
     prefix = prefix_token_of(tok)
     digest = src.digest

@@ -62,5 +62,14 @@ def bars_by_group(groups: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.
 
 
 def save(fig, path) -> None:
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    """Save ``fig`` as a PNG atomically (rendered in memory, then written with a temporary name and renamed)."""
+    import io
+
+    from .._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=130)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -75,11 +75,13 @@ def audit_markdown(result: dict) -> str:
         "",
         f"- Model: `{m['name']}` ({m['arch']}, {m['n_params']:,} parameters, {m['dtype']} on {m['device']}); "
         f"digest `{m['digest'][:16]}`. Reference: {sc['reference']}.",
+        "- Quantized: nothing (the reference is compared with itself)." if not cst["quantized_params"] else
         f"- Quantized: {q['tensors']} tensors in layers {q['layers']} "
         f"({', '.join(f'{k}' for k in q['params_by_component'])}); kept: {', '.join(q['kept_components'])}."
         + (f" {' '.join(q['tied'])}." if q["tied"] else ""),
-        f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); "
-        f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
+        ("- Cost: no weight quantized; " if cst["bits_per_quantized_weight"] is None else
+         f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); ")
+        + f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
         f"{100 * cst['quantized_fraction']:.1f}% of parameters quantized.",
         f"- Corpus: `{co['name']}` (digest `{co['digest'][:16]}`), split `{co['split']}`, up to "
         f"{co['max_tokens_per_language'] or 'all'} tokens per language (whole documents).",
