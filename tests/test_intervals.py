@@ -67,3 +67,67 @@ def test_spearman_interval_of_the_logs_six_language_panel_is_not_one_sided():
     # (REPLICATION.md's C02 for SmolLM2 was -0.65 [-0.95, -0.65] from one sentence per language).
     x = np.array([5, 5, 5, 5, 3, 5], dtype=float)
     assert _null_false_positive_rate(6, 200, seed=3, x_fixed=x) <= 0.05
+
+
+# -- an exact 0.0 is a value, not a missing one ------------------------------------------------------------------
+def _est(v, ci=None):
+    return {"value": v, "ci95": ci}
+
+
+def _lang_row(lang, rel):
+    e = _est(rel, None if rel is None else [rel - 0.01, rel + 0.01])
+    return {"id": lang, "name": lang, "joshi_class": 5, "n_docs": 10, "bpb_fp": _est(1.0), "bpb_q": _est(1.0),
+            "delta_bpb": e, "rel_delta_bpb": e, "kl_bits": _est(0.0), "top1_agreement": _est(1.0),
+            "ppl_ratio": _est(1.0)}
+
+
+def test_audit_tables_sort_an_exact_zero_damage_as_a_value_and_render_it():
+    from quant_disparity.report.tables import audit_rows
+
+    rows = audit_rows({"languages": [_lang_row("neg", -0.1), _lang_row("undef", None), _lang_row("zero", 0.0),
+                                     _lang_row("pos", 0.2)]})
+    assert [r[0].split()[0] for r in rows] == ["pos", "zero", "neg", "undef"]
+    zero = rows[1]
+    assert zero[4].startswith("+0.000") and zero[5].startswith("+0.0%") and zero[6].startswith("0.000")
+
+
+def test_audit_summary_picks_a_zero_damage_language_as_the_best():
+    from quant_disparity.audit import summarize
+    from quant_disparity.config import AuditConfig
+
+    rng = np.random.default_rng(0)
+    hurt = _docs(rng, 10, 0.3)
+    same = _docs(rng, 10, 0.0)
+    same["nll"] = same["nll_ref"].copy()  # the quantized model is the reference (fp16/none): exactly 0.0
+    stats = [language_stats("heb_Hebr", hurt, 50, rng), language_stats("eng_Latn", same, 50, rng)]
+    assert stats[1].estimates["rel_delta_bpb"].value == 0.0
+    s = summarize(stats, AuditConfig(), rng)
+    assert s["best_language"]["lang"] == "eng_Latn" and s["best_language"]["rel_delta_bpb"]["value"] == 0.0
+    assert s["worst_language"]["lang"] == "heb_Hebr"
+
+
+def test_study_worst_language_can_be_one_with_zero_damage():
+    from quant_disparity.experiments.results import worst_language
+
+    per_lang = {"a": {"rel_delta_bpb": _est(-0.05)}, "b": {"rel_delta_bpb": _est(0.0)},
+                "c": {"rel_delta_bpb": _est(None)}}
+    assert worst_language(per_lang) == "b"
+
+
+def test_study_figures_draw_an_exact_zero_as_zero(monkeypatch):
+    import quant_disparity.report as report_pkg
+    from quant_disparity.report import experiment
+
+    per_lang = {"a": {"rel_delta_bpb": _est(-0.05)}, "b": {"rel_delta_bpb": _est(0.0)},
+                "c": {"rel_delta_bpb": _est(None)}}
+    seen = {}
+
+    class FakePlots:  # captures the matrix the heatmap would draw
+        @staticmethod
+        def heatmap(m, *args):
+            seen["m"] = m
+
+    monkeypatch.setattr(report_pkg, "plots", FakePlots, raising=False)
+    experiment.figure_trial_heatmap({"languages": [{"id": x} for x in per_lang],
+                                     "trials": [{"name": "t", "languages": per_lang}]})
+    assert seen["m"][0, 1] == 0.0 and np.isnan(seen["m"][0, 2]) and seen["m"][0, 0] == pytest.approx(-5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..corpus import language_info
 from ..corpus.documents import base_language
+from ..report.tables import by_damage
 from .claims import Evaluator, evaluate_claims
 from .runner import load_results
 from .spec import ExperimentSpec
@@ -14,6 +15,11 @@ def _est(point: float, reps) -> dict:
     from ..analysis.stats import _ci
 
     return _ci(point, reps).to_dict()
+
+
+def worst_language(per_lang: dict[str, dict], metric: str = "rel_delta_bpb") -> str:
+    """The language with the largest ``metric``; undefined values never win, an exact 0.0 is a value."""
+    return min(per_lang, key=lambda lang: by_damage(per_lang[lang], metric))
 
 
 def analyse(spec: ExperimentSpec, store: Store) -> dict:
@@ -35,7 +41,7 @@ def analyse(spec: ExperimentSpec, store: Store) -> dict:
         summary = {k: ev.call(Call(k, ()), t).to_dict() for k in ("disparity", "gap", "log_disparity")}
         summary["mean_rel_delta"] = ev.call(Call("mean_rel_delta", (("group", "all"),)), t).to_dict()
         summary["spearman_joshi"] = ev.call(Call("spearman", (("measure", "joshi_class"),)), t).to_dict()
-        worst = max(per_lang, key=lambda lang: per_lang[lang]["rel_delta_bpb"]["value"] or -1e9)
+        worst = worst_language(per_lang)
         kept_layers = {d["layer"] for d in info["resolved"]["tensors"] if d["action"] == "keep"}
         trials.append({
             "name": t.name, "model": t.model, "scheme": t.scheme, "plan_name": t.plan_name, "plan": t.plan,

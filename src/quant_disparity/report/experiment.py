@@ -15,6 +15,11 @@ import numpy as np
 from .tables import fmt, markdown_table
 
 # -- shared pieces -------------------------------------------------------------------------------------------------
+def _pct(est: dict) -> float:
+    """100 x an estimate's value for a figure; NaN only when it is undefined (0.0 stays 0.0)."""
+    v = est["value"]
+    return np.nan if v is None else 100 * v
+
 
 
 def trial_rows(result: dict) -> list[list[str]]:
@@ -127,7 +132,7 @@ def figure_bars(result: dict, max_trials: int = 6):
                                  layout="constrained")
     width = 0.8 / max(1, len(trials))
     for i, t in enumerate(trials):
-        vals = np.array([100 * (t["languages"][x]["rel_delta_bpb"]["value"] or np.nan) for x in langs])
+        vals = np.array([_pct(t["languages"][x]["rel_delta_bpb"]) for x in langs])
         ci = np.array([[100 * c for c in (t["languages"][x]["rel_delta_bpb"]["ci95"] or [np.nan, np.nan])]
                        for x in langs])
         ax.bar(np.arange(len(langs)) + i * width, vals, width, yerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]),
@@ -145,7 +150,7 @@ def figure_trial_heatmap(result: dict):
 
     langs = [x["id"] for x in result["languages"]]
     names = [t["name"] for t in result["trials"]]
-    m = np.array([[100 * (t["languages"][x]["rel_delta_bpb"]["value"] or np.nan) for x in langs]
+    m = np.array([[_pct(t["languages"][x]["rel_delta_bpb"]) for x in langs]
                   for t in result["trials"]])
     return plots.heatmap(m, names, langs, "Relative Δbpb by trial and language", "% of reference bpb")
 
@@ -183,7 +188,7 @@ def figure_pareto(result: dict):
     fig, ax = plots.plt.subplots(figsize=(6, 4), layout="constrained")
     for model in dict.fromkeys(t["model"] for t in result["trials"]):
         pts = [(t["cost"].get("bits_per_weight", np.nan),
-                100 * (t["languages"][t["worst_language"]]["rel_delta_bpb"]["value"] or np.nan), t["plan_name"])
+                _pct(t["languages"][t["worst_language"]]["rel_delta_bpb"]), t["plan_name"])
                for t in result["trials"] if t["model"] == model]
         xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         ax.scatter(xs, ys, s=14, label=model, alpha=0.7)
@@ -204,8 +209,9 @@ def figure_pareto(result: dict):
 def figure_resource_scatter(result: dict, trial: dict):
     from . import plots
 
-    rows = [(x["joshi_class"], 100 * trial["languages"][x["id"]]["rel_delta_bpb"]["value"], x["id"])
-            for x in result["languages"] if x.get("joshi_class") is not None]
+    rows = [(x["joshi_class"], _pct(trial["languages"][x["id"]]["rel_delta_bpb"]), x["id"])
+            for x in result["languages"]
+            if x.get("joshi_class") is not None and trial["languages"][x["id"]]["rel_delta_bpb"]["value"] is not None]
     fig, ax = plots.plt.subplots(figsize=(5, 3.6), layout="constrained")
     if rows:
         xs, ys = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])

@@ -18,6 +18,12 @@ def fmt(est: dict | None, digits: int = 3, pct: bool = False, sign: bool = False
     return text
 
 
+def by_damage(row: dict, key: str = "rel_delta_bpb") -> tuple[bool, float]:
+    """Sort key: largest ``key`` first, undefined values last (an exact 0.0 is a value, not a missing one)."""
+    v = row[key]["value"]
+    return (v is None, 0.0 if v is None else -v)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
     align = align or "l" + "r" * (len(headers) - 1)
     sep = ["---:" if a == "r" else ":---" for a in align]
@@ -31,7 +37,7 @@ AUDIT_COLUMNS = ("language", "Joshi", "bpb FP", "bpb quant", "Δbpb [95% CI]", "
 
 
 def audit_rows(result: dict) -> list[list[str]]:
-    langs = sorted(result["languages"], key=lambda r: -(r["rel_delta_bpb"]["value"] or -1e9))
+    langs = sorted(result["languages"], key=by_damage)
     rows = []
     for r in langs:
         rows.append([
@@ -110,7 +116,7 @@ def audit_rich_table(result: dict):
     cols = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
     for i, col in enumerate(cols):
         t.add_column(col, justify="left" if i == 0 else "right")
-    langs = sorted(result["languages"], key=lambda r: -(r["rel_delta_bpb"]["value"] or -1e9))
+    langs = sorted(result["languages"], key=by_damage)
     for r in langs:
         t.add_row(
             r["id"], str(r["n_docs"]), "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
