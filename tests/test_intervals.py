@@ -308,3 +308,54 @@ def test_an_instance_supported_alone_but_not_family_wise():
     assert marginal["verdict"] == "supported", marginal
     assert 0.05 / 2 < marginal["p_value"] < 0.05 and marginal["verdict_familywise"] == "inconclusive", marginal
     assert marginal["p_holm"] > 0.05
+
+
+def _study_result(basis="95% paired bootstrap interval (languages need >= 5 documents)", fw="inconclusive"):
+    short = {"value": 1.2, "ci95": None, "note": "too few documents (2 < 5) for an interval"}
+    langs = {"eng_Latn": {"n_docs": 20, "bpb_fp": _est(1.0, [0.9, 1.1]), "delta_bpb": _est(0.1, [0.05, 0.15]),
+                          "rel_delta_bpb": _est(0.1, [0.05, 0.15]), "kl_bits": _est(0.0, [0.0, 0.0])},
+             "amh_Ethi": {"n_docs": 2, "bpb_fp": dict(short, value=2.0), "delta_bpb": short, "rel_delta_bpb": short,
+                          "kl_bits": dict(short, value=0.3)}}
+    trial = {"name": "m-none", "model": "m", "scheme": "w4g16", "plan_name": "none", "cost": {"bits_per_weight": 4.5},
+             "languages": langs, "worst_language": "amh_Ethi",
+             "summary": {"mean_rel_delta": dict(short, value=0.65), "gap": _est(None), "disparity": _est(None)}}
+    verdict = {"id": "A", "expr": "x < y", "text": "t", "instance": {"scheme": "w4g16"}, "left": _est(0.1, [0.05, 0.15]),
+               "right": _est(0.2, [0.15, 0.25]), "difference": _est(-0.1, [-0.15, -0.01]), "verdict": "supported",
+               "basis": basis, "p_value": 0.04, "p_boot": 0.04, "p_holm": 0.08, "verdict_familywise": fw}
+    return {"spec": {"name": "s", "description": "", "seed": 0, "n_boot": 100, "verdict_basis": "intervals",
+                     "corpus": {"name": "udhr", "split": "all", "max_tokens": 0}},
+            "groups": {"low": ["amh_Ethi"], "high": ["eng_Latn"], "rule": "r"},
+            "languages": [{"id": "eng_Latn"}, {"id": "amh_Ethi"}], "trials": [trial], "verdicts": [verdict]}
+
+
+def test_study_reports_show_the_family_wise_verdict_and_mark_values_without_an_interval():
+    from quant_disparity.report.experiment import latex_report, summary_markdown, verdict_rows
+
+    result = _study_result()
+    row = verdict_rows(result)[0]
+    assert row[-2] == "supported" and row[-1] == "inconclusive (p 0.08)"
+    md = summary_markdown(result)
+    assert "family-wise (Holm)" in md and "Holm–Bonferroni" in md and "amh_Ethi (2 docs)" in md
+    assert "+120.0% †" in md  # the worst language's value, without an interval
+    tex = latex_report(result)
+    assert r"$^\dagger$" in tex and "inconclusive (p 0.08)" in tex
+    points = _study_result(basis="point values (verdict_basis = \"points\": nothing to resample)", fw=None)
+    points["spec"]["verdict_basis"] = "points"
+    row = verdict_rows(points)[0]
+    assert row[-2] == "supported (point values)" and row[-1] == "n/a (point values)"
+
+
+def test_replication_table_marks_an_instance_that_does_not_hold_family_wise():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "origin" / "make_replication.py"
+    mod_spec = importlib.util.spec_from_file_location("make_replication", path)
+    mr = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mr)
+    cell, verdicts, familywise = mr.claim_cells(_study_result(), "A")
+    assert verdicts == ["supported"] and familywise == ["inconclusive"]
+    assert "**supported** (family-wise: inconclusive)" in cell
+    assert mr.verdict_summary(verdicts) == "holds" and mr.verdict_summary(familywise) == "inconclusive"
+    cell, _, familywise = mr.claim_cells(_study_result(fw="supported"), "A")
+    assert "family-wise" not in cell and familywise == ["supported"]
