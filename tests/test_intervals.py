@@ -236,14 +236,17 @@ def test_claims_on_a_language_with_too_few_documents_are_inconclusive():
     from quant_disparity.experiments.claims import Evaluator, evaluate_claims
 
     spec = _spec(MODEL, CLAIMS)
-    effect = lambda plan, scheme, lang: {"none": 0.2, "ends": 0.05}[plan] * (4 if lang == "amh_Ethi" else 1)  # noqa: E731
+    def effect(plan, scheme, lang):
+        return {"none": 0.2, "ends": 0.05}[plan] * (4 if lang == "amh_Ethi" else 1)
+
     full = evaluate_claims(spec, Evaluator(spec, _rows(spec, effect)))
     assert {v["verdict"] for v in full} == {"supported"}
     rows = _rows(spec, effect, n_docs=lambda lang: 2 if lang == "amh_Ethi" else 20)
     with pytest.warns(TooFewDocumentsWarning) as caught:
         out = evaluate_claims(spec, Evaluator(spec, rows))
     assert len([w for w in caught if "amh_Ethi" in str(w.message)]) == 1  # once per language, not per call
-    assert {v["verdict"] for v in out} == {"inconclusive"} and {v["verdict_familywise"] for v in out} == {"inconclusive"}
+    assert {v["verdict"] for v in out} == {"inconclusive"}
+    assert {v["verdict_familywise"] for v in out} == {"inconclusive"}
     b = next(v for v in out if v["id"] == "B")
     assert b["left"]["ci95"] is None and "too few documents (2 < 5)" in b["difference"]["note"]
     assert all(v["p_value"] is None for v in out)
@@ -319,8 +322,8 @@ def _study_result(basis="95% paired bootstrap interval (languages need >= 5 docu
     trial = {"name": "m-none", "model": "m", "scheme": "w4g16", "plan_name": "none", "cost": {"bits_per_weight": 4.5},
              "languages": langs, "worst_language": "amh_Ethi",
              "summary": {"mean_rel_delta": dict(short, value=0.65), "gap": _est(None), "disparity": _est(None)}}
-    verdict = {"id": "A", "expr": "x < y", "text": "t", "instance": {"scheme": "w4g16"}, "left": _est(0.1, [0.05, 0.15]),
-               "right": _est(0.2, [0.15, 0.25]), "difference": _est(-0.1, [-0.15, -0.01]), "verdict": "supported",
+    verdict = {"id": "A", "expr": "x < y", "text": "t", "instance": {"scheme": "w4g16"},
+               "left": _est(0.1, [0.05, 0.15]), "right": _est(0.2, [0.15, 0.25]), "difference": _est(-0.1, [-0.15, -0.01]), "verdict": "supported",
                "basis": basis, "p_value": 0.04, "p_boot": 0.04, "p_holm": 0.08, "verdict_familywise": fw}
     return {"spec": {"name": "s", "description": "", "seed": 0, "n_boot": 100, "verdict_basis": "intervals",
                      "corpus": {"name": "udhr", "split": "all", "max_tokens": 0}},

@@ -269,5 +269,6 @@ def correlation(
     yr = np.array([s.replicates[metric] for s in langs])  # [n_lang, n_boot]
     point, reps = spearman_replicates(x, y, yr, rng)  # drawn in any case: the random stream stays the same
     short = [s.lang for s in langs if s.interval_note]
-    out["spearman"] = (_ci(float(point), reps[:0], no_interval_note(short)) if short else _ci(float(point), reps)).to_dict()
+    est = _ci(float(point), reps[:0], no_interval_note(short)) if short else _ci(float(point), reps)
+    out["spearman"] = est.to_dict()
     return out

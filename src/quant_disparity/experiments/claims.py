@@ -467,5 +467,5 @@ def evaluate_claims(spec, evaluator: Evaluator) -> list[dict]:
     return out
 
 
-__all__ = ["Evaluator", "bootstrap_p", "bootstrap_z_p", "evaluate_claims", "holm", "instances", "parse_expr", "validate_claims",
-           "verdict"]
+__all__ = ["Evaluator", "bootstrap_p", "bootstrap_z_p", "evaluate_claims", "holm", "instances", "parse_expr",
+           "validate_claims", "verdict"]
