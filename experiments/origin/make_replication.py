@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from quant_disparity.experiments import analyse, load_run
-from quant_disparity.report.tables import fmt, markdown_table
+from quant_disparity.report.tables import NO_CI, fmt, lacks_interval, markdown_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -72,12 +72,15 @@ def _num(x: float) -> str:
 
 
 def value(est: dict) -> str:
-    """A value with its interval, or alone when the interval is a point (one document per language)."""
+    """A value with its interval; alone when it has none (point-value verdicts), marked † when it has none
+    because of too few documents."""
     v, ci = est.get("value"), est.get("ci95")
     if v is None:
         return fmt(est, 2)
     if ci and ci[0] == ci[1]:
         return _num(v)
+    if not ci and lacks_interval(est):
+        return f"{_num(v)} {NO_CI}"
     return _num(v) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
 
 
@@ -88,17 +91,26 @@ def rel(path: str) -> str:
         return path
 
 
-def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str]]:
+def familywise_marker(v: dict) -> str:
+    """`` (family-wise: …)`` when the Holm family-wise verdict differs from the per-instance one."""
+    fw = v.get("verdict_familywise")
+    return "" if fw is None or fw == v["verdict"] else f" (family-wise: {fw})"
+
+
+def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str], list[str]]:
+    """(cell text, per-instance verdicts, family-wise verdicts) of a claim in one run."""
     if result is None:
-        return "not run", []
-    parts, verdicts = [], []
+        return "not run", [], []
+    parts, verdicts, familywise = [], [], []
     for v in result["verdicts"]:
         if v["id"] != cid:
             continue
         verdicts.append(v["verdict"])
+        if v.get("verdict_familywise") is not None:
+            familywise.append(v["verdict_familywise"])
         parts.append(f"{v['text']} — {instance_label(v)}: {value(v['left'])} vs {value(v['right'])} → "
-                     f"**{v['verdict']}**")
-    return "<br>".join(parts) if parts else "—", verdicts
+                     f"**{v['verdict']}**{familywise_marker(v)}")
+    return "<br>".join(parts) if parts else "—", verdicts, familywise
 
 
 def best_layers(locate_dirs: list[str]) -> list[str]:
@@ -167,25 +179,30 @@ def main() -> None:
             store.close()
     log, sound = results["log"], results["sound"]
     rows = []
-    tally = {}
+    tally, tally_fw = {}, {}
     for cid, (statement, numbers) in LOG.items():
         if cid in PENDING:
-            rows.append([cid, statement, numbers, "pending", "pending", f"pending: {PENDING[cid]}"])
+            rows.append([cid, statement, numbers, "pending", "pending", f"pending: {PENDING[cid]}", "pending"])
             continue
-        log_cell, _ = claim_cells(log, cid)
-        sound_cell, verdicts = claim_cells(sound, cid)
+        log_cell, _, _ = claim_cells(log, cid)
+        sound_cell, verdicts, familywise = claim_cells(sound, cid)
         verdict = verdict_summary(verdicts)
+        verdict_fw = verdict_summary(familywise)
         if cid == "C12":
             info = no_biases(sorted({t["model"] for t in sound["trials"]}))
             log_cell = sound_cell = "; ".join(info)
             verdict = "not testable on the bundled models (they have no bias vectors)" if all(
                 x.endswith(": 0 bias parameters") for x in info) else "not run"
+            verdict_fw = "—"
         if cid == "C17":
             log_cell = "—"
             sound_cell = "<br>".join(best_layers(locate_runs)) or "not run (needs `quant-disparity locate` per model)"
             verdict = "compare the most helpful layers per model (relative depth) in the cell"
+            verdict_fw = "—"
         tally[cid] = verdict
-        rows.append([cid, statement, numbers, log_cell, sound_cell, verdict])
+        if verdict_fw != "—":
+            tally_fw[cid] = verdict_fw
+        rows.append([cid, statement, numbers, log_cell, sound_cell, verdict, verdict_fw])
     lspec, sspec = log["spec"], sound["spec"]
     text = [
         "# Replication of the original research log",
@@ -196,7 +213,8 @@ def main() -> None:
         "",
         f"- **Log's setup** (`{rel(lspec['path'])}`): {lspec['description']} Disparity = the log's formula (mean "
         "token-perplexity degradation % of zh/he/ar over en/de/fr). With one sentence per language there is nothing "
-        "to resample, so its verdicts are comparisons of point values (shown without intervals).",
+        "to resample, so its verdicts are comparisons of point values (the spec says `verdict_basis = \"points\"`; "
+        "shown without intervals and without a family-wise verdict).",
         f"- **Sound** (`{rel(sspec['path'])}`): {sspec['description']} Disparity = mean relative Δbpb of the "
         f"low-resource languages ({', '.join(sound['groups']['low'])}) over the high-resource ones; *undefined* "
         "when the high-resource mean's interval includes zero.",
@@ -206,9 +224,14 @@ def main() -> None:
         "- Verdict (sound setup): *holds* when every model/scheme instance is supported by its 95% interval, "
         "*does not hold* when none is supported and some are refuted, *mixed* otherwise, *inconclusive* when "
         "every interval contains zero or a quantity is undefined.",
+        f"- Family-wise (sound setup): the same summary of the Holm–Bonferroni verdicts, which test all "
+        f"{len(sound['verdicts'])} claim instances of the sound run together at α = 0.05 (two-sided bootstrap "
+        "z-test p-values of left − right = 0); an instance counts as supported or refuted only when Holm rejects. A "
+        "cell marks an instance whose family-wise verdict differs from its own. Values marked † have no interval "
+        "(a language with too few documents), and claims on them are inconclusive.",
         "",
-        markdown_table(["claim", "statement", "the log", "ours, log's setup", "ours, sound", "verdict"], rows,
-                       "llllll"),
+        markdown_table(["claim", "statement", "the log", "ours, log's setup", "ours, sound", "verdict",
+                        "verdict, family-wise"], rows, "lllllll"),
         "",
         "## Summary",
         "",
@@ -220,6 +243,10 @@ def main() -> None:
     others = [c for c, v in tally.items() if v not in ("holds", "mixed", "does not hold", "inconclusive")]
     if others:
         text.append(f"- other: {', '.join(f'{c} ({tally[c]})' for c in others)}")
+    fw = "; ".join(f"{verdict}: {', '.join(ids)}" for verdict in ("holds", "mixed", "does not hold", "inconclusive")
+                   if (ids := [c for c, v in tally_fw.items() if v == verdict]))
+    if fw:
+        text.append(f"- family-wise (Holm, α = 0.05): {fw}")
     text.append(f"- pending: {', '.join(PENDING)} (and C19: planned in the log, never run)")
     text.append("")
     Path(args.out).write_text("\n".join(text))

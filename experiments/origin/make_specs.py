@@ -137,7 +137,8 @@ def write(name: str, sound: bool) -> None:
     else:
         lines += ['description = "The original log\'s own setup: the first sentence of UDHR article 1 in six '
                   'languages, per-tensor INT4 on every tensor, token perplexity and the log\'s disparity formula."',
-                  "seed = 0", "n_boot = 1000", "", "[corpus]", 'name = "udhr"', 'split = "all"',
+                  "seed = 0", "n_boot = 1000", 'verdict_basis = "points"  # one sentence per language: nothing to resample',
+                  "", "[corpus]", 'name = "udhr"', 'split = "all"',
                   f"langs = [{', '.join(q(x) for x in LOG_LANGS)}]", 'docs = ["a01"]', "first_sentence = true",
                   "max_tokens = 0", "", "[eval]", "batch_tokens = 2048", "",
                   "[groups]", 'low = ["cmn_Hans", "heb", "arb"]', 'high = ["eng", "deu", "fra"]', ""]

@@ -138,8 +138,9 @@ def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random
         cls = info.resources.joshi_class
         if cls is not None:
             groups[lang] = "low" if cls <= config.lr_max_class else "high"
-    worst = max(per_lang, key=lambda s: s.estimates["rel_delta_bpb"].value or -np.inf)
-    best = min(per_lang, key=lambda s: s.estimates["rel_delta_bpb"].value or np.inf)
+    rel = {s.lang: s.estimates["rel_delta_bpb"].value for s in per_lang}  # None: undefined (never 0.0)
+    worst = max(per_lang, key=lambda s: -np.inf if rel[s.lang] is None else rel[s.lang])
+    best = min(per_lang, key=lambda s: np.inf if rel[s.lang] is None else rel[s.lang])
     measure = {lang: info.resources.get(config.resource_measure) for lang, info in infos.items()}
     return {
         "worst_language": {"lang": worst.lang, "rel_delta_bpb": worst.estimates["rel_delta_bpb"].to_dict(),

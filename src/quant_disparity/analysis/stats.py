@@ -3,11 +3,17 @@
 Aggregates are ratios of sums over documents (Σ nats / Σ bytes), never means of per-document ratios. A
 bootstrap replicate resamples a language's documents with replacement and recomputes every statistic from
 the same resample for both models (paired). Intervals are percentile intervals.
+
+A language with fewer than :data:`MIN_DOCS_FOR_INTERVAL` documents gets its values without an interval (a
+note says why, and a :class:`TooFewDocumentsWarning` is issued once per language); a cross-language
+statistic (group means, disparity, Spearman) with such a member keeps its value and has no interval either:
+an interval that silently treated that language's damage as known exactly would be too narrow.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +21,37 @@ import numpy as np
 from scipy import stats as sps
 
 LN2 = math.log(2)
+
+#: Fewest documents for which a language gets a bootstrap interval. A with-replacement resample of n
+#: documents takes one of only C(2n-1, n) distinct forms: 1, 3, 10, 35, 126 for n = 1..5. With n = 1 every
+#: replicate is the point value (a zero-width "interval" printed as certainty); with n = 2 or 3 the
+#: resamples made of a single repeated document have probability n * n**-n = 50% and 11%, more than the 5%
+#: the two percentile tails hold, so the "interval" is just the range of the per-document values; with
+#: n = 4 only 35 distinct resamples remain and the 2.5% tails are one or two of them. From 5 (126 distinct
+#: resamples, single-document ones 0.16%) the percentiles are set by genuine mixtures of documents; coverage
+#: is still somewhat below nominal at that size (percentile bootstrap), which the reports state.
+MIN_DOCS_FOR_INTERVAL = 5
+
+
+class TooFewDocumentsWarning(UserWarning):
+    """A language has fewer than MIN_DOCS_FOR_INTERVAL documents: its numbers carry no interval."""
+
+
+def too_few_documents(n_docs: int) -> str | None:
+    """The note for a language with too few documents for an interval, else None."""
+    if n_docs < MIN_DOCS_FOR_INTERVAL:
+        return f"too few documents ({n_docs} < {MIN_DOCS_FOR_INTERVAL}) for an interval"
+    return None
+
+
+def warn_too_few_documents(lang: str, n_docs: int) -> None:
+    warnings.warn(f"{lang}: {too_few_documents(n_docs)}; its numbers are reported without one and claims on it "
+                  "are inconclusive", TooFewDocumentsWarning, stacklevel=3)
+
+
+def no_interval_note(langs: Sequence[str]) -> str:
+    """Note of a cross-language statistic whose members ``langs`` have no interval."""
+    return f"no interval: too few documents (< {MIN_DOCS_FOR_INTERVAL}) in {', '.join(langs)}"
 
 
 @dataclass(frozen=True)
@@ -35,12 +72,13 @@ class Estimate:
         return self.lo is not None and (self.lo > 0 or self.hi < 0)
 
 
-def _ci(point: float, reps: np.ndarray) -> Estimate:
+def _ci(point: float, reps: np.ndarray, note: str | None = None) -> Estimate:
+    """Percentile interval of ``reps`` around ``point``; none when there are no replicates (``note`` says why)."""
     reps = reps[np.isfinite(reps)]
     if not np.isfinite(point):
         return Estimate(None, note="not finite")
     if reps.size == 0:
-        return Estimate(float(point))
+        return Estimate(float(point), note=note)
     lo, hi = np.percentile(reps, [2.5, 97.5])
     return Estimate(float(point), float(lo), float(hi))
 
@@ -88,6 +126,7 @@ class LanguageStats:
     n_pred: int
     estimates: dict[str, Estimate]
     replicates: dict[str, np.ndarray]  # per metric, [n_boot] (kept for cross-language statistics)
+    interval_note: str | None = None  # set when the language has too few documents for an interval
 
     def to_dict(self) -> dict:
         return {
@@ -104,15 +143,22 @@ def language_stats(lang: str, docs: Mapping[str, np.ndarray], n_boot: int, rng: 
     arrays = {k: np.asarray(docs[k], dtype=np.float64) for k in ("nll", "nll_ref", "kl", "top1", "n_pred", "bytes")}
     n = len(arrays["nll"])
     point = _metrics({k: v.sum() for k, v in arrays.items()})
-    weights = resample_counts(n, n_boot, rng)
+    weights = resample_counts(n, n_boot, rng)  # drawn even without an interval: the stream stays the same
     reps = _metrics({k: weights @ v for k, v in arrays.items()})
+    note = too_few_documents(n)
+    if note:
+        warn_too_few_documents(lang, n)
+        estimates = {k: _ci(float(point[k]), reps[k][:0], note) for k in LANG_METRICS}
+    else:
+        estimates = {k: _ci(float(point[k]), reps[k]) for k in LANG_METRICS}
     return LanguageStats(
         lang=lang,
         n_docs=n,
         n_bytes=int(arrays["bytes"].sum()),
         n_pred=int(arrays["n_pred"].sum()),
-        estimates={k: _ci(float(point[k]), reps[k]) for k in LANG_METRICS},
+        estimates=estimates,
         replicates=reps,
+        interval_note=note,
     )
 
 
@@ -123,7 +169,9 @@ def disparity(
 
     ``groups`` maps language -> "low" | "high" (others are left out). The ratio is undefined when the
     interval of the high-resource mean includes zero: dividing by a quantity that may be zero gives
-    meaningless or infinite ratios (the original log's "214x").
+    meaningless or infinite ratios (the original log's "214x"). A member language with too few documents
+    for an interval leaves the group means, difference and ratio without an interval (values kept); if it is
+    a high-resource language the ratio is undefined, since whether its denominator may be zero is unknown.
     """
     low = [s for s in per_lang if groups.get(s.lang) == "low"]
     high = [s for s in per_lang if groups.get(s.lang) == "high"]
@@ -136,6 +184,24 @@ def disparity(
     mean = lambda ss: float(np.mean([s.estimates[metric].value for s in ss]))  # noqa: E731
     rmean = lambda ss: np.mean([s.replicates[metric] for s in ss], axis=0)  # noqa: E731
     lo_p, hi_p, lo_r, hi_r = mean(low), mean(high), rmean(low), rmean(high)
+    short = [s.lang for s in (*low, *high) if s.interval_note]
+    if short:
+        # values stay, intervals go; the ratio is defined only if the high-resource mean's interval is known
+        none = np.zeros(0)
+        low_short = [s.lang for s in low if s.interval_note]
+        high_short = [s.lang for s in high if s.interval_note]
+        lo_est = _ci(lo_p, none, no_interval_note(low_short)) if low_short else _ci(lo_p, lo_r)
+        hi_est = _ci(hi_p, none, no_interval_note(high_short)) if high_short else _ci(hi_p, hi_r)
+        out["low_mean"], out["high_mean"] = lo_est.to_dict(), hi_est.to_dict()
+        out["difference"] = _ci(lo_p - hi_p, none, no_interval_note(short)).to_dict()
+        if high_short:
+            out["ratio"] = Estimate(None, note="undefined: the high-resource mean has no interval "
+                                               f"({no_interval_note(high_short)})").to_dict()
+        elif hi_est.lo is None or hi_est.lo <= 0 <= hi_est.hi:
+            out["ratio"] = Estimate(None, note="undefined: the high-resource mean's 95% CI includes zero").to_dict()
+        else:
+            out["ratio"] = _ci(lo_p / hi_p, none, no_interval_note(short)).to_dict()
+        return out
     hi_est = _ci(hi_p, hi_r)
     out["low_mean"] = _ci(lo_p, lo_r).to_dict()
     out["high_mean"] = hi_est.to_dict()
@@ -153,12 +219,22 @@ def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: n
     """Spearman correlation of ``x`` and ``y`` across languages, and its two-stage bootstrap replicates.
 
     ``y_reps [n_lang, n_boot]`` are each language's own document-level replicates; replicate ``b`` also
-    resamples the languages with replacement. Replicates where either side is constant are NaN.
+    resamples the languages with replacement.
+
+    A replicate where either side is constant (e.g. every resampled language has the same Joshi class; with
+    six languages of which five share a class that is a third of the replicates) has no rank correlation.
+    It carries **0**, "no evidence of association", and stays in the interval: dropping it (as NaN) keeps
+    only the resamples that contain the odd language out, which all agree with the point estimate, and
+    makes the interval one-sided (a 6-language interval then excluded zero in about 30% of null
+    simulations instead of at most 5%). Redrawing such a replicate would do the same (it conditions on the
+    resample being informative). Counting it as 0 widens the interval towards zero by exactly the share of
+    resamples that cannot tell, and keeps the false-positive rate under the null at or below 5% (tested in
+    ``tests/test_intervals.py``; conservative with few, heavily tied languages, which is the honest answer).
     """
     point = float(sps.spearmanr(x, y).statistic)
     n, n_boot = len(x), y_reps.shape[1]
-    # one draw per replicate, in order, so the random stream is that of a replicate-by-replicate loop
-    picks = np.stack([rng.integers(0, n, n) for _ in range(n_boot)]) if n_boot else np.zeros((0, n), int)
+    # one [n_boot, n] draw: the same random stream as drawing replicate by replicate (tested)
+    picks = rng.integers(0, n, (n_boot, n))
     xb, yb = x[picks], y_reps[picks, np.arange(n_boot)[:, None]]
     # Spearman = Pearson correlation of average ranks, for all replicates at once (scipy's spearmanr per
     # replicate gives the same numbers but dominated the runtime of an experiment's analysis)
@@ -167,8 +243,8 @@ def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: n
     ry -= ry.mean(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
-    valid = (np.ptp(xb, axis=1) > 0) & (np.ptp(yb, axis=1) > 0)
-    return point, np.where(valid, np.clip(r, -1.0, 1.0), np.nan)
+    informative = (np.ptp(xb, axis=1) > 0) & (np.ptp(yb, axis=1) > 0)
+    return point, np.where(informative, np.clip(r, -1.0, 1.0), 0.0)
 
 
 def correlation(
@@ -191,7 +267,8 @@ def correlation(
         out["spearman"] = Estimate(None, note="the measure is the same for every language").to_dict()
         return out
     yr = np.array([s.replicates[metric] for s in langs])  # [n_lang, n_boot]
-    point, reps = spearman_replicates(x, y, yr, rng)
-    out["spearman"] = _ci(float(point), reps).to_dict()
-    out["valid_replicates"] = int(np.isfinite(reps).sum())
+    point, reps = spearman_replicates(x, y, yr, rng)  # drawn in any case: the random stream stays the same
+    short = [s.lang for s in langs if s.interval_note]
+    est = _ci(float(point), reps[:0], no_interval_note(short)) if short else _ci(float(point), reps)
+    out["spearman"] = est.to_dict()
     return out

@@ -15,7 +15,23 @@ ratio of mean token-perplexity degradation %), ``mean_rel_delta(group=)``, ``mea
 dimensions a claim leaves open give one verdict per value.
 
 Verdict, from the 95% interval of (left - right): **supported** when it lies wholly on the claimed side,
-**refuted** when wholly on the other side, **inconclusive** when it contains zero or a side is undefined.
+**refuted** when wholly on the other side, **inconclusive** when it contains zero or a side is undefined or
+has no interval (a language with fewer than ``MIN_DOCS_FOR_INTERVAL`` documents, or a group statistic with
+such a member). A spec with ``verdict_basis = "points"`` (the original log's setup: one sentence per
+language, nothing to resample) instead compares point values, and every record says so in ``basis``.
+
+Many claims at once: every instance also gets a **family-wise** verdict, from Holm's step-down over all
+instances of the run at alpha = 0.05 (it controls the family-wise error rate under any dependence; the
+instances share documents). Its p-value per instance, ``p_value``, is the bootstrap z-test of
+(left - right) = 0: ``2 * Phi(-|d| / se)`` with ``se`` the standard deviation of the difference's bootstrap
+replicates. The record also has ``p_boot``, the percentile-bootstrap p
+``min(1, 2 min((1 + #{r <= 0}) / (B + 1), (1 + #{r >= 0}) / (B + 1)))``, which is what the 95% interval
+inverts, but it cannot go below 2 / (B + 1) (0.002 with 1000 replicates) while Holm's first threshold is
+0.05 / m (0.00078 for the 64 instances of the replication): with it no family of more than 25 instances could
+ever reject. The family-wise verdict is the per-instance verdict when Holm rejects *and* that verdict is
+supported or refuted (so a skewed statistic whose z-test and percentile interval disagree stays
+inconclusive), else inconclusive; an instance without replicates counts as p = 1 and stays in the family.
+``verdict_familywise`` is ``None`` under ``verdict_basis = "points"``.
 """
 
 from __future__ import annotations
@@ -24,13 +40,16 @@ import ast
 import functools
 import hashlib
 import itertools
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.stats import _metrics, resample_counts
+from ..analysis.stats import (
+    MIN_DOCS_FOR_INTERVAL, _metrics, no_interval_note, resample_counts, too_few_documents, warn_too_few_documents,
+)
 from ..errors import UserError, did_you_mean
 
 LANG_METRICS = {"bpb": "bpb_q", "bpb_fp": "bpb_fp", "delta_bpb": "delta_bpb", "rel_delta_bpb": "rel_delta_bpb",
@@ -188,10 +207,12 @@ class Value:
 
 
 def _combine(a: Value, b: Value, op: Callable) -> Value:
+    """``op`` of two values; no replicates (no interval) when either has none, its note carried along."""
     if not (a.defined and b.defined):
         return Value(None, None, a.note or b.note or "undefined operand")
     with np.errstate(divide="ignore", invalid="ignore"):
-        return Value(float(op(a.point, b.point)), op(a.reps, b.reps))
+        reps = None if a.reps is None or b.reps is None else op(a.reps, b.reps)
+        return Value(float(op(a.point, b.point)), reps, a.note or b.note)
 
 
 class Evaluator:
@@ -206,6 +227,8 @@ class Evaluator:
         self.rows = rows_by_trial  # trial name -> lang -> column -> per-document array
         self._weights: dict[tuple[str, str], np.ndarray] = {}
         self._groups: tuple[list[str], list[str]] | None = None
+        self.points = getattr(spec, "verdict_basis", "intervals") == "points"
+        self._warned: set[str] = set()
 
     @functools.cached_property
     def corpus(self):
@@ -228,6 +251,20 @@ class Evaluator:
                 "n_pred": cols["n_pred"], "bytes": cols["bytes"]}
         w = self.weights(trial.model, lang, len(cols["nll"]))
         return _metrics({k: v.sum() for k, v in sums.items()}), _metrics({k: w @ v for k, v in sums.items()})
+
+    def interval_note(self, trial, lang: str) -> str | None:
+        """Why ``lang`` has no interval in ``trial`` (too few documents), else None; warns once per language.
+
+        Under ``verdict_basis = "points"`` nothing has an interval, by the spec's choice: no warning."""
+        n = len(self.rows[trial.name][lang]["nll"])
+        note = too_few_documents(n)
+        if note and not self.points and lang not in self._warned:
+            self._warned.add(lang)
+            warn_too_few_documents(lang, n)
+        return note
+
+    def _short(self, trial, langs: list[str]) -> list[str]:
+        return [lang for lang in langs if self.interval_note(trial, lang)]
 
     def languages(self) -> list[str]:
         return list(next(iter(self.rows.values())).keys()) if self.rows else []
@@ -258,7 +295,13 @@ class Evaluator:
         if not langs:
             return Value(None, None, "empty group")
         pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
-        return Value(float(np.mean([p[metric] for p in pts])), np.mean([r[metric] for r in reps], axis=0))
+        point = float(np.mean([p[metric] for p in pts]))
+        if self.points:
+            return Value(point, None)
+        short = self._short(trial, langs)
+        if short:  # the value stays; an interval treating those languages' damage as exact would be too narrow
+            return Value(point, None, no_interval_note(short))
+        return Value(point, np.mean([r[metric] for r in reps], axis=0))
 
     def call(self, call: Call, trial) -> Value:
         kw = call.kw()
@@ -266,7 +309,10 @@ class Evaluator:
             lang = self.corpus.resolve(kw["lang"])
             p, r = self.lang_metrics(trial, lang)
             m = LANG_METRICS[call.fn]
-            return Value(float(p[m]), r[m])
+            if self.points:
+                return Value(float(p[m]), None)
+            note = self.interval_note(trial, lang)
+            return Value(float(p[m]), None, f"{lang}: {note}") if note else Value(float(p[m]), r[m])
         low, high = self.groups()
         if call.fn in ("mean_rel_delta", "mean_log_degradation"):
             metric = "rel_delta_bpb" if call.fn == "mean_rel_delta" else "log_degradation_pct"
@@ -278,6 +324,12 @@ class Evaluator:
         lo, hi = self.group_mean(trial, low, metric), self.group_mean(trial, high, metric)
         if call.fn == "gap":
             return _combine(lo, hi, operator.sub)
+        if self.points:  # point values: the ratio is defined unless the denominator is exactly zero
+            if not hi.defined or hi.point == 0:
+                return Value(None, None, "ratio undefined: the high-resource mean is zero")
+            return _combine(lo, hi, operator.truediv)
+        if hi.defined and hi.reps is None:
+            return Value(None, None, f"ratio undefined: the high-resource mean has no interval ({hi.note})")
         ci = hi.ci()
         if not hi.defined or ci is None or ci[0] <= 0 <= ci[1]:
             return Value(None, None, "ratio undefined: the high-resource mean's 95% CI includes zero")
@@ -299,25 +351,36 @@ class Evaluator:
         point, out = spearman_replicates(x, np.array([p["rel_delta_bpb"] for p in pts]),
                                          np.array([r["rel_delta_bpb"] for r in reps]),
                                          np.random.default_rng([self.spec.seed, h]))
-        return Value(point, out)
+        if self.points:
+            return Value(point, None)
+        short = self._short(trial, langs)
+        return Value(point, None, no_interval_note(short)) if short else Value(point, out)
 
     def evaluate(self, node, chosen) -> Value:
         if isinstance(node, ast.Constant):
             return Value(float(node.value), np.full(self.spec.n_boot, float(node.value)))
         if isinstance(node, ast.UnaryOp):
             v = self.evaluate(node.operand, chosen)
-            return Value(-v.point, -v.reps) if v.defined else v
+            return Value(-v.point, None if v.reps is None else -v.reps, v.note) if v.defined else v
         if isinstance(node, ast.BinOp):
             return _combine(self.evaluate(node.left, chosen), self.evaluate(node.right, chosen), _ARITH[type(node.op)])
         call = Call(node.func.id, tuple((k.arg, k.value.value) for k in node.keywords))
         return self.call(call, chosen[call])
 
 
-def verdict(diff: Value, op: str) -> str:
-    ci = diff.ci()
-    if not diff.defined or ci is None:
+def verdict(diff: Value, op: str, points: bool = False) -> str:
+    """From the 95% interval of (left - right); with ``points``, from the sign of its point value."""
+    if not diff.defined:
         return "inconclusive"
     want_negative = op in ("<", "<=")
+    if points:
+        d = diff.point
+        if d == 0:
+            return "inconclusive"
+        return "supported" if (d < 0) == want_negative else "refuted"
+    ci = diff.ci()
+    if ci is None:
+        return "inconclusive"
     lo, hi = ci
     if (hi < 0) if want_negative else (lo > 0):
         return "supported"
@@ -326,20 +389,83 @@ def verdict(diff: Value, op: str) -> str:
     return "inconclusive"
 
 
+def bootstrap_p(diff: Value) -> float | None:
+    """Two-sided bootstrap p-value of (left - right) = 0: 2 x the smaller share of replicates on either side
+    of zero, each share counted as (1 + k) / (B + 1) so that p > 0 with B finite replicates; None without
+    replicates."""
+    if not diff.defined or diff.reps is None:
+        return None
+    r = diff.reps[np.isfinite(diff.reps)]
+    if r.size == 0:
+        return None
+    b = r.size
+    return float(min(1.0, 2 * min((1 + np.sum(r <= 0)) / (b + 1), (1 + np.sum(r >= 0)) / (b + 1))))
+
+
+def bootstrap_z_p(diff: Value) -> float | None:
+    """Two-sided p of (left - right) = 0 from the bootstrap standard error: ``2 Phi(-|d| / se)``; None without
+    replicates. Replicates with no spread (a comparison of constants) give 0 for d != 0, 1 for d == 0."""
+    if not diff.defined or diff.reps is None:
+        return None
+    r = diff.reps[np.isfinite(diff.reps)]
+    if r.size < 2:
+        return None
+    se = float(np.std(r, ddof=1))
+    if se == 0:
+        return 0.0 if diff.point != 0 else 1.0
+    return float(math.erfc(abs(diff.point) / se / math.sqrt(2)))
+
+
+def holm(p_values: list[float | None], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """Holm's step-down over a family: (rejected, adjusted p) per hypothesis, in the order given.
+
+    Sorted ascending, the k-th smallest (k = 0..m-1) is rejected while p_(k) <= alpha / (m - k), stopping at the
+    first that is not; adjusted p_(k) = max over j <= k of min(1, (m - j) p_(j)). ``None`` counts as p = 1."""
+    p = np.array([1.0 if x is None else float(x) for x in p_values])
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    rejected = np.zeros(m, dtype=bool)
+    running, still = 0.0, True
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        adjusted[i] = running
+        still = still and p[i] <= alpha / (m - k)
+        rejected[i] = still
+    return rejected.tolist(), adjusted.tolist()
+
+
+FAMILY_ALPHA = 0.05
+
+
 def evaluate_claims(spec, evaluator: Evaluator) -> list[dict]:
-    out = []
+    points = evaluator.points
+    basis = ("point values (verdict_basis = \"points\": nothing to resample)" if points
+             else f"95% paired bootstrap interval (languages need >= {MIN_DOCS_FOR_INTERVAL} documents)")
+    out, diffs = [], []
     for claim in spec.claims:
         left, op, right, _ = parse_expr(claim.expr, claim.id)
         for inst, chosen in instances(spec, claim):
             lv, rv = evaluator.evaluate(left, chosen), evaluator.evaluate(right, chosen)
             diff = _combine(lv, rv, operator.sub)
+            diffs.append(diff)
             out.append({
                 "id": claim.id, "text": claim.text, "expr": claim.expr, "instance": inst,
                 "trials": sorted({t.name for t in chosen.values()}),
                 "left": lv.to_dict(), "right": rv.to_dict(), "difference": diff.to_dict(),
-                "verdict": verdict(diff, op),
+                "verdict": verdict(diff, op, points), "basis": basis,
             })
+    if points:
+        for rec in out:
+            rec.update(p_value=None, p_boot=None, p_holm=None, verdict_familywise=None)
+        return out
+    p_values = [bootstrap_z_p(d) for d in diffs]
+    rejected, adjusted = holm(p_values, FAMILY_ALPHA)
+    for rec, d, p, rej, adj in zip(out, diffs, p_values, rejected, adjusted):
+        fw = rec["verdict"] if rej and rec["verdict"] in ("supported", "refuted") else "inconclusive"
+        rec.update(p_value=p, p_boot=bootstrap_p(d), p_holm=adj, verdict_familywise=fw)
     return out
 
 
-__all__ = ["Evaluator", "evaluate_claims", "instances", "parse_expr", "validate_claims", "verdict"]
+__all__ = ["Evaluator", "bootstrap_p", "bootstrap_z_p", "evaluate_claims", "holm", "instances", "parse_expr",
+           "validate_claims", "verdict"]

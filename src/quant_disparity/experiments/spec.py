@@ -5,6 +5,7 @@ name = "l0-last"                      # required; the default output directory i
 description = "Does keeping layer 0 and the last layer in full precision close the gap?"
 seed = 0
 n_boot = 1000
+verdict_basis = "intervals"           # or "points": compare point values (nothing to resample, e.g. 1 doc each)
 
 [corpus]                              # one corpus selection for every trial
 name = "udhr"                         # udhr, a .jsonl file, a txt dir or a FLORES-style dir
@@ -118,6 +119,7 @@ class ExperimentSpec:
     n_boot: int = 1000
     groups: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (low, high) language lists
     lr_max_class: int = 3
+    verdict_basis: str = "intervals"  # "points": verdicts compare point values (labelled so), no intervals
     source: str = ""  # the TOML text, stored with every run
     path: str = ""
 
@@ -133,7 +135,7 @@ class ExperimentSpec:
 
 
 _TOP = {"name", "description", "seed", "n_boot", "corpus", "eval", "groups", "grid", "trials", "claims",
-        "lr_max_class", "version"}
+        "lr_max_class", "version", "verdict_basis"}
 
 
 def _check_keys(data: dict, allowed: set[str], section: str, path: str, text: str) -> None:
@@ -166,6 +168,9 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if "name" not in data:
         raise SpecError(f"{path}: the spec needs a name", 'add name = "my-study" at the top')
     name = _typed(data["name"], "str", "name", path, text)
+    if data.get("verdict_basis", "intervals") not in ("intervals", "points"):
+        raise _err(path, text, "verdict_basis", f"verdict_basis must be \"intervals\" or \"points\", "
+                                                f"got {data['verdict_basis']!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise _err(path, text, "name", f"name {name!r} must be letters, digits, '.', '_' or '-'")
 
@@ -242,6 +247,7 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         name=name, corpus=corpus, eval=eval_settings, trials=tuple(trials), claims=tuple(claims),
         description=data.get("description", ""), seed=data.get("seed", 0), n_boot=data.get("n_boot", 1000),
         groups=groups, lr_max_class=data.get("lr_max_class", 3), source=text, path=path,
+        verdict_basis=data.get("verdict_basis", "intervals"),
     )
     from .claims import validate_claims
 

@@ -12,9 +12,14 @@ import re
 
 import numpy as np
 
-from .tables import fmt, markdown_table
+from .tables import NO_CI, fmt, markdown_table, no_interval_footnote
 
 # -- shared pieces -------------------------------------------------------------------------------------------------
+def _pct(est: dict) -> float:
+    """100 x an estimate's value for a figure; NaN only when it is undefined (0.0 stays 0.0)."""
+    v = est["value"]
+    return np.nan if v is None else 100 * v
+
 
 
 def trial_rows(result: dict) -> list[list[str]]:
@@ -35,7 +40,19 @@ def trial_rows(result: dict) -> list[list[str]]:
 
 TRIAL_HEADERS = ["model", "scheme", "plan", "bits/weight", "protected", "mean rel. Δbpb", "worst language",
                  "low − high gap", "disparity (low/high)"]
-VERDICT_HEADERS = ["claim", "instance", "left [95% CI]", "right [95% CI]", "left − right [95% CI]", "verdict"]
+VERDICT_HEADERS = ["claim", "instance", "left [95% CI]", "right [95% CI]", "left − right [95% CI]", "verdict",
+                   "family-wise (Holm)"]
+
+
+def familywise_cell(v: dict) -> str:
+    """The Holm family-wise verdict with its adjusted p, or why there is none (point-value verdicts)."""
+    if v.get("verdict_familywise") is None:
+        return "n/a (point values)" if "point values" in v.get("basis", "") else "—"
+    return f"{v['verdict_familywise']} (p {v['p_holm']:.3g})"
+
+
+def verdict_cell(v: dict) -> str:
+    return v["verdict"] + (" (point values)" if "point values" in v.get("basis", "") else "")
 
 
 def verdict_rows(result: dict, digits: int = 3) -> list[list[str]]:
@@ -43,8 +60,38 @@ def verdict_rows(result: dict, digits: int = 3) -> list[list[str]]:
     for v in result["verdicts"]:
         inst = ", ".join(f"{k}={val}" for k, val in v["instance"].items()) or "—"
         rows.append([f"{v['id']}: {v['expr']}", inst, fmt(v["left"], digits), fmt(v["right"], digits),
-                     fmt(v["difference"], digits, sign=True), v["verdict"]])
+                     fmt(v["difference"], digits, sign=True), verdict_cell(v), familywise_cell(v)])
     return rows
+
+
+def short_languages(result: dict) -> list[str]:
+    """``"lang (n docs)"`` for languages with too few documents for an interval in some trial."""
+    from ..analysis.stats import MIN_DOCS_FOR_INTERVAL
+
+    out = {}
+    for t in result["trials"]:
+        for lang, v in t["languages"].items():
+            if v["n_docs"] < MIN_DOCS_FOR_INTERVAL:
+                out.setdefault(lang, v["n_docs"])
+    return [f"{lang} ({n} docs)" for lang, n in out.items()]
+
+
+def method_notes(result: dict) -> list[str]:
+    """How the verdicts were reached (basis, family-wise rule) and which languages have no interval."""
+    spec = result["spec"]
+    notes = []
+    if spec.get("verdict_basis") == "points":
+        notes.append("Verdicts compare point values (verdict_basis = \"points\": nothing to resample); no "
+                     "intervals and no family-wise verdict.")
+    elif result["verdicts"]:
+        notes.append(f"Family-wise verdicts: Holm–Bonferroni step-down over all {len(result['verdicts'])} claim "
+                     "instances of the run at α = 0.05, on two-sided bootstrap z-test p-values of left − right = 0 "
+                     "(bootstrap standard error; p shown Holm-adjusted); supported/refuted only when Holm rejects "
+                     "and the interval agrees.")
+    short = short_languages(result)
+    if short and spec.get("verdict_basis") != "points":
+        notes.append(no_interval_footnote(short))
+    return notes
 
 
 def summary_markdown(result: dict) -> str:
@@ -68,13 +115,17 @@ def summary_markdown(result: dict) -> str:
         "",
     ]
     if result["verdicts"]:
-        lines += ["## Claims", "", markdown_table(VERDICT_HEADERS, verdict_rows(result), "llrrrl"), ""]
+        lines += ["## Claims", "", markdown_table(VERDICT_HEADERS, verdict_rows(result), "llrrrll"), ""]
+    notes = method_notes(result)
+    if notes:
+        lines += [*(f"- {n}" for n in notes), ""]
     return "\n".join(lines)
 
 
 # -- LaTeX ---------------------------------------------------------------------------------------------------------
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "Δ": r"$\Delta$", "−": "--", "≤": r"$\le$"}
+        "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "Δ": r"$\Delta$", "−": "--", "≤": r"$\le$",
+        NO_CI: r"$^\dagger$", "α": r"$\alpha$", "–": "--"}
 
 
 def tex(text: str) -> str:
@@ -102,9 +153,12 @@ def latex_report(result: dict) -> str:
                  for lang, v in first["languages"].items()]
     parts.append(latex_table(["language", "bpb ref.", "Δbpb", "rel. Δbpb", "KL bits/token"], lang_rows, "lrrrr",
                              f"{name}: per-language damage of {first['name']}.", f"tab:{label}-languages"))
+    notes = " ".join(method_notes(result))
     if result["verdicts"]:
-        parts.append(latex_table(VERDICT_HEADERS, verdict_rows(result), "llrrrl", f"{name}: claims and verdicts.",
-                                 f"tab:{label}-claims"))
+        parts.append(latex_table(VERDICT_HEADERS, verdict_rows(result), "llrrrll",
+                                 f"{name}: claims and verdicts. {notes}".strip(), f"tab:{label}-claims"))
+    elif notes:
+        parts.append(f"% {notes}")
     return "\n".join(parts)
 
 
@@ -127,7 +181,7 @@ def figure_bars(result: dict, max_trials: int = 6):
                                  layout="constrained")
     width = 0.8 / max(1, len(trials))
     for i, t in enumerate(trials):
-        vals = np.array([100 * (t["languages"][x]["rel_delta_bpb"]["value"] or np.nan) for x in langs])
+        vals = np.array([_pct(t["languages"][x]["rel_delta_bpb"]) for x in langs])
         ci = np.array([[100 * c for c in (t["languages"][x]["rel_delta_bpb"]["ci95"] or [np.nan, np.nan])]
                        for x in langs])
         ax.bar(np.arange(len(langs)) + i * width, vals, width, yerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]),
@@ -145,7 +199,7 @@ def figure_trial_heatmap(result: dict):
 
     langs = [x["id"] for x in result["languages"]]
     names = [t["name"] for t in result["trials"]]
-    m = np.array([[100 * (t["languages"][x]["rel_delta_bpb"]["value"] or np.nan) for x in langs]
+    m = np.array([[_pct(t["languages"][x]["rel_delta_bpb"]) for x in langs]
                   for t in result["trials"]])
     return plots.heatmap(m, names, langs, "Relative Δbpb by trial and language", "% of reference bpb")
 
@@ -183,7 +237,7 @@ def figure_pareto(result: dict):
     fig, ax = plots.plt.subplots(figsize=(6, 4), layout="constrained")
     for model in dict.fromkeys(t["model"] for t in result["trials"]):
         pts = [(t["cost"].get("bits_per_weight", np.nan),
-                100 * (t["languages"][t["worst_language"]]["rel_delta_bpb"]["value"] or np.nan), t["plan_name"])
+                _pct(t["languages"][t["worst_language"]]["rel_delta_bpb"]), t["plan_name"])
                for t in result["trials"] if t["model"] == model]
         xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         ax.scatter(xs, ys, s=14, label=model, alpha=0.7)
@@ -204,8 +258,9 @@ def figure_pareto(result: dict):
 def figure_resource_scatter(result: dict, trial: dict):
     from . import plots
 
-    rows = [(x["joshi_class"], 100 * trial["languages"][x["id"]]["rel_delta_bpb"]["value"], x["id"])
-            for x in result["languages"] if x.get("joshi_class") is not None]
+    rows = [(x["joshi_class"], _pct(trial["languages"][x["id"]]["rel_delta_bpb"]), x["id"])
+            for x in result["languages"]
+            if x.get("joshi_class") is not None and trial["languages"][x["id"]]["rel_delta_bpb"]["value"] is not None]
     fig, ax = plots.plt.subplots(figsize=(5, 3.6), layout="constrained")
     if rows:
         xs, ys = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
@@ -263,7 +318,9 @@ def html_report(result: dict, environment: dict, store_info: dict) -> str:
         f"</small></td><td>{html.escape(', '.join(f'{k}={x}' for k, x in v['instance'].items()) or '—')}</td>"
         f"<td>{html.escape(fmt(v['left'], 3))}</td><td>{html.escape(fmt(v['right'], 3))}</td>"
         f"<td>{html.escape(fmt(v['difference'], 3, sign=True))}</td>"
-        f"<td class='{v['verdict']}'>{v['verdict']}</td></tr>" for v in result["verdicts"])
+        f"<td class='{v['verdict']}'>{html.escape(verdict_cell(v))}</td>"
+        f"<td class='{v.get('verdict_familywise') or 'inconclusive'}'>{html.escape(familywise_cell(v))}</td></tr>"
+        for v in result["verdicts"])
     verdict_table = (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in VERDICT_HEADERS)}</tr></thead>"
                      f"<tbody>{verdicts}</tbody></table>") if result["verdicts"] else "<p>No claims in this spec.</p>"
     fig_html = "".join(f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{b}'>"
@@ -281,7 +338,7 @@ def html_report(result: dict, environment: dict, store_info: dict) -> str:
 low-resource: {html.escape(', '.join(g['low']) or '—')}; high-resource: {html.escape(', '.join(g['high']) or '—')}
 ({html.escape(g['rule'])}). Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents
 ({spec['n_boot']} replicates, seed {spec['seed']}).</p>
-<h2>Claims</h2>{verdict_table}
+<h2>Claims</h2>{verdict_table}{''.join(f"<p>{html.escape(n)}</p>" for n in method_notes(result))}
 <h2>Trials</h2>{_html_table(TRIAL_HEADERS, trial_rows(result))}
 <h2>Figures</h2>{fig_html}
 <h2>Environment and provenance</h2>{_html_table(["item", "value"], env_rows)}

@@ -5,8 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+#: Marks a value shown without an interval because of too few documents (see ``no_interval_footnote``).
+NO_CI = "†"
+
+
+def lacks_interval(est: dict | None) -> bool:
+    """A value that has no interval because a language has too few documents for one."""
+    return bool(est) and est.get("value") is not None and not est.get("ci95") \
+        and "too few documents" in (est.get("note") or "")
+
+
+def no_interval_footnote(langs: Sequence[str]) -> str:
+    from ..analysis.stats import MIN_DOCS_FOR_INTERVAL
+
+    return (f"{NO_CI} no interval: too few documents (< {MIN_DOCS_FOR_INTERVAL}) for a bootstrap interval in "
+            f"{', '.join(langs)}; values that depend on them are shown alone and claims on them are inconclusive.")
+
+
+def short_languages(languages: Sequence[dict]) -> list[str]:
+    """``"lang (n docs)"`` for each audit language row without an interval."""
+    return [f"{r['id']} ({r['n_docs']} docs)" for r in languages if lacks_interval(r.get("rel_delta_bpb"))]
+
+
 def fmt(est: dict | None, digits: int = 3, pct: bool = False, sign: bool = False) -> str:
-    """``{"value": v, "ci95": [lo, hi]}`` -> ``"v [lo, hi]"`` (percent when ``pct``)."""
+    """``{"value": v, "ci95": [lo, hi]}`` -> ``"v [lo, hi]"`` (percent when ``pct``); ``"v †"`` when the value
+    has no interval because of too few documents."""
     if est is None or est.get("value") is None:
         return "undefined" if est and est.get("note") else "—"
     k = 100.0 if pct else 1.0
@@ -15,7 +38,15 @@ def fmt(est: dict | None, digits: int = 3, pct: bool = False, sign: bool = False
     ci = est.get("ci95")
     if ci:
         text += f" [{format(ci[0] * k, f'.{digits}f')}, {format(ci[1] * k, f'.{digits}f')}]"
+    elif lacks_interval(est):
+        text += f" {NO_CI}"
     return text
+
+
+def by_damage(row: dict, key: str = "rel_delta_bpb") -> tuple[bool, float]:
+    """Sort key: largest ``key`` first, undefined values last (an exact 0.0 is a value, not a missing one)."""
+    v = row[key]["value"]
+    return (v is None, 0.0 if v is None else -v)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
@@ -31,11 +62,11 @@ AUDIT_COLUMNS = ("language", "Joshi", "bpb FP", "bpb quant", "Δbpb [95% CI]", "
 
 
 def audit_rows(result: dict) -> list[list[str]]:
-    langs = sorted(result["languages"], key=lambda r: -(r["rel_delta_bpb"]["value"] or -1e9))
+    langs = sorted(result["languages"], key=by_damage)
     rows = []
     for r in langs:
         rows.append([
-            f"{r['id']} ({r['name']})",
+            f"{r['id']} ({r['name']})" + (f" {NO_CI}" if lacks_interval(r["rel_delta_bpb"]) else ""),
             "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
             fmt(r["bpb_fp"], 3).split(" [")[0],
             fmt(r["bpb_q"], 3).split(" [")[0],
@@ -91,6 +122,8 @@ def audit_markdown(result: dict) -> str:
         "",
         markdown_table(AUDIT_COLUMNS, audit_rows(result)),
         "",
+        *([no_interval_footnote(short_languages(result["languages"])), ""] if short_languages(result["languages"])
+          else []),
         *[f"- {line}" for line in audit_summary_lines(result)],
         "",
         f"Environment: quant-disparity {result['environment']['quant_disparity']} "
@@ -107,15 +140,17 @@ def audit_rich_table(result: dict):
     """A compact terminal table (the markdown file has every column)."""
     from rich.table import Table
 
+    short = short_languages(result["languages"])
     t = Table(title=f"{result['model']['name']} · {result['scheme']['name']} · sorted by relative Δbpb "
-                    f"(95% CI)", title_justify="left")
+                    f"(95% CI)", title_justify="left",
+              caption=no_interval_footnote(short) if short else None, caption_justify="left")
     cols = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
     for i, col in enumerate(cols):
         t.add_column(col, justify="left" if i == 0 else "right")
-    langs = sorted(result["languages"], key=lambda r: -(r["rel_delta_bpb"]["value"] or -1e9))
+    langs = sorted(result["languages"], key=by_damage)
     for r in langs:
         t.add_row(
-            r["id"], str(r["n_docs"]), "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
+            r["id"] + (f" {NO_CI}" if lacks_interval(r["rel_delta_bpb"]) else ""), str(r["n_docs"]), "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
             fmt(r["bpb_fp"], 3).split(" [")[0], fmt(r["bpb_q"], 3).split(" [")[0],
             fmt(r["delta_bpb"], 3, sign=True), fmt(r["rel_delta_bpb"], 1, pct=True, sign=True),
             fmt(r["kl_bits"], 2), fmt(r["top1_agreement"], 0, pct=True).split(" [")[0],
