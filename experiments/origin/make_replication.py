@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
-"""Generate REPLICATION.md from the stores of the two replication runs (``make replicate`` runs them first).
+"""Generate REPLICATION.md from the committed export of the replication's results (``results/`` here).
 
-Every number in the output is read from a store by code; the only typed text is the original log's own
-statements and numbers (column "the log"), quoted from the project's record of its claims.
+Every number in the output is read from the exported per-document results by code; the only typed text is the
+original log's own statements and numbers (column "the log"), quoted from the project's record of its claims.
+The export (Parquet rows + JSON trial records per run, the locate outputs for C17 and the models' bias counts
+for C12) is small enough to commit, so anyone can check REPLICATION.md without recomputing: the same export
+gives the same file, byte for byte, on any day (its date is the date of the latest stored trial).
 
-    python experiments/origin/make_replication.py [--log-run runs/origin-log_setup] [--sound-run runs/origin-sound]
+    python experiments/origin/make_replication.py                      # from the committed export
+    python experiments/origin/make_replication.py --from-stores DIR    # re-export from DIR's run directories
+                                                                       # (``make replicate`` does this)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-from collections import defaultdict
+import json
+import math
+import shutil
 from pathlib import Path
 
 from quant_disparity.experiments import analyse, load_run
+from quant_disparity.experiments.export import export_run, load_frozen_run
+from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.report.tables import NO_CI, fmt, lacks_interval, markdown_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+EXPORT = HERE / "results"
+#: run directory name -> the spec it runs (read from this directory, not from the run's copy)
+RUNS = {"origin-log_setup": "log_setup.toml", "origin-sound": "sound.toml"}
+MODELS = ("gemma-3-270m", "smollm2-135m")
 
 # The original log's claims and numbers (its setup: GPT-2 124M / OPT-125M, per-tensor INT4 on every tensor, one
 # sentence per language, token perplexity; disparity = mean LR degradation % / mean HR degradation %).
@@ -66,22 +78,34 @@ def instance_label(v: dict) -> str:
     return ", ".join(str(x) for x in v["instance"].values()) or "—"
 
 
-def _num(x: float) -> str:
+def digits_for(*ests: dict) -> int:
+    """Decimals that keep apart every value and interval end of ``ests`` (and keep a non-zero one off zero):
+    a verdict's deciding numbers must be visible ("0.00 [0.00, 0.00] vs 0.00" says nothing)."""
+    xs = sorted({float(x) for e in ests for x in (e.get("value"), *(e.get("ci95") or ()))
+                 if x is not None and math.isfinite(float(x))})
+    for d in range(2, 9):
+        rounded = [round(x, d) for x in xs]
+        if len(set(rounded)) == len(xs) and all(r != 0 for x, r in zip(xs, rounded) if x != 0):
+            return d
+    return 8
+
+
+def _num(x: float, d: int = 2) -> str:
     # the log's setup yields degradations of 10^9 % and more: three significant digits say enough there
-    return f"{x:.3g}" if abs(x) >= 1e5 else f"{x:.2f}"
+    return f"{x:.3g}" if abs(x) >= 1e5 else f"{x:.{d}f}"
 
 
-def value(est: dict) -> str:
+def value(est: dict, d: int = 2) -> str:
     """A value with its interval; alone when it has none (point-value verdicts), marked † when it has none
     because of too few documents."""
     v, ci = est.get("value"), est.get("ci95")
     if v is None:
         return fmt(est, 2)
     if ci and ci[0] == ci[1]:
-        return _num(v)
+        return _num(v, d)
     if not ci and lacks_interval(est):
-        return f"{_num(v)} {NO_CI}"
-    return _num(v) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
+        return f"{_num(v, d)} {NO_CI}"
+    return _num(v, d) + (f" [{_num(ci[0], d)}, {_num(ci[1], d)}]" if ci else "")
 
 
 def rel(path: str) -> str:
@@ -108,25 +132,23 @@ def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str], list[str
         verdicts.append(v["verdict"])
         if v.get("verdict_familywise") is not None:
             familywise.append(v["verdict_familywise"])
-        parts.append(f"{v['text']} — {instance_label(v)}: {value(v['left'])} vs {value(v['right'])} → "
+        d = digits_for(v["left"], v["right"])
+        parts.append(f"{v['text']} — {instance_label(v)}: {value(v['left'], d)} vs {value(v['right'], d)} → "
                      f"**{v['verdict']}**{familywise_marker(v)}")
     return "<br>".join(parts) if parts else "—", verdicts, familywise
 
 
-def best_layers(locate_dirs: list[str]) -> list[str]:
+def best_layers(locate_files: list[Path]) -> list[str]:
     """C17: per model, the decoder layers whose protection recovers most damage, averaged over languages.
 
     Read from ``quant-disparity locate`` outputs (layer granularity, protect-one), which sweep every layer
     against one shared reference; the replication specs do not repeat that sweep as whole-model trials."""
-    import json
-
     import numpy as np
 
     from quant_disparity.locate import effect_matrix
 
     out = []
-    for d in locate_dirs:
-        path = Path(d) / "locate.json"
+    for path in locate_files:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
@@ -143,40 +165,58 @@ def best_layers(locate_dirs: list[str]) -> list[str]:
     return out
 
 
-def no_biases(models: list[str]) -> list[str]:
-    """C12: which bundled models have bias vectors at all (read from their module maps)."""
+def bias_counts(models) -> dict[str, int]:
+    """C12: how many bias parameters each bundled model has (read from its module map, on the meta device)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from quant_disparity.models import resolve_source
     from quant_disparity.models.modules import build_module_map
 
-    out = []
+    out = {}
     for model in models:
         cfg = AutoConfig.from_pretrained(resolve_source(model).path)
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(cfg)
-        n = sum(p.numel for p in build_module_map(m).params if p.is_bias)
-        out.append(f"{model}: {n} bias parameters")
+        out[model] = sum(p.numel for p in build_module_map(m).params if p.is_bias)
     return out
+
+
+def refresh_export(stores: Path) -> None:
+    """Export both runs, the per-model locate outputs and the bias counts from ``stores`` into ``results/``."""
+    EXPORT.mkdir(exist_ok=True)
+    for run, spec_file in RUNS.items():
+        text = (HERE / spec_file).read_text(encoding="utf-8")
+        spec = parse_spec(text, f"experiments/origin/{spec_file}")
+        _, store = load_run(stores / run)
+        try:
+            export_run(spec, text, store, EXPORT, spec_path=spec.path)
+        finally:
+            store.close()
+    for model in MODELS:
+        src = stores / f"locate-{model}" / "locate.json"
+        if src.exists():
+            shutil.copyfile(src, EXPORT / f"locate-{model}.json")
+    (EXPORT / "models.json").write_text(json.dumps({"bias_parameters": bias_counts(MODELS)}, indent=1) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--log-run", default=str(ROOT / "runs" / "origin-log_setup"))
-    ap.add_argument("--sound-run", default=str(ROOT / "runs" / "origin-sound"))
-    ap.add_argument("--locate-run", action="append", default=None,
-                    help="locate output directory (layer granularity) for C17; repeat per model")
+    ap.add_argument("--from-stores", type=Path, default=None,
+                    help="directory holding the run directories (origin-log_setup, origin-sound, locate-MODEL): "
+                         "re-export them into results/ first")
     ap.add_argument("--out", default=str(ROOT / "REPLICATION.md"))
     args = ap.parse_args()
-    locate_runs = args.locate_run or [str(ROOT / "runs" / f"locate-{m}") for m in ("gemma-3-270m", "smollm2-135m")]
-    results = {}
-    for label, path in (("log", args.log_run), ("sound", args.sound_run)):
-        spec, store = load_run(path)
-        try:
-            results[label] = analyse(spec, store)
-        finally:
-            store.close()
+    if args.from_stores is not None:
+        refresh_export(args.from_stores)
+    results, finished = {}, []
+    for label, run in (("log", "origin-log_setup"), ("sound", "origin-sound")):
+        spec, store = load_frozen_run(EXPORT, run)
+        results[label] = analyse(spec, store)
+        finished += [t["finished"] for t in store.record["trials"].values() if t.get("finished")]
+    date = max(finished)[:10]
+    biases = json.loads((EXPORT / "models.json").read_text())["bias_parameters"]
+    locate_files = [EXPORT / f"locate-{m}.json" for m in MODELS]
     log, sound = results["log"], results["sound"]
     rows = []
     tally, tally_fw = {}, {}
@@ -189,14 +229,14 @@ def main() -> None:
         verdict = verdict_summary(verdicts)
         verdict_fw = verdict_summary(familywise)
         if cid == "C12":
-            info = no_biases(sorted({t["model"] for t in sound["trials"]}))
+            info = [f"{m}: {biases[m]} bias parameters" for m in sorted({t["model"] for t in sound["trials"]})]
             log_cell = sound_cell = "; ".join(info)
             verdict = "not testable on the bundled models (they have no bias vectors)" if all(
                 x.endswith(": 0 bias parameters") for x in info) else "not run"
             verdict_fw = "—"
         if cid == "C17":
             log_cell = "—"
-            sound_cell = "<br>".join(best_layers(locate_runs)) or "not run (needs `quant-disparity locate` per model)"
+            sound_cell = "<br>".join(best_layers(locate_files)) or "not run (needs `quant-disparity locate` per model)"
             verdict = "compare the most helpful layers per model (relative depth) in the cell"
             verdict_fw = "—"
         tally[cid] = verdict
@@ -207,9 +247,10 @@ def main() -> None:
     text = [
         "# Replication of the original research log",
         "",
-        "Generated by `experiments/origin/make_replication.py` from the result stores of `make replicate` "
-        f"({_dt.date.today().isoformat()}); every number in the last three columns is computed from stored "
-        "per-document results. The column *the log* quotes the original log's own numbers.",
+        "Generated by `experiments/origin/make_replication.py` from the committed export of `make replicate`'s "
+        f"result stores (`experiments/origin/results/`, trials finished by {date}); every number in the last "
+        "columns is computed from the exported per-document results. The column *the log* quotes the original "
+        "log's own numbers.",
         "",
         f"- **Log's setup** (`{rel(lspec['path'])}`): {lspec['description']} Disparity = the log's formula (mean "
         "token-perplexity degradation % of zh/he/ar over en/de/fr). With one sentence per language there is nothing "
