@@ -190,6 +190,8 @@ class Value:
 def _combine(a: Value, b: Value, op: Callable) -> Value:
     if not (a.defined and b.defined):
         return Value(None, None, a.note or b.note or "undefined operand")
+    if op is operator.truediv and b.point == 0:
+        return Value(None, None, "division by a measured zero")
     with np.errstate(divide="ignore", invalid="ignore"):
         return Value(float(op(a.point, b.point)), op(a.reps, b.reps))
 

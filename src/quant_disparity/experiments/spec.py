@@ -143,14 +143,54 @@ def _check_keys(data: dict, allowed: set[str], section: str, path: str, text: st
                        f"{section} takes: {', '.join(sorted(allowed))}")
 
 
-def _typed(value, kind, key: str, path: str, text: str):
-    ok = {"str": isinstance(value, str), "int": isinstance(value, int) and not isinstance(value, bool),
+_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+          "list[str]": "a list of strings", "table": "a table", "tables": "a list of tables"}
+
+
+def _typed(value, kind, key: str, path: str, text: str, after: int = 0):
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = {"str": isinstance(value, str), "int": is_int, "float": is_int or isinstance(value, float),
           "bool": isinstance(value, bool),
-          "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+          "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+          "table": isinstance(value, dict),
+          "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value)}[kind]
     if not ok:
-        raise _err(path, text, key, f"{key} must be {kind.replace('list[str]', 'a list of strings')}, "
-                                    f"got {value!r}")
+        raise _err(path, text, key, f"{key} must be {_KINDS[kind]}, got {value!r}", after=after)
+    if kind == "float":
+        return float(value)
     return tuple(value) if kind == "list[str]" else value
+
+
+def _ranged(value: int, lo: int, hi: int | None, key: str, path: str, text: str, hint: str | None = None) -> int:
+    if value < lo or (hi is not None and value > hi):
+        what = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+        raise _err(path, text, key, f"{key} must be {what}, got {value}", hint)
+    return value
+
+
+def _zero_divisor(node) -> bool:
+    """Whether an arithmetic tree divides by a constant sub-expression that is zero (``x / 0``, ``x / (2 - 2)``)."""
+    import ast
+
+    def const(n):
+        if isinstance(n, ast.Constant):
+            return float(n.value)
+        if isinstance(n, ast.UnaryOp):
+            v = const(n.operand)
+            return None if v is None else -v
+        if isinstance(n, ast.BinOp):
+            a, b = const(n.left), const(n.right)
+            if a is None or b is None:
+                return None
+            if isinstance(n.op, ast.Div):
+                return None if b == 0 else a / b
+            return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}[type(n.op)]
+        return None
+
+    for n in ast.walk(node):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and const(n.right) == 0:
+            return True
+    return False
 
 
 def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
@@ -168,6 +208,21 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     name = _typed(data["name"], "str", "name", path, text)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise _err(path, text, "name", f"name {name!r} must be letters, digits, '.', '_' or '-'")
+    from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN
+
+    description = _typed(data.get("description", ""), "str", "description", path, text)
+    seed = _ranged(_typed(data.get("seed", 0), "int", "seed", path, text), 0, None, "seed", path, text)
+    n_boot = _ranged(_typed(data.get("n_boot", 1000), "int", "n_boot", path, text), N_BOOT_MIN, N_BOOT_MAX,
+                     "n_boot", path, text, "bootstrap replicates; 1000 is the default")
+    lr_max_class = _typed(data.get("lr_max_class", 3), "int", "lr_max_class", path, text)
+    if lr_max_class not in JOSHI_CLASSES:
+        raise _err(path, text, "lr_max_class", f"lr_max_class must be a Joshi class (0-5), got {lr_max_class}")
+    for section in ("corpus", "eval", "groups", "grid"):
+        if section in data:
+            _typed(data[section], "table", section, path, text)
+    for section in ("trials", "claims"):
+        if section in data:
+            _typed(data[section], "tables", section, path, text)
 
     corpus_raw = data.get("corpus", {})
     _check_keys(corpus_raw, {f.name for f in fields(CorpusSpec)}, "[corpus]", path, text)
@@ -181,8 +236,9 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
 
     eval_raw = data.get("eval", {})
     _check_keys(eval_raw, {f.name for f in fields(EvalSettings)} - {"version"}, "[eval]", path, text)
+    eval_kinds = {f.name: "float" if f.type in (float, "float") else "int" for f in fields(EvalSettings)}
     try:
-        eval_settings = EvalSettings(**{k: _typed(v, "int", k, path, text) for k, v in eval_raw.items()})
+        eval_settings = EvalSettings(**{k: _typed(v, eval_kinds[k], k, path, text) for k, v in eval_raw.items()})
     except UserError as e:
         raise _err(path, text, "eval", e.message, e.hint) from None
 
@@ -200,7 +256,7 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if grid:
         models = _typed(grid.get("models", []), "list[str]", "models", path, text)
         schemes = _typed(grid.get("schemes", []), "list[str]", "schemes", path, text)
-        plans = grid.get("plans", {})
+        plans = _typed(grid.get("plans", {}), "table", "plans", path, text)
         if not models or not plans:
             raise _err(path, text, "grid", "[grid] needs models and plans", "or list explicit [[trials]]")
         for model in models:
@@ -218,6 +274,8 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         for key in ("model", "plan", "plan_name"):
             if key not in t:
                 raise _err(path, text, "trials", f"[[trials]] #{i + 1} needs {key}")
+        for key in t:
+            _typed(t[key], "str", key, path, text, after=(_line_of(text, "trials") or 1) - 1)
         trials.append(TrialSpec(t["model"], t.get("scheme", ""), t["plan_name"], t["plan"]))
     if not trials:
         raise SpecError(f"{path}: the spec defines no trials", "add a [grid] or [[trials]]")
@@ -226,28 +284,66 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if dup:
         raise SpecError(f"{path}: trial {dup!r} is defined twice", "give the plans distinct names")
 
-    _validate_offline(trials, corpus, path, text)
+    loaded = _validate_offline(trials, corpus, path, text)
+    if groups is not None:
+        groups = _validate_groups(groups, corpus, loaded, path, text)
 
+    from .claims import FILTERS, instances, parse_expr, validate_claims
+
+    run = {"model": {t.model for t in trials}, "scheme": {t.scheme for t in trials} - {""},
+           "plan": {t.plan_name for t in trials}}
     claims = []
+    claims_line = (_line_of(text, "claims") or 1) - 1
     for i, c in enumerate(data.get("claims", [])):
         _check_keys(c, {"id", "text", "expr", "where"}, f"[[claims]] #{i + 1}", path, text)
         if "id" not in c or "expr" not in c:
             raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
+        cid = c["id"]
+        if not isinstance(cid, (str, int)) or isinstance(cid, bool):
+            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {cid!r}", after=claims_line)
+        cid = str(cid)
+        after = (_line_of(text, "id", claims_line) or 1) - 1
+        for key in ("expr", "text"):
+            if key in c and not isinstance(c[key], str):
+                raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {c[key]!r}", after=after)
         where = c.get("where", {})
         if not isinstance(where, dict):
-            raise _err(path, text, "where", f"claim {c['id']}: where must be a table, e.g. {{ scheme = \"w4g128\" }}")
-        claims.append(ClaimSpec(id=str(c["id"]), expr=c["expr"], text=c.get("text", ""),
-                                where=tuple(sorted((k, str(v)) for k, v in where.items()))))
+            raise _err(path, text, "where", f"claim {cid}: where must be a table, e.g. {{ scheme = \"w4g128\" }}",
+                       after=after)
+        for key, value in where.items():
+            if key not in FILTERS:
+                raise _err(path, text, "where", f"claim {cid}: unknown key {key!r} in where"
+                           f"{did_you_mean(key, FILTERS)}", f"where takes {', '.join(FILTERS)}"
+                           + ("; give lang= in each metric call" if key == "lang" else ""), after=after)
+            if not isinstance(value, str):
+                raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {value!r}",
+                           after=after)
+            if value not in run[key]:
+                raise _err(path, text, "where", f"claim {cid}: where {key} = {value!r} is not run by this spec"
+                           f"{did_you_mean(value, run[key])}",
+                           f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
+        try:
+            left, _, right, _ = parse_expr(c["expr"], cid)
+        except UserError as e:
+            raise _err(path, text, "expr", e.message, e.hint, after=after) from None
+        if _zero_divisor(left) or _zero_divisor(right):
+            raise _err(path, text, "expr", f"claim {cid}: divides by zero in {c['expr']!r}",
+                       "divide by a non-zero number or by a metric", after=after)
+        claims.append(ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""),
+                                where=tuple(sorted(where.items()))))
     spec = ExperimentSpec(
         name=name, corpus=corpus, eval=eval_settings, trials=tuple(trials), claims=tuple(claims),
-        description=data.get("description", ""), seed=data.get("seed", 0), n_boot=data.get("n_boot", 1000),
-        groups=groups, lr_max_class=data.get("lr_max_class", 3), source=text, path=path,
+        description=description, seed=seed, n_boot=n_boot,
+        groups=groups, lr_max_class=lr_max_class, source=text, path=path,
     )
-    from .claims import validate_claims
 
     line_after = {c.id: (_line_of(text, "claims") or 1) - 1 for c in claims}
     try:
         validate_claims(spec)
+        for c in claims:
+            if not instances(spec, c):
+                raise UserError(f"claim {c.id}: no trial of the spec matches where {dict(c.where)}",
+                                "name a model, scheme and plan combination the spec runs")
     except UserError as e:
         m = re.match(r"claim (\S+):", e.message)
         line = _line_of(text, "expr", line_after.get(m.group(1), 0)) if m else None
@@ -255,7 +351,29 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     return spec
 
 
-def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, text: str) -> None:
+def _validate_groups(groups, corpus: CorpusSpec, loaded, path: str, text: str):
+    """[groups] languages must be evaluated by the spec, and no language may be both low and high."""
+    evaluated = [loaded.resolve(x) for x in corpus.langs]
+    resolved = []
+    for side in groups:
+        ids = []
+        for lang in side:
+            try:
+                key = loaded.resolve(lang)
+            except UserError as e:
+                raise _err(path, text, "groups", f"[groups]: {e.message}", e.hint) from None
+            if key not in evaluated:
+                raise _err(path, text, "groups", f"[groups] names {key}, which the spec does not evaluate",
+                           f"add it to [corpus] langs or remove it from [groups]")
+            ids.append(key)
+        resolved.append(ids)
+    both = [x for x in resolved[0] if x in resolved[1]]
+    if both:
+        raise _err(path, text, "groups", f"[groups]: {both[0]} is in both low and high", "put it in one of them")
+    return groups
+
+
+def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, text: str):
     """Checks that need no model: schemes, plan syntax, model names, corpus and languages."""
     from ..corpus import filter_split, load_corpus
     from ..models import classify_source
@@ -279,6 +397,7 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
                 raise UserError(f"{key} has no documents in split {corpus.split!r}")
     except UserError as e:
         raise _err(path, text, "langs" if "language" in e.message else "corpus", e.message, e.hint) from None
+    return c
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
