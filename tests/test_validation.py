@@ -326,3 +326,37 @@ def test_cli_prints_library_warnings_as_one_line_on_stderr(capsys):
     logging.getLogger("quant_disparity.corpus").warning("eng_Latn: something to know")
     err = capsys.readouterr().err
     assert err == "warning: eng_Latn: something to know\n"
+
+
+# -- found by tests/test_fuzz.py -----------------------------------------------------------------------------------
+def test_retired_iso_codes_as_corpus_labels(tmp_path):
+    """A retired ISO 639 code used to escape as the iso639 package's DeprecatedLanguageValue."""
+    from quant_disparity.corpus import load_corpus
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"lang": "prb", "text": "abc"}\n')
+    with pytest.raises(UserError, match=r"c.jsonl:1: unknown language 'prb'"):
+        load_corpus(str(p))
+    p.write_text('{"lang": "iw", "text": "שלום עולם"}\n')  # retired for "he": its replacement is used
+    assert load_corpus(str(p)).languages == ["heb_Hebr"]
+
+
+@pytest.mark.parametrize("option", ["--model", "--corpus"])
+def test_names_too_long_for_the_file_system(option, tmp_path, capsys):
+    _one_line_exit_2(["audit", option, "a" * 5000, "--out", str(tmp_path / "o")], capsys, "is not a usable path")
+
+
+def test_spec_path_too_long_for_the_file_system(tmp_path, capsys):
+    _one_line_exit_2(["run", "a" * 5000 + ".toml"], capsys, "is not a usable path")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_sub("max_tokens = 64", 'max_tokens = 64\ndocs = ["zz99"]'), r"eng_Latn: none of the documents \['zz99'\]"),
+    (_sub("[grid]", "[eval]\nvocab_chunk = 0\n\n[grid]"), r"vocab_chunk must be at least 1"),
+])
+def test_spec_references_checked_before_a_model_loads(spec_text, mutate, message):
+    """These used to surface only once the model was loaded (unknown docs) or mid-scoring (vocab_chunk 0)."""
+    from quant_disparity.experiments.spec import parse_spec
+
+    with pytest.raises(UserError, match=message):
+        parse_spec(mutate(spec_text), "s.toml")

@@ -24,6 +24,12 @@ N_BOOT_MIN, N_BOOT_MAX = 50, 100_000
 #: Joshi et al. (2020) resource classes.
 JOSHI_CLASSES = range(0, 6)
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for quoting a bad value in a one-line error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 _KIND = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
@@ -32,13 +38,13 @@ def check_value(value: Any, tp: Any, name: str, where: str) -> Any:
     if typing.get_origin(tp) is tuple:
         if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
             return tuple(value)
-        raise UserError(f"{where}: {name} must be a list of strings, got {value!r}", f'e.g. {name} = ["eng", "heb"]')
+        raise UserError(f"{where}: {name} must be a list of strings, got {shown(value)}", f'e.g. {name} = ["eng", "heb"]')
     if tp in _KIND:
         ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             ok, value = True, float(value)
         if not ok:
-            raise UserError(f"{where}: {name} must be {_KIND[tp]}, got {value!r}")
+            raise UserError(f"{where}: {name} must be {_KIND[tp]}, got {shown(value)}")
     return value
 
 
@@ -48,9 +54,15 @@ def check_n_boot(n_boot: int, name: str = "n_boot") -> None:
                         "1000 is the default; fewer than 50 cannot give a 95% interval")
 
 
+def check_eval(ev: EvalSettings, name: str = "vocab_chunk") -> None:
+    """What EvalSettings itself leaves open: a vocabulary slice of at least one word."""
+    if ev.vocab_chunk < 1:
+        raise UserError(f"{name} must be at least 1, got {ev.vocab_chunk}", "4096 is the default")
+
+
 def _from_dict(cls: type[C], data: dict[str, Any], where: str, prefix: str = "") -> C:
     if not isinstance(data, dict):
-        raise UserError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a table, got {data!r}")
+        raise UserError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a table, got {shown(data)}")
     known = {f.name: f for f in fields(cls)}
     unknown = [k for k in data if k not in known]
     if unknown:
@@ -63,7 +75,7 @@ def _from_dict(cls: type[C], data: dict[str, Any], where: str, prefix: str = "")
         if hints[k] is EvalSettings:
             if not isinstance(v, EvalSettings):
                 if not isinstance(v, dict):
-                    raise UserError(f"{where}: {prefix}{k} must be a table, got {v!r}", "e.g. [eval] window = 1024")
+                    raise UserError(f"{where}: {prefix}{k} must be a table, got {shown(v)}", "e.g. [eval] window = 1024")
                 v = _from_dict(EvalSettings, v, where, f"{prefix}{k}.")
         else:
             v = check_value(v, hints[k], prefix + k, where)
@@ -115,6 +127,7 @@ class AuditConfig:
         if self.max_tokens < 0:
             raise UserError(f"--max-tokens must be >= 0 (0 = no cap), got {self.max_tokens}")
         check_n_boot(self.n_boot)
+        check_eval(self.eval, "eval.vocab_chunk")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
         if self.lr_max_class not in JOSHI_CLASSES:

@@ -179,8 +179,13 @@ def load_corpus(spec: str = "udhr", *, flores_split: str = "devtest", sentences_
         path = Path(rest)
     else:
         kind, path = "", Path(spec)
-    if not path.exists():
-        raise UserError(f"corpus {spec!r} not found", "give `udhr`, a .jsonl file, or a directory of texts")
+    try:
+        found = path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"corpus {spec[:80]!r} is not a usable path ({e.strerror})",
+                        "give `udhr`, a .jsonl file, or a directory of texts") from None
+    if not found:
+        raise UserError(f"corpus {spec[:80]!r} not found", "give `udhr`, a .jsonl file, or a directory of texts")
     if not kind:
         if path.is_file():
             kind = "jsonl"

@@ -3,8 +3,8 @@
 ```toml
 name = "l0-last"                      # required; the default output directory is runs/<name>
 description = "Does keeping layer 0 and the last layer in full precision close the gap?"
-seed = 0
-n_boot = 1000
+seed = 0                              # >= 0
+n_boot = 1000                         # bootstrap replicates, 50..100000
 
 [corpus]                              # one corpus selection for every trial
 name = "udhr"                         # udhr, a .jsonl file, a txt dir or a FLORES-style dir
@@ -17,7 +17,8 @@ docs = []                             # only these document ids (empty: all)
 [eval]                                # window, context, batch_tokens, vocab_chunk
 batch_tokens = 2048
 
-[groups]                              # who is low- / high-resource for disparity(); default: Joshi class <= 3
+[groups]                              # who is low- / high-resource for disparity() (evaluated languages, no
+                                      # language in both); default: Joshi class <= lr_max_class (3)
 low = ["heb", "arb"]
 high = ["eng", "deu"]
 
@@ -38,7 +39,8 @@ plan = "w8g128:layer:0,layer:-1; w4g128:*"
 id = "C06"
 text = "Keeping layer 0 and the last layer reduces the disparity"
 expr = "disparity(plan='l0_last') < disparity(plan='none')"
-where = { scheme = "w4g128" }         # filters for every call; unpinned dimensions give one verdict each
+where = { scheme = "w4g128" }         # model / scheme / plan filters for every call, values the spec runs;
+                                      # unpinned dimensions give one verdict each
 ```
 """
 
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError, did_you_mean
+from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN, shown
 from ..evaluate import EvalSettings
 
 SPEC_VERSION = 1
@@ -155,7 +158,7 @@ def _typed(value, kind, key: str, path: str, text: str, after: int = 0):
           "table": isinstance(value, dict),
           "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value)}[kind]
     if not ok:
-        raise _err(path, text, key, f"{key} must be {_KINDS[kind]}, got {value!r}", after=after)
+        raise _err(path, text, key, f"{key} must be {_KINDS[kind]}, got {shown(value)}", after=after)
     if kind == "float":
         return float(value)
     return tuple(value) if kind == "list[str]" else value
@@ -201,14 +204,13 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         raise SpecError(f"{path}: not valid TOML ({e})", "fix the syntax at that line") from None
     _check_keys(data, _TOP, "the spec", path, text)
     if data.get("version", SPEC_VERSION) != SPEC_VERSION:
-        raise _err(path, text, "version", f"spec version {data['version']!r} is not supported",
+        raise _err(path, text, "version", f"spec version {shown(data['version'])} is not supported",
                    f"this quant-disparity reads version {SPEC_VERSION}")
     if "name" not in data:
         raise SpecError(f"{path}: the spec needs a name", 'add name = "my-study" at the top')
     name = _typed(data["name"], "str", "name", path, text)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise _err(path, text, "name", f"name {name!r} must be letters, digits, '.', '_' or '-'")
-    from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN
 
     description = _typed(data.get("description", ""), "str", "description", path, text)
     seed = _ranged(_typed(data.get("seed", 0), "int", "seed", path, text), 0, None, "seed", path, text)
@@ -239,6 +241,9 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     eval_kinds = {f.name: "float" if f.type in (float, "float") else "int" for f in fields(EvalSettings)}
     try:
         eval_settings = EvalSettings(**{k: _typed(v, eval_kinds[k], k, path, text) for k, v in eval_raw.items()})
+        from ..config import check_eval
+
+        check_eval(eval_settings)
     except UserError as e:
         raise _err(path, text, "eval", e.message, e.hint) from None
 
@@ -300,26 +305,26 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
             raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
         cid = c["id"]
         if not isinstance(cid, (str, int)) or isinstance(cid, bool):
-            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {cid!r}", after=claims_line)
+            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}", after=claims_line)
         cid = str(cid)
         after = (_line_of(text, "id", claims_line) or 1) - 1
         for key in ("expr", "text"):
             if key in c and not isinstance(c[key], str):
-                raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {c[key]!r}", after=after)
+                raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {shown(c[key])}", after=after)
         where = c.get("where", {})
         if not isinstance(where, dict):
             raise _err(path, text, "where", f"claim {cid}: where must be a table, e.g. {{ scheme = \"w4g128\" }}",
                        after=after)
         for key, value in where.items():
             if key not in FILTERS:
-                raise _err(path, text, "where", f"claim {cid}: unknown key {key!r} in where"
+                raise _err(path, text, "where", f"claim {cid}: unknown key {shown(key)} in where"
                            f"{did_you_mean(key, FILTERS)}", f"where takes {', '.join(FILTERS)}"
                            + ("; give lang= in each metric call" if key == "lang" else ""), after=after)
             if not isinstance(value, str):
-                raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {value!r}",
+                raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {shown(value)}",
                            after=after)
             if value not in run[key]:
-                raise _err(path, text, "where", f"claim {cid}: where {key} = {value!r} is not run by this spec"
+                raise _err(path, text, "where", f"claim {cid}: where {key} = {shown(value)} is not run by this spec"
                            f"{did_you_mean(value, run[key])}",
                            f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
         try:
@@ -393,8 +398,12 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
         c = load_corpus(corpus.name, flores_split=corpus.flores_split, sentences_per_doc=corpus.sentences_per_doc)
         for lang in corpus.langs:
             key = c.resolve(lang)
-            if not filter_split(c.documents(key), corpus.split):
+            pool = filter_split(c.documents(key), corpus.split)
+            if not pool:
                 raise UserError(f"{key} has no documents in split {corpus.split!r}")
+            if corpus.docs and not {d.id for d in pool} & set(corpus.docs):
+                raise UserError(f"{key}: none of the documents {list(corpus.docs)[:5]} is in split "
+                           f"{corpus.split!r}", f"its ids: {', '.join(d.id for d in pool[:5])}, ...")
     except UserError as e:
         raise _err(path, text, "langs" if "language" in e.message else "corpus", e.message, e.hint) from None
     return c
@@ -402,6 +411,11 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
 
 def load_spec(path: str | Path) -> ExperimentSpec:
     p = Path(path)
+    try:
+        p.is_file()
+    except OSError as e:
+        raise UserError(f"spec {str(p)[:80]!r} is not a usable path ({e.strerror})",
+                        "give the path of a .toml experiment spec") from None
     if not p.is_file():
         raise UserError(f"spec {p} not found", "give the path of a .toml experiment spec")
     try:

@@ -101,6 +101,12 @@ def classify_source(spec: str) -> str:
     if spec in BUNDLED:
         return "bundled"
     path = Path(spec).expanduser()
+    try:
+        path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"model {spec[:80]!r} is not a usable path ({e.strerror})",
+                        f"give a bundled alias ({', '.join(BUNDLED.names())}), a Hugging Face id, a model "
+                        "directory or a .gguf file") from None
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"GGUF file {spec!r} not found", "check the path")
