@@ -360,3 +360,17 @@ def test_spec_references_checked_before_a_model_loads(spec_text, mutate, message
 
     with pytest.raises(UserError, match=message):
         parse_spec(mutate(spec_text), "s.toml")
+
+
+def test_audit_warns_once_per_language_when_one_document_dwarfs_the_cap(saved_model, tmp_path, capsys):
+    words = "All human beings are born free and equal in dignity and rights. " * 40
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"lang": "en", "text": words, "id": "big"}) + "\n"
+                      + json.dumps({"lang": "he", "text": "כל בני האדם נולדו בני חורין ושווים בערכם ובזכויותיהם.",
+                                    "id": "small"}) + "\n")
+    code, _, err = _run(["audit", "--model", str(saved_model("llama")), "--corpus", str(corpus), "--langs", "en,he",
+                         "--max-tokens", "32", "--window", "128", "--n-boot", "50", "--scheme", "w4g32",
+                         "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "eng_Latn: whole-document selection takes" in warnings[0], err
