@@ -52,7 +52,9 @@ EXPRS = ["mean_rel_delta(plan='ends') < mean_rel_delta(plan='none')",
          "disparity(plan='none') / 0 > 1", "disparity(plan='none') / (1 - 1) > 1", "gap(plan='x') < 0",
          "spearman(measure='cc_pct', plan='none') < 0", "kl(lang='fra', plan='none') > 0", "1 < 2", "x < y",
          "disparity() < disparity(plan='ends')", "top1(lang='heb') >= 0.5", "- - 1 < +1", "1 / 0.0 < 1",
-         "mean_rel_delta(group='mid', plan='none') > 0", "disparity(plan='none') < 1e309"]
+         "mean_rel_delta(group='mid', plan='none') > 0", "disparity(plan='none') < 1e309",
+         "disparity(plan='none') < " + "9" * 400, "disparity(plan='none', plan='ends') < 1", "-" * 990 + "1 < 2",
+         "disparity(**{}) < 1", "disparity(plan='none')(x='1') < 1", "1 < 2 < 3"]
 
 scalar = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
                    st.text(max_size=12), st.sampled_from(LANGS + SCHEMES + PLANS + EXPRS + MODELS))

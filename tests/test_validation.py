@@ -374,3 +374,46 @@ def test_audit_warns_once_per_language_when_one_document_dwarfs_the_cap(saved_mo
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "eng_Latn: whole-document selection takes" in warnings[0], err
+
+
+DEEP = "x = " + "[" * 100000
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda t: DEEP, r"not valid TOML \(nested too deeply\)"),
+    (_sub(CLAIM_A, 'expr = "' + "-" * 100000 + '1 < 2"'), r"claim A: expression nested too deeply"),
+    (_sub(CLAIM_A, 'expr = "disparity(plan=\'none\') < ' + "-" * 990 + '1"'), r"claim A: expression nested too deeply"),
+    (_sub(CLAIM_A, 'expr = "disparity(plan=\'none\') < ' + "9" * 400 + '"'), r"claim A: the number 9+… is too large"),
+    (_sub(CLAIM_A, "expr = \"disparity(plan='none', plan='ends') < 1\""), r"claim A: disparity\(\) is given plan= twice"),
+])
+def test_pathological_spec_text(spec_text, mutate, message):
+    """Found by asking what else Python's own parsers raise: RecursionError, MemoryError, a float overflow."""
+    from quant_disparity.experiments.spec import parse_spec
+
+    with pytest.raises(UserError, match=message) as e:
+        parse_spec(mutate(spec_text), "s.toml")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("line,message", [
+    ("[" * 100000, r"c.jsonl:1: not valid JSON \(nested too deeply\)"),
+    ('{"lang": "en", "text": "a", "id": ' + "9" * 5000 + "}", r"c.jsonl:1: not valid JSON \(Exceeds the limit"),
+])
+def test_pathological_jsonl(line, message, tmp_path):
+    from quant_disparity.corpus import load_corpus
+
+    p = tmp_path / "c.jsonl"
+    p.write_text(line + "\n")
+    with pytest.raises(UserError, match=message):
+        load_corpus(str(p))
+
+
+def test_pathological_config_and_plan_files(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(DEEP)
+    _one_line_exit_2(["audit", "--config", str(cfg)], capsys, "nested too deeply")
+    plan = tmp_path / "p.toml"
+    plan.write_text(DEEP)
+    _one_line_exit_2(["audit", "--plan", str(plan)], capsys, "nested too deeply")
+    plan.write_bytes(b'[[rules]]\naction = "keep"\nselect = ["\xff"]\n')
+    _one_line_exit_2(["audit", "--plan", str(plan)], capsys, "is not UTF-8")

@@ -148,9 +148,12 @@ class AuditConfig:
     @classmethod
     def from_toml(cls, text: str) -> AuditConfig:
         try:
-            return cls.from_dict(tomllib.loads(text))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"audit config is not valid TOML ({e})") from None
+        except RecursionError:
+            raise UserError("audit config: TOML nested too deeply") from None
+        return cls.from_dict(data)
 
 
 INCLUDE_CHOICES = ("embeddings", "lm_head")

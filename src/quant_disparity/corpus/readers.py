@@ -87,6 +87,9 @@ def read_jsonl(path: Path) -> Corpus:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{loc}: not valid JSON ({e.msg})", "write one JSON object per line") from None
+        except (ValueError, RecursionError) as e:  # an integer of over 4300 digits, nesting past the stack
+            what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise UserError(f"{loc}: not valid JSON ({what})", "write one JSON object per line") from None
         if not isinstance(obj, dict):
             raise UserError(f"{loc}: expected a JSON object", 'write {"lang": ..., "text": ...}')
         for key in ("lang", "text"):

@@ -171,6 +171,36 @@ def _ranged(value: int, lo: int, hi: int | None, key: str, path: str, text: str,
     return value
 
 
+MAX_EXPR_DEPTH = 100  # the evaluator recurses over the expression; far below Python's recursion limit
+
+
+def _check_expr(node, claim_id: str) -> None:
+    """Numbers must be finite floats, no metric call may repeat an argument, nesting is bounded."""
+    import ast
+    import math
+
+    stack = [(node, 1)]
+    while stack:
+        n, depth = stack.pop()
+        if depth > MAX_EXPR_DEPTH:
+            raise RecursionError
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(n))
+
+    for n in ast.walk(node):
+        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)):
+            try:
+                ok = math.isfinite(float(n.value))
+            except OverflowError:
+                ok = False
+            if not ok:
+                raise UserError(f"claim {claim_id}: the number {shown(n.value, 30)} is too large")
+        elif isinstance(n, ast.Call):
+            names = [k.arg for k in n.keywords]
+            dup = next((k for k in names if names.count(k) > 1), None)
+            if dup:
+                raise UserError(f"claim {claim_id}: {n.func.id}() is given {dup}= twice")
+
+
 def _zero_divisor(node) -> bool:
     """Whether an arithmetic tree divides by a constant sub-expression that is zero (``x / 0``, ``x / (2 - 2)``)."""
     import ast
@@ -202,6 +232,8 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})", "fix the syntax at that line") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid TOML (nested too deeply)") from None
     _check_keys(data, _TOP, "the spec", path, text)
     if data.get("version", SPEC_VERSION) != SPEC_VERSION:
         raise _err(path, text, "version", f"spec version {shown(data['version'])} is not supported",
@@ -329,9 +361,14 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
                            f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
         try:
             left, _, right, _ = parse_expr(c["expr"], cid)
+            _check_expr(left, cid)
+            _check_expr(right, cid)
+            zero = _zero_divisor(left) or _zero_divisor(right)
+        except (MemoryError, RecursionError):
+            raise _err(path, text, "expr", f"claim {cid}: expression nested too deeply", after=after) from None
         except UserError as e:
             raise _err(path, text, "expr", e.message, e.hint, after=after) from None
-        if _zero_divisor(left) or _zero_divisor(right):
+        if zero:
             raise _err(path, text, "expr", f"claim {cid}: divides by zero in {c['expr']!r}",
                        "divide by a non-zero number or by a metric", after=after)
         claims.append(ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""),
