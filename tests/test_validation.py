@@ -126,7 +126,6 @@ BAD_SPECS = [
      r"\[groups\] names fra_Latn, which the spec does not evaluate"),
     ("groups-overlap", _groups('low = ["heb", "eng"]\nhigh = ["en", "deu"]'),
      r"\[groups\]: eng_Latn is in both low and high"),
-    ("groups-unknown-key", _groups('low = ["heb"]\nhigh = ["eng"]\nmid = ["deu"]'), r"unknown field 'mid' in \[groups\]"),
 ]
 
 
