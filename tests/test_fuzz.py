@@ -246,7 +246,8 @@ def structured_plan(draw, valid_only: bool = False):
 PLAN_ALPHABET = st.sampled_from(list(":;,&*%-.() ") + SELECTORS[:20] + ACTIONS[:6])
 
 
-@given(st.one_of(structured_plan(valid_only=True), structured_plan(), st.lists(PLAN_ALPHABET, max_size=12).map("".join), st.text(max_size=30)))
+@given(st.one_of(structured_plan(valid_only=True), structured_plan(), st.lists(PLAN_ALPHABET, max_size=12).map("".join),
+                 st.text(max_size=30)))
 @_examples(300)
 def test_fuzz_plan_grammar_and_resolution(text):
     from quant_disparity.quant.plan import Plan

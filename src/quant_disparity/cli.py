@@ -250,9 +250,8 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
 def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
     """Run (or resume) an experiment spec: every missing trial, then the claims' verdicts."""
     from .experiments import run_experiment
-    from .models import parse_device, parse_dtype
-
     from .experiments.spec import load_spec
+    from .models import parse_device, parse_dtype
 
     parse_device(device)
     parse_dtype(dtype)

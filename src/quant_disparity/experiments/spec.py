@@ -337,7 +337,8 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
             raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
         cid = c["id"]
         if not isinstance(cid, (str, int)) or isinstance(cid, bool):
-            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}", after=claims_line)
+            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}",
+                       after=claims_line)
         cid = str(cid)
         after = (_line_of(text, "id", claims_line) or 1) - 1
         for key in ("expr", "text"):
@@ -369,7 +370,7 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         except UserError as e:
             raise _err(path, text, "expr", e.message, e.hint, after=after) from None
         if zero:
-            raise _err(path, text, "expr", f"claim {cid}: divides by zero in {c['expr']!r}",
+            raise _err(path, text, "expr", f"claim {cid}: divides by zero in {shown(c['expr'])}",
                        "divide by a non-zero number or by a metric", after=after)
         claims.append(ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""),
                                 where=tuple(sorted(where.items()))))
@@ -406,7 +407,7 @@ def _validate_groups(groups, corpus: CorpusSpec, loaded, path: str, text: str):
                 raise _err(path, text, "groups", f"[groups]: {e.message}", e.hint) from None
             if key not in evaluated:
                 raise _err(path, text, "groups", f"[groups] names {key}, which the spec does not evaluate",
-                           f"add it to [corpus] langs or remove it from [groups]")
+                           "add it to [corpus] langs or remove it from [groups]")
             ids.append(key)
         resolved.append(ids)
     both = [x for x in resolved[0] if x in resolved[1]]
@@ -439,8 +440,8 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
             if not pool:
                 raise UserError(f"{key} has no documents in split {corpus.split!r}")
             if corpus.docs and not {d.id for d in pool} & set(corpus.docs):
-                raise UserError(f"{key}: none of the documents {list(corpus.docs)[:5]} is in split "
-                           f"{corpus.split!r}", f"its ids: {', '.join(d.id for d in pool[:5])}, ...")
+                raise UserError(f"{key}: none of the documents {shown(list(corpus.docs))} is in split "
+                                f"{corpus.split!r}", f"its ids: {', '.join(d.id for d in pool[:5])}, ...")
     except UserError as e:
         raise _err(path, text, "langs" if "language" in e.message else "corpus", e.message, e.hint) from None
     return c
