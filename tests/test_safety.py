@@ -20,7 +20,7 @@ from quant_disparity.experiments import Store, load_run, run_experiment
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
-AUDIT = ["--langs", "eng,heb", "--max-tokens", "40", "--n-boot", "20", "--window", "64"]
+AUDIT = ["--langs", "eng,heb", "--max-tokens", "40", "--n-boot", "50", "--window", "64"]
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def spec_text(model: Path, name: str = "tiny-safety") -> str:
     return textwrap.dedent(f"""
         name = "{name}"
         description = "tiny"
-        n_boot = 20
+        n_boot = 50
 
         [corpus]
         name = "udhr"

@@ -28,6 +28,46 @@ def _csv(value: Optional[str]) -> tuple[str, ...]:
     return tuple(x.strip() for x in value.split(",") if x.strip()) if value else ()
 
 
+def _nonempty_list(ctx, param, value: Optional[str]) -> Optional[str]:
+    """An option given as an empty list (``--langs ""``) is an error, not a silent fall back to the default."""
+    if value is not None and not _csv(value):
+        raise click.BadParameter("is empty; give e.g. eng,heb, or leave the option out for the default")
+    return value
+
+
+def _out_path(ctx, param, value: Optional[str]) -> Optional[Path]:
+    """``--out ""`` would mean the current directory; name a directory instead."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty; name a directory (or leave the option out for the default)")
+    return None if value is None else Path(value)
+
+
+_SEED = click.IntRange(min=0)
+
+
+def _n_boot_range() -> click.IntRange:
+    from .config import N_BOOT_MAX, N_BOOT_MIN
+
+    return click.IntRange(N_BOOT_MIN, N_BOOT_MAX)
+
+
+def _install_warning_handler() -> None:
+    """Library warnings (logger ``quant_disparity``) print as one ``warning: ...`` line on stderr."""
+    import logging
+
+    logger = logging.getLogger("quant_disparity")
+    if any(getattr(h, "_qd_cli", False) for h in logger.handlers):
+        return
+
+    class _ToStderr(logging.Handler):
+        _qd_cli = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            err.print(f"warning: {record.getMessage()}", markup=False, soft_wrap=True)
+
+    logger.addHandler(_ToStderr(logging.WARNING))
+
+
 def _default_out(kind: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{kind}-{stamp}"
@@ -38,14 +78,14 @@ def _default_out(kind: str) -> Path:
 @click.option("--scheme", help="Quantization scheme, e.g. w4g128, w4g128-asym, w8-channel, gguf:q4_0.")
 @click.option("--plan", help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' "
                              "(or a .toml file).")
-@click.option("--langs", help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="all | select | heldout.")
 @click.option("--max-tokens", type=int, help="Tokens per language (whole documents, corpus order); 0 = all.")
 @click.option("--include", help="Also quantize: embeddings, lm_head (comma-separated).")
-@click.option("--seed", type=int, help="Bootstrap seed.")
-@click.option("--n-boot", type=int, help="Bootstrap replicates.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Output directory (default runs/audit-<timestamp>).")
+@click.option("--seed", type=_SEED, help="Bootstrap seed (>= 0).")
+@click.option("--n-boot", type=_n_boot_range(), help="Bootstrap replicates (50-100000).")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/audit-<timestamp>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing audit.json in --out.")
 @click.option("--device", help="cpu or cuda.")
 @click.option("--dtype", help="float32 or bfloat16.")
@@ -67,6 +107,8 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, 
             base = AuditConfig.from_toml(config.read_text(encoding="utf-8")).to_dict()
         except OSError as e:
             raise UserError(f"cannot read --config {config} ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--config {config} is not UTF-8 text", "save it as UTF-8") from None
     if plan and scheme:
         raise UserError("give either --scheme or --plan, not both", "a plan names its schemes itself")
     overrides = {
@@ -141,14 +183,14 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--mode", type=click.Choice(["protect-one", "quantize-only"]),
               help="protect-one: quantize all but the unit; quantize-only: only the unit (default protect-one).")
 @click.option("--pairs", help="Units whose pairwise interactions to measure, e.g. L0,L-1,L5 or mlp,attn.")
-@click.option("--langs", help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="select (default: sensitivity scans choose on the selection split) | heldout | all.")
 @click.option("--max-tokens", type=int, help="Tokens per language (default 512; 0 = all).")
 @click.option("--include", help="Also quantize: embeddings, lm_head.")
-@click.option("--seed", type=int)
-@click.option("--n-boot", type=int)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Output directory (default runs/locate-<timestamp>).")
+@click.option("--seed", type=_SEED)
+@click.option("--n-boot", type=_n_boot_range())
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/locate-<timestamp>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing locate.json in --out.")
 @click.option("--no-reuse", is_flag=True, help="Recompute every block (no replay of unchanged leading blocks).")
 @click.option("--device")
@@ -206,16 +248,18 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", help="Address of an existing Ray cluster (default: start a local instance).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run directory (default runs/<spec name>).")
+@click.option("--out", "out_dir", callback=_out_path, help="Run directory (default runs/<spec name>).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
     """Run (or resume) an experiment spec: every missing trial, then the claims' verdicts."""
     from .experiments import run_experiment
+    from .experiments.spec import load_spec
     from .models import parse_device, parse_dtype
 
     parse_device(device)
     parse_dtype(dtype)
+    load_spec(spec)  # a bad spec is one line, before any progress bar
     try:
         result = _run_with_progress(lambda log, prog: run_experiment(
             spec, out_dir, executor=executor, ray_address=ray_address, device=device, dtype=dtype, log=log,
@@ -232,7 +276,7 @@ def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
 @app.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--format", "fmt_", type=click.Choice(["html", "md", "latex"]), default="html", show_default=True)
-@click.option("--out", "out_file", type=click.Path(path_type=Path), help="Output file (default: in the run directory).")
+@click.option("--out", "out_file", callback=_out_path, help="Output file (default: in the run directory).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file at the output path.")
 def report(target, fmt_, out_file, overwrite) -> None:
     """Report a run directory (or a spec's default run): HTML with figures, markdown, or LaTeX tables."""
@@ -415,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args:
         click.echo(app.get_help(click.Context(app, info_name="quant-disparity")))
         return
+    _install_warning_handler()
     try:
         app.main(args=args, prog_name="quant-disparity", standalone_mode=False)
     except UserError as e:

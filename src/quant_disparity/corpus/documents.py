@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+
+_log = logging.getLogger("quant_disparity.corpus")
+
+#: A token-capped selection that holds more than this many times its cap gets a warning (documents are never cut,
+#: so one huge document can be scored in full under a small cap).
+OVERSHOOT_FACTOR = 10
 
 #: Split names. ``select`` is for choosing things (search, sensitivity scans), ``heldout`` for verdicts.
 SPLITS = ("all", "select", "heldout")
@@ -117,7 +124,8 @@ def take_until_tokens(
     """Whole documents in corpus order until ``max_tokens`` is reached.
 
     A document is taken while the running total is below the cap, so the last one may cross it; at
-    least one document is always taken. ``None`` takes everything.
+    least one document is always taken. ``None`` takes everything. A selection of more than
+    ``OVERSHOOT_FACTOR`` times the cap logs a warning (logger ``quant_disparity.corpus``).
     """
     if max_tokens is None:
         return list(docs)
@@ -127,4 +135,11 @@ def take_until_tokens(
             break
         out.append(d)
         total += count_tokens(d)
+    if max_tokens > 0 and total > OVERSHOOT_FACTOR * max_tokens:
+        big = max(out, key=count_tokens)
+        _log.warning(
+            f"{out[0].lang}: whole-document selection takes {total:,} tokens under max_tokens {max_tokens:,} "
+            f"(over {OVERSHOOT_FACTOR}x; document {big.id!r} alone has {count_tokens(big):,}); documents are "
+            "never cut: split the corpus into smaller documents (blank lines in a txt dir, a FLORES dir's "
+            "sentences_per_doc), or pass --max-tokens 0 (max_tokens = 0 in a spec) to score everything on purpose")
     return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 
 from iso639 import Lang
-from iso639.exceptions import InvalidLanguageValue
+from iso639.exceptions import DeprecatedLanguageValue, InvalidLanguageValue
 
 from ..errors import UserError, did_you_mean
 from .resources import Resources, resources_for
@@ -113,7 +113,7 @@ def _aliases() -> dict[str, frozenset[str]]:
 def _iso_name(iso: str) -> str:
     try:
         return Lang(iso).name
-    except InvalidLanguageValue:
+    except (InvalidLanguageValue, DeprecatedLanguageValue):
         return iso
 
 
@@ -121,6 +121,8 @@ def _iso3(code: str) -> str | None:
     """ISO 639-3 code for a 2- or 3-letter ISO 639 code, or None."""
     try:
         lang = Lang(code.lower())
+    except DeprecatedLanguageValue as e:  # a retired code: its replacement when ISO names one (iw -> heb)
+        return _iso3(e.change_to) if e.change_to and e.change_to != code.lower() else None
     except (InvalidLanguageValue, TypeError):
         return None
     return lang.pt3 or None

@@ -87,6 +87,9 @@ def read_jsonl(path: Path) -> Corpus:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{loc}: not valid JSON ({e.msg})", "write one JSON object per line") from None
+        except (ValueError, RecursionError) as e:  # an integer of over 4300 digits, nesting past the stack
+            what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise UserError(f"{loc}: not valid JSON ({what})", "write one JSON object per line") from None
         if not isinstance(obj, dict):
             raise UserError(f"{loc}: expected a JSON object", 'write {"lang": ..., "text": ...}')
         for key in ("lang", "text"):
@@ -94,13 +97,27 @@ def read_jsonl(path: Path) -> Corpus:
                 raise UserError(f"{loc}: missing field {key!r}", 'each line needs "lang" and "text"')
             if not isinstance(obj[key], str):
                 raise UserError(f"{loc}: field {key!r} must be a string", 'each line needs "lang" and "text"')
+        doc_id = obj.get("id", lineno)
+        if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
+            raise UserError(f"{loc}: field 'id' must be a string or an integer, got {doc_id!r}")
+        doc_id = str(doc_id)
+        for key, value in (("lang", obj["lang"]), ("text", obj["text"]), ("id", doc_id)):
+            _check_unicode(value, f"{loc}: field {key!r}")
         if not obj["text"].strip():
             raise UserError(f"{loc}: empty text", "remove the line or give it text")
         lang = obj["lang"].strip()
-        doc_id = str(obj.get("id", lineno))
         raw[lang].append((doc_id, obj["text"]))
         where.setdefault(lang, loc)
     return _finish(str(path), raw, where)
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 text can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where} is not valid Unicode (lone surrogate {text[e.start]!r} at character {e.start})",
+                        "write the character itself, or a surrogate pair such as \\ud83d\\ude00") from None
 
 
 def read_txt_dir(path: Path) -> Corpus:
@@ -130,15 +147,21 @@ def read_flores_dir(path: Path, split: str = "devtest", sentences_per_doc: int =
             f"{path} holds no FLORES-style files for split {split!r}",
             f"expected <lang>.{split} files" + (f"; splits found: {', '.join(found)}" if found else ""),
         )
-    raw, where = {}, {}
+    raw, where, counts = {}, {}, {}
     for f in files:
         sentences = [s.strip() for s in _read_text(f).splitlines()]
+        counts[f] = len(sentences)
         if any(not s for s in sentences):
             raise UserError(f"{f}: line {sentences.index('') + 1} is empty", "FLORES files hold one sentence per line")
         groups = [sentences[i : i + sentences_per_doc] for i in range(0, len(sentences), sentences_per_doc)]
         lang = f.name[: -len(split) - 1]
         raw[lang] = [(f"{split}-{i:04d}", "\n".join(g)) for i, g in enumerate(groups)]
         where[lang] = str(f)
+    if len(set(counts.values())) > 1:
+        (a, na), (b, nb) = max(counts.items(), key=lambda kv: kv[1]), min(counts.items(), key=lambda kv: kv[1])
+        raise UserError(f"{path}: the {split} files have different numbers of lines ({a.name} has {na}, {b.name} has "
+                        f"{nb}), so documents would not be aligned across languages",
+                        "FLORES files hold the same sentences in the same order: one per line in every file")
     return _finish(str(path), raw, where)
 
 
@@ -159,8 +182,13 @@ def load_corpus(spec: str = "udhr", *, flores_split: str = "devtest", sentences_
         path = Path(rest)
     else:
         kind, path = "", Path(spec)
-    if not path.exists():
-        raise UserError(f"corpus {spec!r} not found", "give `udhr`, a .jsonl file, or a directory of texts")
+    try:
+        found = path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"corpus {spec[:80]!r} is not a usable path ({e.strerror})",
+                        "give `udhr`, a .jsonl file, or a directory of texts") from None
+    if not found:
+        raise UserError(f"corpus {spec[:80]!r} not found", "give `udhr`, a .jsonl file, or a directory of texts")
     if not kind:
         if path.is_file():
             kind = "jsonl"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources as importlib_resources
 
 from iso639 import Lang
-from iso639.exceptions import InvalidLanguageValue
+from iso639.exceptions import DeprecatedLanguageValue, InvalidLanguageValue
 
 _PKG = "quant_disparity.corpus"
 
@@ -87,7 +87,7 @@ def macrolanguage(iso639_3: str) -> str | None:
     """The ISO 639-3 macrolanguage that contains ``iso639_3`` (``arb`` -> ``ara``), if any."""
     try:
         macro = Lang(iso639_3).macro()
-    except (InvalidLanguageValue, TypeError, ValueError):
+    except (InvalidLanguageValue, DeprecatedLanguageValue, TypeError, ValueError):
         return None
     return macro.pt3 if macro is not None and macro.pt3 else None
 

@@ -210,6 +210,8 @@ def _combine(a: Value, b: Value, op: Callable) -> Value:
     """``op`` of two values; no replicates (no interval) when either has none, its note carried along."""
     if not (a.defined and b.defined):
         return Value(None, None, a.note or b.note or "undefined operand")
+    if op is operator.truediv and b.point == 0:
+        return Value(None, None, "division by a measured zero")
     with np.errstate(divide="ignore", invalid="ignore"):
         reps = None if a.reps is None or b.reps is None else op(a.reps, b.reps)
         return Value(float(op(a.point, b.point)), reps, a.note or b.note)

@@ -3,8 +3,8 @@
 ```toml
 name = "l0-last"                      # required; the default output directory is runs/<name>
 description = "Does keeping layer 0 and the last layer in full precision close the gap?"
-seed = 0
-n_boot = 1000
+seed = 0                              # >= 0
+n_boot = 1000                         # bootstrap replicates, 50..100000
 verdict_basis = "intervals"           # or "points": compare point values (nothing to resample, e.g. 1 doc each)
 
 [corpus]                              # one corpus selection for every trial
@@ -18,7 +18,8 @@ docs = []                             # only these document ids (empty: all)
 [eval]                                # window, context, batch_tokens, vocab_chunk
 batch_tokens = 2048
 
-[groups]                              # who is low- / high-resource for disparity(); default: Joshi class <= 3
+[groups]                              # who is low- / high-resource for disparity() (evaluated languages, no
+                                      # language in both); default: Joshi class <= lr_max_class (3)
 low = ["heb", "arb"]
 high = ["eng", "deu"]
 
@@ -39,7 +40,8 @@ plan = "w8g128:layer:0,layer:-1; w4g128:*"
 id = "C06"
 text = "Keeping layer 0 and the last layer reduces the disparity"
 expr = "disparity(plan='l0_last') < disparity(plan='none')"
-where = { scheme = "w4g128" }         # filters for every call; unpinned dimensions give one verdict each
+where = { scheme = "w4g128" }         # model / scheme / plan filters for every call, values the spec runs;
+                                      # unpinned dimensions give one verdict each
 ```
 """
 
@@ -51,6 +53,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError, did_you_mean
+from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN, shown
 from ..evaluate import EvalSettings
 
 SPEC_VERSION = 1
@@ -145,14 +148,84 @@ def _check_keys(data: dict, allowed: set[str], section: str, path: str, text: st
                        f"{section} takes: {', '.join(sorted(allowed))}")
 
 
-def _typed(value, kind, key: str, path: str, text: str):
-    ok = {"str": isinstance(value, str), "int": isinstance(value, int) and not isinstance(value, bool),
+_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+          "list[str]": "a list of strings", "table": "a table", "tables": "a list of tables"}
+
+
+def _typed(value, kind, key: str, path: str, text: str, after: int = 0):
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = {"str": isinstance(value, str), "int": is_int, "float": is_int or isinstance(value, float),
           "bool": isinstance(value, bool),
-          "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+          "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+          "table": isinstance(value, dict),
+          "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value)}[kind]
     if not ok:
-        raise _err(path, text, key, f"{key} must be {kind.replace('list[str]', 'a list of strings')}, "
-                                    f"got {value!r}")
+        raise _err(path, text, key, f"{key} must be {_KINDS[kind]}, got {shown(value)}", after=after)
+    if kind == "float":
+        return float(value)
     return tuple(value) if kind == "list[str]" else value
+
+
+def _ranged(value: int, lo: int, hi: int | None, key: str, path: str, text: str, hint: str | None = None) -> int:
+    if value < lo or (hi is not None and value > hi):
+        what = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+        raise _err(path, text, key, f"{key} must be {what}, got {value}", hint)
+    return value
+
+
+MAX_EXPR_DEPTH = 100  # the evaluator recurses over the expression; far below Python's recursion limit
+
+
+def _check_expr(node, claim_id: str) -> None:
+    """Numbers must be finite floats, no metric call may repeat an argument, nesting is bounded."""
+    import ast
+    import math
+
+    stack = [(node, 1)]
+    while stack:
+        n, depth = stack.pop()
+        if depth > MAX_EXPR_DEPTH:
+            raise RecursionError
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(n))
+
+    for n in ast.walk(node):
+        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)):
+            try:
+                ok = math.isfinite(float(n.value))
+            except OverflowError:
+                ok = False
+            if not ok:
+                raise UserError(f"claim {claim_id}: the number {shown(n.value, 30)} is too large")
+        elif isinstance(n, ast.Call):
+            names = [k.arg for k in n.keywords]
+            dup = next((k for k in names if names.count(k) > 1), None)
+            if dup:
+                raise UserError(f"claim {claim_id}: {n.func.id}() is given {dup}= twice")
+
+
+def _zero_divisor(node) -> bool:
+    """Whether an arithmetic tree divides by a constant sub-expression that is zero (``x / 0``, ``x / (2 - 2)``)."""
+    import ast
+
+    def const(n):
+        if isinstance(n, ast.Constant):
+            return float(n.value)
+        if isinstance(n, ast.UnaryOp):
+            v = const(n.operand)
+            return None if v is None else -v
+        if isinstance(n, ast.BinOp):
+            a, b = const(n.left), const(n.right)
+            if a is None or b is None:
+                return None
+            if isinstance(n.op, ast.Div):
+                return None if b == 0 else a / b
+            return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}[type(n.op)]
+        return None
+
+    for n in ast.walk(node):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and const(n.right) == 0:
+            return True
+    return False
 
 
 def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
@@ -161,9 +234,11 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})", "fix the syntax at that line") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid TOML (nested too deeply)") from None
     _check_keys(data, _TOP, "the spec", path, text)
     if data.get("version", SPEC_VERSION) != SPEC_VERSION:
-        raise _err(path, text, "version", f"spec version {data['version']!r} is not supported",
+        raise _err(path, text, "version", f"spec version {shown(data['version'])} is not supported",
                    f"this quant-disparity reads version {SPEC_VERSION}")
     if "name" not in data:
         raise SpecError(f"{path}: the spec needs a name", 'add name = "my-study" at the top')
@@ -173,6 +248,20 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
                                                 f"got {data['verdict_basis']!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise _err(path, text, "name", f"name {name!r} must be letters, digits, '.', '_' or '-'")
+
+    description = _typed(data.get("description", ""), "str", "description", path, text)
+    seed = _ranged(_typed(data.get("seed", 0), "int", "seed", path, text), 0, None, "seed", path, text)
+    n_boot = _ranged(_typed(data.get("n_boot", 1000), "int", "n_boot", path, text), N_BOOT_MIN, N_BOOT_MAX,
+                     "n_boot", path, text, "bootstrap replicates; 1000 is the default")
+    lr_max_class = _typed(data.get("lr_max_class", 3), "int", "lr_max_class", path, text)
+    if lr_max_class not in JOSHI_CLASSES:
+        raise _err(path, text, "lr_max_class", f"lr_max_class must be a Joshi class (0-5), got {lr_max_class}")
+    for section in ("corpus", "eval", "groups", "grid"):
+        if section in data:
+            _typed(data[section], "table", section, path, text)
+    for section in ("trials", "claims"):
+        if section in data:
+            _typed(data[section], "tables", section, path, text)
 
     corpus_raw = data.get("corpus", {})
     _check_keys(corpus_raw, {f.name for f in fields(CorpusSpec)}, "[corpus]", path, text)
@@ -186,8 +275,12 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
 
     eval_raw = data.get("eval", {})
     _check_keys(eval_raw, {f.name for f in fields(EvalSettings)} - {"version"}, "[eval]", path, text)
+    eval_kinds = {f.name: "float" if f.type in (float, "float") else "int" for f in fields(EvalSettings)}
     try:
-        eval_settings = EvalSettings(**{k: _typed(v, "int", k, path, text) for k, v in eval_raw.items()})
+        eval_settings = EvalSettings(**{k: _typed(v, eval_kinds[k], k, path, text) for k, v in eval_raw.items()})
+        from ..config import check_eval
+
+        check_eval(eval_settings)
     except UserError as e:
         raise _err(path, text, "eval", e.message, e.hint) from None
 
@@ -205,7 +298,7 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if grid:
         models = _typed(grid.get("models", []), "list[str]", "models", path, text)
         schemes = _typed(grid.get("schemes", []), "list[str]", "schemes", path, text)
-        plans = grid.get("plans", {})
+        plans = _typed(grid.get("plans", {}), "table", "plans", path, text)
         if not models or not plans:
             raise _err(path, text, "grid", "[grid] needs models and plans", "or list explicit [[trials]]")
         for model in models:
@@ -223,6 +316,8 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         for key in ("model", "plan", "plan_name"):
             if key not in t:
                 raise _err(path, text, "trials", f"[[trials]] #{i + 1} needs {key}")
+        for key in t:
+            _typed(t[key], "str", key, path, text, after=(_line_of(text, "trials") or 1) - 1)
         trials.append(TrialSpec(t["model"], t.get("scheme", ""), t["plan_name"], t["plan"]))
     if not trials:
         raise SpecError(f"{path}: the spec defines no trials", "add a [grid] or [[trials]]")
@@ -231,29 +326,73 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if dup:
         raise SpecError(f"{path}: trial {dup!r} is defined twice", "give the plans distinct names")
 
-    _validate_offline(trials, corpus, path, text)
+    loaded = _validate_offline(trials, corpus, path, text)
+    if groups is not None:
+        groups = _validate_groups(groups, corpus, loaded, path, text)
 
+    from .claims import FILTERS, instances, parse_expr, validate_claims
+
+    run = {"model": {t.model for t in trials}, "scheme": {t.scheme for t in trials} - {""},
+           "plan": {t.plan_name for t in trials}}
     claims = []
+    claims_line = (_line_of(text, "claims") or 1) - 1
     for i, c in enumerate(data.get("claims", [])):
         _check_keys(c, {"id", "text", "expr", "where"}, f"[[claims]] #{i + 1}", path, text)
         if "id" not in c or "expr" not in c:
             raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
+        cid = c["id"]
+        if not isinstance(cid, (str, int)) or isinstance(cid, bool):
+            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}",
+                       after=claims_line)
+        cid = str(cid)
+        after = (_line_of(text, "id", claims_line) or 1) - 1
+        for key in ("expr", "text"):
+            if key in c and not isinstance(c[key], str):
+                raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {shown(c[key])}", after=after)
         where = c.get("where", {})
         if not isinstance(where, dict):
-            raise _err(path, text, "where", f"claim {c['id']}: where must be a table, e.g. {{ scheme = \"w4g128\" }}")
-        claims.append(ClaimSpec(id=str(c["id"]), expr=c["expr"], text=c.get("text", ""),
-                                where=tuple(sorted((k, str(v)) for k, v in where.items()))))
+            raise _err(path, text, "where", f"claim {cid}: where must be a table, e.g. {{ scheme = \"w4g128\" }}",
+                       after=after)
+        for key, value in where.items():
+            if key not in FILTERS:
+                raise _err(path, text, "where", f"claim {cid}: unknown key {shown(key)} in where"
+                           f"{did_you_mean(key, FILTERS)}", f"where takes {', '.join(FILTERS)}"
+                           + ("; give lang= in each metric call" if key == "lang" else ""), after=after)
+            if not isinstance(value, str):
+                raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {shown(value)}",
+                           after=after)
+            if value not in run[key]:
+                raise _err(path, text, "where", f"claim {cid}: where {key} = {shown(value)} is not run by this spec"
+                           f"{did_you_mean(value, run[key])}",
+                           f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
+        try:
+            left, _, right, _ = parse_expr(c["expr"], cid)
+            _check_expr(left, cid)
+            _check_expr(right, cid)
+            zero = _zero_divisor(left) or _zero_divisor(right)
+        except (MemoryError, RecursionError):
+            raise _err(path, text, "expr", f"claim {cid}: expression nested too deeply", after=after) from None
+        except UserError as e:
+            raise _err(path, text, "expr", e.message, e.hint, after=after) from None
+        if zero:
+            raise _err(path, text, "expr", f"claim {cid}: divides by zero in {shown(c['expr'])}",
+                       "divide by a non-zero number or by a metric", after=after)
+        claims.append(ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""),
+                                where=tuple(sorted(where.items()))))
     spec = ExperimentSpec(
         name=name, corpus=corpus, eval=eval_settings, trials=tuple(trials), claims=tuple(claims),
-        description=data.get("description", ""), seed=data.get("seed", 0), n_boot=data.get("n_boot", 1000),
-        groups=groups, lr_max_class=data.get("lr_max_class", 3), source=text, path=path,
+        description=description, seed=seed, n_boot=n_boot,
+        groups=groups, lr_max_class=lr_max_class, source=text, path=path,
         verdict_basis=data.get("verdict_basis", "intervals"),
     )
-    from .claims import validate_claims
 
     line_after = {c.id: (_line_of(text, "claims") or 1) - 1 for c in claims}
     try:
         validate_claims(spec)
+        for c in claims:
+            if not instances(spec, c):
+                raise UserError(f"claim {c.id}: no trial of the spec matches where {dict(c.where)}",
+                                "name a model, scheme and plan combination the spec runs")
     except UserError as e:
         m = re.match(r"claim (\S+):", e.message)
         line = _line_of(text, "expr", line_after.get(m.group(1), 0)) if m else None
@@ -261,7 +400,29 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     return spec
 
 
-def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, text: str) -> None:
+def _validate_groups(groups, corpus: CorpusSpec, loaded, path: str, text: str):
+    """[groups] languages must be evaluated by the spec, and no language may be both low and high."""
+    evaluated = [loaded.resolve(x) for x in corpus.langs]
+    resolved = []
+    for side in groups:
+        ids = []
+        for lang in side:
+            try:
+                key = loaded.resolve(lang)
+            except UserError as e:
+                raise _err(path, text, "groups", f"[groups]: {e.message}", e.hint) from None
+            if key not in evaluated:
+                raise _err(path, text, "groups", f"[groups] names {key}, which the spec does not evaluate",
+                           "add it to [corpus] langs or remove it from [groups]")
+            ids.append(key)
+        resolved.append(ids)
+    both = [x for x in resolved[0] if x in resolved[1]]
+    if both:
+        raise _err(path, text, "groups", f"[groups]: {both[0]} is in both low and high", "put it in one of them")
+    return groups
+
+
+def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, text: str):
     """Checks that need no model: schemes, plan syntax, model names, corpus and languages."""
     from ..corpus import filter_split, load_corpus
     from ..models import classify_source
@@ -281,14 +442,24 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
         c = load_corpus(corpus.name, flores_split=corpus.flores_split, sentences_per_doc=corpus.sentences_per_doc)
         for lang in corpus.langs:
             key = c.resolve(lang)
-            if not filter_split(c.documents(key), corpus.split):
+            pool = filter_split(c.documents(key), corpus.split)
+            if not pool:
                 raise UserError(f"{key} has no documents in split {corpus.split!r}")
+            if corpus.docs and not {d.id for d in pool} & set(corpus.docs):
+                raise UserError(f"{key}: none of the documents {shown(list(corpus.docs))} is in split "
+                                f"{corpus.split!r}", f"its ids: {', '.join(d.id for d in pool[:5])}, ...")
     except UserError as e:
         raise _err(path, text, "langs" if "language" in e.message else "corpus", e.message, e.hint) from None
+    return c
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
     p = Path(path)
+    try:
+        p.is_file()
+    except OSError as e:
+        raise UserError(f"spec {str(p)[:80]!r} is not a usable path ({e.strerror})",
+                        "give the path of a .toml experiment spec") from None
     if not p.is_file():
         raise UserError(f"spec {p} not found", "give the path of a .toml experiment spec")
     try:

@@ -101,18 +101,60 @@ def classify_source(spec: str) -> str:
     if spec in BUNDLED:
         return "bundled"
     path = Path(spec).expanduser()
+    try:
+        path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"model {spec[:80]!r} is not a usable path ({e.strerror})",
+                        f"give a bundled alias ({', '.join(BUNDLED.names())}), a Hugging Face id, a model "
+                        "directory or a .gguf file") from None
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"GGUF file {spec!r} not found", "check the path")
+        read_sidecar(path)
         return "gguf"
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UserError(f"{spec!r} is a directory without config.json", "point to a Hugging Face model directory")
+        _check_config_json(path / "config.json")
         return "hf-dir"
     if _HUB_ID.match(spec) and not path.exists():
         return "hf-hub"
     BUNDLED.get(spec)  # raises "unknown model ... did you mean"
     raise AssertionError("unreachable")
+
+
+def _check_config_json(path: Path) -> None:
+    """A model directory's config.json must be a JSON object naming its model_type (what transformers reads)."""
+    fix = "restore it from the model's source (save_pretrained writes it)"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text", fix) from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: config.json is not valid JSON ({e.msg} at line {e.lineno})", fix) from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: config.json must hold a JSON object, got {type(data).__name__}", fix)
+    if not isinstance(data.get("model_type"), str) or not data["model_type"]:
+        raise UserError(f"{path}: config.json has no model_type", fix)
+
+
+def read_sidecar(gguf_path: Path) -> str | None:
+    """The sha256 named by ``<file>.sha256`` next to a GGUF (``sha256sum`` format), or None without one."""
+    sidecar = gguf_path.with_name(gguf_path.name + ".sha256")
+    if not sidecar.exists():
+        return None
+    fix = f"write the file's 64-digit sha256 into it (`sha256sum {gguf_path.name} > {sidecar.name}`) or delete it"
+    try:
+        words = sidecar.read_bytes().decode("ascii").split()
+    except UnicodeDecodeError:
+        words = []
+    except OSError as e:
+        raise UserError(f"cannot read {sidecar} ({e.strerror})") from None
+    if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+        raise UserError(f"{sidecar} is not a sha256 checksum", fix)
+    return words[0].lower()
 
 
 def _state_digest(model: torch.nn.Module) -> str:
@@ -296,10 +338,9 @@ def resolve_source(spec: str = DEFAULT_MODEL, log: Callable[[str], None] = _log_
                            {"description": bundled.description, "checkpoint": str(ckpt)})
     if source == "gguf":
         path = Path(spec).expanduser()
-        sidecar = path.with_name(path.name + ".sha256")
-        if sidecar.exists():
-            expected = sidecar.read_text().split()[0].lower()
-            digest = verify_sha256(path, expected, f"GGUF {spec!r}", f"the file differs from {sidecar.name}: "
+        expected = read_sidecar(path)
+        if expected is not None:
+            digest = verify_sha256(path, expected, f"GGUF {spec!r}", f"the file differs from {path.name}.sha256: "
                                    "download it again")
         else:
             digest = sha256_file(path)

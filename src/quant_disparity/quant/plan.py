@@ -201,6 +201,8 @@ class Plan:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{where}: not valid TOML ({e})") from None
+        except RecursionError:
+            raise UserError(f"{where}: TOML nested too deeply") from None
         return cls.from_dict(data, where)
 
     def resolve(self, modmap: ModuleMap) -> ResolvedPlan:
@@ -391,5 +393,8 @@ def load_plan(text: str) -> Plan:
         path = Path(text.strip())
         if not path.is_file():
             raise UserError(f"plan file {path} not found")
-        return Plan.from_toml(path.read_text(encoding="utf-8"), where=str(path))
+        try:
+            return Plan.from_toml(path.read_text(encoding="utf-8"), where=str(path))
+        except UnicodeDecodeError:
+            raise UserError(f"plan file {path} is not UTF-8 text", "save it as UTF-8") from None
     return Plan.parse(text)

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import torch
 
 SCALE_DTYPE = torch.float16
+#: Largest group size a scheme may name. Real formats use 32-128; a longer group than a row is simply one group
+#: per row (the same numbers as per-channel), so larger values only catch typos such as ``w4g1280000``.
+MAX_GROUP_SIZE = 8192
 # The smallest positive float16 (subnormal, 2^-24). Clamping at the smallest *normal* one (6.1e-5) would give a
 # group with absmax below 6.1e-5 * qmax (7.8e-3 at 8 bits) a coarser grid than its bits allow.
 _FP16_TINY = 2.0**-24
@@ -48,7 +51,7 @@ def _grouped(w: torch.Tensor, group_size: int | None, per_tensor: bool) -> torch
     out_f, in_f = w.shape
     if per_tensor:
         return w.reshape(1, 1, out_f * in_f)
-    g = in_f if group_size is None else int(group_size)
+    g = in_f if group_size is None else min(int(group_size), in_f)  # a group longer than the row: one per row
     n_groups = -(-in_f // g)
     pad = n_groups * g - in_f
     if pad:
@@ -89,16 +92,18 @@ def _codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits
     return (torch.round(x / s) + zero).clamp_(0, 2**bits - 1)
 
 
-def _check(w: torch.Tensor, bits: int) -> None:
+def _check(w: torch.Tensor, bits: int, group_size: int | None = None) -> None:
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
+    if group_size is not None and not 1 <= group_size <= MAX_GROUP_SIZE:
+        raise ValueError(f"group size must be in 1..{MAX_GROUP_SIZE}, got {group_size}")
 
 
 def quantize(w: torch.Tensor, bits: int, *, group_size: int | None = None, per_tensor: bool = False,
              symmetric: bool = True) -> QTensor:
-    _check(w, bits)
+    _check(w, bits, group_size)
     x = _grouped(w.float(), group_size, per_tensor)  # [rows, n_groups, g]
     scale, zero = _params(x, bits, symmetric)
     codes = _codes(x, scale, zero, bits)
@@ -122,7 +127,7 @@ def fake_quantize(w: torch.Tensor, bits: int, *, group_size: int | None = None, 
     equals the unchunked computation exactly because groups never span rows (per-tensor parameters are
     computed over the whole tensor first).
     """
-    _check(w, bits)
+    _check(w, bits, group_size)
     out = torch.empty_like(w)
     rows = max(1, chunk_elems // max(1, w.shape[1]))
     fixed = None
@@ -148,5 +153,5 @@ def n_groups(shape: tuple[int, int], group_size: int | None, per_tensor: bool) -
     out_f, in_f = shape
     if per_tensor:
         return 1
-    g = in_f if group_size is None else group_size
+    g = in_f if group_size is None else min(group_size, in_f)
     return out_f * (-(-in_f // g))

@@ -186,7 +186,8 @@ def parse_scheme(text: str) -> Scheme:
     if not 2 <= bits <= 8:
         raise UserError(f"scheme {text!r}: bits must be 2-8, got {bits}", SCHEME_HELP)
     group = int(m.group(2)) if m.group(2) else None
-    if group is not None and group < 1:
-        raise UserError(f"scheme {text!r}: group size must be positive", SCHEME_HELP)
+    if group is not None and not 1 <= group <= rtn.MAX_GROUP_SIZE:
+        raise UserError(f"scheme {text!r}: group size must be 1..{rtn.MAX_GROUP_SIZE}, got {group}",
+                        "e.g. w4g128; w4-channel is one group per row")
     return Scheme(kind="rtn", bits=bits, group_size=group, per_tensor=m.group(3) == "tensor",
                   symmetric=m.group(4) != "-asym")
