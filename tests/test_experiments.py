@@ -21,6 +21,8 @@ from quant_disparity.experiments.claims import Evaluator, Value, evaluate_claims
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.experiments.store import SCHEMA_VERSION
 
+from conftest import skip_unless_ci
+
 
 
 @pytest.fixture
@@ -293,31 +295,77 @@ def test_run_resume_and_new_trials_on_change(model_dir, tmp_path):
     assert len(_rows(tmp_path / "run" / "store.sqlite")) == 2 * len(rows)
 
 
+def _committed_batches(store_path: Path) -> int | None:
+    """Batch groups committed so far (0 before the store exists), read without writing anything; None when the
+    store cannot be read at this moment (its schema not created yet, a WAL recovery under way)."""
+    if not store_path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return db.execute("SELECT count(DISTINCT batch) FROM batches_done").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
 def test_sigkill_at_random_points_then_resume_gives_identical_rows(model_dir, tmp_path):
+    # Kill points are chosen by observed progress, never by the clock, so the run is interrupted on a fast or a
+    # slow machine alike: kill after the 1st committed batch group, then after k more (k seeded-random in 1..3),
+    # three kills in all, at most 7 of the run's 15 groups (score_rows = 64 makes that many). Each kill lands in
+    # the middle of the next group's computation (or of a later one's if the poll saw several commits at once).
     spec_file = tmp_path / "s.toml"
-    spec_file.write_text(spec_text(model_dir, claims=False, max_tokens=400))
+    text = spec_text(model_dir, claims=False, max_tokens=400).replace("batch_tokens = 192",
+                                                                      "batch_tokens = 192\nscore_rows = 64")
+    spec_file.write_text(text)
     reference = tmp_path / "ref"
     run_experiment(spec_file, reference)
     expected = _rows(reference / "store.sqlite")
+    ref_db = sqlite3.connect(f"file:{reference / 'store.sqlite'}?mode=ro", uri=True)
+    (n_groups,) = ref_db.execute("SELECT max(n_batches) FROM trials").fetchone()
+    ref_db.close()
+    assert n_groups >= 12  # room for three kills (at most 1 + 3 + 3 groups in) before the run could end
     out = tmp_path / "crashy"
+    store = out / "store.sqlite"
     cmd = [sys.executable, "-m", "quant_disparity.cli", "run", str(spec_file), "--out", str(out)]
     rng = random.Random(1234)
-    kills = 0
-    for attempt in range(6):
+    stall_limit = 600.0  # seconds without a new commit: only a real hang gets there (a whole run takes seconds)
+    last = (-1, time.monotonic())  # (committed groups last seen, when they changed)
+
+    def progress() -> int | None:
+        nonlocal last
+        n = _committed_batches(store)
+        if n is not None and n != last[0]:
+            last = (n, time.monotonic())
+        elif time.monotonic() - last[1] > stall_limit:
+            pytest.fail(f"no new batch group committed in {stall_limit:.0f} s (at {last[0]} of {n_groups}): a hang")
+        return n
+
+    kills, seen = [], []
+    target = 1
+    while len(kills) < 3:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-        deadline = time.time() + rng.uniform(2.0, 9.0)
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+        try:
+            while proc.poll() is None and (progress() or 0) < target:
+                time.sleep(0.01)
+        finally:
+            killed = proc.poll() is None
+            if killed:
+                proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
-        else:
-            break
-    assert kills >= 2  # it really was interrupted, more than once
-    final = subprocess.run(cmd, capture_output=True, text=True)
+        assert killed, f"run ended (rc {proc.returncode}) before {target} of {n_groups} batch groups were committed"
+        while (done := progress()) is None:  # the store is readable again once nothing writes to it
+            time.sleep(0.01)
+        kills.append(target)
+        seen.append(done)
+        print(f"kill {len(kills)}: waited for {target} batch groups, {done} of {n_groups} committed")
+        assert target <= done < n_groups  # interrupted mid-run, after the progress it was waiting for
+        target = done + rng.randint(1, 3)
+    assert len(kills) >= 2 and seen == sorted(seen)  # really interrupted, more than once, never lost a commit
+    final = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)  # a hang guard only
     assert final.returncode == 0, final.stderr
-    assert _rows(out / "store.sqlite") == expected
+    assert _rows(store) == expected
 
 
 def test_ray_executor_matches_local(model_dir, tmp_path):
@@ -350,7 +398,7 @@ def test_reports_render_and_every_figure_loads_in_chromium(model_dir, tmp_path):
     assert n_img >= 4 and "http://" not in html and "https://" not in html  # self-contained
     chromium = next((c for c in ("chromium", "chromium-browser", "google-chrome") if _which(c)), None)
     if chromium is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium): figures not checked in a browser")
+        skip_unless_ci("Chromium is not installed (apt-get install chromium): figures not checked in a browser")
     # A copy of the report with a probe script: after load it writes how many images decoded into the DOM.
     probe = html.replace("</body>", "<script>window.addEventListener('load', () => {const imgs = [...document.images];"
                          "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0)"
@@ -360,7 +408,7 @@ def test_reports_render_and_every_figure_loads_in_chromium(model_dir, tmp_path):
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--disable-component-update", "--disable-sync", "--no-first-run",
                           f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=120)
+                          page.as_uri()], capture_output=True, text=True, timeout=600)  # a hang guard only
     assert f'data-loaded="{n_img}/{n_img}"' in dom.stdout, dom.stderr[-2000:]
 
 
