@@ -148,3 +148,26 @@ def test_locate_bad_units(model_dir, capsys, tmp_path):
     code, _, err = _run(["locate", "--model", str(model_dir), "--pairs", "L0,L9", "--langs", "eng",
                          "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "layer 9 is out of range" in err
+
+
+def test_a_scheme_that_changes_nothing_gives_undefined_shares_not_a_crash(tokenizer):
+    """Weights already on the float16 grid: ``fp16`` changes nothing, so the all-quantized damage is exactly
+    zero and the share of it recovered by a unit is undefined (it used to raise ZeroDivisionError)."""
+    import torch
+
+    from quant_disparity.models import wrap_model
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    lm = wrap_model(model, tokenizer, name="tiny-llama-fp16-grid")
+    cfg = LocateConfig(scheme="fp16", langs=("eng",), max_tokens=200, n_boot=100, split="all",
+                       eval=EvalSettings(window=128, context=16, batch_tokens=512))
+    d = run_locate(cfg, lm=lm).to_dict()
+    for r in d["results"].values():
+        assert r["all_quantized"]["delta_bpb"]["value"] == 0
+        for row in r["units"].values():
+            share = row["share_of_damage_recovered"]
+            assert share["value"] is None and "includes zero" in share["note"]
+            assert row["effect"]["value"] == 0

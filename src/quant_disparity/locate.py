@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis.stats import _ci, resample_counts
+from .analysis.stats import Estimate, _ci, resample_counts
 from .config import AuditConfig, _from_dict, to_dict
 from .corpus import DEFAULT_PANEL, language_info
 from .corpus.documents import base_language
@@ -179,6 +179,16 @@ def _est(point: float, reps: np.ndarray) -> dict:
     return _ci(point, reps).to_dict()
 
 
+def _ratio(num_p: float, num_r: np.ndarray, den_p: float, den_r: np.ndarray, what: str) -> dict:
+    """``num / den`` with its interval; undefined (never ±inf or a huge number) when the denominator's interval
+    includes zero, e.g. a share of damage when quantizing changed nothing measurable."""
+    den = _ci(den_p, den_r)
+    if den.value is None or den.value == 0 or den.lo is None or den.lo <= 0 <= den.hi:
+        return Estimate(None, note=f"undefined: the 95% interval of {what} includes zero").to_dict()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _est(num_p / den_p, num_r / den_r)
+
+
 def analyse(scores, langs: dict[str, _LangData], unit_names: list[str], mode: str, pairs: list[tuple[str, str]]
             ) -> dict:
     out: dict = {"per_language": {}}
@@ -206,7 +216,8 @@ def analyse(scores, langs: dict[str, _LangData], unit_names: list[str], mode: st
             p, rr = bpb[u]
             if mode == "protect-one":
                 eff_p, eff_r = (all_p - p) / fp, (all_r - rr) / fp_r
-                r["share_of_damage_recovered"] = _est((all_p - p) / (all_p - fp), (all_r - rr) / (all_r - fp_r))
+                r["share_of_damage_recovered"] = _ratio(all_p - p, all_r - rr, all_p - fp, all_r - fp_r,
+                                                        "the all-quantized damage")
             else:
                 eff_p, eff_r = (p - fp) / fp, (rr - fp_r) / fp_r
             r["effect"] = _est(eff_p, eff_r)
