@@ -130,3 +130,14 @@ def saved_model(tmp_path_factory, tokenizer):
 def isolated_cache(tmp_path, monkeypatch):
     """Point the model/digest cache at a fresh directory for one test."""
     monkeypatch.setenv("QUANT_DISPARITY_CACHE", str(tmp_path / "cache"))
+
+
+def run_cli(argv, capsys):
+    """Run the CLI in this process: (exit status, stdout, stderr)."""
+    from quant_disparity.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return e.value.code or 0, captured.out, captured.err

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from quant_disparity.audit import run_audit
-from quant_disparity.cli import main
 from quant_disparity.config import AuditConfig
 from quant_disparity.evaluate import EvalSettings
+
+from conftest import run_cli as _run
 
 
 
@@ -20,13 +21,6 @@ def model_dir(saved_model):
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return e.value.code or 0, captured.out, captured.err
 
 
 def test_config_round_trips_through_dict_and_toml():

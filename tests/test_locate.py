@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from quant_disparity.cli import main
 from quant_disparity.corpus import load_udhr
 from quant_disparity.errors import UserError
 from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
@@ -16,7 +15,7 @@ from quant_disparity.locate import LocateConfig, make_units, parse_unit, run_loc
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
 
-from conftest import CORE_ARCHS, tiny_model
+from conftest import CORE_ARCHS, run_cli as _run, tiny_model
 
 
 def _prepared(lm, n=2):
@@ -107,13 +106,6 @@ def test_locate_effects_follow_their_definitions(model_dir, mode):
         expected = (a + b - ab - all_q) / fp if mode == "protect-one" else (ab - a - b + fp) / fp
         assert p["interaction"]["value"] == pytest.approx(expected)
 
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    c = capsys.readouterr()
-    return e.value.code or 0, c.out, c.err
 
 
 def test_locate_cli_writes_json_markdown_and_figures(model_dir, tmp_path, capsys):

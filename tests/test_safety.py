@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from quant_disparity.cli import main
 from quant_disparity.errors import UserError
 from quant_disparity.experiments import Store, load_run, run_experiment
+
+from conftest import run_cli as _cli
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -52,14 +53,6 @@ def spec_text(model: Path, name: str = "tiny-safety") -> str:
         all = "{{scheme}}:*"
         """)
 
-
-def _cli(argv, capsys):
-    """Run the CLI in this process: (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return e.value.code or 0, captured.out, captured.err
 
 
 def _one_error_line(err: str) -> str:

@@ -10,23 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import operator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from quant_disparity.cli import main
 from quant_disparity.errors import UserError
+
+from conftest import run_cli as _run
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return e.value.code or 0, captured.out, captured.err
 
 
 def _one_line_exit_2(argv, capsys, message):

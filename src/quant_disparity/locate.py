@@ -34,7 +34,7 @@ from .evaluate.sweep import sweep
 from .models import LoadedModel, load_model
 from .models.modules import COMPONENTS, ModuleMap, build_module_map
 from .provenance import environment
-from .quant import QuantEngine, Scheme, cost, parse_scheme
+from .quant import QuantEngine, Scheme, cost
 
 SCHEMA = "quant-disparity/locate"
 SCHEMA_VERSION = 1
