@@ -26,21 +26,23 @@ def load(name: str) -> dict | None:
 
 def table() -> list[str]:
     rows = []
+    rev = lambda name: (lambda r: f"`{r[:7]}{'+dirty' if r.endswith('+dirty') else ''}`")(  # noqa: E731
+        load(name)["machine"]["git_revision"])
     e = load("eval_overhead")
     if e:
         rows.append(("evaluation vs bare forward, same batches (`bench_eval_overhead.py`)", "overhead ≤ 10 %",
-                     f"one model: {100 * e['overhead_single']:+.1f} %; paired with KL and top-1 vs 2 × bare: "
+                     rev("eval_overhead"), f"one model: {100 * e['overhead_single']:+.1f} %; paired with KL and top-1 vs 2 × bare: "
                      f"{100 * e['overhead_paired']:+.1f} % ({e['model']}, {e['predicted_tokens']} tokens)"))
     lm = load("lm_eval")
     if lm:
         rows.append(("bits per byte vs lm-evaluation-harness, same documents (`bench_lm_eval.py`)",
-                     "≤ 1e-4 relative; ≥ 2× faster",
+                     "≤ 1e-4 relative; ≥ 2× faster", rev("lm_eval"),
                      f"max relative difference {lm['max_relative_difference']:.1e}; {lm['speedup']:.2f}× faster "
                      f"{'over the same span ' if 'timed_span' in lm else '(lm-eval timed with its model load) '}({lm['model']}, {lm['predicted_tokens']} tokens, lm-eval batch size "
                      f"{lm['lm_eval_batch_size']})"))
     m = load("memory")
     if m:
-        rows.append(("peak memory of an audit (`bench_memory.py`)", "≤ 2.2 × (fp32 weights + corpus)",
+        rows.append(("peak memory of an audit (`bench_memory.py`)", "≤ 2.2 × (fp32 weights + corpus)", rev("memory"),
                      f"{m['peak_over_weights_plus_corpus']:.2f}× ({m['peak_rss'] / 2**30:.2f} GiB peak RSS incl. "
                      f"{m['baseline_rss'] / 2**30:.2f} GiB interpreter and libraries; {m['model']}, "
                      f"{m['predicted_tokens']} tokens)"))
@@ -50,21 +52,21 @@ def table() -> list[str]:
             # The targets are for the default model; the contrast model's rows are for comparison.
             default = model == "gemma-3-270m"
             rows.append((f"per-layer protect-one sweep vs the naive way, {model} (`bench_locate.py`)",
-                         "≥ 3× faster" if default else "(contrast model)",
+                         "≥ 3× faster" if default else "(contrast model)", rev(f"locate-{model}"),
                          f"{loc['speedup_vs_naive']:.2f}× ({loc['configurations']} configurations, "
                          f"{loc['tokens_per_configuration']} tokens each; NLLs agree to "
                          f"{loc['max_relative_nll_difference_vs_naive']:.0e})"))
-            rows.append((f"sweep cost vs configurations × one full evaluation, {model}", "report",
+            rows.append((f"sweep cost vs configurations × one full evaluation, {model}", "report", rev(f"locate-{model}"),
                          f"{loc['cost_vs_configs_x_one_evaluation']:.2f}"))
             mem = loc["memory"]
             rows.append((f"peak memory of a sweep, {model}", "≤ 2.5 × fp32 weights" if default else "(contrast model)",
-                         f"{mem['peak_over_fp32_weights']:.2f}× ({mem['peak_rss'] / 2**30:.2f} GiB peak RSS, "
+                         rev(f"locate-{model}"), f"{mem['peak_over_fp32_weights']:.2f}× ({mem['peak_rss'] / 2**30:.2f} GiB peak RSS, "
                          f"{mem['fp32_weight_bytes'] / 2**30:.2f} GiB fp32 weights)"))
     r = load("runner")
     if r:
-        rows.append(("experiment runner + store vs the library directly (`bench_runner.py`)", "overhead < 5 %",
+        rows.append(("experiment runner + store vs the library directly (`bench_runner.py`)", "overhead < 5 %", rev("runner"),
                      f"{100 * r['overhead']:+.1f} % ({r['trials']} trials, {r['model']})"))
-    out = ["| benchmark | target | measured |", "|---|---|---|"]
+    out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out
 
@@ -75,11 +77,27 @@ def revisions() -> str:
     return ", ".join(f"`{r}`" for r in short)
 
 
+def model_params(model: str) -> dict:
+    """Output-layer and block-Linear weight counts of a bundled model, from its module map on the meta device
+    (for results recorded before bench_locate.py stored them)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quant_disparity.models import resolve_source
+    from quant_disparity.models.modules import build_module_map
+
+    with torch.device("meta"):
+        mm = build_module_map(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_source(model).path)))
+    return {"lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
+            "block_linear": sum(mm[t].numel for t in mm.default_targets())}
+
+
 def prose() -> list[str]:
     out = []
     g, s = load("locate-gemma-3-270m"), load("locate-smollm2-135m")
-    if g and "params" in g:
-        head, blocks = g["params"]["lm_head"], g["params"]["block_linear"]
+    if g:
+        params = g.get("params") or model_params(g["model"])
+        head, blocks = params["lm_head"], params["block_linear"]
         share = head / (head + blocks)
         saved = g["replay"]["block_work_saved"]
         per_cfg = share + (1 - share) * (1 - saved)
