@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -29,6 +30,8 @@ def test_export_round_trip_gives_the_same_analysis(saved_model, tmp_path):
     finally:
         store.close()
     assert rows_path.stat().st_size < 200_000
+    again = export_run(spec, text, FrozenStore(tmp_path / "export", spec.name), tmp_path / "again", spec_path=spec.path)
+    assert [p.read_bytes() for p in again] == [rows_path.read_bytes(), trials_path.read_bytes()]  # deterministic
     fspec, frozen = load_frozen_run(tmp_path / "export", spec.name)
     assert frozen.rows() == rows  # every value bit for bit, in the store's order
     got = analyse(fspec, frozen)
@@ -39,6 +42,9 @@ def test_missing_or_foreign_export_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no export"):
         FrozenStore(tmp_path, "nothing")
     (tmp_path / "x.rows.parquet").write_bytes(b"")
-    (tmp_path / "x.trials.json").write_text(json.dumps({"export_version": 99}))
+    (tmp_path / "x.trials.json.gz").write_bytes(gzip.compress(json.dumps({"export_version": 99}).encode()))
     with pytest.raises(UserError, match="export version"):
+        FrozenStore(tmp_path, "x")
+    (tmp_path / "x.trials.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match="not a readable export"):
         FrozenStore(tmp_path, "x")

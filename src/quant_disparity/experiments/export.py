@@ -1,7 +1,8 @@
 """A run's results frozen into two small files that can be committed and read without the store.
 
 ``<dest>/<name>.rows.parquet`` holds every per-document row of the run's trials (the store's ``rows`` table,
-in its order) and ``<dest>/<name>.trials.json`` the trials' records, the spec's trial names and the spec
+in its order) and ``<dest>/<name>.trials.json.gz`` (gzip without a timestamp, so the same records give the same
+bytes) the trials' records, the spec's trial names and the spec
 itself. :class:`FrozenStore` reads them back with the reading interface of :class:`.store.Store`, so
 :func:`.results.analyse` (claims, reports) gives from the export exactly what it gives from the store: the
 same rows in the same order, hence the same bootstrap replicates.
@@ -9,11 +10,12 @@ same rows in the same order, hence the same bootstrap replicates.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from .._io import atomic_write_bytes, atomic_write_text
+from .._io import atomic_write_bytes
 from ..errors import UserError
 from .spec import ExperimentSpec, parse_spec
 from .store import ROW_COLUMNS
@@ -22,7 +24,7 @@ EXPORT_VERSION = 1
 
 
 def _paths(dest: Path, name: str) -> tuple[Path, Path]:
-    return dest / f"{name}.rows.parquet", dest / f"{name}.trials.json"
+    return dest / f"{name}.rows.parquet", dest / f"{name}.trials.json.gz"
 
 
 def export_run(spec: ExperimentSpec, spec_text: str, store, dest: str | Path, *, spec_path: str | None = None
@@ -54,7 +56,8 @@ def export_run(spec: ExperimentSpec, spec_text: str, store, dest: str | Path, *,
         "spec_trials": {t.name: names[t.name] for t in spec.trials},
         "trials": {k: store.trial(k) for k in keys},
     }
-    atomic_write_text(trials_path, json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    text = json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write_bytes(trials_path, gzip.compress(text.encode("utf-8"), mtime=0))
     return rows_path, trials_path
 
 
@@ -68,7 +71,10 @@ class FrozenStore:
         if not rows_path.exists() or not trials_path.exists():
             raise UserError(f"no export of {name} in {dest} ({rows_path.name}, {trials_path.name})",
                             "export the run first (experiments/origin/make_replication.py --from-stores)")
-        self.record = json.loads(trials_path.read_text(encoding="utf-8"))
+        try:
+            self.record = json.loads(gzip.decompress(trials_path.read_bytes()).decode("utf-8"))
+        except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{trials_path} is not a readable export ({e})", "re-export the run") from None
         if self.record.get("export_version") != EXPORT_VERSION:
             raise UserError(f"{trials_path} has export version {self.record.get('export_version')!r}, "
                             f"this version reads {EXPORT_VERSION}", "re-export the run")
