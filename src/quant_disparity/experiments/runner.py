@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..evaluate import EvalSettings, Forward, Prepared, prepare, tokenize
 from ..evaluate.sweep import Sweeper
 from ..models import LoadedModel, load_model
-from ..models.modules import build_module_map
+from ..models.modules import ModuleMap, build_module_map
 from ..quant import QuantEngine
 from ..quant.plan import Plan
 from .spec import ExperimentSpec, TrialSpec
@@ -64,6 +64,7 @@ class ModelPlan:
     docs_meta: list[dict]
     trials: dict[str, dict]  # trial name -> {"key", "assignment", "meta"}
     missing: dict[str, set[int]] = field(default_factory=dict)  # trial key -> batch indices to compute
+    modmap: ModuleMap | None = None  # built once (its probe forward included) and reused for the sweeps
 
     def to_compute(self, trials: list[TrialSpec]) -> tuple[dict[str, dict], int]:
         """({trial key: trial} still missing batches, number of ``trials`` already stored). Several trial
@@ -117,7 +118,7 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
                  "max_tokens": spec.corpus.max_tokens, "first_sentence": spec.corpus.first_sentence,
                  "docs": [[d.lang, d.id] for d in docs]}
     modmap = build_module_map(lm.model)
-    out = ModelPlan(model=model, lm=lm, prepared=prepared, docs_meta=docs_meta, trials={})
+    out = ModelPlan(model=model, lm=lm, prepared=prepared, docs_meta=docs_meta, trials={}, modmap=modmap)
     for t in trials:
         try:
             resolved = Plan.parse(t.plan).resolve(modmap)
@@ -159,7 +160,7 @@ def pick_bases(assignments: dict[str, dict]) -> list[str]:
 
 
 def iter_batches(lm: LoadedModel, prepared: Prepared, configs: dict[str, dict], missing: dict[str, set[int]], *,
-                 vocab_chunk: int):
+                 vocab_chunk: int, modmap: ModuleMap | None = None):
     """Score ``configs`` (name -> assignment) on the batches each one misses.
 
     Yields ``(group index, {name: [(doc, nll, nll_ref, kl, top1), ...]}, scored tokens)`` per batch group
@@ -167,7 +168,7 @@ def iter_batches(lm: LoadedModel, prepared: Prepared, configs: dict[str, dict], 
     """
     import torch
 
-    modmap = build_module_map(lm.model)
+    modmap = modmap or build_module_map(lm.model)
     engine = QuantEngine(lm.model, modmap)
     forward = Forward(lm.model)
     names = [n for n in configs if missing.get(n)]
@@ -224,7 +225,7 @@ def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray
 
         for i, results, n_tokens in iter_batches(mp.lm, mp.prepared, {k: t["assignment"] for k, t in by_key.items()},
                                                  {k: mp.missing[k] for k in by_key},
-                                                 vocab_chunk=spec.eval.vocab_chunk):
+                                                 vocab_chunk=spec.eval.vocab_chunk, modmap=mp.modmap):
             summary["computed"] += len(store.commit_batch(i, results, now()))
             done_tokens += n_tokens
             if progress:
