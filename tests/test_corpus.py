@@ -105,6 +105,16 @@ def test_token_cap_takes_whole_documents_in_order():
     assert len(take_until_tokens(docs, 1, lambda d: 100)) == 1
 
 
+def test_a_document_minimum_goes_past_the_cap():
+    docs = load_udhr().documents("eng_Latn")
+    ten = lambda d: 10  # noqa: E731
+    assert [d.id for d in take_until_tokens(docs, 25, ten, min_docs=5)] == ["a01", "a02", "a03", "a04", "a05"]
+    assert [d.id for d in take_until_tokens(docs, 60, ten, min_docs=5)] == [f"a0{i}" for i in range(1, 7)]
+    assert len(take_until_tokens(docs[:3], 25, ten, min_docs=5)) == 3  # all there are
+    with pytest.raises(UserError, match="min_docs must be >= 1"):
+        take_until_tokens(docs, 25, ten, min_docs=0)
+
+
 def test_corpus_digest_changes_with_content(tmp_path):
     a = tmp_path / "a.jsonl"
     a.write_text(json.dumps({"lang": "he", "text": "שלום"}) + "\n")

@@ -439,3 +439,29 @@ def test_first_sentence(text, expected):
     from quant_disparity.experiments.runner import first_sentence
 
     assert first_sentence(text) == expected
+
+
+def test_a_document_minimum_takes_more_documents_and_keeps_keys_where_it_does_not_bind(model_dir):
+    from collections import Counter
+
+    from quant_disparity.experiments.runner import plan_model
+
+    def planned(min_docs):
+        text = spec_text(model_dir, claims=False).replace("max_tokens = 160", f"max_tokens = 160\nmin_docs = {min_docs}")
+        spec = parse_spec(text, "s.toml")
+        return plan_model(spec, str(model_dir), list(spec.trials), None)
+
+    base = planned(1)
+    counts = Counter(m["lang"] for m in base.docs_meta)
+    low = min(counts.values())
+    assert 1 <= low < 10
+    same = planned(low)  # binds nowhere: the same documents, so the same trials
+    assert [t["key"] for t in same.trials.values()] == [t["key"] for t in base.trials.values()]
+    assert same.docs_meta == base.docs_meta
+    more = planned(low + 3)
+    assert Counter(m["lang"] for m in more.docs_meta) == {lang: max(n, low + 3) for lang, n in counts.items()}
+    assert not {t["key"] for t in more.trials.values()} & {t["key"] for t in base.trials.values()}
+    assert all(t["meta"]["selection"]["min_docs"] == low + 3 for t in more.trials.values())
+    assert all("min_docs" not in t["meta"]["selection"] for t in base.trials.values())
+    with pytest.raises(UserError, match=r"s.toml:\d+: min_docs must be >= 1"):
+        parse_spec(spec_text(model_dir).replace("max_tokens = 160", "max_tokens = 160\nmin_docs = 0"), "s.toml")

@@ -158,6 +158,8 @@ NOPE = "no-such-model-anywhere"  # reaching the model check means the option sli
     ("locate", ["--seed", "-1"], "--seed"),
     ("audit", ["--n-boot", "1"], "--n-boot"),
     ("audit", ["--n-boot", "0"], "--n-boot"),
+    ("audit", ["--min-docs", "0"], "--min-docs must be >= 1"),
+    ("locate", ["--min-docs", "-2"], "--min-docs must be >= 1"),
     ("locate", ["--n-boot", "10"], "--n-boot"),
     ("audit", ["--n-boot", "1000000000"], "--n-boot"),
     ("audit", ["--langs", ""], "--langs"),

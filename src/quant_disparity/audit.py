@@ -62,7 +62,7 @@ def select_documents(corpus: Corpus, langs: list[str], config: AuditConfig, toke
         pool = filter_split(corpus.documents(lang), config.split)
         pool_tokens = tokenize(tokenizer, pool)
         counts = {d.id: len(t) for d, t in zip(pool, pool_tokens)}
-        chosen = take_until_tokens(pool, cap, lambda d: counts[d.id])
+        chosen = take_until_tokens(pool, cap, lambda d: counts[d.id], config.min_docs)
         docs[lang] = chosen
         toks[lang] = pool_tokens[: len(chosen)]
     return Selection(docs=docs, tokens=toks)
@@ -247,7 +247,8 @@ def run_audit(
                 "quantized": describe_targets(modmap, targets), "cost": cost(modmap, assignment),
                 "plan": plan_info, "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)"},
         corpus={"name": corpus.name, "digest": corpus.digest, "source": corpus.source, "license": corpus.license,
-                "split": config.split, "max_tokens_per_language": config.max_tokens},
+                "split": config.split, "max_tokens_per_language": config.max_tokens,
+                **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
         languages=lang_rows,
         summary=summary,
         documents=doc_rows,

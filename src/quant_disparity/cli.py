@@ -82,6 +82,8 @@ def _default_out(kind: str) -> Path:
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="all | select | heldout.")
 @click.option("--max-tokens", type=int, help="Tokens per language (whole documents, corpus order); 0 = all.")
+@click.option("--min-docs", type=int, help="At least this many documents per language, past --max-tokens if "
+                                           "need be (default 1).")
 @click.option("--include", help="Also quantize: embeddings, lm_head (comma-separated).")
 @click.option("--seed", type=_SEED, help="Bootstrap seed (>= 0).")
 @click.option("--n-boot", type=_n_boot_range(), help="Bootstrap replicates (50-100000).")
@@ -93,7 +95,7 @@ def _default_out(kind: str) -> Path:
 @click.option("--context", type=int, help="Context tokens carried into later windows of long documents.")
 @click.option("--batch-tokens", type=int, help="Padded tokens per batch.")
 @click.option("--config", type=click.Path(path_type=Path), help="An audit config TOML; options given here override it.")
-def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir, overwrite, device,
+def audit(model, scheme, plan, langs, corpus, split, max_tokens, min_docs, include, seed, n_boot, out_dir, overwrite, device,
           dtype, window, context, batch_tokens, config) -> None:
     """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
     from .audit import run_audit, validate
@@ -114,7 +116,8 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, include, seed, 
     overrides = {
         "model": model, "scheme": scheme, "plan": plan, "langs": list(_csv(langs)) or None, "corpus": corpus,
         "split": split,
-        "max_tokens": max_tokens, "include": list(_csv(include)) if include is not None else None, "seed": seed,
+        "max_tokens": max_tokens, "min_docs": min_docs,
+        "include": list(_csv(include)) if include is not None else None, "seed": seed,
         "n_boot": n_boot, "device": device, "dtype": dtype,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
@@ -187,6 +190,7 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="select (default: sensitivity scans choose on the selection split) | heldout | all.")
 @click.option("--max-tokens", type=int, help="Tokens per language (default 512; 0 = all).")
+@click.option("--min-docs", type=int, help="At least this many documents per language (default 1).")
 @click.option("--include", help="Also quantize: embeddings, lm_head.")
 @click.option("--seed", type=_SEED)
 @click.option("--n-boot", type=_n_boot_range())
@@ -198,7 +202,7 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--window", type=int)
 @click.option("--context", type=int)
 @click.option("--batch-tokens", type=int)
-def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_tokens, include, seed, n_boot, out_dir,
+def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_tokens, min_docs, include, seed, n_boot, out_dir,
            overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
@@ -211,7 +215,8 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
     base = LocateConfig().to_dict()
     overrides = {"model": model, "scheme": scheme, "granularity": granularity, "mode": mode,
                  "pairs": list(_csv(pairs)) or None, "langs": list(_csv(langs)) or None, "corpus": corpus,
-                 "split": split, "max_tokens": max_tokens, "include": list(_csv(include)) if include else None,
+                 "split": split, "max_tokens": max_tokens, "min_docs": min_docs,
+                 "include": list(_csv(include)) if include else None,
                  "seed": seed, "n_boot": n_boot, "device": device, "dtype": dtype,
                  "reuse": False if no_reuse else None}
     base.update({k: v for k, v in overrides.items() if v is not None})

@@ -112,6 +112,7 @@ class AuditConfig:
     corpus: str = "udhr"
     split: str = "all"
     max_tokens: int = 2048
+    min_docs: int = 1  # at least this many documents per language, past max_tokens if need be
     include: tuple[str, ...] = ()  # also quantize: "embeddings", "lm_head"
     seed: int = 0
     n_boot: int = 1000
@@ -130,6 +131,8 @@ class AuditConfig:
             raise UserError(f"unknown --include value {bad[0]!r}", f"use {', '.join(INCLUDE_CHOICES)}")
         if self.max_tokens < 0:
             raise UserError(f"--max-tokens must be >= 0 (0 = no cap), got {self.max_tokens}")
+        if self.min_docs < 1:
+            raise UserError(f"--min-docs must be >= 1, got {self.min_docs}")
         check_n_boot(self.n_boot)
         check_eval(self.eval, "eval.vocab_chunk")
         if self.seed < 0:

@@ -55,6 +55,7 @@ class LocateConfig:
     corpus: str = "udhr"
     split: str = "select"  # a sensitivity scan chooses; verdicts belong on held-out documents
     max_tokens: int = 512
+    min_docs: int = 1
     granularity: str = "layer"
     mode: str = "protect-one"
     pairs: tuple[str, ...] = ()
@@ -83,7 +84,7 @@ class LocateConfig:
     def audit_view(self) -> AuditConfig:
         """The audit-shaped part (model, corpus, languages, selection) for shared validation and selection."""
         return AuditConfig(model=self.model, scheme=self.scheme, langs=self.langs, corpus=self.corpus,
-                           split=self.split, max_tokens=self.max_tokens, include=self.include, seed=self.seed,
+                           split=self.split, max_tokens=self.max_tokens, min_docs=self.min_docs, include=self.include, seed=self.seed,
                            n_boot=self.n_boot, device=self.device, dtype=self.dtype, flores_split=self.flores_split,
                            sentences_per_doc=self.sentences_per_doc, eval=self.eval)
 
@@ -347,7 +348,8 @@ def run_locate(
         "scheme": {"name": scheme.name, "universe_tensors": len(universe),
                    "universe_cost": cost(modmap, {t: scheme for t in universe})},
         "corpus": {"name": corpus.name, "digest": corpus.digest, "split": config.split,
-                   "max_tokens_per_language": config.max_tokens},
+                   "max_tokens_per_language": config.max_tokens,
+                   **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
         "mode": config.mode,
         "granularity": config.granularity,
         "effect": ("share of the reference bpb recovered by protecting the unit (bpb all-quantized - bpb unit "

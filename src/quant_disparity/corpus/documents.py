@@ -119,19 +119,23 @@ def filter_split(docs: Sequence[Document], split: str) -> list[Document]:
 
 
 def take_until_tokens(
-    docs: Sequence[Document], max_tokens: int | None, count_tokens: Callable[[Document], int]
+    docs: Sequence[Document], max_tokens: int | None, count_tokens: Callable[[Document], int], min_docs: int = 1
 ) -> list[Document]:
-    """Whole documents in corpus order until ``max_tokens`` is reached.
+    """Whole documents in corpus order until ``max_tokens`` is reached and ``min_docs`` are taken.
 
     A document is taken while the running total is below the cap, so the last one may cross it; at
-    least one document is always taken. ``None`` takes everything. A selection of more than
-    ``OVERSHOOT_FACTOR`` times the cap logs a warning (logger ``quant_disparity.corpus``).
+    least ``min_docs`` documents (or all there are) are always taken, past the cap if need be: a tokenizer that
+    spends many tokens per byte on a script would otherwise leave that language too few documents for an
+    interval. ``None`` takes everything. A selection of more than ``OVERSHOOT_FACTOR`` times the cap logs a
+    warning (logger ``quant_disparity.corpus``).
     """
+    if min_docs < 1:
+        raise UserError(f"min_docs must be >= 1, got {min_docs}")
     if max_tokens is None:
         return list(docs)
     out, total = [], 0
     for d in docs:
-        if total >= max_tokens:
+        if total >= max_tokens and len(out) >= min_docs:
             break
         out.append(d)
         total += count_tokens(d)

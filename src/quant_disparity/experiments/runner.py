@@ -92,7 +92,7 @@ def select(spec: ExperimentSpec, tokenizer) -> tuple[list[Document], list[list[i
             pool = [Document(d.lang, d.id, first_sentence(d.text)) for d in pool]
         toks = tokenize(tokenizer, pool)
         counts = {d.id: len(t) for d, t in zip(pool, toks)}
-        chosen = take_until_tokens(pool, cs.max_tokens or None, lambda d: counts[d.id])
+        chosen = take_until_tokens(pool, cs.max_tokens or None, lambda d: counts[d.id], cs.min_docs)
         docs += chosen
         tokens += toks[: len(chosen)]
     return docs, tokens, [corpus.digest, *langs]
@@ -117,6 +117,9 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
     selection = {"corpus": spec.corpus.name, "split": spec.corpus.split, "langs": langs,
                  "max_tokens": spec.corpus.max_tokens, "first_sentence": spec.corpus.first_sentence,
                  "docs": [[d.lang, d.id] for d in docs]}
+    # The key holds the documents chosen, so the rule's minimum is only recorded (a spec that raises it without
+    # changing the choice keeps its keys and its stored results).
+    recorded = selection if spec.corpus.min_docs == 1 else {**selection, "min_docs": spec.corpus.min_docs}
     modmap = build_module_map(lm.model)
     out = ModelPlan(model=model, lm=lm, prepared=prepared, docs_meta=docs_meta, trials={}, modmap=modmap)
     for t in trials:
@@ -134,7 +137,7 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
         }
         key = digest_json(content, 32)
         meta = {"model": model, "model_digest": lm.info.digest, "scheme": t.scheme, "plan": str(resolved.plan),
-                "resolved": resolved.to_dict(), "corpus_digest": corpus_digest, "selection": selection,
+                "resolved": resolved.to_dict(), "corpus_digest": corpus_digest, "selection": recorded,
                 "eval": spec.eval.to_dict(), "code_version": f"{__version__}/results-{RESULTS_VERSION}",
                 "n_batches": len(prepared.groups),
                 "info": {"cost": resolved.totals, "device": computed_on, "dtype": lm.info.dtype}}

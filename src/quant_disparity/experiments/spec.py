@@ -12,6 +12,7 @@ name = "udhr"                         # udhr, a .jsonl file, a txt dir or a FLOR
 split = "heldout"                     # all | select | heldout
 langs = ["eng", "deu", "heb", "arb"]
 max_tokens = 512                      # per language (whole documents); 0 = all
+min_docs = 5                          # at least this many documents per language, past max_tokens if need be
 first_sentence = false                # keep only each document's first sentence (the original log's setup)
 docs = []                             # only these document ids (empty: all)
 
@@ -84,6 +85,7 @@ class CorpusSpec:
     split: str = "heldout"
     langs: tuple[str, ...] = ()
     max_tokens: int = 512
+    min_docs: int = 1
     first_sentence: bool = False
     docs: tuple[str, ...] = ()
     flores_split: str = "devtest"
@@ -265,13 +267,16 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
 
     corpus_raw = data.get("corpus", {})
     _check_keys(corpus_raw, {f.name for f in fields(CorpusSpec)}, "[corpus]", path, text)
-    kinds = {"name": "str", "split": "str", "langs": "list[str]", "max_tokens": "int", "first_sentence": "bool",
+    kinds = {"name": "str", "split": "str", "langs": "list[str]", "max_tokens": "int", "min_docs": "int",
+             "first_sentence": "bool",
              "docs": "list[str]", "flores_split": "str", "sentences_per_doc": "int"}
     corpus = CorpusSpec(**{k: _typed(v, kinds[k], k, path, text) for k, v in corpus_raw.items()})
     if not corpus.langs:
         raise _err(path, text, "corpus", "[corpus] needs langs", 'add langs = ["eng", "heb", ...]')
     if corpus.max_tokens < 0:
         raise _err(path, text, "max_tokens", "max_tokens must be >= 0 (0 = all)")
+    if corpus.min_docs < 1:
+        raise _err(path, text, "min_docs", f"min_docs must be >= 1, got {corpus.min_docs}")
 
     eval_raw = data.get("eval", {})
     _check_keys(eval_raw, {f.name for f in fields(EvalSettings)} - {"version"}, "[eval]", path, text)

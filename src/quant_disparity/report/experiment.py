@@ -104,6 +104,7 @@ def summary_markdown(result: dict) -> str:
         "",
         f"- Corpus `{spec['corpus']['name']}`, split `{spec['corpus']['split']}`, {len(result['languages'])} languages, "
         f"up to {spec['corpus']['max_tokens'] or 'all'} tokens per language"
+        + (f" (at least {spec['corpus']['min_docs']} documents each)" if spec["corpus"].get("min_docs", 1) > 1 else "")
         + (", first sentence of each document" if spec["corpus"].get("first_sentence") else "") + ".",
         f"- Low-resource: {', '.join(g['low']) or '—'}; high-resource: {', '.join(g['high']) or '—'} ({g['rule']}).",
         f"- 95% paired bootstrap intervals over documents ({spec['n_boot']} replicates, seed {spec['seed']}); "

@@ -115,7 +115,8 @@ def audit_markdown(result: dict) -> str:
         + f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
         f"{100 * cst['quantized_fraction']:.1f}% of parameters quantized.",
         f"- Corpus: `{co['name']}` (digest `{co['digest'][:16]}`), split `{co['split']}`, up to "
-        f"{co['max_tokens_per_language'] or 'all'} tokens per language (whole documents).",
+        f"{co['max_tokens_per_language'] or 'all'} tokens per language (whole documents"
+        + (f", at least {co['min_docs_per_language']} each" if co.get("min_docs_per_language") else "") + ").",
         f"- Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents ({cfg['n_boot']} "
         f"replicates, seed {cfg['seed']}). Token perplexity ratios are per tokenizer and not comparable "
         f"across scripts.",
@@ -170,7 +171,9 @@ def locate_markdown(data: dict) -> str:
         f"- Effect: {data['effect']}, in % of the reference bits per byte; 95% paired bootstrap intervals over "
         f"documents ({data['config']['n_boot']} replicates).",
         f"- Corpus `{data['corpus']['name']}`, split `{data['corpus']['split']}`, up to "
-        f"{data['corpus']['max_tokens_per_language'] or 'all'} tokens per language.",
+        f"{data['corpus']['max_tokens_per_language'] or 'all'} tokens per language"
+        + (f" (at least {data['corpus']['min_docs_per_language']} documents each)"
+           if data["corpus"].get("min_docs_per_language") else "") + ".",
         f"- {data['timing']['configurations']} configurations x {data['timing']['tokens_per_configuration']:,} tokens "
         f"in {data['timing']['evaluate_s']:.0f} s; block replay saved "
         f"{100 * data['timing']['block_work_saved']:.0f}% of decoder-block work.",
