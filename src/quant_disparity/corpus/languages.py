@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import functools
 import re
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ def normalize_id(text: str) -> str | None:
 @functools.cache
 def udhr_versions() -> tuple[UdhrVersion, ...]:
     path = importlib_resources.files("quant_disparity.corpus").joinpath("data", "udhr_languages.csv")
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="") as f:  # csv wants newline=""
         return tuple(
             UdhrVersion(
                 lang_id=row["lang_id"],

@@ -8,6 +8,7 @@ See ``data/resources/SOURCES.md`` for origin, licence and caveats of each table.
 from __future__ import annotations
 
 import csv
+import io
 import functools
 from dataclasses import asdict, dataclass
 from importlib import resources as importlib_resources
@@ -52,8 +53,10 @@ class Resources:
         return None if value is None else float(value)
 
 
-def _open(name: str):
-    return importlib_resources.files(_PKG).joinpath("data", "resources", name).open(encoding="utf-8", newline="")
+def _open(name: str) -> io.TextIOWrapper:
+    # csv wants newline="" (a Traversable's text open() takes no newline argument)
+    raw = importlib_resources.files(_PKG).joinpath("data", "resources", name).open("rb")
+    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
 
 @functools.cache
@@ -66,19 +69,19 @@ def _tables() -> dict[str, dict[str, float]]:
                 joshi[row[0].strip()] = int(row[1])
     cc: dict[str, float] = {}
     with _open("commoncrawl_languages_CC-MAIN-2026-17.csv") as f:
-        for row in csv.DictReader(f):
-            cc[row["primary_language"]] = float(row["%pages/crawl"])
+        for rec in csv.DictReader(f):
+            cc[rec["primary_language"]] = float(rec["%pages/crawl"])
     fw: dict[str, float] = {}
     with _open("fineweb2-language-distribution.csv") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == "train" and not row["subset"].endswith("_removed"):
-                fw[row["code"]] = fw.get(row["code"], 0) + int(row["utf8_bytes"])
+        for rec in csv.DictReader(f):
+            if rec["split"] == "train" and not rec["subset"].endswith("_removed"):
+                fw[rec["code"]] = fw.get(rec["code"], 0) + int(rec["utf8_bytes"])
     wiki: dict[str, float] = {}
     with _open("wikipedia_editions_2025-09.csv") as f:
-        for row in csv.DictReader(f):
-            code = row["iso639_3_derived"]
-            if code and row["status"] == "active" and row["articles"].isdigit():
-                wiki[code] = wiki.get(code, 0) + int(row["articles"])
+        for rec in csv.DictReader(f):
+            code = rec["iso639_3_derived"]
+            if code and rec["status"] == "active" and rec["articles"].isdigit():
+                wiki[code] = wiki.get(code, 0) + int(rec["articles"])
     return {"joshi": joshi, "cc": cc, "fw": fw, "wiki": wiki}
 
 
