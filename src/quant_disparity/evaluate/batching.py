@@ -1,21 +1,14 @@
-"""Score documents: tokenize, window, batch, forward, and accumulate per-document statistics.
-
-The forward pass stops at the decoder's final hidden states; :mod:`.scoring` applies the LM head slice by
-slice. Whether that split reproduces the model's own logits is checked once per model on a probe batch; a
-model where it does not (an unusual head) falls back to the full forward pass, with the same statistics.
+"""From documents to work: the evaluation settings, tokenizing, and the windows, batches and scoring groups
+of a set of documents (:func:`prepare`), with each document's predicted tokens and bits-per-byte denominator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-
-import numpy as np
-import torch
 
 from ..corpus.documents import Document
 from ..errors import UserError
-from .scoring import LMHead, head_of, score_tokens
 from .windows import Window, batch_windows, make_windows, n_predicted
 
 
@@ -139,130 +132,3 @@ def score_groups(batches: list[list[Window]], score_rows: int) -> list[list[int]
         groups[-1].append(i)
         rows += sum(w.n_scored for w in batch)
     return groups
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    prefix = getattr(model, "base_model_prefix", None)
-    base = getattr(model, prefix, None) if prefix else None
-    return base if isinstance(base, torch.nn.Module) and base is not model else None
-
-
-def pack_batch(batch: list[Window], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids and mask, plus flat indices of the predicting positions, their targets and docs."""
-    L = max(len(w.input_ids) for w in batch)
-    ids = torch.zeros(len(batch), L, dtype=torch.long)
-    mask = torch.zeros(len(batch), L, dtype=torch.long)
-    flat, targets, docs = [], [], []
-    for b, w in enumerate(batch):
-        n = len(w.input_ids)
-        ids[b, :n] = torch.tensor(w.input_ids)
-        mask[b, :n] = 1
-        p0 = w.first_scored_position
-        flat.extend(range(b * L + p0, b * L + n - 1))
-        targets.extend(w.input_ids[p0 + 1 :])
-        docs.extend([w.doc] * w.n_scored)
-    to = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return ids.to(device), mask.to(device), to(flat), to(targets), to(docs)
-
-
-class Forward:
-    """Runs a model on window batches and returns the rows the head needs."""
-
-    def __init__(self, model: torch.nn.Module, *, check: bool = True):
-        self.model = model
-        self.base = _base_model(model)
-        self.device = next(model.parameters()).device
-        self.split = self.base is not None and model.get_output_embeddings() is not None
-        if self.split and check:
-            self.split = self._split_matches()
-
-    def head(self) -> LMHead:
-        """The head as it is now (call after switching weights: a quantized LM head is picked up)."""
-        if self.split:
-            return head_of(self.model)
-        return LMHead(weight=None, vocab=self.model.get_output_embeddings().weight.shape[0])
-
-    @torch.inference_mode()
-    def rows(self, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ids, mask, flat, targets, docs = pack_batch(batch, self.device)
-        if self.split:
-            h = self.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        else:
-            h = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return h.reshape(-1, h.shape[-1])[flat], targets, docs
-
-    def rows_of(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows, targets and documents of several batches, concatenated in order."""
-        parts = [self.rows(b) for b in batches]
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(torch.cat(x) for x in zip(*parts))
-
-    @torch.inference_mode()
-    def _split_matches(self) -> bool:
-        """Does base model + :func:`head_of` reproduce the model's own log-probabilities on a probe?"""
-        gen = torch.Generator().manual_seed(0)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        ids = torch.randint(0, vocab, (2, 12), generator=gen).to(self.device)
-        mask = torch.ones_like(ids)
-        ref = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
-        h = self.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        targets = ids[:, 1:].reshape(-1)
-        mine = score_tokens(h[:, :-1].reshape(-1, h.shape[-1]), targets, head_of(self.model)).nll
-        theirs = -ref[:, :-1].reshape(-1, vocab).gather(1, targets[:, None]).squeeze(1).double()
-        tol = 1e-3 if ref.dtype == torch.float32 and h.dtype == torch.float32 else 5e-2
-        return bool(torch.allclose(mine.cpu(), theirs.cpu(), atol=tol, rtol=tol))
-
-
-@dataclass
-class DocScores:
-    """Per-document sums (numpy arrays aligned with the prepared documents)."""
-
-    nll: np.ndarray  # nats, model
-    n_pred: np.ndarray
-    nll_ref: np.ndarray | None = None  # nats, reference
-    kl: np.ndarray | None = None  # nats, KL(ref ‖ model) summed over tokens
-    top1: np.ndarray | None = None  # tokens where model and reference agree on the arg-max
-
-
-def evaluate(
-    forward: Forward,
-    prepared: Prepared,
-    *,
-    use_reference: Callable[[], None] | None = None,
-    use_model: Callable[[], None] | None = None,
-    vocab_chunk: int = 4096,
-    progress: Callable[[int], None] | None = None,
-) -> DocScores:
-    """Score ``prepared`` documents.
-
-    With ``use_reference`` and ``use_model`` (callables that switch the model's weights), every batch is run
-    twice and compared token by token; otherwise the model is scored as it is.
-    """
-    n_docs = len(prepared.docs)
-    nll = torch.zeros(n_docs, dtype=torch.float64)
-    paired = use_reference is not None
-    nll_ref = torch.zeros(n_docs, dtype=torch.float64) if paired else None
-    kl = torch.zeros(n_docs, dtype=torch.float64) if paired else None
-    top1 = torch.zeros(n_docs, dtype=torch.float64) if paired else None
-    for group in prepared.groups:
-        if paired:
-            use_reference()
-            h_ref, targets, docs = forward.rows_of(prepared.batches[i] for i in group)
-            head_ref = forward.head()
-            use_model()
-        h, targets, docs = forward.rows_of(prepared.batches[i] for i in group)
-        with torch.inference_mode():
-            s = score_tokens(h, targets, forward.head(), h_ref if paired else None,
-                             head_ref if paired else None, vocab_chunk=vocab_chunk)
-        docs = docs.cpu()
-        nll.index_add_(0, docs, s.nll.cpu())
-        if paired:
-            nll_ref.index_add_(0, docs, s.nll_ref.cpu())
-            kl.index_add_(0, docs, s.kl.cpu())
-            top1.index_add_(0, docs, s.top1_agree.cpu().double())
-        if progress:
-            progress(int(targets.numel()))
-    n_pred = np.asarray(prepared.n_pred, dtype=np.int64)
-    as_np = lambda t: None if t is None else t.numpy()  # noqa: E731
-    return DocScores(nll=nll.numpy(), n_pred=n_pred, nll_ref=as_np(nll_ref), kl=as_np(kl), top1=as_np(top1))
