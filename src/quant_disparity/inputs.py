@@ -33,6 +33,8 @@ def check_model_and_corpus(runtime: ModelRuntime, selection: CorpusSelection) ->
 
 @dataclass
 class Inputs:
+    """A loaded model, its module map, and the documents selected and prepared for it."""
+
     lm: LoadedModel
     modmap: ModuleMap
     selection: Selection
