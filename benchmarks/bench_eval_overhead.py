@@ -15,8 +15,8 @@ import argparse
 import torch
 
 from common import documents, interleaved, median, save
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
-from quant_disparity.evaluate.runner import pack_batch
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
+from quant_disparity.evaluate.forward import pack_batch
 from quant_disparity.models import load_model
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
@@ -48,10 +48,10 @@ def main() -> None:
             lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
     def ours_single():
-        return evaluate(forward, prepared)
+        return score_documents(forward, prepared)
 
     def ours_paired():
-        out = evaluate(forward, prepared, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+        out = score_documents(forward, prepared, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
         engine.restore_()
         return out
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from common import LANGS, documents, save
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.models import load_model
 
 
@@ -91,7 +91,7 @@ def main() -> None:
         t = time.perf_counter()
         tokens = tokenize(lm.tokenizer, docs)
         prepared = prepare(docs, tokens, lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer)
-        scores = evaluate(Forward(lm.model), prepared)
+        scores = score_documents(Forward(lm.model), prepared)
         ours_runs.append(time.perf_counter() - t)
         lls, s = lm_eval_rolling_seconds(lm.model, lm.tokenizer, texts, window, args.batch_size)
         theirs_runs.append(s)

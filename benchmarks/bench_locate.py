@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from common import LANGS, RESULTS as RESULTS_DIR, documents, save
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
-from quant_disparity.evaluate.runner import pack_batch
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
+from quant_disparity.evaluate.forward import pack_batch
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.locate import build_configs, make_units
 from quant_disparity.models import load_model
@@ -130,7 +130,7 @@ def main() -> None:
     # -- one full evaluation of a single configuration with our evaluator, for the cost ratio -----------------
     engine.assign_(unit_configs[units[0].name])
     t = time.perf_counter()
-    evaluate(forward, prepared)
+    score_documents(forward, prepared)
     one_s = time.perf_counter() - t
     engine.restore_()
 

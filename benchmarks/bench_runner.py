@@ -19,7 +19,8 @@ from common import save
 from quant_disparity.evaluate import Forward
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.experiments import run_experiment
-from quant_disparity.experiments.runner import pick_bases, plan_model
+from quant_disparity.experiments.batches import pick_bases
+from quant_disparity.experiments.planning import plan_model
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine

@@ -7,6 +7,7 @@ on the machine, which is recorded with them.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import statistics
@@ -24,16 +25,11 @@ LANGS = ("eng_Latn", "heb_Hebr", "cmn_Hans", "amh_Ethi")
 
 def documents(tokenizer, langs=LANGS, max_tokens=512):
     """Whole UDHR articles per language, in order, up to ``max_tokens`` each (as the audit selects them)."""
-    from quant_disparity.corpus import take_until_tokens
+    from quant_disparity.corpus import CorpusSelection, select_documents
     from quant_disparity.evaluate import tokenize
 
-    corpus = load_udhr()
-    docs = []
-    for lang in langs:
-        pool = list(corpus.documents(lang))
-        counts = {d.id: len(t) for d, t in zip(pool, tokenize(tokenizer, pool))}
-        docs.extend(take_until_tokens(pool, max_tokens, lambda d: counts[d.id]))
-    return docs
+    selection = CorpusSelection(langs=tuple(langs), max_tokens=max_tokens)
+    return select_documents(load_udhr(), selection, functools.partial(tokenize, tokenizer)).documents()
 
 
 def interleaved(fns: dict, repeats: int = 3) -> dict[str, list[float]]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from quant_disparity.corpus import Document, load_udhr
 from quant_disparity.errors import UserError
 from quant_disparity.evaluate import (
-    EvalSettings, Forward, LMHead, batch_windows, evaluate, make_windows, prepare, score_tokens, tokenize,
+    EvalSettings, Forward, LMHead, batch_windows, make_windows, prepare, score_documents, score_tokens, tokenize,
 )
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
@@ -135,7 +135,7 @@ def test_batched_fused_evaluation_matches_the_models_own_forward(arch, tiny_lm):
     prep = prepare(docs, toks, lm.prefix_token_id, settings_)
     fw = Forward(lm.model)
     assert fw.split  # base model + head reproduces the model's logits for every architecture tested
-    scores = evaluate(fw, prep, vocab_chunk=settings_.vocab_chunk)
+    scores = score_documents(fw, prep, vocab_chunk=settings_.vocab_chunk)
     windows = [w for b in prep.batches for w in b]
     ref = _hf_reference_nll(lm.model, windows, len(docs))
     np.testing.assert_allclose(scores.nll, ref, rtol=2e-5)
@@ -147,8 +147,8 @@ def test_batching_does_not_change_results(tiny_lm):
     docs = _docs()
     toks = tokenize(lm.tokenizer, docs)
     fw = Forward(lm.model)
-    a = evaluate(fw, prepare(docs, toks, 1, EvalSettings(window=64, context=8, batch_tokens=64)))
-    b = evaluate(fw, prepare(docs, toks, 1, EvalSettings(window=64, context=8, batch_tokens=1024)))
+    a = score_documents(fw, prepare(docs, toks, 1, EvalSettings(window=64, context=8, batch_tokens=64)))
+    b = score_documents(fw, prepare(docs, toks, 1, EvalSettings(window=64, context=8, batch_tokens=1024)))
     np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5)
 
 
@@ -159,7 +159,7 @@ def test_uniform_model_gives_golden_bits_per_byte(tiny_lm):
         lm.model.get_output_embeddings().weight.zero_()
     docs = _docs(2)
     toks = tokenize(lm.tokenizer, docs)
-    scores = evaluate(Forward(lm.model), prepare(docs, toks, 1, EvalSettings(window=32, context=4)))
+    scores = score_documents(Forward(lm.model), prepare(docs, toks, 1, EvalSettings(window=32, context=4)))
     V = lm.model.get_output_embeddings().weight.shape[0]
     for i, d in enumerate(docs):
         bpb = scores.nll[i] / math.log(2) / d.n_bytes
@@ -174,7 +174,7 @@ def test_identity_scheme_gives_zero_kl_and_full_agreement(arch, tiny_lm):
     docs = _docs(2)
     prep = prepare(docs, tokenize(lm.tokenizer, docs), 1, EvalSettings(window=64, context=8))
     assignment = {n: parse_scheme("none") for n in mm.default_targets()}
-    s = evaluate(Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+    s = score_documents(Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
     assert np.all(s.kl == 0) and np.array_equal(s.top1, s.n_pred.astype(float))
     assert np.array_equal(s.nll, s.nll_ref)
 
@@ -187,13 +187,13 @@ def test_quantization_raises_kl_and_restores_exactly(arch, tiny_lm):
     docs = _docs(2)
     prep = prepare(docs, tokenize(lm.tokenizer, docs), 1, EvalSettings(window=64, context=8))
     fw = Forward(lm.model)
-    before = evaluate(fw, prep)
+    before = score_documents(fw, prep)
     assignment = {n: parse_scheme("w2g16") for n in mm.default_targets()}
-    s = evaluate(fw, prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+    s = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
     engine.restore_()
     assert np.all(s.kl > 0) and np.all(s.top1 < s.n_pred)
     np.testing.assert_array_equal(s.nll_ref, before.nll)  # the reference really is the untouched model
-    np.testing.assert_array_equal(evaluate(fw, prep).nll, before.nll)  # and it is restored bit for bit
+    np.testing.assert_array_equal(score_documents(fw, prep).nll, before.nll)  # and it is restored bit for bit
 
 
 def test_without_prefix_the_first_token_is_not_scored(tiny_lm):
@@ -201,5 +201,5 @@ def test_without_prefix_the_first_token_is_not_scored(tiny_lm):
     docs = [Document("eng_Latn", "a", "hello world, hello")]
     toks = tokenize(lm.tokenizer, docs)
     prep = prepare(docs, toks, None, EvalSettings(window=16, context=2), tokenizer=lm.tokenizer)
-    s = evaluate(Forward(lm.model), prep)
+    s = score_documents(Forward(lm.model), prep)
     assert s.n_pred[0] == len(toks[0]) - 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from quant_disparity.corpus import load_udhr
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
@@ -67,8 +67,8 @@ def test_replay_is_exact_when_a_module_outside_the_blocks_changes(arch, tiny_lm)
     fast = sweep(fw, prep, engine, configs, bases=["blocks"], reuse=True, vocab_chunk=100)
     assert fast.stats["replay"]
     for name, cfg in configs.items():
-        one = evaluate(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
-                       vocab_chunk=100)
+        one = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
+                                   vocab_chunk=100)
         engine.restore_()
         np.testing.assert_allclose(fast.nll[name], one.nll, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(fast.kl[name], one.kl, rtol=1e-5, atol=1e-9, err_msg=name)

@@ -436,7 +436,7 @@ def test_report_bad_targets(tmp_path, capsys):
     ("يولد جميع الناس أحرارًا؟ نعم", "يولد جميع الناس أحرارًا؟"),
 ])
 def test_first_sentence(text, expected):
-    from quant_disparity.experiments.runner import first_sentence
+    from quant_disparity.corpus.selection import first_sentence
 
     assert first_sentence(text) == expected
 
@@ -444,7 +444,7 @@ def test_first_sentence(text, expected):
 def test_a_document_minimum_takes_more_documents_and_keeps_keys_where_it_does_not_bind(model_dir):
     from collections import Counter
 
-    from quant_disparity.experiments.runner import plan_model
+    from quant_disparity.experiments.planning import plan_model
 
     def planned(min_docs):
         text = spec_text(model_dir, claims=False).replace("max_tokens = 160", f"max_tokens = 160\nmin_docs = {min_docs}")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from quant_disparity.corpus import load_udhr
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.evaluate.sweep import sweep
-from quant_disparity.experiments.runner import iter_batches
+from quant_disparity.experiments.batches import iter_batches
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
 
@@ -88,8 +88,8 @@ def test_evaluate_scores_each_arm_with_its_own_head(arch, tiny_lm):
     prep = _prepared(lm)
     fw = Forward(lm.model)
     for name, cfg in configs.items():
-        s = evaluate(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
-                     vocab_chunk=100)
+        s = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
+                                 vocab_chunk=100)
         engine.restore_()
         _check(name, s.nll_ref, s.nll, s.kl, _expected(lm, prep, cfg))
 

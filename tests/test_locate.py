@@ -9,7 +9,7 @@ import pytest
 
 from quant_disparity.corpus import load_udhr
 from quant_disparity.errors import UserError
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.locate import LocateConfig, make_units, parse_unit, run_locate
 from quant_disparity.models.modules import build_module_map
@@ -43,8 +43,8 @@ def test_sweep_equals_one_evaluation_per_configuration(arch, tiny_lm):
     slow = sweep(fw, prep, engine, configs, reuse=False, vocab_chunk=100)
     assert slow.stats["block_work_saved"] == 0
     for name, cfg in configs.items():
-        one = evaluate(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
-                       vocab_chunk=100)
+        one = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
+                                   vocab_chunk=100)
         engine.restore_()
         np.testing.assert_allclose(fast.nll[name], one.nll, rtol=1e-6)
         np.testing.assert_allclose(fast.kl[name], one.kl, rtol=1e-5, atol=1e-9)

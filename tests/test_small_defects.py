@@ -12,9 +12,9 @@ import torch
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
 from quant_disparity.corpus import Document
-from quant_disparity.evaluate import EvalSettings, Forward, evaluate, prepare, tokenize
+from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.experiments import executors
-from quant_disparity.experiments.runner import plan_model
+from quant_disparity.experiments.planning import plan_model
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.models import wrap_model
 from quant_disparity.quant import rtn

@@ -11,27 +11,20 @@ import numpy as np
 
 from .analysis import LanguageStats, correlation, disparity, language_stats
 from .config import AuditConfig
-from .corpus import Corpus, Document, filter_split, language_info, load_corpus, take_until_tokens
+from .corpus import Corpus, language_info
 from .corpus.documents import base_language
 from .corpus.resources import MEASURES
 from .errors import UserError, did_you_mean
-from .evaluate import Forward, evaluate, prepare, tokenize
-from .models import LoadedModel, classify_source, load_model, parse_device, parse_dtype
-from .models.modules import ModuleMap, build_module_map
+from .evaluate import Forward, score_documents
+from .inputs import check_model_and_corpus, load_inputs
+from .models import LoadedModel
+from .models.modules import ModuleMap
 from .provenance import environment
 from .quant import QuantEngine, Scheme, cost, parse_scheme
 from .quant.plan import load_plan
 
 SCHEMA = "quant-disparity/audit"
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class Selection:
-    """Documents chosen per language (whole documents in corpus order up to the token cap)."""
-
-    docs: dict[str, list[Document]]
-    tokens: dict[str, list[list[int]]]
 
 
 def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
@@ -44,28 +37,7 @@ def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
     if config.resource_measure not in MEASURES:
         raise UserError(f"unknown resource measure {config.resource_measure!r}"
                         f"{did_you_mean(config.resource_measure, MEASURES)}", f"use one of {', '.join(MEASURES)}")
-    parse_dtype(config.dtype)
-    parse_device(config.device)
-    classify_source(config.model)
-    corpus = load_corpus(config.corpus, flores_split=config.flores_split, sentences_per_doc=config.sentences_per_doc)
-    langs = list(dict.fromkeys(corpus.resolve(lang) for lang in config.langs))
-    for lang in langs:
-        if not filter_split(corpus.documents(lang), config.split):
-            raise UserError(f"{lang} has no documents in split {config.split!r}", "use --split all")
-    return scheme, corpus, langs
-
-
-def select_documents(corpus: Corpus, langs: list[str], config: AuditConfig, tokenizer) -> Selection:
-    docs, toks = {}, {}
-    cap = config.max_tokens or None
-    for lang in langs:
-        pool = filter_split(corpus.documents(lang), config.split)
-        pool_tokens = tokenize(tokenizer, pool)
-        counts = {d.id: len(t) for d, t in zip(pool, pool_tokens)}
-        chosen = take_until_tokens(pool, cap, lambda d: counts[d.id], config.min_docs)
-        docs[lang] = chosen
-        toks[lang] = pool_tokens[: len(chosen)]
-    return Selection(docs=docs, tokens=toks)
+    return scheme, *check_model_and_corpus(config.runtime, config.selection)
 
 
 def quantization_targets(modmap: ModuleMap, include: tuple[str, ...]) -> list[str]:
@@ -171,11 +143,9 @@ def run_audit(
     """
     t0 = time.perf_counter()
     scheme, corpus, langs = validate(config)
-    own_model = lm is None
-    if own_model:
-        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
-    t_load = time.perf_counter()
-    modmap = build_module_map(lm.model)
+    inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
+    lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
+    t_load = inputs.loaded_at
     if config.plan:
         resolved = load_plan(config.plan).resolve(modmap)
         assignment = resolved.assignment()
@@ -185,14 +155,8 @@ def run_audit(
         targets = quantization_targets(modmap, config.include)
         assignment = {name: scheme for name in targets}
         plan_info = None
-    selection = select_documents(corpus, langs, config, lm.tokenizer)
-    docs = [d for lang in langs for d in selection.docs[lang]]
-    tokens = [t for lang in langs for t in selection.tokens[lang]]
-    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length, tokenizer=lm.tokenizer)
-    if own_model:
-        lm.drop_tokenizer()
-    log(f"{len(docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches in "
-        f"{len(prepared.groups)} scoring groups")
+    log(f"{len(prepared.docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches "
+        f"in {len(prepared.groups)} scoring groups")
 
     engine = QuantEngine(lm.model, modmap)
     forward = Forward(lm.model)
@@ -209,9 +173,9 @@ def run_audit(
         engine.assign_(assignment)  # quantize once up front (cached), so the timing below is evaluation only
         engine.restore_()
         t_eval = time.perf_counter()
-        scores = evaluate(forward, prepared, use_reference=engine.restore_,
-                          use_model=lambda: engine.assign_(assignment), vocab_chunk=config.eval.vocab_chunk,
-                          progress=tick)
+        scores = score_documents(forward, prepared, use_reference=engine.restore_,
+                                 use_model=lambda: engine.assign_(assignment), vocab_chunk=config.eval.vocab_chunk,
+                                 progress=tick)
     finally:
         engine.restore_()
     t_done = time.perf_counter()

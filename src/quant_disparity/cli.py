@@ -206,8 +206,7 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
            overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
-    from .audit import validate
-    from .locate import LocateConfig, effect_matrix, run_locate
+    from .locate import LocateConfig, effect_matrix, run_locate, validate
     from .quant import parse_scheme
     from .report import plots
     from .report.tables import locate_markdown
@@ -222,7 +221,7 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
     base.update({k: v for k, v in overrides.items() if v is not None})
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = LocateConfig.from_dict(base)
-    validate(cfg.audit_view())
+    validate(cfg)
     if parse_scheme(cfg.scheme).is_identity:
         raise UserError(f"locate --scheme {cfg.scheme} quantizes nothing, so there is no damage to locate",
                         "give a quantizing scheme, e.g. --scheme w4g128 (audit --scheme none compares the "
@@ -287,18 +286,13 @@ def report(target, fmt_, out_file, overwrite) -> None:
     """Report a run directory (or a spec's default run): HTML with figures, markdown, or LaTeX tables."""
     from ._io import atomic_write_text, lock_file_for
     from .experiments import analyse, load_run, run_inputs
-    from .provenance import environment
+    from .provenance import environment, stored_provenance
     from .report.experiment import html_report, latex_report, summary_markdown
 
     spec, store = load_run(target)
     try:
         result = analyse(spec, store)
-        keys = sorted({store.spec_trials(spec.name)[t.name] for t in spec.trials})
-        first = store.trial(keys[0]) if keys else {}
-        store_info = {"store": str(store.path), "trials stored": len(keys),
-                      "code version": first.get("code_version"), "model digests": ", ".join(
-                          sorted({store.trial(k)["model_digest"][:16] for k in keys})),
-                      "corpus digest": first.get("corpus_digest", "")[:16]}
+        store_info = stored_provenance(spec, store)
     finally:
         store.close()
     run_dir = target if target.is_dir() else Path("runs") / spec.name

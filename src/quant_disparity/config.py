@@ -1,4 +1,8 @@
-"""Versioned, frozen configurations that round-trip through dict and TOML."""
+"""Versioned, frozen configurations that round-trip through dict and TOML.
+
+A config is composed of shared parts (which documents: :class:`CorpusSelection`; which model where:
+:class:`ModelRuntime`) and settings of its own; its keys, in Python, dicts and TOML, stay flat.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,13 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import tomli_w
 
-from .corpus import DEFAULT_PANEL
+from .corpus.selection import CorpusSelection
 from .errors import UserError, did_you_mean
-from .evaluate.runner import EvalSettings
+from .evaluate.batching import EvalSettings
 from .models.bundled import DEFAULT_MODEL
 
 C = TypeVar("C")
@@ -63,26 +67,110 @@ def check_eval(ev: EvalSettings, name: str = "vocab_chunk") -> None:
         raise UserError(f"{name} must be at least 1, got {ev.vocab_chunk}", "4096 is the default")
 
 
-def _from_dict(cls: type[C], data: dict[str, Any], where: str, prefix: str = "") -> C:
+@dataclass(frozen=True)
+class ModelRuntime:
+    """Which model runs, on which device, in which dtype."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+class FlatConfig:
+    """A frozen config composed of parts (a :class:`CorpusSelection`, a :class:`ModelRuntime`) whose surface is
+    flat: keyword arguments, attributes, dicts and TOML name every setting by one key (``max_tokens = 512``, not
+    ``selection.max_tokens``), in the order of :attr:`KEYS`.
+
+    Subclasses are ``@dataclass(frozen=True, init=False)`` with ``__post_init__`` checks, and set :attr:`KEYS`:
+    each flat key mapped to ``(part field, attribute of the part)``, or to ``None`` for a field of its own.
+    """
+
+    KEYS: ClassVar[dict[str, tuple[str, str] | None]]
+    NAME: ClassVar[str]  # how errors name the config, e.g. "audit config"
+
+    def __init__(self, **values: Any):
+        for f in fields(self):
+            object.__setattr__(self, f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            if key not in self.KEYS:
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {key!r}")
+            where = self.KEYS[key]
+            if where is None:
+                object.__setattr__(self, key, value)
+            else:
+                changes.setdefault(where[0], {})[where[1]] = value
+        for part, attrs in changes.items():
+            object.__setattr__(self, part, dataclasses.replace(getattr(self, part), **attrs))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not fields: the parts' flat keys
+        where = type(self).KEYS.get(name)
+        if where is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(getattr(self, where[0]), where[1])
+
+    @classmethod
+    def key_types(cls) -> dict[str, Any]:
+        """Flat key -> its type (as declared on the config or on its part)."""
+        own = typing.get_type_hints(cls)
+        parts = {name: typing.get_type_hints(own[name]) for name in {w[0] for w in cls.KEYS.values() if w}}
+        return {key: own[key] if where is None else parts[where[0]][where[1]] for key, where in cls.KEYS.items()}
+
+    def to_dict(self) -> dict:
+        return {key: plain(getattr(self, key)) for key in self.KEYS}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return from_dict(cls, data, cls.NAME)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{cls.NAME} is not valid TOML ({e})") from None
+        except RecursionError:
+            raise UserError(f"{cls.NAME}: TOML nested too deeply") from None
+        return cls.from_dict(data)
+
+
+def plain(value: Any) -> Any:
+    """A config value as dict/list/scalars (dataclasses become dicts, tuples lists)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [plain(x) for x in value]
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str, prefix: str = "") -> C:
+    """``cls`` (a :class:`FlatConfig` or a plain dataclass such as EvalSettings) from a dict of its keys, every
+    value checked against its type; a one-line :class:`UserError` naming the key otherwise."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a table, got {shown(data)}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = [k for k in data if k not in known]
+    types = cls.key_types() if issubclass(cls, FlatConfig) else typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in types]
     if unknown:
         k = unknown[0]
         loc = f"{where}.{prefix.rstrip('.')}" if prefix else where
-        raise UserError(f"{loc}: unknown field {k!r}{did_you_mean(k, known)}", f"known: {', '.join(known)}")
-    hints = typing.get_type_hints(cls)
+        raise UserError(f"{loc}: unknown field {k!r}{did_you_mean(k, types)}", f"known: {', '.join(types)}")
     kwargs = {}
     for k, v in data.items():
-        if hints[k] is EvalSettings:
+        if types[k] is EvalSettings:
             if not isinstance(v, EvalSettings):
                 if not isinstance(v, dict):
                     raise UserError(f"{where}: {prefix}{k} must be a table, got {shown(v)}",
                                     "e.g. [eval] window = 1024")
-                v = _from_dict(EvalSettings, v, where, f"{prefix}{k}.")
+                v = from_dict(EvalSettings, v, where, f"{prefix}{k}.")
         else:
-            v = check_value(v, hints[k], prefix + k, where)
+            v = check_value(v, types[k], prefix + k, where)
         kwargs[k] = v
     try:
         return cls(**kwargs)
@@ -90,77 +178,57 @@ def _from_dict(cls: type[C], data: dict[str, Any], where: str, prefix: str = "")
         raise UserError(f"{where}: {e}") from None
 
 
-def to_dict(cfg) -> dict:
-    def conv(v):
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
-        if isinstance(v, tuple):
-            return [conv(x) for x in v]
-        return v
+def check_common(config: FlatConfig) -> None:
+    """The checks an audit config and a locate config share (a spec checks its tables itself, by line)."""
+    bad = [x for x in config.include if x not in INCLUDE_CHOICES]
+    if bad:
+        raise UserError(f"unknown --include value {bad[0]!r}", f"use {', '.join(INCLUDE_CHOICES)}")
+    if config.selection.max_tokens < 0:
+        raise UserError(f"--max-tokens must be >= 0 (0 = no cap), got {config.selection.max_tokens}")
+    if config.selection.min_docs < 1:
+        raise UserError(f"--min-docs must be >= 1, got {config.selection.min_docs}")
+    check_n_boot(config.n_boot)
+    check_eval(config.eval, "eval.vocab_chunk")
+    if config.seed < 0:
+        raise UserError(f"seed must be >= 0, got {config.seed}")
 
-    return conv(cfg)
+
+def check_langs(selection: CorpusSelection) -> None:
+    if not selection.langs:
+        raise UserError("no languages given", "pass --langs eng,heb,... or leave it out for the default panel")
 
 
-@dataclass(frozen=True)
-class AuditConfig:
+@dataclass(frozen=True, init=False)
+class AuditConfig(FlatConfig):
     """Everything that defines an audit. ``max_tokens = 0`` means every selected document."""
 
-    model: str = DEFAULT_MODEL
+    runtime: ModelRuntime = ModelRuntime()
+    selection: CorpusSelection = CorpusSelection()
     scheme: str = "w4g128"
     plan: str = ""  # a plan (compact string or .toml path); when given it replaces scheme + include
-    langs: tuple[str, ...] = DEFAULT_PANEL
-    corpus: str = "udhr"
-    split: str = "all"
-    max_tokens: int = 2048
-    min_docs: int = 1  # at least this many documents per language, past max_tokens if need be
     include: tuple[str, ...] = ()  # also quantize: "embeddings", "lm_head"
     seed: int = 0
     n_boot: int = 1000
     lr_max_class: int = 3  # Joshi class <= this is "low-resource"
     resource_measure: str = "joshi_class"
-    flores_split: str = "devtest"
-    sentences_per_doc: int = 10
-    device: str = "cpu"
-    dtype: str = "float32"
     eval: EvalSettings = field(default_factory=EvalSettings)
     version: int = 1
 
+    NAME = "audit config"
+    KEYS = {
+        "model": ("runtime", "model"), "scheme": None, "plan": None, "langs": ("selection", "langs"),
+        "corpus": ("selection", "name"), "split": ("selection", "split"), "max_tokens": ("selection", "max_tokens"),
+        "min_docs": ("selection", "min_docs"), "include": None, "seed": None, "n_boot": None, "lr_max_class": None,
+        "resource_measure": None, "flores_split": ("selection", "flores_split"),
+        "sentences_per_doc": ("selection", "sentences_per_doc"), "device": ("runtime", "device"),
+        "dtype": ("runtime", "dtype"), "eval": None, "version": None,
+    }
+
     def __post_init__(self):
-        bad = [x for x in self.include if x not in INCLUDE_CHOICES]
-        if bad:
-            raise UserError(f"unknown --include value {bad[0]!r}", f"use {', '.join(INCLUDE_CHOICES)}")
-        if self.max_tokens < 0:
-            raise UserError(f"--max-tokens must be >= 0 (0 = no cap), got {self.max_tokens}")
-        if self.min_docs < 1:
-            raise UserError(f"--min-docs must be >= 1, got {self.min_docs}")
-        check_n_boot(self.n_boot)
-        check_eval(self.eval, "eval.vocab_chunk")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        check_common(self)
         if self.lr_max_class not in JOSHI_CLASSES:
             raise UserError(f"lr_max_class must be a Joshi class (0-5), got {self.lr_max_class}")
-        if not self.langs:
-            raise UserError("no languages given", "pass --langs eng,heb,... or leave it out for the default panel")
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AuditConfig:
-        return _from_dict(cls, data, "audit config")
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
-
-    @classmethod
-    def from_toml(cls, text: str) -> AuditConfig:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"audit config is not valid TOML ({e})") from None
-        except RecursionError:
-            raise UserError("audit config: TOML nested too deeply") from None
-        return cls.from_dict(data)
+        check_langs(self.selection)
 
 
 INCLUDE_CHOICES = ("embeddings", "lm_head")

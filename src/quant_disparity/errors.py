@@ -21,6 +21,19 @@ class UserError(ValueError):
         super().__init__(" ".join(text.split()))
 
 
+class LanguageError(UserError):
+    """A language id that names no language (:class:`UnknownLanguage`) or several (:class:`AmbiguousLanguage`),
+    or one the corpus at hand does not hold."""
+
+
+class UnknownLanguage(LanguageError):
+    """A language id that matches no known language (an empty id included)."""
+
+
+class AmbiguousLanguage(LanguageError):
+    """A short language id that may mean more than one language (the user must write the full id)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """`` (did you mean 'a', 'b'?)`` for the closest choices, or an empty string."""
     choices = list(choices)

@@ -25,16 +25,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis.stats import Estimate, _ci, resample_counts
-from .config import AuditConfig, _from_dict, to_dict
-from .corpus import DEFAULT_PANEL, language_info
+from .audit import quantization_targets
+from .config import FlatConfig, ModelRuntime, check_common, check_langs
+from .corpus import Corpus, CorpusSelection, language_info
 from .corpus.documents import base_language
 from .errors import UserError, did_you_mean
-from .evaluate import EvalSettings, Forward, prepare
+from .evaluate import EvalSettings, Forward
 from .evaluate.sweep import sweep
-from .models import LoadedModel, load_model
-from .models.modules import COMPONENTS, ModuleMap, build_module_map
+from .inputs import check_model_and_corpus, load_inputs
+from .models import LoadedModel
+from .models.modules import COMPONENTS, ModuleMap
 from .provenance import environment
-from .quant import QuantEngine, Scheme, cost
+from .quant import QuantEngine, Scheme, cost, parse_scheme
 
 SCHEMA = "quant-disparity/locate"
 SCHEMA_VERSION = 1
@@ -47,15 +49,12 @@ def _locate_eval() -> EvalSettings:
     return EvalSettings(batch_tokens=2048)
 
 
-@dataclass(frozen=True)
-class LocateConfig:
-    model: str = "gemma-3-270m"
+@dataclass(frozen=True, init=False)
+class LocateConfig(FlatConfig):
+    runtime: ModelRuntime = ModelRuntime()
+    # a sensitivity scan chooses; verdicts belong on held-out documents
+    selection: CorpusSelection = CorpusSelection(split="select", max_tokens=512)
     scheme: str = "w4g128"
-    langs: tuple[str, ...] = DEFAULT_PANEL
-    corpus: str = "udhr"
-    split: str = "select"  # a sensitivity scan chooses; verdicts belong on held-out documents
-    max_tokens: int = 512
-    min_docs: int = 1
     granularity: str = "layer"
     mode: str = "protect-one"
     pairs: tuple[str, ...] = ()
@@ -63,12 +62,18 @@ class LocateConfig:
     reuse: bool = True
     seed: int = 0
     n_boot: int = 1000
-    device: str = "cpu"
-    dtype: str = "float32"
-    flores_split: str = "devtest"
-    sentences_per_doc: int = 10
     eval: EvalSettings = field(default_factory=_locate_eval)
     version: int = 1
+
+    NAME = "locate config"
+    KEYS = {
+        "model": ("runtime", "model"), "scheme": None, "langs": ("selection", "langs"),
+        "corpus": ("selection", "name"), "split": ("selection", "split"), "max_tokens": ("selection", "max_tokens"),
+        "min_docs": ("selection", "min_docs"), "granularity": None, "mode": None, "pairs": None, "include": None,
+        "reuse": None, "seed": None, "n_boot": None, "device": ("runtime", "device"), "dtype": ("runtime", "dtype"),
+        "flores_split": ("selection", "flores_split"), "sentences_per_doc": ("selection", "sentences_per_doc"),
+        "eval": None, "version": None,
+    }
 
     def __post_init__(self):
         g = {"layerxcomponent": "layer×component", "layer-component": "layer×component",
@@ -80,20 +85,8 @@ class LocateConfig:
             raise UserError(f"unknown mode {self.mode!r}{did_you_mean(self.mode, MODES)}", f"use {', '.join(MODES)}")
         if len(self.pairs) == 1:
             raise UserError("--pairs needs at least two units", "e.g. --pairs L0,L-1,L5")
-
-    def audit_view(self) -> AuditConfig:
-        """The audit-shaped part (model, corpus, languages, selection) for shared validation and selection."""
-        return AuditConfig(model=self.model, scheme=self.scheme, langs=self.langs, corpus=self.corpus,
-                           split=self.split, max_tokens=self.max_tokens, min_docs=self.min_docs, include=self.include, seed=self.seed,
-                           n_boot=self.n_boot, device=self.device, dtype=self.dtype, flores_split=self.flores_split,
-                           sentences_per_doc=self.sentences_per_doc, eval=self.eval)
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LocateConfig:
-        return _from_dict(cls, data, "locate config")
+        check_common(self)
+        check_langs(self.selection)
 
 
 # -- units ---------------------------------------------------------------------------------------------------------
@@ -277,6 +270,11 @@ def build_configs(universe: list[str], units: list[Unit], pairs: list[tuple[Unit
     return configs
 
 
+def validate(config: LocateConfig) -> tuple[Scheme, Corpus, list[str]]:
+    """Everything that can be checked before a model is loaded; raises :class:`UserError`."""
+    return parse_scheme(config.scheme), *check_model_and_corpus(config.runtime, config.selection)
+
+
 def run_locate(
     config: LocateConfig,
     *,
@@ -284,14 +282,10 @@ def run_locate(
     log: Callable[[str], None] = lambda msg: None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LocateResult:
-    from .audit import quantization_targets, select_documents, validate
-
     t0 = time.perf_counter()
-    scheme, corpus, langs = validate(config.audit_view())
-    own_model = lm is None
-    if own_model:
-        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
-    modmap = build_module_map(lm.model)
+    scheme, corpus, langs = validate(config)
+    inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
+    lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
     universe = quantization_targets(modmap, config.include)
     units = make_units(modmap, universe, config.granularity)
     pair_units = [parse_unit(u, modmap, universe) for u in config.pairs]
@@ -300,15 +294,8 @@ def run_locate(
         raise UserError(f"--pairs names a unit twice ({', '.join(names)})")
     pairs = list(itertools.combinations(pair_units, 2))
     configs = build_configs(universe, units, pairs, scheme, config.mode)
-
-    selection = select_documents(corpus, langs, config.audit_view(), lm.tokenizer)
-    docs = [d for lang in langs for d in selection.docs[lang]]
-    tokens = [t for lang in langs for t in selection.tokens[lang]]
-    prepared = prepare(docs, tokens, lm.prefix_token_id, config.eval, lm.info.max_length, tokenizer=lm.tokenizer)
-    if own_model:
-        lm.drop_tokenizer()
     total = prepared.total_pred * len(configs)
-    log(f"{len(units)} units, {len(configs)} configurations, {len(docs)} documents, "
+    log(f"{len(units)} units, {len(configs)} configurations, {len(prepared.docs)} documents, "
         f"{prepared.total_pred} tokens per configuration")
 
     engine = QuantEngine(lm.model, modmap)

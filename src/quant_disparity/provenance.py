@@ -50,3 +50,13 @@ def environment() -> dict:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "libraries": {name: lib_version(name) for name in LIBRARIES},
     }
+
+
+def stored_provenance(spec, store) -> dict:
+    """Where a run's stored trials came from: the store, the code version that computed them, the digests of
+    the models and of the corpus (shortened for a report)."""
+    keys = sorted({store.spec_trials(spec.name)[t.name] for t in spec.trials})
+    first = store.trial(keys[0]) if keys else {}
+    return {"store": str(store.path), "trials stored": len(keys), "code version": first.get("code_version"),
+            "model digests": ", ".join(sorted({store.trial(k)["model_digest"][:16] for k in keys})),
+            "corpus digest": first.get("corpus_digest", "")[:16]}

@@ -4,15 +4,10 @@ from .documents import SPLITS, Corpus, Document, base_language, filter_split, sp
 from .languages import LanguageInfo, language_info, resolve_language
 from .readers import load_corpus, load_udhr
 from .resources import MEASURES, Resources, resources_for
-
-#: The default panel: spans Joshi classes 2-5 and eight scripts.
-DEFAULT_PANEL = (
-    "eng_Latn", "deu_Latn", "fra_Latn", "rus_Cyrl", "cmn_Hans", "jpn_Jpan",
-    "arb_Arab", "heb_Hebr", "hin_Deva", "swh_Latn", "yor_Latn", "amh_Ethi",
-)
+from .selection import DEFAULT_PANEL, CorpusSelection, Selection, open_corpus, select_documents
 
 __all__ = [
-    "DEFAULT_PANEL", "MEASURES", "SPLITS", "Corpus", "Document", "LanguageInfo", "Resources",
-    "base_language", "filter_split", "language_info", "load_corpus", "load_udhr", "resolve_language",
-    "resources_for", "split_of", "take_until_tokens",
+    "DEFAULT_PANEL", "MEASURES", "SPLITS", "Corpus", "CorpusSelection", "Document", "LanguageInfo", "Resources",
+    "Selection", "base_language", "filter_split", "language_info", "load_corpus", "load_udhr", "open_corpus",
+    "resolve_language", "resources_for", "select_documents", "split_of", "take_until_tokens",
 ]

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from ..errors import LanguageError, UnknownLanguage, UserError, did_you_mean
 
 _log = logging.getLogger("quant_disparity.corpus")
 
@@ -74,8 +74,10 @@ class Corpus:
         return self.docs[lang]
 
     def resolve(self, lang: str) -> str:
-        """The key of this corpus meaning ``lang`` (any alias, ``id/variant`` too), or a :class:`UserError`."""
-        from ..errors import did_you_mean
+        """The key of this corpus meaning ``lang`` (any alias, ``id/variant`` too).
+
+        Raises :class:`LanguageError` for a language it does not hold (or an ambiguous id), and a plain
+        :class:`UserError` for a version of a language it holds but not that version."""
         from .languages import resolve_language
 
         if lang in self.docs:
@@ -83,9 +85,7 @@ class Corpus:
         base, _, variant = lang.strip().partition("/")
         try:
             lang_id = resolve_language(base)
-        except UserError as e:
-            if "ambiguous" in str(e):
-                raise
+        except UnknownLanguage:  # an id the bundled table lacks may still be a key of this corpus
             lang_id = None
         key = f"{lang_id}/{variant}" if variant else lang_id
         if key in self.docs:
@@ -96,7 +96,7 @@ class Corpus:
                 f"corpus {self.name!r} has no version {lang!r}",
                 f"its versions of {lang_id}: {', '.join(versions)}" if versions else f"{lang_id} has one version",
             )
-        raise UserError(
+        raise LanguageError(
             f"corpus {self.name!r} has no language {lang!r}{did_you_mean(lang, self.docs)}",
             "run `quant-disparity languages` (with the same --corpus) to list what it offers",
         )

@@ -18,7 +18,7 @@ from importlib import resources as importlib_resources
 from iso639 import Lang
 from iso639.exceptions import DeprecatedLanguageValue, InvalidLanguageValue
 
-from ..errors import UserError, did_you_mean
+from ..errors import AmbiguousLanguage, UnknownLanguage, did_you_mean
 from .resources import Resources, resources_for
 
 _ID_RE = re.compile(r"^([a-zA-Z]{3})_([a-zA-Z]{4})$")
@@ -151,11 +151,11 @@ def resolve_language(text: str, *, known_only: bool = False, script: str | None 
 
     ``known_only``: only ids of the bundled corpus are accepted. ``script``: used when ``text`` is a bare
     ISO code that the bundled table does not know (user corpora pass the script detected from their text).
-    Raises :class:`UserError` for unknown or ambiguous input.
+    Raises :class:`UnknownLanguage` or :class:`AmbiguousLanguage` (both user errors).
     """
     raw = text.strip()
     if not raw:
-        raise UserError("empty language id", "write an id such as heb_Hebr, heb or he")
+        raise UnknownLanguage("empty language id", "write an id such as heb_Hebr, heb or he")
     known = _known()
     norm = normalize_id(raw)
     if norm and norm in known:
@@ -164,7 +164,7 @@ def resolve_language(text: str, *, known_only: bool = False, script: str | None 
     if candidates:
         if len(candidates) == 1:
             return next(iter(candidates))
-        raise UserError(
+        raise AmbiguousLanguage(
             f"language {raw!r} is ambiguous: it may mean {', '.join(sorted(candidates))}",
             "write the full id",
         )
@@ -177,4 +177,4 @@ def resolve_language(text: str, *, known_only: bool = False, script: str | None 
     hint = "run `quant-disparity languages` to list the bundled ones" if known_only else (
         "use an id such as heb_Hebr (ISO 639-3 + ISO 15924 script)"
     )
-    raise UserError(f"unknown language {raw!r}{did_you_mean(raw, known)}", hint)
+    raise UnknownLanguage(f"unknown language {raw!r}{did_you_mean(raw, known)}", hint)

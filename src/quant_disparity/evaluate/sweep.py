@@ -21,9 +21,11 @@ import torch
 
 from ..models.modules import ModuleMap
 from ..quant import QuantEngine, Scheme
+from .batching import Prepared
+from .forward import Forward
 from .replay import BlockReplay, first_changed_block, replay_matches
-from .runner import Forward, Prepared
 from .scoring import score_many
+from .totals import DocTotals
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Sweeper:
 
     def run_group(self, batches, names: list[str] | None = None):
         """Score ``names`` (default: all) on a group of batches scored together (see
-        :func:`..runner.score_groups`). Returns (docs, reference NLL, {name: TokenScores}), per predicted token."""
+        :func:`.batching.score_groups`). Returns (docs, reference NLL, {name: TokenScores}), per predicted token."""
         outs = [self._forward_batch(b, names) for b in batches]
         docs = torch.cat([o[0] for o in outs])
         targets = torch.cat([o[1] for o in outs])
@@ -176,22 +178,20 @@ def sweep(
     names = list(configs)
     sweeper = Sweeper(forward, engine, configs, bases=list(bases), reuse=reuse, vocab_chunk=vocab_chunk,
                       probe=prepared.batches[0] if prepared.batches else None)
-    nll_ref = torch.zeros(n_docs, dtype=torch.float64)
-    acc = {k: {n: torch.zeros(n_docs, dtype=torch.float64) for n in names} for k in ("nll", "kl", "top1")}
+    reference = DocTotals(n_docs, compared=False)
+    totals = {name: DocTotals(n_docs) for name in names}
     for group in prepared.groups:
         docs, ref_nll, scores = sweeper.run_group([prepared.batches[i] for i in group])
         d = docs.cpu()
-        nll_ref.index_add_(0, d, ref_nll.cpu())
+        reference.add_nll(d, ref_nll)
         for name, s in scores.items():
-            acc["nll"][name].index_add_(0, d, s.nll.cpu())
-            acc["kl"][name].index_add_(0, d, s.kl.cpu())
-            acc["top1"][name].index_add_(0, d, s.top1_agree.cpu().double())
+            totals[name].add(d, s)
         if progress:
             progress(int(ref_nll.numel()) * len(scores))
-    out = SweepScores(nll_ref=nll_ref.numpy(), n_pred=np.asarray(prepared.n_pred, dtype=np.int64))
+    out = SweepScores(nll_ref=reference.nll.numpy(), n_pred=np.asarray(prepared.n_pred, dtype=np.int64))
     for name in names:
-        out.nll[name] = acc["nll"][name].numpy()
-        out.kl[name] = acc["kl"][name].numpy()
-        out.top1[name] = acc["top1"][name].numpy()
+        out.nll[name] = totals[name].nll.numpy()
+        out.kl[name] = totals[name].kl.numpy()
+        out.top1[name] = totals[name].top1.numpy()
     out.stats = sweeper.stats
     return out

@@ -18,7 +18,7 @@ from .._io import LOCK_NAME, OutputLock, atomic_write_text, lock_dir
 from ..errors import UserError
 from .claims import Evaluator, evaluate_claims
 from .results import analyse
-from .runner import load_results, run_spec
+from .run import load_results, run_spec
 from .spec import ExperimentSpec, load_spec, parse_spec
 from .store import Store
 

@@ -1,4 +1,7 @@
-"""The Ray executor: trials as Ray tasks on a local instance or an existing cluster, results into one store.
+"""Executors: where a spec's trials are computed. :func:`run_locally` in this process; :func:`run_with_ray` as
+Ray tasks on a local instance or an existing cluster. Both commit into one store, batch group by batch group.
+
+The Ray executor:
 
 The driver plans every model's trials (documents, batches, trial keys) and registers them in the store; each
 task loads its model where it runs, scores a group of trials on the batches they miss and *streams* each
@@ -13,12 +16,42 @@ one GPU when ``--device cuda`` is given.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from ..errors import UserError
 from ..models import load_model
 from ..quant import parse_scheme
-from .runner import MAX_CONFIGS_PER_SWEEP, iter_batches, now, plan_model
+from .batches import MAX_CONFIGS_PER_SWEEP, iter_batches
+from .planning import now, plan_model
+
+
+def run_locally(spec, store, by_model: dict, summary: dict, *, device: str, dtype: str,
+                log: Callable[[str], None], progress: Callable[[int, int], None] | None) -> dict:
+    """Compute the missing trials of ``by_model`` (model -> trials) one model after the other, in this process."""
+    t0 = time.perf_counter()
+    done_tokens = 0
+    for model, trials in by_model.items():
+        mp = plan_model(spec, model, trials, store, log=log, device=device, dtype=dtype)
+        by_key, n_stored = mp.to_compute(trials)
+        summary["already_stored"] += n_stored
+        if not by_key:
+            log(f"{model}: all {len(trials)} trials already stored")
+            continue
+        total = mp.prepared.total_pred * len(by_key)
+        log(f"{model}: {len(by_key)} of {len(trials)} trials to compute, {len(mp.prepared.groups)} batch groups, "
+            f"{mp.prepared.total_pred} tokens each")
+
+        for i, results, n_tokens in iter_batches(mp.lm, mp.prepared, {k: t["assignment"] for k, t in by_key.items()},
+                                                 {k: mp.missing[k] for k in by_key},
+                                                 vocab_chunk=spec.eval.vocab_chunk, modmap=mp.modmap):
+            summary["computed"] += len(store.commit_batch(i, results, now()))
+            done_tokens += n_tokens
+            if progress:
+                progress(done_tokens, total)
+        mp.lm = None
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
 
 
 def _task(model: str, device: str, dtype: str, prepared, assignments: dict, missing: dict, vocab_chunk: int):
@@ -30,12 +63,11 @@ def _task(model: str, device: str, dtype: str, prepared, assignments: dict, miss
 
 def run_with_ray(spec, store, by_model: dict, summary: dict, *, address: str | None, device: str, dtype: str,
                  log: Callable[[str], None], progress: Callable[[int, int], None] | None) -> dict:
+    """Compute the missing trials of ``by_model`` as Ray tasks of up to :data:`MAX_CONFIGS_PER_SWEEP` trials."""
     try:
         import ray
     except ImportError:
         raise UserError("the Ray executor needs Ray", "run: pip install 'quant-disparity[distributed]'") from None
-    import time
-
     t0 = time.perf_counter()
     if not ray.is_initialized():
         try:

@@ -6,7 +6,7 @@ from ..corpus import language_info
 from ..corpus.documents import base_language
 from ..report.tables import by_damage
 from .claims import Evaluator, evaluate_claims
-from .runner import load_results
+from .run import load_results
 from .spec import ExperimentSpec
 from .store import Store
 

@@ -48,13 +48,15 @@ where = { scheme = "w4g128" }         # model / scheme / plan filters for every 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import UserError, did_you_mean
-from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN, shown
+from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN, check_eval, shown
+from ..corpus import CorpusSelection
+from ..errors import LanguageError, UserError, did_you_mean
 from ..evaluate import EvalSettings
 
 SPEC_VERSION = 1
@@ -79,17 +81,8 @@ def _err(path: str, text: str, key: str, message: str, hint: str | None = None, 
     return SpecError(f"{where}: {message}", hint)
 
 
-@dataclass(frozen=True)
-class CorpusSpec:
-    name: str = "udhr"
-    split: str = "heldout"
-    langs: tuple[str, ...] = ()
-    max_tokens: int = 512
-    min_docs: int = 1
-    first_sentence: bool = False
-    docs: tuple[str, ...] = ()
-    flores_split: str = "devtest"
-    sentences_per_doc: int = 10
+#: A spec's [corpus] defaults: held-out documents, 512 tokens per language, languages named by the spec.
+SPEC_CORPUS = CorpusSelection(split="heldout", max_tokens=512, langs=())
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ class ClaimSpec:
 @dataclass(frozen=True)
 class ExperimentSpec:
     name: str
-    corpus: CorpusSpec
+    corpus: CorpusSelection
     eval: EvalSettings
     trials: tuple[TrialSpec, ...]
     claims: tuple[ClaimSpec, ...] = ()
@@ -232,6 +225,23 @@ def _zero_divisor(node) -> bool:
 
 def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     """Parse and validate a spec (everything that can be checked without loading a model)."""
+    data = _read_toml(text, path)
+    header = _header(data, path, text)
+    corpus = _corpus(data.get("corpus", {}), path, text)
+    eval_settings = _eval(data.get("eval", {}), path, text)
+    groups = _groups(data, path, text)
+    trials = _trials(data, path, text)
+    loaded = _validate_offline(trials, corpus, path, text)
+    if groups is not None:
+        groups = _validate_groups(groups, corpus, loaded, path, text)
+    claims = _claims(data.get("claims", []), trials, path, text)
+    spec = ExperimentSpec(corpus=corpus, eval=eval_settings, trials=tuple(trials), claims=tuple(claims),
+                          groups=groups, source=text, path=path, **header)
+    _check_claim_instances(spec, path, text)
+    return spec
+
+
+def _read_toml(text: str, path: str) -> dict:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -242,6 +252,12 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if data.get("version", SPEC_VERSION) != SPEC_VERSION:
         raise _err(path, text, "version", f"spec version {shown(data['version'])} is not supported",
                    f"this quant-disparity reads version {SPEC_VERSION}")
+    return data
+
+
+def _header(data: dict, path: str, text: str) -> dict:
+    """The top-level settings (name, description, seed, n_boot, lr_max_class, verdict_basis); also checks that
+    every section has its shape (a table, or a list of tables)."""
     if "name" not in data:
         raise SpecError(f"{path}: the spec needs a name", 'add name = "my-study" at the top')
     name = _typed(data["name"], "str", "name", path, text)
@@ -264,59 +280,85 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     for section in ("trials", "claims"):
         if section in data:
             _typed(data[section], "tables", section, path, text)
+    return {"name": name, "description": description, "seed": seed, "n_boot": n_boot, "lr_max_class": lr_max_class,
+            "verdict_basis": data.get("verdict_basis", "intervals")}
 
-    corpus_raw = data.get("corpus", {})
-    _check_keys(corpus_raw, {f.name for f in fields(CorpusSpec)}, "[corpus]", path, text)
-    kinds = {"name": "str", "split": "str", "langs": "list[str]", "max_tokens": "int", "min_docs": "int",
-             "first_sentence": "bool",
-             "docs": "list[str]", "flores_split": "str", "sentences_per_doc": "int"}
-    corpus = CorpusSpec(**{k: _typed(v, kinds[k], k, path, text) for k, v in corpus_raw.items()})
+
+_CORPUS_KINDS = {"name": "str", "split": "str", "langs": "list[str]", "max_tokens": "int", "min_docs": "int",
+                 "first_sentence": "bool", "docs": "list[str]", "flores_split": "str", "sentences_per_doc": "int"}
+
+
+def _corpus(raw: dict, path: str, text: str) -> CorpusSelection:
+    _check_keys(raw, set(_CORPUS_KINDS), "[corpus]", path, text)
+    corpus = dataclasses.replace(SPEC_CORPUS, **{k: _typed(v, _CORPUS_KINDS[k], k, path, text) for k, v in raw.items()})
     if not corpus.langs:
         raise _err(path, text, "corpus", "[corpus] needs langs", 'add langs = ["eng", "heb", ...]')
     if corpus.max_tokens < 0:
         raise _err(path, text, "max_tokens", "max_tokens must be >= 0 (0 = all)")
     if corpus.min_docs < 1:
         raise _err(path, text, "min_docs", f"min_docs must be >= 1, got {corpus.min_docs}")
+    return corpus
 
-    eval_raw = data.get("eval", {})
-    _check_keys(eval_raw, {f.name for f in fields(EvalSettings)} - {"version"}, "[eval]", path, text)
-    eval_kinds = {f.name: "float" if f.type in (float, "float") else "int" for f in fields(EvalSettings)}
+
+def _eval(raw: dict, path: str, text: str) -> EvalSettings:
+    _check_keys(raw, {f.name for f in fields(EvalSettings)} - {"version"}, "[eval]", path, text)
+    kinds = {f.name: "float" if f.type in (float, "float") else "int" for f in fields(EvalSettings)}
     try:
-        eval_settings = EvalSettings(**{k: _typed(v, eval_kinds[k], k, path, text) for k, v in eval_raw.items()})
-        from ..config import check_eval
-
-        check_eval(eval_settings)
+        settings = EvalSettings(**{k: _typed(v, kinds[k], k, path, text) for k, v in raw.items()})
+        check_eval(settings)
     except UserError as e:
         raise _err(path, text, "eval", e.message, e.hint) from None
+    return settings
 
-    groups = None
-    if "groups" in data:
-        g = data["groups"]
-        _check_keys(g, {"low", "high"}, "[groups]", path, text)
-        if not g.get("low") or not g.get("high"):
-            raise _err(path, text, "groups", "[groups] needs both low and high language lists")
-        groups = (_typed(g["low"], "list[str]", "low", path, text), _typed(g["high"], "list[str]", "high", path, text))
 
-    trials: list[TrialSpec] = []
-    grid = data.get("grid", {})
+def _groups(data: dict, path: str, text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    if "groups" not in data:
+        return None
+    g = data["groups"]
+    _check_keys(g, {"low", "high"}, "[groups]", path, text)
+    if not g.get("low") or not g.get("high"):
+        raise _err(path, text, "groups", "[groups] needs both low and high language lists")
+    return _typed(g["low"], "list[str]", "low", path, text), _typed(g["high"], "list[str]", "high", path, text)
+
+
+def _trials(data: dict, path: str, text: str) -> list[TrialSpec]:
+    """The [grid]'s trials, then the explicit [[trials]]; at least one, no name twice."""
+    trials = _grid_trials(data.get("grid", {}), path, text) + _explicit_trials(data.get("trials", []), path, text)
+    if not trials:
+        raise SpecError(f"{path}: the spec defines no trials", "add a [grid] or [[trials]]")
+    names = [t.name for t in trials]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise SpecError(f"{path}: trial {dup!r} is defined twice", "give the plans distinct names")
+    return trials
+
+
+def _grid_trials(grid: dict, path: str, text: str) -> list[TrialSpec]:
     _check_keys(grid, {"models", "schemes", "plans"}, "[grid]", path, text)
-    if grid:
-        models = _typed(grid.get("models", []), "list[str]", "models", path, text)
-        schemes = _typed(grid.get("schemes", []), "list[str]", "schemes", path, text)
-        plans = _typed(grid.get("plans", {}), "table", "plans", path, text)
-        if not models or not plans:
-            raise _err(path, text, "grid", "[grid] needs models and plans", "or list explicit [[trials]]")
-        for model in models:
-            for pname, template in plans.items():
-                _typed(template, "str", pname, path, text)
-                if "{scheme}" in template:
-                    if not schemes:
-                        raise _err(path, text, pname, f"plan {pname!r} uses {{scheme}} but [grid] has no schemes")
-                    for s in schemes:
-                        trials.append(TrialSpec(model, s, pname, template.replace("{scheme}", s)))
-                else:
-                    trials.append(TrialSpec(model, schemes[0] if len(schemes) == 1 else "", pname, template))
-    for i, t in enumerate(data.get("trials", [])):
+    if not grid:
+        return []
+    models = _typed(grid.get("models", []), "list[str]", "models", path, text)
+    schemes = _typed(grid.get("schemes", []), "list[str]", "schemes", path, text)
+    plans = _typed(grid.get("plans", {}), "table", "plans", path, text)
+    if not models or not plans:
+        raise _err(path, text, "grid", "[grid] needs models and plans", "or list explicit [[trials]]")
+    trials = []
+    for model in models:
+        for pname, template in plans.items():
+            _typed(template, "str", pname, path, text)
+            if "{scheme}" in template:
+                if not schemes:
+                    raise _err(path, text, pname, f"plan {pname!r} uses {{scheme}} but [grid] has no schemes")
+                for s in schemes:
+                    trials.append(TrialSpec(model, s, pname, template.replace("{scheme}", s)))
+            else:
+                trials.append(TrialSpec(model, schemes[0] if len(schemes) == 1 else "", pname, template))
+    return trials
+
+
+def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec]:
+    trials = []
+    for i, t in enumerate(tables):
         _check_keys(t, {"model", "scheme", "plan", "plan_name"}, f"[[trials]] #{i + 1}", path, text)
         for key in ("model", "plan", "plan_name"):
             if key not in t:
@@ -324,88 +366,87 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         for key in t:
             _typed(t[key], "str", key, path, text, after=(_line_of(text, "trials") or 1) - 1)
         trials.append(TrialSpec(t["model"], t.get("scheme", ""), t["plan_name"], t["plan"]))
-    if not trials:
-        raise SpecError(f"{path}: the spec defines no trials", "add a [grid] or [[trials]]")
-    names = [t.name for t in trials]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup:
-        raise SpecError(f"{path}: trial {dup!r} is defined twice", "give the plans distinct names")
+    return trials
 
-    loaded = _validate_offline(trials, corpus, path, text)
-    if groups is not None:
-        groups = _validate_groups(groups, corpus, loaded, path, text)
 
-    from .claims import FILTERS, instances, parse_expr, validate_claims
-
+def _claims(tables: list[dict], trials: list[TrialSpec], path: str, text: str) -> list[ClaimSpec]:
     run = {"model": {t.model for t in trials}, "scheme": {t.scheme for t in trials} - {""},
            "plan": {t.plan_name for t in trials}}
-    claims = []
     claims_line = (_line_of(text, "claims") or 1) - 1
-    for i, c in enumerate(data.get("claims", [])):
-        _check_keys(c, {"id", "text", "expr", "where"}, f"[[claims]] #{i + 1}", path, text)
-        if "id" not in c or "expr" not in c:
-            raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
-        cid = c["id"]
-        if not isinstance(cid, (str, int)) or isinstance(cid, bool):
-            raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}",
-                       after=claims_line)
-        cid = str(cid)
-        after = (_line_of(text, "id", claims_line) or 1) - 1
-        for key in ("expr", "text"):
-            if key in c and not isinstance(c[key], str):
-                raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {shown(c[key])}", after=after)
-        where = c.get("where", {})
-        if not isinstance(where, dict):
-            raise _err(path, text, "where", f"claim {cid}: where must be a table, e.g. {{ scheme = \"w4g128\" }}",
-                       after=after)
-        for key, value in where.items():
-            if key not in FILTERS:
-                raise _err(path, text, "where", f"claim {cid}: unknown key {shown(key)} in where"
-                           f"{did_you_mean(key, FILTERS)}", f"where takes {', '.join(FILTERS)}"
-                           + ("; give lang= in each metric call" if key == "lang" else ""), after=after)
-            if not isinstance(value, str):
-                raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {shown(value)}",
-                           after=after)
-            if value not in run[key]:
-                raise _err(path, text, "where", f"claim {cid}: where {key} = {shown(value)} is not run by this spec"
-                           f"{did_you_mean(value, run[key])}",
-                           f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
-        try:
-            left, _, right, _ = parse_expr(c["expr"], cid)
-            _check_expr(left, cid)
-            _check_expr(right, cid)
-            zero = _zero_divisor(left) or _zero_divisor(right)
-        except (MemoryError, RecursionError):
-            raise _err(path, text, "expr", f"claim {cid}: expression nested too deeply", after=after) from None
-        except UserError as e:
-            raise _err(path, text, "expr", e.message, e.hint, after=after) from None
-        if zero:
-            raise _err(path, text, "expr", f"claim {cid}: divides by zero in {shown(c['expr'])}",
-                       "divide by a non-zero number or by a metric", after=after)
-        claims.append(ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""),
-                                where=tuple(sorted(where.items()))))
-    spec = ExperimentSpec(
-        name=name, corpus=corpus, eval=eval_settings, trials=tuple(trials), claims=tuple(claims),
-        description=description, seed=seed, n_boot=n_boot,
-        groups=groups, lr_max_class=lr_max_class, source=text, path=path,
-        verdict_basis=data.get("verdict_basis", "intervals"),
-    )
+    return [_claim(i, c, run, claims_line, path, text) for i, c in enumerate(tables)]
 
-    line_after = {c.id: (_line_of(text, "claims") or 1) - 1 for c in claims}
+
+def _claim(i: int, c: dict, run: dict[str, set[str]], claims_line: int, path: str, text: str) -> ClaimSpec:
+    """[[claims]] table #``i + 1``: its fields, its where filters (values the spec runs) and its expression."""
+    from .claims import FILTERS
+
+    _check_keys(c, {"id", "text", "expr", "where"}, f"[[claims]] #{i + 1}", path, text)
+    if "id" not in c or "expr" not in c:
+        raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
+    cid = c["id"]
+    if not isinstance(cid, (str, int)) or isinstance(cid, bool):
+        raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}",
+                   after=claims_line)
+    cid = str(cid)
+    after = (_line_of(text, "id", claims_line) or 1) - 1
+    for key in ("expr", "text"):
+        if key in c and not isinstance(c[key], str):
+            raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {shown(c[key])}", after=after)
+    where = c.get("where", {})
+    if not isinstance(where, dict):
+        raise _err(path, text, "where", f"claim {cid}: where must be a table, e.g. {{ scheme = \"w4g128\" }}",
+                   after=after)
+    for key, value in where.items():
+        if key not in FILTERS:
+            raise _err(path, text, "where", f"claim {cid}: unknown key {shown(key)} in where"
+                       f"{did_you_mean(key, FILTERS)}", f"where takes {', '.join(FILTERS)}"
+                       + ("; give lang= in each metric call" if key == "lang" else ""), after=after)
+        if not isinstance(value, str):
+            raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {shown(value)}",
+                       after=after)
+        if value not in run[key]:
+            raise _err(path, text, "where", f"claim {cid}: where {key} = {shown(value)} is not run by this spec"
+                       f"{did_you_mean(value, run[key])}",
+                       f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
+    _check_claim_expr(c["expr"], cid, path, text, after)
+    return ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""), where=tuple(sorted(where.items())))
+
+
+def _check_claim_expr(expr: str, cid: str, path: str, text: str, after: int) -> None:
+    from .claims import parse_expr
+
+    try:
+        left, _, right, _ = parse_expr(expr, cid)
+        _check_expr(left, cid)
+        _check_expr(right, cid)
+        zero = _zero_divisor(left) or _zero_divisor(right)
+    except (MemoryError, RecursionError):
+        raise _err(path, text, "expr", f"claim {cid}: expression nested too deeply", after=after) from None
+    except UserError as e:
+        raise _err(path, text, "expr", e.message, e.hint, after=after) from None
+    if zero:
+        raise _err(path, text, "expr", f"claim {cid}: divides by zero in {shown(expr)}",
+                   "divide by a non-zero number or by a metric", after=after)
+
+
+def _check_claim_instances(spec: ExperimentSpec, path: str, text: str) -> None:
+    """Every claim's metric calls name what the spec evaluates, and its where matches a trial."""
+    from .claims import instances, validate_claims
+
+    line_after = {c.id: (_line_of(text, "claims") or 1) - 1 for c in spec.claims}
     try:
         validate_claims(spec)
-        for c in claims:
+        for c in spec.claims:
             if not instances(spec, c):
                 raise UserError(f"claim {c.id}: no trial of the spec matches where {dict(c.where)}",
                                 "name a model, scheme and plan combination the spec runs")
     except UserError as e:
-        m = re.match(r"claim (\S+):", e.message)
+        m = re.match(r"claim (\S+):", e.message)  # claims.py names the claim first: point at its expr
         line = _line_of(text, "expr", line_after.get(m.group(1), 0)) if m else None
         raise SpecError(f"{path}:{line}: {e.message}" if line else f"{path}: {e.message}", e.hint) from None
-    return spec
 
 
-def _validate_groups(groups, corpus: CorpusSpec, loaded, path: str, text: str):
+def _validate_groups(groups, corpus: CorpusSelection, loaded, path: str, text: str):
     """[groups] languages must be evaluated by the spec, and no language may be both low and high."""
     evaluated = [loaded.resolve(x) for x in corpus.langs]
     resolved = []
@@ -427,9 +468,9 @@ def _validate_groups(groups, corpus: CorpusSpec, loaded, path: str, text: str):
     return groups
 
 
-def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, text: str):
+def _validate_offline(trials: list[TrialSpec], corpus: CorpusSelection, path: str, text: str):
     """Checks that need no model: schemes, plan syntax, model names, corpus and languages."""
-    from ..corpus import filter_split, load_corpus
+    from ..corpus import filter_split, open_corpus
     from ..models import classify_source
     from ..quant import parse_scheme
     from ..quant.plan import Plan
@@ -444,7 +485,7 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
             key = t.plan_name if _line_of(text, t.plan_name) else "grid"
             raise _err(path, text, key, f"trial {t.name}: {e.message}", e.hint) from None
     try:
-        c = load_corpus(corpus.name, flores_split=corpus.flores_split, sentences_per_doc=corpus.sentences_per_doc)
+        c = open_corpus(corpus)
         for lang in corpus.langs:
             key = c.resolve(lang)
             pool = filter_split(c.documents(key), corpus.split)
@@ -454,7 +495,7 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSpec, path: str, te
                 raise UserError(f"{key}: none of the documents {shown(list(corpus.docs))} is in split "
                                 f"{corpus.split!r}", f"its ids: {', '.join(d.id for d in pool[:5])}, ...")
     except UserError as e:
-        raise _err(path, text, "langs" if "language" in e.message else "corpus", e.message, e.hint) from None
+        raise _err(path, text, "langs" if isinstance(e, LanguageError) else "corpus", e.message, e.hint) from None
     return c
 
 

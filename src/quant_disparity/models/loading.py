@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from .._io import atomic_write_text, sha256_file
 from ..errors import UserError, did_you_mean
 from ..provenance import lib_version
 from .bundled import BUNDLED, DEFAULT_MODEL
+
+_log = logging.getLogger("quant_disparity.models")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -272,7 +275,26 @@ def verify_sha256(path: Path, expected: str, what: str, fix: str) -> str:
     return actual
 
 
-def _finish(model, tokenizer, *, name, source, digest, dtype, device, extra=None) -> LoadedModel:
+#: Context length assumed for a model whose config states none (``max_position_embeddings``, ``n_positions``,
+#: ``seq_length``), e.g. ALiBi models such as BLOOM, which have no position table: it only caps the
+#: evaluation window (1024 tokens by default), and 2048 is the shortest context such models were trained on.
+FALLBACK_MAX_LENGTH = 2048
+_MAX_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
+
+
+def max_length_of(cfg) -> int:
+    """The model's context length, from its config; :data:`FALLBACK_MAX_LENGTH` (logged) when it states none."""
+    stated = next((getattr(cfg, a) for a in _MAX_LENGTH_KEYS if isinstance(getattr(cfg, a, None), int)), None)
+    if stated is None:
+        _log.info(f"{getattr(cfg, 'model_type', 'the model')}: no context length in its config "
+                  f"({', '.join(_MAX_LENGTH_KEYS)}); assuming {FALLBACK_MAX_LENGTH} tokens")
+        return FALLBACK_MAX_LENGTH
+    return int(stated)
+
+
+def _prepared_model(model, tokenizer, *, name, source, digest, dtype, device, extra=None) -> LoadedModel:
+    """``model`` moved to ``device`` and ``dtype`` for inference (eval mode, no gradients, no KV cache), with its
+    tokenizer and a :class:`ModelInfo` describing it."""
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     if hasattr(model.config, "use_cache"):
@@ -281,8 +303,6 @@ def _finish(model, tokenizer, *, name, source, digest, dtype, device, extra=None
     head = model.get_output_embeddings()
     emb = model.get_input_embeddings()
     cfg = model.config
-    max_len = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "seq_length")
-                    if isinstance(getattr(cfg, a, None), int)), 2048)
     info = ModelInfo(
         name=name,
         source=source,
@@ -290,7 +310,7 @@ def _finish(model, tokenizer, *, name, source, digest, dtype, device, extra=None
         arch=getattr(cfg, "model_type", type(model).__name__),
         n_params=sum(p.numel() for p in params.values()),
         vocab_size=int(head.weight.shape[0]) if head is not None else int(getattr(cfg, "vocab_size", 0)),
-        max_length=int(max_len),
+        max_length=max_length_of(cfg),
         tied_embeddings=bool(head is not None and emb is not None and head.weight is emb.weight),
         dtype=str(dtype).removeprefix("torch."),
         device=str(device),
@@ -301,7 +321,7 @@ def _finish(model, tokenizer, *, name, source, digest, dtype, device, extra=None
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", *, device="cpu", dtype="float32"):
     """A :class:`LoadedModel` for a model built in memory (tests, notebooks); digest from its weights."""
-    lm = _finish(model, tokenizer, name=name, source="in-memory", digest=_state_digest(model),
+    lm = _prepared_model(model, tokenizer, name=name, source="in-memory", digest=_state_digest(model),
                  dtype=parse_dtype(dtype), device=parse_device(device))
     lm.prefix = prefix_token_of(tokenizer)
     return lm
@@ -434,7 +454,7 @@ def load_model(
     if digest is None:
         commit = getattr(model.config, "_commit_hash", None)
         digest = f"hf:{src.spec}@{commit}" if commit else _state_digest(model)
-    lm = _finish(model, tok, name=src.spec, source=src.source, digest=digest, dtype=torch_dtype, device=dev,
+    lm = _prepared_model(model, tok, name=src.spec, source=src.source, digest=digest, dtype=torch_dtype, device=dev,
                  extra=dict(src.extra))
     lm.prefix = prefix
     return lm

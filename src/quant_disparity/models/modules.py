@@ -88,7 +88,6 @@ class ModuleMap:
     blocks_path: str
     n_layers: int
     params: tuple[ParamInfo, ...]
-    hidden_size: int
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -162,6 +161,10 @@ def _classify_linear(rel: str, module: nn.Linear) -> str:
     return "other"
 
 
+#: Length of the probe forward pass of :func:`execution_stages`: any few tokens run every module once.
+PROBE_TOKENS = 4
+
+
 def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str, nn.Module]) -> dict[str, str] | None:
     """For each module in ``modules`` (name -> module, outside the blocks), whether the model's forward runs it
     "before" the first block, "after" the last one or "during" the blocks, from one probe forward pass.
@@ -195,7 +198,7 @@ def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str,
         hooks.append(blocks[0].register_forward_pre_hook(on_block_start))
         hooks.append(blocks[-1].register_forward_hook(on_block_end))
         vocab = model.get_input_embeddings().weight.shape[0]
-        ids = (torch.arange(4) % vocab).reshape(1, 4).to(params[0].device)
+        ids = (torch.arange(PROBE_TOKENS) % vocab).reshape(1, PROBE_TOKENS).to(params[0].device)
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     except Exception:  # noqa: BLE001 - any failure means: order unknown, be conservative
@@ -214,90 +217,108 @@ def build_module_map(model: nn.Module) -> ModuleMap:
     blocks_path, blocks = _find_blocks(model)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    hidden = int(emb.weight.shape[1]) if emb is not None else 0
+    module_of = _owning_modules(model)
+    outside = {mname: module for name, (mname, module) in module_of.items() if not _in_blocks(mname, blocks_path)}
+    stages = execution_stages(model, blocks, outside)
+    notes = []
+    if stages is None:
+        notes.append("execution order of the modules outside the blocks unknown (probe failed): each is assumed "
+                     "to change every block's output, and norm.final matches nothing")
+    entries = []
+    for names, t in _tensors(model):
+        entry = _param_info(names, t, module_of, blocks_path, emb, head, stages)
+        entries.append(entry)
+        if len(entry.components) > 1:
+            notes.append(f"{entry.name} is tied to {', '.join(entry.aliases)}: protecting one protects both")
+    _check_projections(entries, blocks, blocks_path)
+    return ModuleMap(blocks_path=blocks_path, n_layers=len(blocks), params=tuple(entries), notes=tuple(notes))
 
+
+def _in_blocks(mname: str, blocks_path: str) -> bool:
+    return mname == blocks_path or mname.startswith(blocks_path + ".")
+
+
+def _owning_modules(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """Parameter name -> (name of the module holding it, that module)."""
     module_of = {}
     for mname, module in model.named_modules():
         for pname, _ in module.named_parameters(recurse=False):
             module_of[f"{mname}.{pname}" if mname else pname] = (mname, module)
+    return module_of
 
-    # Group parameter names by tensor identity (tied weights share one tensor).
+
+def _tensors(model: nn.Module) -> list[tuple[list[str], torch.Tensor]]:
+    """Every distinct weight tensor with all its parameter names (tied weights share one tensor)."""
     groups: dict[int, list[str]] = {}
     tensors: dict[int, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(name)
         tensors[id(p)] = p
+    return [(names, tensors[key]) for key, names in groups.items()]
 
-    outside = {mname: module for name, (mname, module) in module_of.items()
-               if not (mname == blocks_path or mname.startswith(blocks_path + "."))}
-    stages = execution_stages(model, blocks, outside)
-    _rank = {"before": 0, "during": 1, "after": 2}
 
-    entries = []
-    notes = []
-    if stages is None:
-        notes.append("execution order of the modules outside the blocks unknown (probe failed): each is assumed "
-                     "to change every block's output, and norm.final matches nothing")
-    for key, names in groups.items():
-        t = tensors[key]
-        comps: list[str] = []
-        role = "other"
-        layer = None
-        transposed = False
-        for name in names:
-            mname, module = module_of[name]
-            attr = name.rsplit(".", 1)[-1]
-            if mname == blocks_path or mname.startswith(blocks_path + "."):
-                rest = mname[len(blocks_path) + 1:]
-                layer = int(rest.split(".")[0]) if rest else None
-                rel = rest.split(".", 1)[1] if "." in rest else ""
-            else:
-                rel = None
-            if emb is not None and module is emb:
-                comps.append("embed.token")
-                role = "embedding"
-            elif head is not None and module is head:
-                comps.append("lm_head")
-                role = "embedding" if role == "embedding" else ("matrix" if attr == "weight" else "bias")
-            elif _is_norm(module):
-                comps.append("norm")
-                role = "norm"
-            elif isinstance(module, nn.Embedding):
-                comps.append("embed.pos" if rel is None else "other")
-                role = "embedding"
-            elif _is_linear(module):
-                comps.append(_classify_linear(rel, module) if rel is not None else "other")
-                role = "matrix" if attr == "weight" else "bias"
-                transposed = _is_conv1d(module) and attr == "weight"
-            else:
-                comps.append("other")
-                role = "bias" if attr == "bias" else "other"
-        comps = list(dict.fromkeys(comps))
-        primary = names[0]
-        if "embed.token" in comps:  # the embedding's own name first, the head as an alias
-            primary = next(n for n in names if module_of[n][1] is emb)
-        aliases = tuple(n for n in names if n != primary)
-        if layer is not None:
-            stage = "block"
+_STAGE_RANK = {"before": 0, "during": 1, "after": 2}
+
+
+def _param_info(names: list[str], t: torch.Tensor, module_of, blocks_path: str, emb, head, stages) -> ParamInfo:
+    """One tensor's entry: its component under each of its names, role, layer and execution stage."""
+    comps: list[str] = []
+    role = "other"
+    layer = None
+    transposed = False
+    for name in names:
+        mname, module = module_of[name]
+        attr = name.rsplit(".", 1)[-1]
+        if _in_blocks(mname, blocks_path):
+            rest = mname[len(blocks_path) + 1:]
+            layer = int(rest.split(".")[0]) if rest else None
+            rel = rest.split(".", 1)[1] if "." in rest else ""
         else:
-            seen = [stages[module_of[n][0]] for n in names if stages and module_of[n][0] in stages]
-            stage = min(seen, key=_rank.__getitem__) if seen else None
-        entries.append(ParamInfo(
-            name=primary,
-            module=module_of[primary][0],
-            layer=layer,
-            components=tuple(comps),
-            role=role,
-            shape=tuple(t.shape),
-            numel=t.numel(),
-            bits=torch.finfo(t.dtype).bits if t.dtype.is_floating_point else torch.iinfo(t.dtype).bits,
-            transposed=transposed,
-            aliases=aliases,
-            stage=stage,
-        ))
-        if len(comps) > 1:
-            notes.append(f"{primary} is tied to {', '.join(aliases)}: protecting one protects both")
+            rel = None
+        if emb is not None and module is emb:
+            comps.append("embed.token")
+            role = "embedding"
+        elif head is not None and module is head:
+            comps.append("lm_head")
+            role = "embedding" if role == "embedding" else ("matrix" if attr == "weight" else "bias")
+        elif _is_norm(module):
+            comps.append("norm")
+            role = "norm"
+        elif isinstance(module, nn.Embedding):
+            comps.append("embed.pos" if rel is None else "other")
+            role = "embedding"
+        elif _is_linear(module):
+            comps.append(_classify_linear(rel, module) if rel is not None else "other")
+            role = "matrix" if attr == "weight" else "bias"
+            transposed = _is_conv1d(module) and attr == "weight"
+        else:
+            comps.append("other")
+            role = "bias" if attr == "bias" else "other"
+    comps = list(dict.fromkeys(comps))
+    primary = names[0]
+    if "embed.token" in comps:  # the embedding's own name first, the head as an alias
+        primary = next(n for n in names if module_of[n][1] is emb)
+    if layer is not None:
+        stage = "block"
+    else:
+        seen = [stages[module_of[n][0]] for n in names if stages and module_of[n][0] in stages]
+        stage = min(seen, key=_STAGE_RANK.__getitem__) if seen else None
+    return ParamInfo(
+        name=primary,
+        module=module_of[primary][0],
+        layer=layer,
+        components=tuple(comps),
+        role=role,
+        shape=tuple(t.shape),
+        numel=t.numel(),
+        bits=torch.finfo(t.dtype).bits if t.dtype.is_floating_point else torch.iinfo(t.dtype).bits,
+        transposed=transposed,
+        aliases=tuple(n for n in names if n != primary),
+        stage=stage,
+    )
 
+
+def _check_projections(entries: list[ParamInfo], blocks: nn.ModuleList, blocks_path: str) -> None:
     in_blocks = [e for e in entries if e.role == "matrix" and e.layer is not None]
     if not in_blocks or not any(e.component.startswith(("attn.", "mlp.")) for e in in_blocks):
         found = sorted({type(m).__name__ for m in blocks[0].modules()})
@@ -306,8 +327,6 @@ def build_module_map(model: nn.Module) -> ModuleMap:
             f"{', '.join(found)}",
             "this architecture is not supported yet; please report it",
         )
-    return ModuleMap(blocks_path=blocks_path, n_layers=len(blocks), params=tuple(entries), hidden_size=hidden,
-                     notes=tuple(notes))
 
 
 def weight_2d(t: torch.Tensor, info: ParamInfo) -> torch.Tensor:

@@ -29,14 +29,13 @@ class Manifest:
 
 
 class QuantEngine:
-    def __init__(self, model: torch.nn.Module, modmap: ModuleMap, *, cache: bool = True):
+    def __init__(self, model: torch.nn.Module, modmap: ModuleMap):
         self.model = model
         self.modmap = modmap
         self._params = {p.name: model.get_parameter(p.name) for p in modmap.params}
         self._original = {name: p.data for name, p in self._params.items()}
         self._active: dict[str, Scheme] = {}
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
-        self._use_cache = cache
 
     @property
     def active(self) -> dict[str, Scheme]:
@@ -53,8 +52,7 @@ class QuantEngine:
             w2d = weight_2d(orig, info)
             scheme.check_shape(tuple(w2d.shape), name)
             q = from_2d(scheme.fake_quantize(w2d), info)
-        if self._use_cache:
-            self._cache[key] = q
+        self._cache[key] = q
         return q
 
     def assign_(self, assignment: Mapping[str, Scheme]) -> Manifest:
@@ -76,13 +74,6 @@ class QuantEngine:
 
     def restore_(self) -> Manifest:
         return self.assign_({})
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
-    @property
-    def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._cache.values())
 
 
 def cost(modmap: ModuleMap, assignment: Mapping[str, Scheme]) -> dict:
