@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analysis import LanguageStats, correlation, disparity, language_stats
-from .analysis.records import AUDIT_SCHEMA as SCHEMA, AUDIT_SCHEMA_VERSION as SCHEMA_VERSION  # noqa: F401
 from .analysis.records import AuditResult, DocumentRow, LanguageRow
 from .config import AuditConfig
 from .corpus import Corpus, Document, filter_split, language_info, load_corpus, take_until_tokens

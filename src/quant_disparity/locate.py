@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis.records import (
-    LOCATE_METRICS, LOCATE_SCHEMA as SCHEMA, LOCATE_SCHEMA_VERSION as SCHEMA_VERSION,  # noqa: F401
-    LocateLanguage, LocateResult, PairResult, UnitResult, effect_matrix, rank_units,
+    LOCATE_METRICS, LocateLanguage, LocateResult, PairResult, UnitResult, effect_matrix, rank_units,
 )
 from .analysis.stats import Estimate, interval, language_metrics, may_be_zero, resample_counts
 from .config import AuditConfig, _from_dict, to_dict

@@ -148,6 +148,8 @@ def language_metrics(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @dataclass
 class LanguageStats:
+    """One language's estimates with their replicates (the audit writes it as a :class:`.records.LanguageRow`)."""
+
     lang: str
     n_docs: int
     n_bytes: int
@@ -155,15 +157,6 @@ class LanguageStats:
     estimates: dict[str, Estimate]
     replicates: dict[str, np.ndarray]  # per metric, [n_boot] (kept for cross-language statistics)
     interval_note: str | None = None  # set when the language has too few documents for an interval
-
-    def to_dict(self) -> dict:
-        return {
-            "lang": self.lang,
-            "n_docs": self.n_docs,
-            "n_bytes": self.n_bytes,
-            "n_predicted_tokens": self.n_pred,
-            **{k: v.to_dict() for k, v in self.estimates.items()},
-        }
 
 
 def language_stats(lang: str, docs: Mapping[str, np.ndarray], n_boot: int, rng: np.random.Generator) -> LanguageStats:
