@@ -32,8 +32,8 @@ def _null_false_positive_rate(n_lang: int, n_sims: int, seed: int, x_fixed=None)
 
     Each language has 20 documents whose values scatter around its own damage (drawn independently of the
     class); its document-level bootstrap replicates go into the two-stage bootstrap exactly as in
-    ``correlation`` (same ``spearman_replicates`` and ``_ci``)."""
-    from quant_disparity.analysis.stats import _ci, resample_counts, spearman_replicates
+    ``correlation`` (same ``spearman_replicates`` and ``interval``)."""
+    from quant_disparity.analysis.stats import interval, resample_counts, spearman_replicates
 
     rng = np.random.default_rng(seed)
     hits, n_docs, n_boot = 0, 20, 200
@@ -44,7 +44,7 @@ def _null_false_positive_rate(n_lang: int, n_sims: int, seed: int, x_fixed=None)
         docs = rng.standard_normal(n_lang)[:, None] + 0.5 * rng.standard_normal((n_lang, n_docs))
         y_reps = docs @ resample_counts(n_docs, n_boot, rng).T / n_docs  # [n_lang, n_boot]
         point, reps = spearman_replicates(x, docs.mean(axis=1), y_reps, rng)
-        hits += _ci(point, reps).excludes_zero
+        hits += interval(point, reps).excludes_zero
     return hits / n_sims
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .analysis import LanguageStats, correlation, disparity, language_stats
+from .analysis.records import AuditResult, DocumentRow, LanguageRow
 from .config import AuditConfig
 from .corpus import Corpus, language_info
 from .corpus.documents import base_language
@@ -22,9 +21,6 @@ from .models.modules import ModuleMap
 from .provenance import environment
 from .quant import QuantEngine, Scheme, cost, parse_scheme
 from .quant.plan import load_plan
-
-SCHEMA = "quant-disparity/audit"
-SCHEMA_VERSION = 1
 
 
 def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
@@ -67,40 +63,6 @@ def describe_targets(modmap: ModuleMap, names: list[str]) -> dict:
         "kept_components": kept,
         "tied": list(modmap.notes),
     }
-
-
-@dataclass
-class AuditResult:
-    config: AuditConfig
-    model: dict
-    scheme: dict
-    corpus: dict
-    languages: list[dict]
-    summary: dict
-    documents: list[dict]
-    environment: dict
-    timing: dict
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "created": self.created,
-            "config": self.config.to_dict(),
-            "model": self.model,
-            "scheme": self.scheme,
-            "corpus": self.corpus,
-            "settings": self.config.eval.to_dict(),
-            "languages": self.languages,
-            "summary": self.summary,
-            "documents": self.documents,
-            "environment": self.environment,
-            "timing": self.timing,
-        }
-
-    def sorted_languages(self, key: str = "rel_delta_bpb") -> list[dict]:
-        return sorted(self.languages, key=lambda r: -(r[key]["value"] if r[key]["value"] is not None else -1e9))
 
 
 def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random.Generator) -> dict:
@@ -182,7 +144,7 @@ def run_audit(
 
     rng = np.random.default_rng(config.seed)
     per_lang: list[LanguageStats] = []
-    doc_rows: list[dict] = []
+    doc_rows: list[DocumentRow] = []
     offset = 0
     for lang in langs:
         n = len(selection.docs[lang])
@@ -194,15 +156,13 @@ def run_audit(
         }
         per_lang.append(language_stats(lang, arrays, config.n_boot, rng))
         for i, d in enumerate(selection.docs[lang]):
-            doc_rows.append({
-                "lang": lang, "doc_id": d.id, "bytes": prepared.n_bytes[sl.start + i], "chars": d.n_chars,
-                "tokens": prepared.n_tokens[sl.start + i], "predicted_tokens": int(arrays["n_pred"][i]),
-                "nll_fp": float(arrays["nll_ref"][i]), "nll_q": float(arrays["nll"][i]),
-                "kl_nats": float(arrays["kl"][i]), "top1_agree": int(arrays["top1"][i]),
-            })
-    lang_rows = [
-        {**language_info(base_language(s.lang)).to_dict(), **s.to_dict(), "id": s.lang} for s in per_lang
-    ]
+            doc_rows.append(DocumentRow(
+                lang=lang, doc_id=d.id, bytes=prepared.n_bytes[sl.start + i], chars=d.n_chars,
+                tokens=prepared.n_tokens[sl.start + i], predicted_tokens=int(arrays["n_pred"][i]),
+                nll_fp=float(arrays["nll_ref"][i]), nll_q=float(arrays["nll"][i]),
+                kl_nats=float(arrays["kl"][i]), top1_agree=int(arrays["top1"][i]),
+            ))
+    lang_rows = tuple(LanguageRow.from_stats(s, language_info(base_language(s.lang)).to_dict()) for s in per_lang)
     summary = summarize(per_lang, config, rng)
     return AuditResult(
         config=config,
@@ -215,7 +175,7 @@ def run_audit(
                 **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
         languages=lang_rows,
         summary=summary,
-        documents=doc_rows,
+        documents=tuple(doc_rows),
         environment=environment(),
         timing={"load_s": round(t_load - t0, 3), "quantize_s": round(t_eval - t_q, 3),
                 "evaluate_s": round(t_done - t_eval, 3), "total_s": round(time.perf_counter() - t0, 3),

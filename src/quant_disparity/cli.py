@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 import click
-import numpy as np
 from rich.console import Console
 
 from .errors import UserError
@@ -206,7 +205,7 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
            overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
-    from .locate import LocateConfig, effect_matrix, run_locate, validate
+    from .locate import LocateConfig, run_locate, validate
     from .quant import parse_scheme
     from .report import plots
     from .report.tables import locate_markdown
@@ -229,17 +228,8 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
     with OutputDir(out_dir or _default_out("locate"), "locate.json", overwrite) as staged:
         result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
         data = result.to_dict()
-        units, lang_ids, m = effect_matrix(data)
-        verb = "recovered by protecting" if cfg.mode == "protect-one" else "caused by quantizing only"
-        plots.save(plots.heatmap(m, units, lang_ids, f"{data['model']['name']} · {data['scheme']['name']} · "
-                                 f"damage {verb} each unit", "% of reference bpb"), staged.path("heatmap.png"))
-        groups = {}
-        for j, lang in enumerate(lang_ids):
-            rows = data["results"][lang]["units"]
-            ci = np.array([[100 * x for x in (rows[u]["effect"]["ci95"] or [np.nan, np.nan])] for u in units])
-            groups[lang] = (units, m[:, j], ci[:, 0], ci[:, 1])
-        plots.save(plots.bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb"),
-                   staged.path("bars.png"))
+        for name, fig in plots.locate_figures(result).items():
+            plots.save(fig, staged.path(name))
         staged.write_text("locate.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         md = locate_markdown(data)
         staged.write_text("locate.md", md)

@@ -14,9 +14,7 @@ each alone; positive means "more together than apart". Every number has a 95% pa
 
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
-import math
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis.stats import Estimate, _ci, resample_counts
+from .analysis.records import (
+    LOCATE_METRICS, LocateLanguage, LocateResult, PairResult, UnitResult, effect_matrix, rank_units,
+)
+from .analysis.stats import Estimate, interval, language_metrics, may_be_zero, resample_counts
 from .audit import quantization_targets
 from .config import FlatConfig, ModelRuntime, check_common, check_langs
 from .corpus import Corpus, CorpusSelection, language_info
@@ -38,11 +39,8 @@ from .models.modules import COMPONENTS, ModuleMap
 from .provenance import environment
 from .quant import QuantEngine, Scheme, cost, parse_scheme
 
-SCHEMA = "quant-disparity/locate"
-SCHEMA_VERSION = 1
 GRANULARITIES = ("layer", "component", "layer×component")
 MODES = ("protect-one", "quantize-only")
-LN2 = math.log(2)
 
 
 def _locate_eval() -> EvalSettings:
@@ -164,93 +162,73 @@ class _LangData:
     weights: np.ndarray  # [n_boot, n_docs]
 
 
-def _bpb(lang: _LangData, nll: np.ndarray) -> tuple[float, np.ndarray]:
-    total = lang.bytes.sum() * LN2
-    return float(nll[lang.idx].sum() / total), (lang.weights @ nll[lang.idx]) / ((lang.weights @ lang.bytes) * LN2)
+#: How the per-language statistics of analysis.stats are named in a locate row.
+_METRIC_OF = {"bpb": "bpb_q", "delta_bpb": "delta_bpb", "rel_delta_bpb": "rel_delta_bpb", "kl_bits": "kl_bits",
+              "top1_agreement": "top1_agreement"}
+assert tuple(_METRIC_OF) == LOCATE_METRICS
 
 
-def _est(point: float, reps: np.ndarray) -> dict:
-    return _ci(point, reps).to_dict()
-
-
-def _ratio(num_p: float, num_r: np.ndarray, den_p: float, den_r: np.ndarray, what: str) -> dict:
-    """``num / den`` with its interval; undefined (never ±inf or a huge number) when the denominator's interval
-    includes zero, e.g. a share of damage when quantizing changed nothing measurable."""
-    den = _ci(den_p, den_r)
-    if den.value is None or den.value == 0 or den.lo is None or den.lo <= 0 <= den.hi:
-        return Estimate(None, note=f"undefined: the 95% interval of {what} includes zero").to_dict()
+def _ratio(num_p: float, num_r: np.ndarray, den_p: float, den_r: np.ndarray, what: str) -> Estimate:
+    """``num / den`` with its interval; undefined (never ±inf or a huge number) when the denominator is a
+    measured zero or may be zero (:func:`may_be_zero`), e.g. a share of damage when quantizing changed nothing
+    measurable."""
+    den = interval(den_p, den_r)
+    if den.value is None or den.value == 0 or may_be_zero(den):
+        return Estimate(None, note=f"undefined: the 95% interval of {what} includes zero")
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _est(num_p / den_p, num_r / den_r)
+        return interval(num_p / den_p, num_r / den_r)
 
 
 def analyse(scores, langs: dict[str, _LangData], unit_names: list[str], mode: str, pairs: list[tuple[str, str]]
-            ) -> dict:
-    out: dict = {"per_language": {}}
+            ) -> dict[str, LocateLanguage]:
+    out: dict[str, LocateLanguage] = {}
     for lang, ld in langs.items():
-        fp, fp_r = _bpb(ld, scores.nll_ref)
-        npred = scores.n_pred[ld.idx].sum()
-        npred_r = ld.weights @ scores.n_pred[ld.idx]
-        bpb = {name: _bpb(ld, scores.nll[name]) for name in scores.nll}
-        all_p, all_r = bpb["all"]
+        def sums(name: str, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            cols = {"nll": scores.nll[name][ld.idx], "nll_ref": scores.nll_ref[ld.idx], "kl": scores.kl[name][ld.idx],
+                    "top1": scores.top1[name][ld.idx], "n_pred": scores.n_pred[ld.idx], "bytes": ld.bytes}
+            return {k: v.sum() if weights is None else weights @ v for k, v in cols.items()}
 
-        def row(name: str) -> dict:
-            p, r = bpb[name]
-            kl = scores.kl[name]
-            return {
-                "bpb": _est(p, r),
-                "delta_bpb": _est(p - fp, r - fp_r),
-                "rel_delta_bpb": _est((p - fp) / fp, (r - fp_r) / fp_r),
-                "kl_bits": _est(kl[ld.idx].sum() / npred / LN2, (ld.weights @ kl[ld.idx]) / npred_r / LN2),
-                "top1_agreement": _est(scores.top1[name][ld.idx].sum() / npred,
-                                       (ld.weights @ scores.top1[name][ld.idx]) / npred_r),
-            }
+        # the statistics of every configuration: (point values, bootstrap replicates) per metric
+        stats = {name: (language_metrics(sums(name)), language_metrics(sums(name, ld.weights))) for name in scores.nll}
+        point, reps = stats["all"]
+        fp, fp_r = float(point["bpb_fp"]), reps["bpb_fp"]
+        all_p, all_r = float(point["bpb_q"]), reps["bpb_q"]
 
-        def unit_row(u: str) -> dict:
-            r = row(u)
-            p, rr = bpb[u]
+        def bpb(name: str) -> tuple[float, np.ndarray]:
+            p, r = stats[name]
+            return float(p["bpb_q"]), r["bpb_q"]
+
+        def row(name: str) -> dict[str, Estimate]:
+            p, r = stats[name]
+            return {k: interval(float(p[m]), r[m]) for k, m in _METRIC_OF.items()}
+
+        def unit_row(u: str) -> UnitResult:
+            p, rr = bpb(u)
+            share = None
             if mode == "protect-one":
                 eff_p, eff_r = (all_p - p) / fp, (all_r - rr) / fp_r
-                r["share_of_damage_recovered"] = _ratio(all_p - p, all_r - rr, all_p - fp, all_r - fp_r,
-                                                        "the all-quantized damage")
+                share = _ratio(all_p - p, all_r - rr, all_p - fp, all_r - fp_r, "the all-quantized damage")
             else:
                 eff_p, eff_r = (p - fp) / fp, (rr - fp_r) / fp_r
-            r["effect"] = _est(eff_p, eff_r)
-            return r
+            return UnitResult(row(u), interval(eff_p, eff_r), share)
 
-        units = {u: unit_row(u) for u in unit_names}
-        ranked = sorted(unit_names, key=lambda u: -units[u]["effect"]["value"])
-        for rank, u in enumerate(ranked, 1):
-            units[u]["rank"] = rank
+        units, ranked = rank_units({u: unit_row(u) for u in unit_names})
         pair_rows = {}
         for a, b in pairs:
             ab = f"{a}+{b}"
-            (pa, ra), (pb, rb), (pab, rab) = bpb[a], bpb[b], bpb[ab]
+            (pa, ra), (pb, rb), (pab, rab) = bpb(a), bpb(b), bpb(ab)
             if mode == "protect-one":  # recovery(AB) - recovery(A) - recovery(B)
                 ip, ir = (pa + pb - pab - all_p) / fp, (ra + rb - rab - all_r) / fp_r
             else:  # damage(AB) - damage(A) - damage(B)
                 ip, ir = (pab - pa - pb + fp) / fp, (rab - ra - rb + fp_r) / fp_r
-            pair_rows[ab] = {"units": [a, b], **row(ab), "interaction": _est(ip, ir),
-                             "effect_a": (units.get(a) or unit_row(a))["effect"],
-                             "effect_b": (units.get(b) or unit_row(b))["effect"]}
-        out["per_language"][lang] = {
-            "bpb_fp": _est(fp, fp_r),
-            "all_quantized": row("all"),
-            "units": units,
-            "ranking": ranked,
-            "pairs": pair_rows,
-        }
+            pair_rows[ab] = PairResult((a, b), row(ab), interval(ip, ir),
+                                       (units.get(a) or unit_row(a)).effect, (units.get(b) or unit_row(b)).effect)
+        out[lang] = LocateLanguage(bpb_fp=interval(fp, fp_r), all_quantized=row("all"), units=units,
+                                   ranking=tuple(ranked), pairs=pair_rows)
     return out
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
-@dataclass
-class LocateResult:
-    data: dict
-
-    def to_dict(self) -> dict:
-        return self.data
-
-
 def build_configs(universe: list[str], units: list[Unit], pairs: list[tuple[Unit, Unit]], scheme: Scheme,
                   mode: str) -> dict[str, dict[str, Scheme]]:
     full = {t: scheme for t in universe}
@@ -324,45 +302,31 @@ def run_locate(
                                     np.array(prepared.n_bytes[offset: offset + n], dtype=np.float64),
                                     resample_counts(n, config.n_boot, rng))
         offset += n
-    stats = analyse(scores, lang_data, [u.name for u in units], config.mode,
-                    [(a.name, b.name) for a, b in pairs])
-    data = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "model": {**lm.info.to_dict(), "module_map": modmap.summary()},
-        "scheme": {"name": scheme.name, "universe_tensors": len(universe),
-                   "universe_cost": cost(modmap, {t: scheme for t in universe})},
-        "corpus": {"name": corpus.name, "digest": corpus.digest, "split": config.split,
-                   "max_tokens_per_language": config.max_tokens,
-                   **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
-        "mode": config.mode,
-        "granularity": config.granularity,
-        "effect": ("share of the reference bpb recovered by protecting the unit (bpb all-quantized - bpb unit "
-                   "protected) / bpb reference" if config.mode == "protect-one" else
-                   "relative Δbpb caused by quantizing the unit alone"),
-        "units": [{"name": u.name, "tensors": len(u.tensors), "params": u.n_params} for u in units],
-        "languages": [{**language_info(base_language(lang)).to_dict(), "id": lang,
-                       "n_docs": len(selection.docs[lang]),
-                       "n_bytes": int(lang_data[lang].bytes.sum())} for lang in langs],
-        "results": stats["per_language"],
-        "pairs": [[a.name, b.name] for a, b in pairs],
-        "environment": environment(),
-        "timing": {"quantize_s": round(t_eval - t_q, 3), "evaluate_s": round(t_done - t_eval, 3),
-                   "total_s": round(time.perf_counter() - t0, 3), "configurations": len(configs),
-                   "tokens_per_configuration": prepared.total_pred, **scores.stats},
-    }
-    return LocateResult(data)
-
-
-def effect_matrix(data: dict) -> tuple[list[str], list[str], np.ndarray]:
-    """(units, languages, effect [units x languages]) in percent of the reference bpb."""
-    units = [u["name"] for u in data["units"]]
-    langs = [lang["id"] for lang in data["languages"]]
-    vals = [[data["results"][lang]["units"][u]["effect"]["value"] for lang in langs] for u in units]
-    m = np.array([[np.nan if v is None else v for v in row] for row in vals], dtype=np.float64)
-    return units, langs, 100 * m
+    results = analyse(scores, lang_data, [u.name for u in units], config.mode, [(a.name, b.name) for a, b in pairs])
+    return LocateResult(
+        config=config.to_dict(),
+        model={**lm.info.to_dict(), "module_map": modmap.summary()},
+        scheme={"name": scheme.name, "universe_tensors": len(universe),
+                "universe_cost": cost(modmap, {t: scheme for t in universe})},
+        corpus={"name": corpus.name, "digest": corpus.digest, "split": config.split,
+                "max_tokens_per_language": config.max_tokens,
+                **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
+        mode=config.mode,
+        granularity=config.granularity,
+        effect=("share of the reference bpb recovered by protecting the unit (bpb all-quantized - bpb unit "
+                "protected) / bpb reference" if config.mode == "protect-one" else
+                "relative Δbpb caused by quantizing the unit alone"),
+        units=[{"name": u.name, "tensors": len(u.tensors), "params": u.n_params} for u in units],
+        languages=[{**language_info(base_language(lang)).to_dict(), "id": lang,
+                    "n_docs": len(selection.docs[lang]),
+                    "n_bytes": int(lang_data[lang].bytes.sum())} for lang in langs],
+        results=results,
+        pairs=[[a.name, b.name] for a, b in pairs],
+        environment=environment(),
+        timing={"quantize_s": round(t_eval - t_q, 3), "evaluate_s": round(t_done - t_eval, 3),
+                "total_s": round(time.perf_counter() - t0, 3), "configurations": len(configs),
+                "tokens_per_configuration": prepared.total_pred, **scores.stats},
+    )
 
 
 __all__ = ["GRANULARITIES", "MODES", "LocateConfig", "LocateResult", "Unit", "effect_matrix", "make_units",

@@ -20,7 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+#: Nats per bit: a sum of negative log-likelihoods in nats over ``LN2 * bytes`` is bits per byte.
 LN2 = math.log(2)
+
+#: The two percentiles of the bootstrap replicates that bound a 95% percentile interval.
+CI_PERCENTILES = (2.5, 97.5)
+
+#: No replicates: a value shown without an interval.
+NO_REPLICATES = np.zeros(0)
+
+#: Fewest languages for a rank correlation across languages (with two, Spearman is always +1 or -1).
+MIN_LANGUAGES_FOR_SPEARMAN = 3
 
 #: Fewest documents for which a language gets a bootstrap interval. A with-replacement resample of n
 #: documents takes one of only C(2n-1, n) distinct forms: 1, 3, 10, 35, 126 for n = 1..5. With n = 1 every
@@ -67,20 +77,35 @@ class Estimate:
             d["note"] = self.note
         return d
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Estimate:
+        ci = data.get("ci95")
+        return cls(data.get("value"), *(ci if ci else (None, None)), note=data.get("note"))
+
     @property
     def excludes_zero(self) -> bool:
         return self.lo is not None and (self.lo > 0 or self.hi < 0)
 
 
-def _ci(point: float, reps: np.ndarray, note: str | None = None) -> Estimate:
-    """Percentile interval of ``reps`` around ``point``; none when there are no replicates (``note`` says why)."""
-    reps = reps[np.isfinite(reps)]
+def interval(point: float, reps: np.ndarray, no_interval: str | None = None) -> Estimate:
+    """``point`` with the 95% percentile interval of its bootstrap replicates ``reps`` (non-finite ones left out).
+
+    With ``no_interval`` (why there is none, e.g. too few documents) the value alone, carrying that note; also
+    the value alone when no replicate is finite. A non-finite ``point`` is undefined."""
     if not np.isfinite(point):
         return Estimate(None, note="not finite")
+    reps = NO_REPLICATES if no_interval else reps[np.isfinite(reps)]
     if reps.size == 0:
-        return Estimate(float(point), note=note)
-    lo, hi = np.percentile(reps, [2.5, 97.5])
+        return Estimate(float(point), note=no_interval)
+    lo, hi = np.percentile(reps, CI_PERCENTILES)
     return Estimate(float(point), float(lo), float(hi))
+
+
+def may_be_zero(denominator: Estimate) -> bool:
+    """The rule for ratios: a ratio is undefined when its denominator may be zero, i.e. when the denominator has
+    no interval or its 95% interval includes zero. Dividing by a quantity that may be zero gives meaningless or
+    infinite ratios (the original log's "214x")."""
+    return denominator.lo is None or denominator.lo <= 0 <= denominator.hi
 
 
 def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,8 +122,11 @@ LANG_METRICS = (
 )
 
 
-def _metrics(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """All per-language statistics from (replicated) sums; works elementwise on arrays."""
+def language_metrics(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All per-language statistics (:data:`LANG_METRICS`, in that order) from a language's sums over documents
+    of nll (quantized), nll_ref (reference), kl, top1, n_pred and bytes: ratios of sums, never means of
+    per-document ratios. Works elementwise, so bootstrap replicates of the sums give replicates of every
+    statistic."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         bpb_fp = sums["nll_ref"] / (LN2 * sums["bytes"])
         bpb_q = sums["nll"] / (LN2 * sums["bytes"])
@@ -120,6 +148,8 @@ def _metrics(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @dataclass
 class LanguageStats:
+    """One language's estimates with their replicates (the audit writes it as a :class:`.records.LanguageRow`)."""
+
     lang: str
     n_docs: int
     n_bytes: int
@@ -128,29 +158,18 @@ class LanguageStats:
     replicates: dict[str, np.ndarray]  # per metric, [n_boot] (kept for cross-language statistics)
     interval_note: str | None = None  # set when the language has too few documents for an interval
 
-    def to_dict(self) -> dict:
-        return {
-            "lang": self.lang,
-            "n_docs": self.n_docs,
-            "n_bytes": self.n_bytes,
-            "n_predicted_tokens": self.n_pred,
-            **{k: v.to_dict() for k, v in self.estimates.items()},
-        }
-
 
 def language_stats(lang: str, docs: Mapping[str, np.ndarray], n_boot: int, rng: np.random.Generator) -> LanguageStats:
     """``docs`` holds per-document arrays: nll, nll_ref, kl, top1, n_pred, bytes."""
     arrays = {k: np.asarray(docs[k], dtype=np.float64) for k in ("nll", "nll_ref", "kl", "top1", "n_pred", "bytes")}
     n = len(arrays["nll"])
-    point = _metrics({k: v.sum() for k, v in arrays.items()})
+    point = language_metrics({k: v.sum() for k, v in arrays.items()})
     weights = resample_counts(n, n_boot, rng)  # drawn even without an interval: the stream stays the same
-    reps = _metrics({k: weights @ v for k, v in arrays.items()})
+    reps = language_metrics({k: weights @ v for k, v in arrays.items()})
     note = too_few_documents(n)
     if note:
         warn_too_few_documents(lang, n)
-        estimates = {k: _ci(float(point[k]), reps[k][:0], note) for k in LANG_METRICS}
-    else:
-        estimates = {k: _ci(float(point[k]), reps[k]) for k in LANG_METRICS}
+    estimates = {k: interval(float(point[k]), reps[k], note) for k in LANG_METRICS}
     return LanguageStats(
         lang=lang,
         n_docs=n,
@@ -162,14 +181,16 @@ def language_stats(lang: str, docs: Mapping[str, np.ndarray], n_boot: int, rng: 
     )
 
 
+RATIO_INCLUDES_ZERO = "undefined: the high-resource mean's 95% CI includes zero"
+
+
 def disparity(
     per_lang: Sequence[LanguageStats], groups: Mapping[str, str], metric: str = "rel_delta_bpb"
 ) -> dict:
     """Low- vs high-resource comparison of ``metric``: ratio and difference of group means, with CIs.
 
     ``groups`` maps language -> "low" | "high" (others are left out). The ratio is undefined when the
-    interval of the high-resource mean includes zero: dividing by a quantity that may be zero gives
-    meaningless or infinite ratios (the original log's "214x"). A member language with too few documents
+    interval of the high-resource mean includes zero (:func:`may_be_zero`). A member language with too few documents
     for an interval leaves the group means, difference and ratio without an interval (values kept); if it is
     a high-resource language the ratio is undefined, since whether its denominator may be zero is unknown.
     """
@@ -187,31 +208,40 @@ def disparity(
     short = [s.lang for s in (*low, *high) if s.interval_note]
     if short:
         # values stay, intervals go; the ratio is defined only if the high-resource mean's interval is known
-        none = np.zeros(0)
         low_short = [s.lang for s in low if s.interval_note]
         high_short = [s.lang for s in high if s.interval_note]
-        lo_est = _ci(lo_p, none, no_interval_note(low_short)) if low_short else _ci(lo_p, lo_r)
-        hi_est = _ci(hi_p, none, no_interval_note(high_short)) if high_short else _ci(hi_p, hi_r)
+        lo_est = interval(lo_p, lo_r, no_interval_note(low_short) if low_short else None)
+        hi_est = interval(hi_p, hi_r, no_interval_note(high_short) if high_short else None)
         out["low_mean"], out["high_mean"] = lo_est.to_dict(), hi_est.to_dict()
-        out["difference"] = _ci(lo_p - hi_p, none, no_interval_note(short)).to_dict()
+        out["difference"] = interval(lo_p - hi_p, NO_REPLICATES, no_interval_note(short)).to_dict()
         if high_short:
             out["ratio"] = Estimate(None, note="undefined: the high-resource mean has no interval "
                                                f"({no_interval_note(high_short)})").to_dict()
-        elif hi_est.lo is None or hi_est.lo <= 0 <= hi_est.hi:
-            out["ratio"] = Estimate(None, note="undefined: the high-resource mean's 95% CI includes zero").to_dict()
+        elif may_be_zero(hi_est):
+            out["ratio"] = Estimate(None, note=RATIO_INCLUDES_ZERO).to_dict()
         else:
-            out["ratio"] = _ci(lo_p / hi_p, none, no_interval_note(short)).to_dict()
+            out["ratio"] = interval(lo_p / hi_p, NO_REPLICATES, no_interval_note(short)).to_dict()
         return out
-    hi_est = _ci(hi_p, hi_r)
-    out["low_mean"] = _ci(lo_p, lo_r).to_dict()
+    hi_est = interval(hi_p, hi_r)
+    out["low_mean"] = interval(lo_p, lo_r).to_dict()
     out["high_mean"] = hi_est.to_dict()
-    out["difference"] = _ci(lo_p - hi_p, lo_r - hi_r).to_dict()
-    if hi_est.lo is None or hi_est.lo <= 0 <= hi_est.hi:
-        out["ratio"] = Estimate(None, note="undefined: the high-resource mean's 95% CI includes zero").to_dict()
+    out["difference"] = interval(lo_p - hi_p, lo_r - hi_r).to_dict()
+    if may_be_zero(hi_est):
+        out["ratio"] = Estimate(None, note=RATIO_INCLUDES_ZERO).to_dict()
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["ratio"] = _ci(lo_p / hi_p, lo_r / hi_r).to_dict()
+            out["ratio"] = interval(lo_p / hi_p, lo_r / hi_r).to_dict()
     return out
+
+
+def spearman_undefined(measure: np.ndarray) -> str | None:
+    """Why a Spearman correlation across languages with resource ``measure`` (one value per language that has
+    it) is undefined, else None: too few languages, or a measure that is the same for every language."""
+    if len(measure) < MIN_LANGUAGES_FOR_SPEARMAN:
+        return f"needs at least {MIN_LANGUAGES_FOR_SPEARMAN} languages with the measure"
+    if np.ptp(measure) == 0:
+        return "the measure is the same for every language"
+    return None
 
 
 def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: np.random.Generator
@@ -258,17 +288,14 @@ def correlation(
     """
     langs = [s for s in per_lang if measure.get(s.lang) is not None]
     out: dict = {"metric": metric, "n_languages": len(langs), "languages": [s.lang for s in langs]}
-    if len(langs) < 3:
-        out["spearman"] = Estimate(None, note="needs at least 3 languages with the measure").to_dict()
-        return out
     x = np.array([measure[s.lang] for s in langs], dtype=np.float64)
-    y = np.array([s.estimates[metric].value for s in langs], dtype=np.float64)
-    if np.ptp(x) == 0:
-        out["spearman"] = Estimate(None, note="the measure is the same for every language").to_dict()
+    undefined = spearman_undefined(x)
+    if undefined:
+        out["spearman"] = Estimate(None, note=undefined).to_dict()
         return out
+    y = np.array([s.estimates[metric].value for s in langs], dtype=np.float64)
     yr = np.array([s.replicates[metric] for s in langs])  # [n_lang, n_boot]
     point, reps = spearman_replicates(x, y, yr, rng)  # drawn in any case: the random stream stays the same
     short = [s.lang for s in langs if s.interval_note]
-    est = _ci(float(point), reps[:0], no_interval_note(short)) if short else _ci(float(point), reps)
-    out["spearman"] = est.to_dict()
+    out["spearman"] = interval(float(point), reps, no_interval_note(short) if short else None).to_dict()
     return out

@@ -43,12 +43,14 @@ import itertools
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..analysis.records import DocumentColumns, Verdict
 from ..analysis.stats import (
-    MIN_DOCS_FOR_INTERVAL, _metrics, no_interval_note, resample_counts, too_few_documents, warn_too_few_documents,
+    MIN_DOCS_FOR_INTERVAL, NO_REPLICATES, Estimate, interval, language_metrics, may_be_zero, no_interval_note,
+    resample_counts, spearman_replicates, spearman_undefined, too_few_documents, warn_too_few_documents,
 )
 from ..errors import UserError, did_you_mean
 
@@ -193,17 +195,19 @@ class Value:
     def defined(self) -> bool:
         return self.point is not None and np.isfinite(self.point)
 
+    def estimate(self) -> Estimate:
+        """The value with its 95% interval (:func:`..analysis.stats.interval`), and its note."""
+        if not self.defined:
+            return Estimate(None, note=self.note or None)
+        est = interval(self.point, NO_REPLICATES if self.reps is None else self.reps)
+        return Estimate(self.point, est.lo, est.hi, self.note or None)
+
     def ci(self) -> list[float] | None:
-        if not self.defined or self.reps is None:
-            return None
-        r = self.reps[np.isfinite(self.reps)]
-        return None if r.size == 0 else [float(x) for x in np.percentile(r, [2.5, 97.5])]
+        est = self.estimate()
+        return None if est.lo is None else [est.lo, est.hi]
 
     def to_dict(self) -> dict:
-        d = {"value": self.point if self.defined else None, "ci95": self.ci()}
-        if self.note:
-            d["note"] = self.note
-        return d
+        return self.estimate().to_dict()
 
 
 def _combine(a: Value, b: Value, op: Callable) -> Value:
@@ -224,9 +228,11 @@ class Evaluator:
     (model, language) pair, so every trial of a model shares the same resamples: comparisons are paired.
     """
 
-    def __init__(self, spec, rows_by_trial: dict[str, dict[str, dict[str, np.ndarray]]]):
+    def __init__(self, spec, rows_by_trial: dict[str, dict[str, DocumentColumns | dict[str, np.ndarray]]]):
         self.spec = spec
-        self.rows = rows_by_trial  # trial name -> lang -> column -> per-document array
+        # trial name -> lang -> the documents' columns (a record, or a mapping of the same columns)
+        self.rows = {t: {lang: DocumentColumns.of(cols) for lang, cols in langs.items()}
+                     for t, langs in rows_by_trial.items()}
         self._weights: dict[tuple[str, str], np.ndarray] = {}
         self._groups: tuple[list[str], list[str]] | None = None
         self.points = getattr(spec, "verdict_basis", "intervals") == "points"
@@ -249,16 +255,16 @@ class Evaluator:
 
     def lang_metrics(self, trial, lang: str) -> tuple[dict, dict]:
         cols = self.rows[trial.name][lang]
-        sums = {"nll": cols["nll"], "nll_ref": cols["nll_ref"], "kl": cols["kl"], "top1": cols["top1"],
-                "n_pred": cols["n_pred"], "bytes": cols["bytes"]}
-        w = self.weights(trial.model, lang, len(cols["nll"]))
-        return _metrics({k: v.sum() for k, v in sums.items()}), _metrics({k: w @ v for k, v in sums.items()})
+        sums = cols.sums()
+        w = self.weights(trial.model, lang, cols.n_docs)
+        return (language_metrics({k: v.sum() for k, v in sums.items()}),
+                language_metrics({k: w @ v for k, v in sums.items()}))
 
     def interval_note(self, trial, lang: str) -> str | None:
         """Why ``lang`` has no interval in ``trial`` (too few documents), else None; warns once per language.
 
         Under ``verdict_basis = "points"`` nothing has an interval, by the spec's choice: no warning."""
-        n = len(self.rows[trial.name][lang]["nll"])
+        n = self.rows[trial.name][lang].n_docs
         note = too_few_documents(n)
         if note and not self.points and lang not in self._warned:
             self._warned.add(lang)
@@ -332,22 +338,19 @@ class Evaluator:
             return _combine(lo, hi, operator.truediv)
         if hi.defined and hi.reps is None:
             return Value(None, None, f"ratio undefined: the high-resource mean has no interval ({hi.note})")
-        ci = hi.ci()
-        if not hi.defined or ci is None or ci[0] <= 0 <= ci[1]:
+        if may_be_zero(hi.estimate()):
             return Value(None, None, "ratio undefined: the high-resource mean's 95% CI includes zero")
         return _combine(lo, hi, operator.truediv)
 
     def _spearman(self, trial, measure: str) -> Value:
-        from ..analysis.stats import spearman_replicates
         from ..corpus import language_info
         from ..corpus.documents import base_language
 
         langs = [x for x in self.languages() if language_info(base_language(x)).resources.get(measure) is not None]
-        if len(langs) < 3:
-            return Value(None, None, "needs at least 3 languages with the measure")
         x = np.array([language_info(base_language(lang)).resources.get(measure) for lang in langs])
-        if np.ptp(x) == 0:
-            return Value(None, None, "the measure is the same for every language")
+        undefined = spearman_undefined(x)
+        if undefined:
+            return Value(None, None, undefined)
         pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
         h = int.from_bytes(hashlib.sha256(f"spearman\0{trial.model}".encode()).digest()[:8], "big")
         point, out = spearman_replicates(x, np.array([p["rel_delta_bpb"] for p in pts]),
@@ -441,6 +444,12 @@ FAMILY_ALPHA = 0.05
 
 
 def evaluate_claims(spec, evaluator: Evaluator) -> list[dict]:
+    """Every claim instance's verdict record, as verdicts.json holds it."""
+    return [v.to_dict() for v in claim_verdicts(spec, evaluator)]
+
+
+def claim_verdicts(spec, evaluator: Evaluator) -> list[Verdict]:
+    """Every instance of every claim of ``spec``, judged per instance and family-wise (Holm over all of them)."""
     points = evaluator.points
     basis = ("point values (verdict_basis = \"points\": nothing to resample)" if points
              else f"95% paired bootstrap interval (languages need >= {MIN_DOCS_FOR_INTERVAL} documents)")
@@ -451,23 +460,20 @@ def evaluate_claims(spec, evaluator: Evaluator) -> list[dict]:
             lv, rv = evaluator.evaluate(left, chosen), evaluator.evaluate(right, chosen)
             diff = _combine(lv, rv, operator.sub)
             diffs.append(diff)
-            out.append({
-                "id": claim.id, "text": claim.text, "expr": claim.expr, "instance": inst,
-                "trials": sorted({t.name for t in chosen.values()}),
-                "left": lv.to_dict(), "right": rv.to_dict(), "difference": diff.to_dict(),
-                "verdict": verdict(diff, op, points), "basis": basis,
-            })
-    if points:
-        for rec in out:
-            rec.update(p_value=None, p_boot=None, p_holm=None, verdict_familywise=None)
+            out.append(Verdict(
+                id=claim.id, text=claim.text, expr=claim.expr, instance=inst,
+                trials=sorted({t.name for t in chosen.values()}),
+                left=lv.estimate(), right=rv.estimate(), difference=diff.estimate(),
+                verdict=verdict(diff, op, points), basis=basis,
+            ))
+    if points:  # no p-values, no family-wise verdict
         return out
     p_values = [bootstrap_z_p(d) for d in diffs]
     rejected, adjusted = holm(p_values, FAMILY_ALPHA)
-    for rec, d, p, rej, adj in zip(out, diffs, p_values, rejected, adjusted):
-        fw = rec["verdict"] if rej and rec["verdict"] in ("supported", "refuted") else "inconclusive"
-        rec.update(p_value=p, p_boot=bootstrap_p(d), p_holm=adj, verdict_familywise=fw)
-    return out
+    return [replace(rec, p_value=p, p_boot=bootstrap_p(d), p_holm=adj,
+                    verdict_familywise=rec.verdict if rej and rec.verdict in ("supported", "refuted") else "inconclusive")
+            for rec, d, p, rej, adj in zip(out, diffs, p_values, rejected, adjusted)]
 
 
-__all__ = ["Evaluator", "bootstrap_p", "bootstrap_z_p", "evaluate_claims", "holm", "instances", "parse_expr",
+__all__ = ["Evaluator", "bootstrap_p", "bootstrap_z_p", "claim_verdicts", "evaluate_claims", "holm", "instances", "parse_expr",
            "validate_claims", "verdict"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from .._io import atomic_write_bytes
 from ..errors import UserError
 from .spec import ExperimentSpec, parse_spec
-from .store import ROW_COLUMNS
+from .store import ROW_COLUMNS, ResultRow
 
 EXPORT_VERSION = 1
 
@@ -81,11 +81,12 @@ class FrozenStore:
         df = pd.read_parquet(rows_path)
         if tuple(df.columns) != ROW_COLUMNS:
             raise UserError(f"{rows_path} does not hold result rows (columns {list(df.columns)})", "re-export the run")
+        # back to the store's Python types (NumPy scalars would not compare or hash the same way)
         ints = {"doc", "bytes", "chars", "tokens", "n_pred"}
         cols = [[int(v) for v in df[c]] if c in ints else
                 [float(v) for v in df[c]] if c in ("nll", "nll_ref", "kl", "top1") else list(df[c])
                 for c in ROW_COLUMNS]
-        self._rows = list(zip(*cols))
+        self._rows = [ResultRow._make(r) for r in zip(*cols)]
         self.name = name
 
     def spec(self) -> ExperimentSpec:
@@ -101,11 +102,11 @@ class FrozenStore:
     def trial(self, key: str) -> dict:
         return json.loads(json.dumps(self.record["trials"][key]))  # a copy: callers may modify it
 
-    def rows(self, keys: Iterable[str] | None = None) -> list[tuple]:
+    def rows(self, keys: Iterable[str] | None = None) -> list[ResultRow]:
         if keys is None:
             return list(self._rows)
         wanted = set(keys)
-        return [r for r in self._rows if r[0] in wanted]
+        return [r for r in self._rows if r.trial_key in wanted]
 
     def close(self) -> None:
         pass

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..analysis.records import DocumentColumns
 from ..errors import UserError
 from .executors import run_locally, run_with_ray
 from .spec import ExperimentSpec, TrialSpec
-from .store import Store
+from .store import ResultRow, Store
 
 
 def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray_address: str | None = None,
@@ -38,27 +39,23 @@ def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray
     return run_locally(spec, store, by_model, summary, device=device, dtype=dtype, log=log, progress=progress)
 
 
-def load_results(spec: ExperimentSpec, store: Store) -> dict[str, dict[str, dict]]:
-    """trial name -> language -> column -> per-document numpy array, for every trial of ``spec`` in the store."""
-    import numpy as np
-
+def load_results(spec: ExperimentSpec, store: Store) -> dict[str, dict[str, DocumentColumns]]:
+    """trial name -> language -> its documents' columns, for every trial of ``spec`` in the store (languages and
+    documents in the store's order)."""
     names = store.spec_trials(spec.name)
     missing = [t.name for t in spec.trials if t.name not in names or store.trial_status(names[t.name]) != "done"]
     if missing:
         raise UserError(f"{len(missing)} trials of {spec.name} are not in the store yet (e.g. {missing[0]})",
                         "run the spec first: quant-disparity run SPEC")
-    out: dict[str, dict[str, dict]] = {}
-    key_rows: dict[str, list[tuple]] = {}
+    key_rows: dict[str, list[ResultRow]] = {}
     for row in store.rows(set(names[t.name] for t in spec.trials)):
-        key_rows.setdefault(row[0], []).append(row)
+        key_rows.setdefault(row.trial_key, []).append(row)
+    out: dict[str, dict[str, DocumentColumns]] = {}
     for t in spec.trials:
-        per_lang: dict[str, dict[str, list]] = {}
-        for (_, lang, _doc_id, _doc, nbytes, _chars, _tok, n_pred, nll, nll_ref, kl, top1) in key_rows[names[t.name]]:
-            d = per_lang.setdefault(lang, {k: [] for k in ("bytes", "n_pred", "nll", "nll_ref", "kl", "top1")})
-            for k, v in zip(("bytes", "n_pred", "nll", "nll_ref", "kl", "top1"), (nbytes, n_pred, nll, nll_ref, kl, top1)):
-                d[k].append(v)
-        out[t.name] = {lang: {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
-                       for lang, cols in per_lang.items()}
+        per_lang: dict[str, list[ResultRow]] = {}
+        for row in key_rows[names[t.name]]:
+            per_lang.setdefault(row.lang, []).append(row)
+        out[t.name] = {lang: DocumentColumns.from_rows(rows) for lang, rows in per_lang.items()}
     return out
 
 

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import UserError
 
@@ -55,8 +56,26 @@ CREATE TABLE IF NOT EXISTS spec_trials (spec TEXT NOT NULL, trial_name TEXT NOT 
     PRIMARY KEY (spec, trial_name));
 """
 
-ROW_COLUMNS = ("trial_key", "lang", "doc_id", "doc", "bytes", "chars", "tokens", "n_pred", "nll", "nll_ref", "kl",
-               "top1")
+class ResultRow(NamedTuple):
+    """One row of the ``rows`` table: one document of one finished trial, with its exact sums (nats)."""
+
+    trial_key: str
+    lang: str
+    doc_id: str
+    doc: int  # position in the trial's selection
+    bytes: int
+    chars: int
+    tokens: int
+    n_pred: int
+    nll: float  # the trial's model
+    nll_ref: float  # the reference
+    kl: float
+    top1: float
+
+
+ROW_COLUMNS = ResultRow._fields
+#: Trial keys per ``IN (...)`` query: under the 999 host parameters older SQLite builds allow at most.
+_KEYS_PER_QUERY = 500
 
 
 class Store:
@@ -254,14 +273,10 @@ class Store:
                 "SELECT doc, lang, doc_id, bytes, chars, tokens, n_pred FROM documents WHERE trial_key = ? ORDER BY doc",
                 (key,)):
             parts = sums.get(doc, [[], [], [], []])
-            rows.append((key, lang, doc_id, doc, nbytes, chars, tokens, n_pred, *(math.fsum(p) for p in parts)))
+            rows.append(ResultRow(key, lang, doc_id, doc, nbytes, chars, tokens, n_pred, *(math.fsum(p) for p in parts)))
         db.executemany(f"INSERT INTO rows VALUES ({','.join('?' * len(ROW_COLUMNS))})", rows)
         db.execute("DELETE FROM partials WHERE trial_key = ?", (key,))
         db.execute("UPDATE trials SET status = 'done', finished = ? WHERE trial_key = ?", (finished_at, key))
-
-    def set_info(self, key: str, info: dict) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE trials SET info = ? WHERE trial_key = ?", (json.dumps(info), key))
 
     # -- reading -------------------------------------------------------------------------------------------
     def spec_trials(self, spec: str) -> dict[str, str]:
@@ -278,16 +293,18 @@ class Store:
             out[k] = json.loads(out[k])
         return out
 
-    def rows(self, keys: Iterable[str] | None = None) -> list[tuple]:
+    def rows(self, keys: Iterable[str] | None = None) -> list[ResultRow]:
+        """The rows of the trials ``keys`` (all trials when None), by trial key, then document."""
         q = f"SELECT {', '.join(ROW_COLUMNS)} FROM rows"
         if keys is None:
-            return list(self.db.execute(q + " ORDER BY trial_key, doc"))
+            return [ResultRow._make(r) for r in self.db.execute(q + " ORDER BY trial_key, doc")]
         keys = list(keys)
         out = []
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            out += list(self.db.execute(q + f" WHERE trial_key IN ({','.join('?' * len(chunk))}) ORDER BY trial_key, doc",
-                                        chunk))
+        for i in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[i : i + _KEYS_PER_QUERY]
+            cur = self.db.execute(q + f" WHERE trial_key IN ({','.join('?' * len(chunk))}) ORDER BY trial_key, doc",
+                                  chunk)
+            out += [ResultRow._make(r) for r in cur]
         return out
 
     def dataframe(self, spec: str | None = None):

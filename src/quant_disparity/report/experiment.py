@@ -1,6 +1,8 @@
 """Reports of a study from its analysed results: markdown, LaTeX (booktabs) and a self-contained HTML page.
 
-Every number is read from ``experiments.results.analyse`` output, which is computed from the store.
+Every number is read from ``experiments.results.analyse`` output, which is computed from the store; the
+functions take that mapping (as results.json holds it) and read it through
+:class:`..analysis.records.StudyResult`.
 """
 
 from __future__ import annotations
@@ -12,28 +14,39 @@ import re
 
 import numpy as np
 
+from collections.abc import Mapping
+
+from ..analysis.records import StudyResult, TrialResult, Verdict
+from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, Estimate
 from .tables import NO_CI, fmt, markdown_table, no_interval_footnote
 
+
 # -- shared pieces -------------------------------------------------------------------------------------------------
-def _pct(est: dict) -> float:
+def _study(result: StudyResult | Mapping) -> StudyResult:
+    return result if isinstance(result, StudyResult) else StudyResult.from_dict(result)
+
+
+def _pct(est: Estimate) -> float:
     """100 x an estimate's value for a figure; NaN only when it is undefined (0.0 stays 0.0)."""
-    v = est["value"]
-    return np.nan if v is None else 100 * v
+    return np.nan if est.value is None else 100 * est.value
 
 
+def _rel_delta(t: TrialResult, lang: str) -> Estimate:
+    return t.languages[lang].estimates["rel_delta_bpb"]
 
-def trial_rows(result: dict) -> list[list[str]]:
+
+def trial_rows(result: StudyResult | Mapping) -> list[list[str]]:
     rows = []
-    for t in result["trials"]:
-        c = t["cost"]
-        s = t["summary"]
+    for t in _study(result).trials:
+        c = t.cost
+        s = t.summary
         rows.append([
-            t["model"], t["scheme"] or "—", t["plan_name"],
+            t.model, t.scheme or "—", t.plan_name,
             f"{c.get('bits_per_weight', float('nan')):.2f}", f"{100 * c.get('protected_fraction', 0):.1f}%",
             fmt(s["mean_rel_delta"], 1, pct=True, sign=True),
-            f"{t['worst_language']} {fmt(t['languages'][t['worst_language']]['rel_delta_bpb'], 1, pct=True, sign=True)}",
+            f"{t.worst_language} {fmt(_rel_delta(t, t.worst_language), 1, pct=True, sign=True)}",
             fmt(s["gap"], 1, pct=True, sign=True),
-            fmt(s["disparity"], 2) + (" (undefined)" if s["disparity"].get("note") else ""),
+            fmt(s["disparity"], 2) + (" (undefined)" if s["disparity"].note else ""),
         ])
     return rows
 
@@ -44,47 +57,52 @@ VERDICT_HEADERS = ["claim", "instance", "left [95% CI]", "right [95% CI]", "left
                    "family-wise (Holm)"]
 
 
-def familywise_cell(v: dict) -> str:
+def _verdict(v: Verdict | Mapping) -> Verdict:
+    return v if isinstance(v, Verdict) else Verdict.from_dict(v)
+
+
+def familywise_cell(v: Verdict | Mapping) -> str:
     """The Holm family-wise verdict with its adjusted p, or why there is none (point-value verdicts)."""
-    if v.get("verdict_familywise") is None:
-        return "n/a (point values)" if "point values" in v.get("basis", "") else "—"
-    return f"{v['verdict_familywise']} (p {v['p_holm']:.3g})"
+    v = _verdict(v)
+    if v.verdict_familywise is None:
+        return "n/a (point values)" if "point values" in v.basis else "—"
+    return f"{v.verdict_familywise} (p {v.p_holm:.3g})"
 
 
-def verdict_cell(v: dict) -> str:
-    return v["verdict"] + (" (point values)" if "point values" in v.get("basis", "") else "")
+def verdict_cell(v: Verdict | Mapping) -> str:
+    v = _verdict(v)
+    return v.verdict + (" (point values)" if "point values" in v.basis else "")
 
 
-def verdict_rows(result: dict, digits: int = 3) -> list[list[str]]:
+def verdict_rows(result: StudyResult | Mapping, digits: int = 3) -> list[list[str]]:
     rows = []
-    for v in result["verdicts"]:
-        inst = ", ".join(f"{k}={val}" for k, val in v["instance"].items()) or "—"
-        rows.append([f"{v['id']}: {v['expr']}", inst, fmt(v["left"], digits), fmt(v["right"], digits),
-                     fmt(v["difference"], digits, sign=True), verdict_cell(v), familywise_cell(v)])
+    for v in _study(result).verdicts:
+        inst = ", ".join(f"{k}={val}" for k, val in v.instance.items()) or "—"
+        rows.append([f"{v.id}: {v.expr}", inst, fmt(v.left, digits), fmt(v.right, digits),
+                     fmt(v.difference, digits, sign=True), verdict_cell(v), familywise_cell(v)])
     return rows
 
 
-def short_languages(result: dict) -> list[str]:
+def short_languages(result: StudyResult | Mapping) -> list[str]:
     """``"lang (n docs)"`` for languages with too few documents for an interval in some trial."""
-    from ..analysis.stats import MIN_DOCS_FOR_INTERVAL
-
     out = {}
-    for t in result["trials"]:
-        for lang, v in t["languages"].items():
-            if v["n_docs"] < MIN_DOCS_FOR_INTERVAL:
-                out.setdefault(lang, v["n_docs"])
+    for t in _study(result).trials:
+        for lang, v in t.languages.items():
+            if v.n_docs < MIN_DOCS_FOR_INTERVAL:
+                out.setdefault(lang, v.n_docs)
     return [f"{lang} ({n} docs)" for lang, n in out.items()]
 
 
-def method_notes(result: dict) -> list[str]:
+def method_notes(result: StudyResult | Mapping) -> list[str]:
     """How the verdicts were reached (basis, family-wise rule) and which languages have no interval."""
-    spec = result["spec"]
+    result = _study(result)
+    spec = result.spec
     notes = []
     if spec.get("verdict_basis") == "points":
         notes.append("Verdicts compare point values (verdict_basis = \"points\": nothing to resample); no "
                      "intervals and no family-wise verdict.")
-    elif result["verdicts"]:
-        notes.append(f"Family-wise verdicts: Holm–Bonferroni step-down over all {len(result['verdicts'])} claim "
+    elif result.verdicts:
+        notes.append(f"Family-wise verdicts: Holm–Bonferroni step-down over all {len(result.verdicts)} claim "
                      "instances of the run at α = 0.05, on two-sided bootstrap z-test p-values of left − right = 0 "
                      "(bootstrap standard error; p shown Holm-adjusted); supported/refuted only when Holm rejects "
                      "and the interval agrees.")
@@ -94,15 +112,16 @@ def method_notes(result: dict) -> list[str]:
     return notes
 
 
-def summary_markdown(result: dict) -> str:
-    spec = result["spec"]
-    g = result["groups"]
+def summary_markdown(result: StudyResult | Mapping) -> str:
+    result = _study(result)
+    spec = result.spec
+    g = result.groups
     lines = [
         f"# {spec['name']}",
         "",
         spec["description"] or "",
         "",
-        f"- Corpus `{spec['corpus']['name']}`, split `{spec['corpus']['split']}`, {len(result['languages'])} languages, "
+        f"- Corpus `{spec['corpus']['name']}`, split `{spec['corpus']['split']}`, {len(result.languages)} languages, "
         f"up to {spec['corpus']['max_tokens'] or 'all'} tokens per language"
         + (f" (at least {spec['corpus']['min_docs']} documents each)" if spec["corpus"].get("min_docs", 1) > 1 else "")
         + (", first sentence of each document" if spec["corpus"].get("first_sentence") else "") + ".",
@@ -115,7 +134,7 @@ def summary_markdown(result: dict) -> str:
         markdown_table(TRIAL_HEADERS, trial_rows(result), "llllrrrrr"),
         "",
     ]
-    if result["verdicts"]:
+    if result.verdicts:
         lines += ["## Claims", "", markdown_table(VERDICT_HEADERS, verdict_rows(result), "llrrrll"), ""]
     notes = method_notes(result)
     if notes:
@@ -142,20 +161,21 @@ def latex_table(headers: list[str], rows: list[list[str]], align: str, caption: 
     ])
 
 
-def latex_report(result: dict) -> str:
-    name = result["spec"]["name"]
+def latex_report(result: StudyResult | Mapping) -> str:
+    result = _study(result)
+    name = result.spec["name"]
     label = re.sub(r"[^A-Za-z0-9]+", "-", name)
     parts = [f"% quant-disparity report for {name}; requires \\usepackage{{booktabs}}", ""]
     parts.append(latex_table(TRIAL_HEADERS, trial_rows(result), "llllrrrrr",
                              f"{name}: trials (95% bootstrap CIs over documents).", f"tab:{label}-trials"))
-    first = result["trials"][0]
-    lang_rows = [[lang, fmt(v["bpb_fp"], 3).split(" [")[0], fmt(v["delta_bpb"], 3, sign=True),
-                  fmt(v["rel_delta_bpb"], 1, pct=True, sign=True), fmt(v["kl_bits"], 3)]
-                 for lang, v in first["languages"].items()]
+    first = result.trials[0]
+    lang_rows = [[lang, fmt(e["bpb_fp"], 3).split(" [")[0], fmt(e["delta_bpb"], 3, sign=True),
+                  fmt(e["rel_delta_bpb"], 1, pct=True, sign=True), fmt(e["kl_bits"], 3)]
+                 for lang, e in ((lang, v.estimates) for lang, v in first.languages.items())]
     parts.append(latex_table(["language", "bpb ref.", "Δbpb", "rel. Δbpb", "KL bits/token"], lang_rows, "lrrrr",
-                             f"{name}: per-language damage of {first['name']}.", f"tab:{label}-languages"))
+                             f"{name}: per-language damage of {first.name}.", f"tab:{label}-languages"))
     notes = " ".join(method_notes(result))
-    if result["verdicts"]:
+    if result.verdicts:
         parts.append(latex_table(VERDICT_HEADERS, verdict_rows(result), "llrrrll",
                                  f"{name}: claims and verdicts. {notes}".strip(), f"tab:{label}-claims"))
     elif notes:
@@ -173,20 +193,21 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def figure_bars(result: dict, max_trials: int = 6):
+def figure_bars(result: StudyResult | Mapping, max_trials: int = 6):
     from . import plots
 
-    trials = result["trials"][:max_trials]
-    langs = [x["id"] for x in result["languages"]]
+    result = _study(result)
+    trials = result.trials[:max_trials]
+    langs = result.language_ids
     fig, ax = plots.plt.subplots(figsize=(max(6, 0.6 * len(langs) * max(1, len(trials)) / 2 + 3), 3.6),
                                  layout="constrained")
     width = 0.8 / max(1, len(trials))
     for i, t in enumerate(trials):
-        vals = np.array([_pct(t["languages"][x]["rel_delta_bpb"]) for x in langs])
-        ci = np.array([[100 * c for c in (t["languages"][x]["rel_delta_bpb"]["ci95"] or [np.nan, np.nan])]
-                       for x in langs])
+        vals = np.array([_pct(_rel_delta(t, x)) for x in langs])
+        ci = np.array([[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * e.hi]
+                       for e in (_rel_delta(t, x) for x in langs)])
         ax.bar(np.arange(len(langs)) + i * width, vals, width, yerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]),
-               capsize=2, label=t["name"])
+               capsize=2, label=t.name)
     ax.set_xticks(np.arange(len(langs)) + width * (len(trials) - 1) / 2, langs, rotation=45, ha="right")
     ax.set_ylabel("relative Δbpb (%)")
     ax.axhline(0, color="black", linewidth=0.5)
@@ -195,51 +216,56 @@ def figure_bars(result: dict, max_trials: int = 6):
     return fig
 
 
-def figure_trial_heatmap(result: dict):
+def figure_trial_heatmap(result: StudyResult | Mapping):
     from . import plots
 
-    langs = [x["id"] for x in result["languages"]]
-    names = [t["name"] for t in result["trials"]]
-    m = np.array([[_pct(t["languages"][x]["rel_delta_bpb"]) for x in langs]
-                  for t in result["trials"]])
+    result = _study(result)
+    langs = result.language_ids
+    names = [t.name for t in result.trials]
+    m = np.array([[_pct(_rel_delta(t, x)) for x in langs] for t in result.trials])
     return plots.heatmap(m, names, langs, "Relative Δbpb by trial and language", "% of reference bpb")
 
 
-def layer_sweeps(result: dict) -> list[tuple[str, list[str], list[str], np.ndarray]]:
+def layer_sweeps(result: StudyResult | Mapping) -> list[tuple[str, list[str], list[str], np.ndarray]]:
     """(title, layers, languages, recovered %) for each model x scheme with one-layer-protected trials.
 
     A trial protects one layer when every tensor its plan keeps lies in the same block; the baseline is the
     trial of the same model and scheme that keeps nothing and quantizes the most parameters.
     """
+    result = _study(result)
     out = []
-    langs = [x["id"] for x in result["languages"]]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for t in result["trials"]:
-        groups.setdefault((t["model"], t["scheme"]), []).append(t)
+    langs = result.language_ids
+    groups: dict[tuple[str, str], list[TrialResult]] = {}
+    for t in result.trials:
+        groups.setdefault((t.model, t.scheme), []).append(t)
     for (model, scheme), trials in groups.items():
-        base = [t for t in trials if t["cost"].get("kept_params", 1) == 0]
+        base = [t for t in trials if t.cost.get("kept_params", 1) == 0]
         if not base:
             continue
-        base = max(base, key=lambda t: t["cost"].get("quantized_params", 0))
-        layer_trials = [(t["protected_layer"], t) for t in trials if t.get("protected_layer") is not None]
+        base = max(base, key=lambda t: t.cost.get("quantized_params", 0))
+        layer_trials = [(t.protected_layer, t) for t in trials if t.protected_layer is not None]
         if len(layer_trials) < 2:
             continue
         layer_trials.sort(key=lambda x: x[0])
-        m = np.array([[100 * ((base["languages"][x]["bpb_q"]["value"] - t["languages"][x]["bpb_q"]["value"])
-                              / t["languages"][x]["bpb_fp"]["value"]) for x in langs] for _, t in layer_trials])
+
+        def bpb(t: TrialResult, lang: str, metric: str) -> float:
+            return t.languages[lang].estimates[metric].value
+
+        m = np.array([[100 * ((bpb(base, x, "bpb_q") - bpb(t, x, "bpb_q")) / bpb(t, x, "bpb_fp")) for x in langs]
+                      for _, t in layer_trials])
         out.append((f"{model} · {scheme}: damage recovered by protecting one layer", [f"L{k}" for k, _ in layer_trials],
                     langs, m))
     return out
 
 
-def figure_pareto(result: dict):
+def figure_pareto(result: StudyResult | Mapping):
     from . import plots
 
+    result = _study(result)
     fig, ax = plots.plt.subplots(figsize=(6, 4), layout="constrained")
-    for model in dict.fromkeys(t["model"] for t in result["trials"]):
-        pts = [(t["cost"].get("bits_per_weight", np.nan),
-                _pct(t["languages"][t["worst_language"]]["rel_delta_bpb"]), t["plan_name"])
-               for t in result["trials"] if t["model"] == model]
+    for model in dict.fromkeys(t.model for t in result.trials):
+        pts = [(t.cost.get("bits_per_weight", np.nan), _pct(_rel_delta(t, t.worst_language)), t.plan_name)
+               for t in result.trials if t.model == model]
         xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         ax.scatter(xs, ys, s=14, label=model, alpha=0.7)
         order = np.argsort(xs)
@@ -256,20 +282,22 @@ def figure_pareto(result: dict):
     return fig
 
 
-def figure_resource_scatter(result: dict, trial: dict):
+def figure_resource_scatter(result: StudyResult | Mapping, trial: TrialResult | Mapping):
     from . import plots
 
-    rows = [(x["joshi_class"], _pct(trial["languages"][x["id"]]["rel_delta_bpb"]), x["id"])
-            for x in result["languages"]
-            if x.get("joshi_class") is not None and trial["languages"][x["id"]]["rel_delta_bpb"]["value"] is not None]
+    result = _study(result)
+    trial = trial if isinstance(trial, TrialResult) else TrialResult.from_dict(trial)
+    rows = [(x["joshi_class"], _pct(_rel_delta(trial, x["id"])), x["id"])
+            for x in result.languages
+            if x.get("joshi_class") is not None and _rel_delta(trial, x["id"]).value is not None]
     fig, ax = plots.plt.subplots(figsize=(5, 3.6), layout="constrained")
     if rows:
         xs, ys = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
         ax.scatter(xs, ys)
         for x, y, name in rows:
             ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        rho = trial["summary"]["spearman_joshi"]
-        ax.set_title(f"{trial['name']}: Spearman ρ = {fmt(rho, 2)}", fontsize=9)
+        rho = trial.summary["spearman_joshi"]
+        ax.set_title(f"{trial.name}: Spearman ρ = {fmt(rho, 2)}", fontsize=9)
         if len(rows) >= 2 and np.ptp(xs) > 0:
             ax.plot(np.unique(xs), np.poly1d(np.polyfit(xs, ys, 1))(np.unique(xs)), linewidth=0.8)
     ax.set_xlabel("Joshi et al. (2020) resource class")
@@ -277,10 +305,11 @@ def figure_resource_scatter(result: dict, trial: dict):
     return fig
 
 
-def figures(result: dict) -> list[tuple[str, str]]:
+def figures(result: StudyResult | Mapping) -> list[tuple[str, str]]:
     """(caption, base64 PNG) for every figure of the report."""
     from . import plots
 
+    result = _study(result)
     out = [("Per-language degradation of the first trials, with 95% intervals", _png(figure_bars(result))),
            ("Relative Δbpb of every trial (rows) in every language (columns)", _png(figure_trial_heatmap(result)))]
     for title, rows, cols, m in layer_sweeps(result):
@@ -288,7 +317,7 @@ def figures(result: dict) -> list[tuple[str, str]]:
     out.append(("Bits per weight against the worst language's damage; the line is the Pareto frontier",
                 _png(figure_pareto(result))))
     out.append(("Damage against the language's resource class, with the Spearman correlation",
-                _png(figure_resource_scatter(result, result["trials"][0]))))
+                _png(figure_resource_scatter(result, result.trials[0]))))
     return out
 
 
@@ -311,25 +340,26 @@ code, pre { background: #f4f4f4; padding: 0.1rem 0.3rem; }
 """
 
 
-def html_report(result: dict, environment: dict, store_info: dict) -> str:
-    spec = result["spec"]
+def html_report(result: StudyResult | Mapping, environment: dict, store_info: dict) -> str:
+    result = _study(result)
+    spec = result.spec
     figs = figures(result)
     verdicts = "".join(
-        f"<tr><td>{html.escape(v['id'])}: <code>{html.escape(v['expr'])}</code><br><small>{html.escape(v['text'])}"
-        f"</small></td><td>{html.escape(', '.join(f'{k}={x}' for k, x in v['instance'].items()) or '—')}</td>"
-        f"<td>{html.escape(fmt(v['left'], 3))}</td><td>{html.escape(fmt(v['right'], 3))}</td>"
-        f"<td>{html.escape(fmt(v['difference'], 3, sign=True))}</td>"
-        f"<td class='{v['verdict']}'>{html.escape(verdict_cell(v))}</td>"
-        f"<td class='{v.get('verdict_familywise') or 'inconclusive'}'>{html.escape(familywise_cell(v))}</td></tr>"
-        for v in result["verdicts"])
+        f"<tr><td>{html.escape(v.id)}: <code>{html.escape(v.expr)}</code><br><small>{html.escape(v.text)}"
+        f"</small></td><td>{html.escape(', '.join(f'{k}={x}' for k, x in v.instance.items()) or '—')}</td>"
+        f"<td>{html.escape(fmt(v.left, 3))}</td><td>{html.escape(fmt(v.right, 3))}</td>"
+        f"<td>{html.escape(fmt(v.difference, 3, sign=True))}</td>"
+        f"<td class='{v.verdict}'>{html.escape(verdict_cell(v))}</td>"
+        f"<td class='{v.verdict_familywise or 'inconclusive'}'>{html.escape(familywise_cell(v))}</td></tr>"
+        for v in result.verdicts)
     verdict_table = (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in VERDICT_HEADERS)}</tr></thead>"
-                     f"<tbody>{verdicts}</tbody></table>") if result["verdicts"] else "<p>No claims in this spec.</p>"
+                     f"<tbody>{verdicts}</tbody></table>") if result.verdicts else "<p>No claims in this spec.</p>"
     fig_html = "".join(f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{b}'>"
                        f"<figcaption>{html.escape(c)}</figcaption></figure>" for c, b in figs)
     env_rows = [[k, str(v)] for k, v in environment.items() if k != "libraries"]
     env_rows += [[f"library: {k}", str(v)] for k, v in environment.get("libraries", {}).items()]
     env_rows += [[k, str(v)] for k, v in store_info.items()]
-    g = result["groups"]
+    g = result.groups
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(spec['name'])} — quant-disparity report</title>
 <style>{_CSS}</style></head><body>

@@ -6,8 +6,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from collections.abc import Mapping  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ..analysis.records import LocateResult  # noqa: E402
 
 
 def heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, cbar_label: str,
@@ -59,6 +63,23 @@ def bars_by_group(groups: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.
         ax.set_ylabel(ylabel, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def locate_figures(data: LocateResult | Mapping) -> dict[str, object]:
+    """The figures of a locate sweep by file name: ``heatmap.png`` (effect by unit and language) and ``bars.png``
+    (one panel per language, the units' effects with their 95% intervals)."""
+    res = data if isinstance(data, LocateResult) else LocateResult.from_dict(data)
+    units, lang_ids, m = res.effect_matrix()
+    verb = "recovered by protecting" if res.mode == "protect-one" else "caused by quantizing only"
+    heat = heatmap(m, units, lang_ids, f"{res.model['name']} · {res.scheme['name']} · damage {verb} each unit",
+                   "% of reference bpb")
+    groups = {}
+    for j, lang in enumerate(lang_ids):
+        effects = [res.results[lang].units[u].effect for u in units]
+        ci = np.array([[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * e.hi] for e in effects])
+        groups[lang] = (units, m[:, j], ci[:, 0], ci[:, 1])
+    bars = bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb")
+    return {"heatmap.png": heat, "bars.png": bars}
 
 
 def save(fig, path) -> None:

@@ -1,51 +1,62 @@
-"""Tables of stored results: markdown files and the terminal (rich). Every number comes from the result."""
+"""Tables of stored results: markdown files and the terminal (rich). Every number comes from the result.
+
+The functions take a result as its JSON mapping (audit.json, locate.json) and read it through the records of
+:mod:`..analysis.records`; an estimate may be an :class:`..analysis.stats.Estimate` or its mapping.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from ..analysis.records import LanguageRow, LocateResult
+from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, Estimate
 
 
 #: Marks a value shown without an interval because of too few documents (see ``no_interval_footnote``).
 NO_CI = "†"
 
 
-def lacks_interval(est: dict | None) -> bool:
+def _estimate(est: Estimate | Mapping | None) -> Estimate | None:
+    return Estimate.from_dict(est) if isinstance(est, Mapping) else est
+
+
+def lacks_interval(est: Estimate | Mapping | None) -> bool:
     """A value that has no interval because a language has too few documents for one."""
-    return bool(est) and est.get("value") is not None and not est.get("ci95") \
-        and "too few documents" in (est.get("note") or "")
+    est = _estimate(est)
+    return est is not None and est.value is not None and est.lo is None and "too few documents" in (est.note or "")
 
 
 def no_interval_footnote(langs: Sequence[str]) -> str:
-    from ..analysis.stats import MIN_DOCS_FOR_INTERVAL
-
     return (f"{NO_CI} no interval: too few documents (< {MIN_DOCS_FOR_INTERVAL}) for a bootstrap interval in "
             f"{', '.join(langs)}; values that depend on them are shown alone and claims on them are inconclusive.")
 
 
-def short_languages(languages: Sequence[dict]) -> list[str]:
+def short_languages(languages: Sequence[LanguageRow]) -> list[str]:
     """``"lang (n docs)"`` for each audit language row without an interval."""
-    return [f"{r['id']} ({r['n_docs']} docs)" for r in languages if lacks_interval(r.get("rel_delta_bpb"))]
+    return [f"{r.lang} ({r.n_docs} docs)" for r in languages if lacks_interval(r.estimates.get("rel_delta_bpb"))]
 
 
-def fmt(est: dict | None, digits: int = 3, pct: bool = False, sign: bool = False) -> str:
+def fmt(est: Estimate | Mapping | None, digits: int = 3, pct: bool = False, sign: bool = False) -> str:
     """``{"value": v, "ci95": [lo, hi]}`` -> ``"v [lo, hi]"`` (percent when ``pct``); ``"v †"`` when the value
     has no interval because of too few documents."""
-    if est is None or est.get("value") is None:
-        return "undefined" if est and est.get("note") else "—"
+    est = _estimate(est)
+    if est is None or est.value is None:
+        return "undefined" if est is not None and est.note else "—"
     k = 100.0 if pct else 1.0
     spec = f"{'+' if sign else ''}.{digits}f"
-    text = format(est["value"] * k, spec) + ("%" if pct else "")
-    ci = est.get("ci95")
-    if ci:
-        text += f" [{format(ci[0] * k, f'.{digits}f')}, {format(ci[1] * k, f'.{digits}f')}]"
+    text = format(est.value * k, spec) + ("%" if pct else "")
+    if est.lo is not None:
+        text += f" [{format(est.lo * k, f'.{digits}f')}, {format(est.hi * k, f'.{digits}f')}]"
     elif lacks_interval(est):
         text += f" {NO_CI}"
     return text
 
 
-def by_damage(row: dict, key: str = "rel_delta_bpb") -> tuple[bool, float]:
-    """Sort key: largest ``key`` first, undefined values last (an exact 0.0 is a value, not a missing one)."""
-    v = row[key]["value"]
+def by_damage(row, key: str = "rel_delta_bpb") -> tuple[bool, float]:
+    """Sort key: largest ``key`` first, undefined values last (an exact 0.0 is a value, not a missing one).
+
+    ``row``: a record with ``estimates`` (a language of an audit or of a trial), or its mapping."""
+    v = _estimate(row[key] if isinstance(row, Mapping) else row.estimates[key]).value
     return (v is None, 0.0 if v is None else -v)
 
 
@@ -61,20 +72,29 @@ AUDIT_COLUMNS = ("language", "Joshi", "bpb FP", "bpb quant", "Δbpb [95% CI]", "
                  "KL bits/token", "top-1 agree", "token PPL ratio")
 
 
-def audit_rows(result: dict) -> list[list[str]]:
-    langs = sorted(result["languages"], key=by_damage)
+def language_rows(result: Mapping) -> list[LanguageRow]:
+    """The language rows of an audit result mapping."""
+    return [LanguageRow.from_dict(r) for r in result["languages"]]
+
+
+def _joshi(r: LanguageRow) -> str:
+    return "—" if r.joshi_class is None else str(r.joshi_class)
+
+
+def audit_rows(result: Mapping) -> list[list[str]]:
     rows = []
-    for r in langs:
+    for r in sorted(language_rows(result), key=by_damage):
+        e = r.estimates
         rows.append([
-            f"{r['id']} ({r['name']})" + (f" {NO_CI}" if lacks_interval(r["rel_delta_bpb"]) else ""),
-            "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
-            fmt(r["bpb_fp"], 3).split(" [")[0],
-            fmt(r["bpb_q"], 3).split(" [")[0],
-            fmt(r["delta_bpb"], 3, sign=True),
-            fmt(r["rel_delta_bpb"], 1, pct=True, sign=True),
-            fmt(r["kl_bits"], 3),
-            fmt(r["top1_agreement"], 1, pct=True),
-            fmt(r["ppl_ratio"], 2),
+            f"{r.lang} ({r.name})" + (f" {NO_CI}" if lacks_interval(e["rel_delta_bpb"]) else ""),
+            _joshi(r),
+            fmt(e["bpb_fp"], 3).split(" [")[0],
+            fmt(e["bpb_q"], 3).split(" [")[0],
+            fmt(e["delta_bpb"], 3, sign=True),
+            fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
+            fmt(e["kl_bits"], 3),
+            fmt(e["top1_agreement"], 1, pct=True),
+            fmt(e["ppl_ratio"], 2),
         ])
     return rows
 
@@ -97,8 +117,9 @@ def audit_summary_lines(result: dict) -> list[str]:
     return lines
 
 
-def audit_markdown(result: dict) -> str:
+def audit_markdown(result: Mapping) -> str:
     m, sc, co, cfg = result["model"], result["scheme"], result["corpus"], result["config"]
+    short = short_languages(language_rows(result))
     q = sc["quantized"]
     cst = sc["cost"]
     head = [
@@ -123,8 +144,7 @@ def audit_markdown(result: dict) -> str:
         "",
         markdown_table(AUDIT_COLUMNS, audit_rows(result)),
         "",
-        *([no_interval_footnote(short_languages(result["languages"])), ""] if short_languages(result["languages"])
-          else []),
+        *([no_interval_footnote(short), ""] if short else []),
         *[f"- {line}" for line in audit_summary_lines(result)],
         "",
         f"Environment: quant-disparity {result['environment']['quant_disparity']} "
@@ -137,53 +157,52 @@ def audit_markdown(result: dict) -> str:
     return "\n".join(head)
 
 
-def audit_rich_table(result: dict):
+def audit_rich_table(result: Mapping):
     """A compact terminal table (the markdown file has every column)."""
     from rich.table import Table
 
-    short = short_languages(result["languages"])
+    langs = sorted(language_rows(result), key=by_damage)
+    short = short_languages(langs)
     t = Table(title=f"{result['model']['name']} · {result['scheme']['name']} · sorted by relative Δbpb "
                     f"(95% CI)", title_justify="left",
               caption=no_interval_footnote(short) if short else None, caption_justify="left")
     cols = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
     for i, col in enumerate(cols):
         t.add_column(col, justify="left" if i == 0 else "right")
-    langs = sorted(result["languages"], key=by_damage)
     for r in langs:
+        e = r.estimates
         t.add_row(
-            r["id"] + (f" {NO_CI}" if lacks_interval(r["rel_delta_bpb"]) else ""), str(r["n_docs"]), "—" if r.get("joshi_class") is None else str(r["joshi_class"]),
-            fmt(r["bpb_fp"], 3).split(" [")[0], fmt(r["bpb_q"], 3).split(" [")[0],
-            fmt(r["delta_bpb"], 3, sign=True), fmt(r["rel_delta_bpb"], 1, pct=True, sign=True),
-            fmt(r["kl_bits"], 2), fmt(r["top1_agreement"], 0, pct=True).split(" [")[0],
+            r.lang + (f" {NO_CI}" if lacks_interval(e["rel_delta_bpb"]) else ""), str(r.n_docs), _joshi(r),
+            fmt(e["bpb_fp"], 3).split(" [")[0], fmt(e["bpb_q"], 3).split(" [")[0],
+            fmt(e["delta_bpb"], 3, sign=True), fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
+            fmt(e["kl_bits"], 2), fmt(e["top1_agreement"], 0, pct=True).split(" [")[0],
         )
     return t
 
 
-def locate_markdown(data: dict) -> str:
-    from ..locate import effect_matrix
-
-    units, langs, m = effect_matrix(data)
-    mode = data["mode"]
-    verb = "protecting" if mode == "protect-one" else "quantizing only"
+def locate_markdown(data: Mapping) -> str:
+    res = LocateResult.from_dict(data)
+    units, langs, m = res.effect_matrix()
+    verb = "protecting" if res.mode == "protect-one" else "quantizing only"
     lines = [
-        f"# Locate: {data['model']['name']} with {data['scheme']['name']} ({mode}, by {data['granularity']})",
+        f"# Locate: {res.model['name']} with {res.scheme['name']} ({res.mode}, by {res.granularity})",
         "",
-        f"- Effect: {data['effect']}, in % of the reference bits per byte; 95% paired bootstrap intervals over "
-        f"documents ({data['config']['n_boot']} replicates).",
-        f"- Corpus `{data['corpus']['name']}`, split `{data['corpus']['split']}`, up to "
-        f"{data['corpus']['max_tokens_per_language'] or 'all'} tokens per language"
-        + (f" (at least {data['corpus']['min_docs_per_language']} documents each)"
-           if data["corpus"].get("min_docs_per_language") else "") + ".",
-        f"- {data['timing']['configurations']} configurations x {data['timing']['tokens_per_configuration']:,} tokens "
-        f"in {data['timing']['evaluate_s']:.0f} s; block replay saved "
-        f"{100 * data['timing']['block_work_saved']:.0f}% of decoder-block work.",
+        f"- Effect: {res.effect}, in % of the reference bits per byte; 95% paired bootstrap intervals over "
+        f"documents ({res.config['n_boot']} replicates).",
+        f"- Corpus `{res.corpus['name']}`, split `{res.corpus['split']}`, up to "
+        f"{res.corpus['max_tokens_per_language'] or 'all'} tokens per language"
+        + (f" (at least {res.corpus['min_docs_per_language']} documents each)"
+           if res.corpus.get("min_docs_per_language") else "") + ".",
+        f"- {res.timing['configurations']} configurations x {res.timing['tokens_per_configuration']:,} tokens "
+        f"in {res.timing['evaluate_s']:.0f} s; block replay saved "
+        f"{100 * res.timing['block_work_saved']:.0f}% of decoder-block work.",
         "",
         "## Damage with everything quantized",
         "",
         markdown_table(["language", "bpb reference", "Δbpb all quantized", "rel. Δbpb"],
-                       [[lang, fmt(data["results"][lang]["bpb_fp"], 3).split(" [")[0],
-                         fmt(data["results"][lang]["all_quantized"]["delta_bpb"], 3, sign=True),
-                         fmt(data["results"][lang]["all_quantized"]["rel_delta_bpb"], 1, pct=True, sign=True)]
+                       [[lang, fmt(res.results[lang].bpb_fp, 3).split(" [")[0],
+                         fmt(res.results[lang].all_quantized["delta_bpb"], 3, sign=True),
+                         fmt(res.results[lang].all_quantized["rel_delta_bpb"], 1, pct=True, sign=True)]
                         for lang in langs]),
         "",
         f"## Top units per language (effect of {verb} the unit)",
@@ -191,21 +210,21 @@ def locate_markdown(data: dict) -> str:
     ]
     rows = []
     for lang in langs:
-        r = data["results"][lang]
-        top = [f"{u} {fmt(r['units'][u]['effect'], 1, pct=True, sign=True)}" for u in r["ranking"][:3]]
+        r = res.results[lang]
+        top = [f"{u} {fmt(r.units[u].effect, 1, pct=True, sign=True)}" for u in r.ranking[:3]]
         rows.append([lang, *top])
     lines += [markdown_table(["language", "1st", "2nd", "3rd"], rows, "llll"), "",
               "## Effect by unit and language (% of reference bpb)", "",
               markdown_table(["unit", *langs], [[u, *(f"{v:+.2f}" for v in m[i])] for i, u in enumerate(units)]), ""]
-    if data["pairs"]:
+    if res.pairs:
         prow = []
-        for a, b in data["pairs"]:
+        for a, b in res.pairs:
             for lang in langs:
-                p = data["results"][lang]["pairs"][f"{a}+{b}"]
-                prow.append([f"{a} + {b}", lang, fmt(p["effect_a"], 2, pct=True, sign=True),
-                             fmt(p["effect_b"], 2, pct=True, sign=True),
-                             fmt(p["rel_delta_bpb"], 2, pct=True, sign=True),
-                             fmt(p["interaction"], 2, pct=True, sign=True)])
+                p = res.results[lang].pairs[f"{a}+{b}"]
+                prow.append([f"{a} + {b}", lang, fmt(p.effect_a, 2, pct=True, sign=True),
+                             fmt(p.effect_b, 2, pct=True, sign=True),
+                             fmt(p.metrics["rel_delta_bpb"], 2, pct=True, sign=True),
+                             fmt(p.interaction, 2, pct=True, sign=True)])
         lines += ["## Pair interactions", "",
                   f"Interaction = effect of {verb} both − effect of A − effect of B (positive: synergy).", "",
                   markdown_table(["pair", "language", "effect A", "effect B", "rel. Δbpb of A+B config",
