@@ -136,3 +136,13 @@ def take_until_tokens(counts: list[int], cap: int, min_docs: int = 1) -> int:
 
 def bpb(nll_nats: float, n_bytes: int) -> float:
     return nll_nats / (LN2 * n_bytes)
+
+
+def document_nll(model: torch.nn.Module, tokens: list[int], prefix: int, window: int, context: int) -> float:
+    """Summed NLL (nats) of every token of one document under ``model``, each window run alone."""
+    nll = 0.0
+    for ids, n in windows(tokens, prefix, window, context):
+        lp = _logprobs(model, ids)
+        pos = torch.arange(len(ids) - n - 1, len(ids) - 1)
+        nll -= lp[pos, torch.tensor(ids[len(ids) - n :])].sum().item()
+    return nll
