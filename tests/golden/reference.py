@@ -48,8 +48,10 @@ def rtn_symmetric(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     for start in range(0, w.shape[1], group):
         block = w[:, start : start + group]
         exact = block.abs().amax(dim=1) / qmax  # float32, as the weights are
-        scale = torch.tensor([fp16_at_or_above(float(s)) if s > 0 else 1.0 for s in exact.tolist()],
-                             dtype=torch.float32).clamp(min=2.0**-24)
+        e = exact.numpy()
+        h = e.astype(np.float16)  # round to nearest, then one float16 step up where that fell below
+        h = np.where(h.astype(np.float32) < e, np.nextafter(h, np.float16(np.inf)), h)
+        scale = torch.from_numpy(np.where(e > 0, h.astype(np.float32), np.float32(1.0))).clamp(min=2.0**-24)
         codes = torch.round(block / scale[:, None]).clamp(-qmax, qmax)
         out[:, start : start + group] = codes * scale[:, None]
     return out
