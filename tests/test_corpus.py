@@ -91,9 +91,40 @@ def test_splits_are_deterministic_aligned_and_disjoint():
         assert {d.id for d in sel}.isdisjoint({d.id for d in held})
     assert [d.id for d in filter_split(c.documents("eng_Latn"), "select")] == \
         [d.id for d in filter_split(c.documents("heb_Hebr"), "select")]
-    assert split_of("a01") == split_of("a01")
     with pytest.raises(UserError, match="unknown split"):
         filter_split(c.documents("eng_Latn"), "train")
+
+
+def _split_rule(doc_id: str) -> str:
+    """The documented rule, written out here: the first 8 bytes of sha256(id), big-endian, mod 3 == 0 -> select."""
+    h = int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big")
+    return "select" if h % 3 == 0 else "heldout"
+
+
+#: UDHR articles in the select split, worked out once from the rule above (golden: a change of hash, of the
+#: byte count, of the modulus or of which residue selects changes this list).
+UDHR_SELECT = ["a02", "a07", "a11", "a12", "a14", "a15", "a16", "a23", "a27"]
+
+
+def test_split_assignments_are_the_documented_hash_rule():
+    ids = [f"a{i:02d}" for i in range(1, 31)]
+    assert [i for i in ids if split_of(i) == "select"] == UDHR_SELECT
+    assert [i for i in ids if _split_rule(i) == "select"] == UDHR_SELECT
+    # the rule on ids of other shapes (user corpora): non-ASCII, empty, long
+    for doc_id in ("x1", "doc-17", "שלום", "", "a" * 300, "flores/0123"):
+        assert split_of(doc_id) == _split_rule(doc_id), doc_id
+    c = load_udhr()
+    for lang in ("eng_Latn", "heb_Hebr", "amh_Ethi", "cmn_Hans"):  # aligned: the same articles in every language
+        assert [d.id for d in filter_split(c.documents(lang), "select")] == UDHR_SELECT
+        assert [d.id for d in filter_split(c.documents(lang), "heldout")] == [i for i in ids if i not in UDHR_SELECT]
+
+
+def test_split_is_about_one_third_select_over_many_ids():
+    n = 6000
+    selected = sum(split_of(f"doc-{i}") == "select" for i in range(n))
+    # Binomial(6000, 1/3): sd = 36.5; a fixed set of ids, so this is deterministic, and 5 sd wide
+    assert abs(selected - n / 3) < 5 * (n * (1 / 3) * (2 / 3)) ** 0.5
+    assert {split_of(f"doc-{i}") for i in range(n)} == {"select", "heldout"}
 
 
 def test_token_cap_takes_whole_documents_in_order():

@@ -166,17 +166,79 @@ def test_uniform_model_gives_golden_bits_per_byte(tiny_lm):
         assert bpb == pytest.approx(len(toks[i]) * math.log2(V) / d.n_bytes, rel=1e-6)
 
 
+def _swap_in(model: torch.nn.Module, weights: dict[str, torch.Tensor], calls: list[str], tag: str):
+    """A use_model / use_reference hook: point every parameter of ``model`` at another model's tensors."""
+    params = dict(model.named_parameters())
+
+    def hook():
+        calls.append(tag)
+        for name, p in params.items():
+            p.data = weights[name]
+
+    return hook
+
+
 @pytest.mark.parametrize("arch", CORE_ARCHS)
-def test_identity_scheme_gives_zero_kl_and_full_agreement(arch, tiny_lm):
+def test_a_separately_built_copy_gives_zero_kl_and_full_agreement(arch, tiny_lm):
+    """The paired path with two distinct sets of weights: a second copy of the same model, built separately
+    (its own tensors), gives KL 0 and top-1 agreement 1; a copy with another seed does not."""
+    from conftest import tiny_model
+
+    lm = tiny_lm(arch, seed=0)
+    docs = _docs(2)
+    prep = prepare(docs, tokenize(lm.tokenizer, docs), 1, EvalSettings(window=64, context=8))
+    own = {n: p.data for n, p in lm.model.named_parameters()}
+    for seed, same in ((0, True), (1, False)):
+        other = {n: p.data for n, p in tiny_model(arch, seed=seed).named_parameters()}
+        assert other.keys() == own.keys()
+        assert all(other[n].data_ptr() != own[n].data_ptr() for n in own)  # really another model's storage
+        calls: list[str] = []
+        s = score_documents(Forward(lm.model), prep, use_reference=_swap_in(lm.model, own, calls, "ref"),
+                     use_model=_swap_in(lm.model, other, calls, "model"))
+        _swap_in(lm.model, own, [], "ref")()
+        assert calls and calls.count("ref") == calls.count("model") == len(prep.groups)
+        if same:
+            np.testing.assert_allclose(s.kl, 0, atol=1e-9)
+            assert np.array_equal(s.top1, s.n_pred.astype(float))
+            np.testing.assert_allclose(s.nll, s.nll_ref, rtol=1e-9)
+        else:
+            assert np.all(s.kl > 0.01) and np.all(s.top1 < s.n_pred)
+            assert not np.allclose(s.nll, s.nll_ref, rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", CORE_ARCHS)
+def test_a_scheme_below_float_rounding_gives_zero_kl_and_full_agreement(arch, tiny_lm):
+    """``fp16`` on weights already on the float16 grid: the engine swaps in newly computed tensors (equal in
+    value) for every target, and the result is KL 0 and full agreement. The same scheme on weights off the grid
+    changes them by float16 rounding, and the paired scores differ."""
     lm = tiny_lm(arch)
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.copy_(p.half().float())
     mm = build_module_map(lm.model)
+    targets = mm.default_targets()
     engine = QuantEngine(lm.model, mm)
     docs = _docs(2)
     prep = prepare(docs, tokenize(lm.tokenizer, docs), 1, EvalSettings(window=64, context=8))
-    assignment = {n: parse_scheme("none") for n in mm.default_targets()}
+    assignment = {n: parse_scheme("fp16") for n in targets}
+    original = {n: lm.model.get_parameter(n).data_ptr() for n in targets}
+    manifest = engine.assign_(assignment)
+    assert manifest.n_changed == len(targets)
+    assert all(lm.model.get_parameter(n).data_ptr() != original[n] for n in targets)
+    engine.restore_()
     s = score_documents(Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
-    assert np.all(s.kl == 0) and np.array_equal(s.top1, s.n_pred.astype(float))
-    assert np.array_equal(s.nll, s.nll_ref)
+    engine.restore_()
+    np.testing.assert_allclose(s.kl, 0, atol=1e-9)
+    assert np.array_equal(s.top1, s.n_pred.astype(float))
+    np.testing.assert_allclose(s.nll, s.nll_ref, rtol=1e-9)
+    # control: off the grid (a small perturbation of every weight), the same scheme changes the model
+    with torch.no_grad():
+        for n in targets:
+            lm.model.get_parameter(n).mul_(1 + 2.0**-13)
+    engine = QuantEngine(lm.model, mm)
+    s = score_documents(Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+    engine.restore_()
+    assert not np.array_equal(s.nll, s.nll_ref) and np.abs(s.kl).max() > 1e-9
 
 
 @pytest.mark.parametrize("arch", CORE_ARCHS)

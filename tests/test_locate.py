@@ -16,6 +16,7 @@ from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
 
 from conftest import CORE_ARCHS, run_cli as _run, tiny_model
+from golden import reference as ref
 
 
 def _prepared(lm, n=2):
@@ -81,31 +82,81 @@ def model_dir(saved_model):
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
+def _reference_bpb(model_dir, langs, max_tokens, window, context, quantized_sets: dict[str, set[str]]):
+    """{config: {lang: bpb}} by separate full passes: for each configuration a fresh copy of the model with exactly
+    those weights w2g16-quantized (tests/golden/reference.py), every window alone, log_softmax in float64."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    corpus = load_udhr()
+    texts = {}
+    for lang in langs:
+        docs = corpus.documents(lang)
+        toks = [list(t) for t in tok([d.text for d in docs], add_special_tokens=False)["input_ids"]]
+        k = ref.take_until_tokens([len(t) for t in toks], max_tokens)
+        texts[lang] = (toks[:k], sum(len(d.text.encode("utf-8")) for d in docs[:k]))
+    out = {}
+    for name, quantized in quantized_sets.items():
+        model = ref.quantized_copy(base, 2, 16, names=sorted(quantized)).double().eval()
+        out[name] = {lang: ref.bpb(sum(ref.document_nll(model, t, tok.bos_token_id, window, context) for t in toks),
+                                   n_bytes) for lang, (toks, n_bytes) in texts.items()}
+    return out, {lang: (len(toks), n_bytes) for lang, (toks, n_bytes) in texts.items()}
+
+
 @pytest.mark.parametrize("mode", ["protect-one", "quantize-only"])
-def test_locate_effects_follow_their_definitions(model_dir, mode):
-    cfg = LocateConfig(model=str(model_dir), scheme="w3g16", langs=("eng", "heb"), max_tokens=120, mode=mode,
+def test_locate_effects_equal_separate_full_passes(model_dir, mode):
+    """Each configuration's bpb, each unit's effect and each pair's interaction against an independent
+    recomputation: one plain float64 forward pass per configuration, no shared reference, no replay."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = LocateConfig(model=str(model_dir), scheme="w2g16", langs=("eng", "heb"), max_tokens=120, mode=mode,
                        pairs=("L0", "L-1", "mlp"), n_boot=100, split="all",
-                       eval=EvalSettings(window=128, context=16, batch_tokens=512))
+                       eval=EvalSettings(window=64, context=16, batch_tokens=512))
     d = run_locate(cfg).to_dict()
     assert d["schema"] == "quant-disparity/locate" and [u["name"] for u in d["units"]] == ["L0", "L1", "L2"]
     assert d["timing"]["configurations"] == 1 + 3 + 1 + 3  # all, 3 layers, the extra unit "mlp", 3 pairs
     assert d["pairs"] == [["L0", "L2"], ["L0", "mlp"], ["L2", "mlp"]]
+
+    names = ref.block_linear_weights(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+    assert len(names) == 3 * 7
+    units = {f"L{i}": {n for n in names if f".layers.{i}." in n} for i in range(3)}
+    units["mlp"] = {n for n in names if ".mlp." in n}
+    pairs = {"L0+L2": units["L0"] | units["L2"], "L0+mlp": units["L0"] | units["mlp"],
+             "L2+mlp": units["L2"] | units["mlp"]}
+    every = set(names)
+    sets = {"fp": set(), "all": every}
+    for name, tensors in {**units, **pairs}.items():
+        sets[name] = every - tensors if mode == "protect-one" else tensors
+    bpb, sizes = _reference_bpb(model_dir, ("eng_Latn", "heb_Hebr"), 120, 64, 16, sets)
+
+    assert [(x["id"], x["n_docs"], x["n_bytes"]) for x in d["languages"]] == \
+        [(lang, *sizes[lang]) for lang in ("eng_Latn", "heb_Hebr")]
+    close = dict(rel=1e-5)
     for lang, r in d["results"].items():
-        fp = r["bpb_fp"]["value"]
-        all_q = r["all_quantized"]["bpb"]["value"]
-        for u, row in r["units"].items():
-            b = row["bpb"]["value"]
-            expected = (all_q - b) / fp if mode == "protect-one" else (b - fp) / fp
-            assert row["effect"]["value"] == pytest.approx(expected)
+        b = {k: v[lang] for k, v in bpb.items()}
+        fp, all_q = b["fp"], b["all"]
+        assert abs(all_q - fp) > 1e-3 * fp  # w2g16 changes the tiny model's bpb measurably
+        assert r["bpb_fp"]["value"] == pytest.approx(fp, **close)
+        assert r["all_quantized"]["bpb"]["value"] == pytest.approx(all_q, **close)
+        for u in ("L0", "L1", "L2"):
+            row = r["units"][u]
+            assert row["bpb"]["value"] == pytest.approx(b[u], **close)
+            expected = (all_q - b[u]) / fp if mode == "protect-one" else (b[u] - fp) / fp
+            assert row["effect"]["value"] == pytest.approx(expected, rel=1e-3, abs=1e-5)
             lo, hi = row["effect"]["ci95"]
             assert lo <= row["effect"]["value"] <= hi
         assert sorted(r["ranking"], key=lambda u: -r["units"][u]["effect"]["value"]) == r["ranking"]
-        p = r["pairs"]["L0+L2"]
-        ab = p["bpb"]["value"]
-        a, b = r["units"]["L0"]["bpb"]["value"], r["units"]["L2"]["bpb"]["value"]
-        expected = (a + b - ab - all_q) / fp if mode == "protect-one" else (ab - a - b + fp) / fp
-        assert p["interaction"]["value"] == pytest.approx(expected)
-
+        for ab, (a, c) in (("L0+L2", ("L0", "L2")), ("L0+mlp", ("L0", "mlp")), ("L2+mlp", ("L2", "mlp"))):
+            p = r["pairs"][ab]
+            assert p["bpb"]["value"] == pytest.approx(b[ab], **close)
+            if mode == "protect-one":  # recovery(AB) - recovery(A) - recovery(B)
+                expected = ((all_q - b[ab]) - (all_q - b[a]) - (all_q - b[c])) / fp
+            else:  # damage(AB) - damage(A) - damage(B)
+                expected = ((b[ab] - fp) - (b[a] - fp) - (b[c] - fp)) / fp
+            assert p["interaction"]["value"] == pytest.approx(expected, rel=1e-3, abs=1e-5)
 
 
 def test_locate_cli_writes_json_markdown_and_figures(model_dir, tmp_path, capsys):

@@ -105,15 +105,130 @@ def test_zero_group_stays_zero():
     assert torch.equal(out[1:], torch.zeros(3, 64)) and torch.equal(out[0, 32:], torch.zeros(32))
 
 
-@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"])
-def test_gguf_types_are_bit_exact_with_the_gguf_package(name):
-    from gguf import GGMLQuantizationType, quants
+# -- llama.cpp legacy block formats, written out from ggml-quants.c (quantize_row_*_ref, dequantize_row_*) ---------
+# A block is 32 consecutive weights of a row. Layouts (little-endian): q4_0 = fp16 d + 16 bytes of nibbles;
+# q4_1 = fp16 d, fp16 m + 16 bytes; q5_0 = fp16 d + uint32 qh (the 5th bits) + 16 bytes; q5_1 = fp16 d, fp16 m,
+# uint32 qh + 16 bytes; q8_0 = fp16 d + 32 int8. Byte j of the nibbles holds weight j (low) and j + 16 (high).
+# Values: q4_0 d*(q-8), q4_1 d*q+m, q5_0 d*(q-16), q5_1 d*q+m, q8_0 d*q. All arithmetic below is float32, as in C.
+F32 = np.float32
 
+
+def _fp16_bytes(x) -> bytes:
+    return np.float16(x).tobytes()  # GGML_FP32_TO_FP16: round to nearest even
+
+
+def _trunc_i8(x) -> int:
+    return int(np.trunc(x))  # a C cast (int8_t)/(uint8_t) of a float: towards zero
+
+
+def _ref_quantize_block(name: str, x: np.ndarray) -> bytes:
+    assert x.dtype == np.float32 and x.shape == (32,)
+    if name in ("q4_0", "q5_0"):
+        amax, vmax = F32(0), F32(0)
+        for v in x:  # the first element of largest magnitude, with its sign
+            if amax < abs(v):
+                amax, vmax = abs(v), v
+        d = F32(vmax / F32(-8 if name == "q4_0" else -16))
+        inv = F32(F32(1) / d) if d else F32(0)
+        top, off = (15, F32(8.5)) if name == "q4_0" else (31, F32(16.5))
+        q = [min(top, _trunc_i8(F32(F32(v * inv) + off))) for v in x]
+        head = _fp16_bytes(d)
+    elif name in ("q4_1", "q5_1"):
+        lo, hi = x.min(), x.max()
+        d = F32(F32(hi - lo) / F32(15 if name == "q4_1" else 31))
+        inv = F32(F32(1) / d) if d else F32(0)
+        q = [_trunc_i8(F32(F32(F32(v - lo) * inv) + F32(0.5))) for v in x]
+        if name == "q4_1":
+            q = [min(15, c) for c in q]
+        head = _fp16_bytes(d) + _fp16_bytes(lo)
+    elif name == "q8_0":
+        d = F32(np.abs(x).max() / F32(127))
+        inv = F32(F32(1) / d) if d else F32(0)
+        # roundf: half away from zero (|v| + 0.5 is exact in float64)
+        q = [int(np.copysign(np.floor(abs(float(F32(v * inv))) + 0.5), float(v))) for v in x]
+        return _fp16_bytes(d) + bytes(c & 0xFF for c in q)
+    else:
+        raise AssertionError(name)
+    nibbles = bytes((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4) for j in range(16))
+    if name in ("q4_0", "q4_1"):
+        return head + nibbles
+    qh = sum(((c >> 4) & 1) << j for j, c in enumerate(q))
+    return head + qh.to_bytes(4, "little") + nibbles
+
+
+def _ref_dequantize_block(name: str, raw: bytes) -> np.ndarray:
+    d = F32(np.frombuffer(raw[0:2], np.float16)[0])
+    if name == "q8_0":
+        assert len(raw) == 34
+        return np.array([F32(F32(c) * d) for c in np.frombuffer(raw[2:], np.int8)], dtype=np.float32)
+    pos = 2
+    m = None
+    if name in ("q4_1", "q5_1"):
+        m = F32(np.frombuffer(raw[2:4], np.float16)[0])
+        pos = 4
+    qh = 0
+    if name in ("q5_0", "q5_1"):
+        qh = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+    nib = raw[pos:]
+    assert len(nib) == 16
+    q = [nib[j] & 0x0F for j in range(16)] + [nib[j] >> 4 for j in range(16)]
+    q = [c | (((qh >> j) & 1) << 4) for j, c in enumerate(q)]
+    if m is None:
+        off = 8 if name == "q4_0" else 16
+        return np.array([F32(F32(c - off) * d) for c in q], dtype=np.float32)
+    return np.array([F32(F32(F32(c) * d) + m) for c in q], dtype=np.float32)
+
+
+def _ref_roundtrip(name: str, w: np.ndarray) -> np.ndarray:
+    rows = []
+    for row in w:
+        rows.append(np.concatenate([_ref_dequantize_block(name, _ref_quantize_block(name, row[b : b + 32]))
+                                    for b in range(0, len(row), 32)]))
+    return np.stack(rows)
+
+
+def _gguf_test_weights() -> torch.Tensor:
     w = _weights((8, 96), 5)
-    qtype = GGMLQuantizationType[name.upper()]
-    expected = quants.dequantize(quants.quantize(w.numpy(), qtype), qtype)
+    w[0, :32] = 0.0  # a zero block (d = 0, id = 0)
+    w[0, 32:64] = 0.25  # a constant block (q4_1/q5_1: max = min)
+    w[1, 0] = -4.0  # the block's extreme is negative
+    w[1, 40] = 3.0  # ... positive
+    w[2, 64:96] = w[2, 64:96].abs() + 1.0  # one-sided
+    w[3] *= 1e-3
+    return w
+
+
+#: Hand-made blocks and what llama.cpp decodes them to (worked out on paper from the layout above).
+_Q4_0_BLOCK = _fp16_bytes(0.5) + bytes((2 * j) | ((2 * j + 1) << 4) for j in range(8)) + bytes([0x88] * 8)
+_Q4_0_VALUES = [0.5 * (2 * j - 8) for j in range(8)] + [0.0] * 8 + [0.5 * (2 * j + 1 - 8) for j in range(8)] + [0.0] * 8
+_Q8_0_BLOCK = _fp16_bytes(0.25) + bytes(c & 0xFF for c in [127, -127, 0, 1, -1, 64, -64, 100] * 4)
+_Q8_0_VALUES = [0.25 * c for c in [127, -127, 0, 1, -1, 64, -64, 100] * 4]
+
+
+def test_reference_block_decoder_on_hand_made_blocks():
+    assert _Q4_0_BLOCK[:2] == b"\x00\x38"  # fp16 0.5, little-endian
+    assert _ref_dequantize_block("q4_0", _Q4_0_BLOCK).tolist() == _Q4_0_VALUES
+    assert _ref_dequantize_block("q8_0", _Q8_0_BLOCK).tolist() == _Q8_0_VALUES
+    # and the encoder gives those bytes back (the q4_0 block's extreme, -4 = d * (0 - 8), sets d = 0.5)
+    assert _ref_quantize_block("q4_0", np.array(_Q4_0_VALUES, dtype=np.float32)) == _Q4_0_BLOCK
+    assert _ref_quantize_block("q8_0", np.array(_Q8_0_VALUES, dtype=np.float32)) == _Q8_0_BLOCK
+
+
+def test_gguf_q4_0_and_q8_0_reproduce_hand_made_blocks_exactly():
+    """Weights that are exactly a block's decoded values are on the grid: quantizing them changes nothing."""
+    for name, values in (("q4_0", _Q4_0_VALUES), ("q8_0", _Q8_0_VALUES)):
+        w = torch.tensor([values, values[::-1]], dtype=torch.float32)
+        np.testing.assert_array_equal(parse_scheme(f"gguf:{name}").fake_quantize(w).numpy(), w.numpy())
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"])
+def test_gguf_types_follow_the_llama_cpp_block_formulas(name):
+    w = _gguf_test_weights()
+    expected = _ref_roundtrip(name, w.numpy())
     ours = parse_scheme(f"gguf:{name}").fake_quantize(w)
     np.testing.assert_array_equal(ours.numpy(), expected)
+    assert torch.equal(ours[0, :32], torch.zeros(32))  # a zero block stays zero
     # and the error is what a b-bit block format allows (8-bit much better than 4-bit)
     assert (ours - w).abs().max() < (0.02 if name == "q8_0" else 0.6)
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
 from quant_disparity.corpus import Document
-from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
+from quant_disparity.evaluate import EvalSettings, prepare, tokenize
 from quant_disparity.experiments import executors
 from quant_disparity.experiments.planning import plan_model
 from quant_disparity.experiments.spec import parse_spec
