@@ -120,7 +120,8 @@ class Registry(Generic[T]):
 
 
 class RegistryChoice(click.ParamType):
-    """A command-line value naming an entry; ``--help`` shows the registered names, read when it is shown."""
+    """A command-line value naming an entry, converted to the entry; ``--help`` shows the registered names,
+    read when it is shown."""
 
     name = "choice"
 
@@ -130,5 +131,5 @@ class RegistryChoice(click.ParamType):
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "[" + "|".join(self.registry.names()) + "]"
 
-    def convert(self, value, param, ctx) -> str:
-        return self.registry.get(value).name
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, self.registry.entry_type) else self.registry.get(value)

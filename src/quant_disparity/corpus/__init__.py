@@ -2,7 +2,7 @@
 
 from .documents import SPLITS, Corpus, Document, base_language, filter_split, split_of, take_until_tokens
 from .languages import LanguageInfo, language_info, resolve_language
-from .readers import load_corpus, load_udhr
+from .readers import READERS, CorpusReader, ReadOptions, load_corpus, load_udhr
 from .resources import MEASURES, Resources, resources_for
 
 #: The default panel: spans Joshi classes 2-5 and eight scripts.
@@ -12,7 +12,7 @@ DEFAULT_PANEL = (
 )
 
 __all__ = [
-    "DEFAULT_PANEL", "MEASURES", "SPLITS", "Corpus", "Document", "LanguageInfo", "Resources",
-    "base_language", "filter_split", "language_info", "load_corpus", "load_udhr", "resolve_language",
-    "resources_for", "split_of", "take_until_tokens",
+    "DEFAULT_PANEL", "MEASURES", "READERS", "SPLITS", "Corpus", "CorpusReader", "Document", "LanguageInfo",
+    "ReadOptions", "Resources", "base_language", "filter_split", "language_info", "load_corpus", "load_udhr",
+    "resolve_language", "resources_for", "split_of", "take_until_tokens",
 ]
