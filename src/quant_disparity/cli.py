@@ -77,7 +77,7 @@ def _default_out(kind: str) -> Path:
 
 @app.command()
 @click.option("--model", help="Bundled alias (gemma-3-270m, smollm2-135m), HF id, model dir or .gguf file.")
-@click.option("--scheme", help="Quantization scheme, e.g. w4g128 (`quant-disparity schemes` lists the kinds).")
+@click.option("--scheme", help="Quantization scheme, e.g. w4g128 (`quant-disparity schemes` lists them).")
 @click.option("--plan", help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' "
                              "(or a .toml file).")
 @click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
