@@ -22,7 +22,8 @@ from .errors import UserError, did_you_mean
 
 
 class Entry(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
 
 T = TypeVar("T", bound=Entry)
