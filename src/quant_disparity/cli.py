@@ -12,6 +12,8 @@ import click
 from rich.console import Console
 
 from .errors import UserError
+from .registry import RegistryChoice
+from .report.formats import FORMATS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -74,7 +76,7 @@ def _default_out(kind: str) -> Path:
 
 @app.command()
 @click.option("--model", help="Bundled alias (gemma-3-270m, smollm2-135m), HF id, model dir or .gguf file.")
-@click.option("--scheme", help="Quantization scheme, e.g. w4g128, w4g128-asym, w8-channel, gguf:q4_0.")
+@click.option("--scheme", help="Quantization scheme, e.g. w4g128 (`quant-disparity schemes` lists them).")
 @click.option("--plan", help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' "
                              "(or a .toml file).")
 @click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
@@ -269,15 +271,14 @@ def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
 
 @app.command()
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--format", "fmt_", type=click.Choice(["html", "md", "latex"]), default="html", show_default=True)
+@click.option("--format", "report_format", type=RegistryChoice(FORMATS), default="html", show_default=True)
 @click.option("--out", "out_file", callback=_out_path, help="Output file (default: in the run directory).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file at the output path.")
-def report(target, fmt_, out_file, overwrite) -> None:
+def report(target, report_format, out_file, overwrite) -> None:
     """Report a run directory (or a spec's default run): HTML with figures, markdown, or LaTeX tables."""
     from ._io import atomic_write_text, lock_file_for
     from .experiments import analyse, load_run, run_inputs
-    from .provenance import environment, stored_provenance
-    from .report.experiment import html_report, latex_report, summary_markdown
+    from .provenance import stored_provenance
 
     spec, store = load_run(target)
     try:
@@ -286,15 +287,9 @@ def report(target, fmt_, out_file, overwrite) -> None:
     finally:
         store.close()
     run_dir = target if target.is_dir() else Path("runs") / spec.name
-    suffix = {"html": "html", "md": "md", "latex": "tex"}[fmt_]
-    path = out_file or run_dir / f"report.{suffix}"
+    path = out_file or run_dir / f"report.{report_format.suffix}"
     _check_report_path(path, overwrite, [*run_inputs(run_dir), *([] if target.is_dir() else [target])])
-    if fmt_ == "html":
-        text = html_report(result, environment(), store_info)
-    elif fmt_ == "md":
-        text = summary_markdown(result)
-    else:
-        text = latex_report(result)
+    text = report_format.render(result, store_info)
     try:
         with lock_file_for(path):
             _check_report_path(path, overwrite, [])  # again, now that no other report can write it
@@ -415,27 +410,17 @@ def schemes() -> None:
     """Show the scheme grammar with the storage cost of each example."""
     from rich.table import Table
 
-    from .quant import parse_scheme
+    from .quant import SCHEMES, parse_scheme
 
     t = Table(title="schemes (bits per weight for a 2048 x 2048 matrix, scales and zero points included)",
               title_justify="left")
     t.add_column("scheme")
     t.add_column("bits/weight", justify="right")
     t.add_column("meaning")
-    examples = {
-        "w4g128": "4-bit RTN, groups of 128 inputs, symmetric, fp16 scales",
-        "w4g128-asym": "the same with an integer zero point per group",
-        "w3g64": "3-bit RTN, groups of 64",
-        "w8-channel": "8-bit, one scale per output channel",
-        "w4-tensor": "4-bit, one scale per tensor (the original log's quantizer)",
-        "gguf:q4_0": "llama.cpp Q4_0 (via the gguf package, bit-exact)",
-        "gguf:q4_1": "llama.cpp Q4_1", "gguf:q5_0": "llama.cpp Q5_0", "gguf:q5_1": "llama.cpp Q5_1",
-        "gguf:q8_0": "llama.cpp Q8_0",
-        "fp16": "cast to float16", "bf16": "cast to bfloat16", "none": "identity",
-    }
-    for name, meaning in examples.items():
-        s = parse_scheme(name)
-        t.add_row(name, f"{s.storage_bits((2048, 2048), 32) / 2048**2:.3f}", meaning)
+    for kind in SCHEMES.values():  # the registry's kinds, plugins included, each with its own examples
+        for name, meaning in kind.examples:
+            s = parse_scheme(name)
+            t.add_row(name, f"{s.storage_bits((2048, 2048), 32) / 2048**2:.3f}", meaning)
     out.print(t)
 
 

@@ -2,12 +2,13 @@
 
 from .documents import SPLITS, Corpus, Document, base_language, filter_split, split_of, take_until_tokens
 from .languages import LanguageInfo, language_info, resolve_language
-from .readers import load_corpus, load_udhr
+from .readers import READERS, CorpusReader, ReadOptions, load_corpus, load_udhr
 from .resources import MEASURES, Resources, resources_for
 from .selection import DEFAULT_PANEL, CorpusSelection, Selection, open_corpus, select_documents
 
 __all__ = [
-    "DEFAULT_PANEL", "MEASURES", "SPLITS", "Corpus", "CorpusSelection", "Document", "LanguageInfo", "Resources",
-    "Selection", "base_language", "filter_split", "language_info", "load_corpus", "load_udhr", "open_corpus",
-    "resolve_language", "resources_for", "select_documents", "split_of", "take_until_tokens",
+    "DEFAULT_PANEL", "MEASURES", "READERS", "SPLITS", "Corpus", "CorpusReader", "CorpusSelection", "Document",
+    "LanguageInfo", "ReadOptions", "Resources", "Selection", "base_language", "filter_split", "language_info",
+    "load_corpus", "load_udhr", "open_corpus", "resolve_language", "resources_for", "select_documents", "split_of",
+    "take_until_tokens",
 ]

