@@ -27,7 +27,12 @@ setup: $(VENV)/.installed
 audit: setup
 	$(BIN)/quant-disparity audit
 
+LINTED := src tests benchmarks experiments scripts
+
+# The linter and the formatter's check (ruff, configured in pyproject.toml), then the suite.
 test: setup
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/python -m pytest
 
 $(VENV)/.bench: $(VENV)/.installed $(LOCK)

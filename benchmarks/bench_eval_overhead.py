@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import documents, interleaved, median, save
+
 from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.evaluate.forward import pack_batch
 from quant_disparity.models import load_model
@@ -32,8 +32,9 @@ def main() -> None:
     lm = load_model(args.model)
     docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
     settings = EvalSettings()
-    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length,
-                       tokenizer=lm.tokenizer)
+    prepared = prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
+    )
     forward = Forward(lm.model)
     mm = build_module_map(lm.model)
     engine = QuantEngine(lm.model, mm)
@@ -51,7 +52,9 @@ def main() -> None:
         return score_documents(forward, prepared)
 
     def ours_paired():
-        out = score_documents(forward, prepared, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+        out = score_documents(
+            forward, prepared, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment)
+        )
         engine.restore_()
         return out
 
@@ -74,8 +77,10 @@ def main() -> None:
     print(f"{args.model}: {len(docs)} documents, {tokens} tokens, {len(prepared.batches)} batches")
     print(f"bare forward            {med['bare']:.2f} s  ({tokens / med['bare']:.0f} tokens/s)")
     print(f"ours, one model (NLL)   {med['ours_single']:.2f} s  overhead {100 * result['overhead_single']:+.1f}%")
-    print(f"ours, paired (NLL, KL, top-1 vs reference) {med['ours_paired']:.2f} s  vs 2 x bare: overhead "
-          f"{100 * result['overhead_paired']:+.1f}%")
+    print(
+        f"ours, paired (NLL, KL, top-1 vs reference) {med['ours_paired']:.2f} s  vs 2 x bare: overhead "
+        f"{100 * result['overhead_paired']:+.1f}%"
+    )
     print(f"wrote {path}")
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from common import LANGS, documents, save
+
 from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.models import load_model
 
@@ -47,8 +48,9 @@ def lm_eval_bpb(model, tokenizer, docs_by_lang: dict, window: int, batch_size: i
                 "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: bits_per_byte\n"
             )
             tasks.append(name)
-        out = lm_eval.simple_evaluate(model=_hflm(model, tokenizer, window, batch_size), tasks=tasks,
-                                      task_manager=TaskManager(include_path=tmp))
+        out = lm_eval.simple_evaluate(
+            model=_hflm(model, tokenizer, window, batch_size), tasks=tasks, task_manager=TaskManager(include_path=tmp)
+        )
     return {lang: out["results"][f"qd_{lang.lower()}"]["bits_per_byte,none"] for lang in docs_by_lang}
 
 
@@ -64,8 +66,9 @@ def lm_eval_rolling_seconds(model, tokenizer, texts: list[str], window: int, bat
 
     t = time.perf_counter()
     lm = _hflm(model, tokenizer, window, batch_size)
-    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=i)
-                for i, text in enumerate(texts)]
+    requests = [
+        Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=i) for i, text in enumerate(texts)
+    ]
     lls = lm.loglikelihood_rolling(requests, disable_tqdm=True)
     return lls, time.perf_counter() - t
 
@@ -117,7 +120,7 @@ def main() -> None:
         "relative_difference": rel,
         "max_relative_document_nll_difference_in_timed_span": doc_rel,
         "timed_span": "documents and loaded model in memory -> per-document log-likelihoods (tokenization, "
-                      "windows, batching, scoring); model load, lm-eval task indexing and dataset building excluded",
+        "windows, batching, scoring); model load, lm-eval task indexing and dataset building excluded",
         "seconds": {"ours": ours_s, "lm_eval": theirs_s, "ours_runs": ours_runs, "lm_eval_runs": theirs_runs},
         "speedup": theirs_s / ours_s,
     }

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import LANGS, documents, save
+from common import RESULTS as RESULTS_DIR
 
-from common import LANGS, RESULTS as RESULTS_DIR, documents, save
 from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
 from quant_disparity.evaluate.forward import pack_batch
 from quant_disparity.evaluate.sweep import sweep
@@ -53,9 +54,18 @@ print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": r
 
 def memory(args) -> dict:
     """Peak RSS of `quant-disparity locate` (as the CLI runs it) in a child process."""
-    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD,
-                            json.dumps({"model": args.model, "langs": list(LANGS), "max_tokens": args.max_tokens}),
-                            str(Path(__file__).resolve().parent)], check=True, capture_output=True, text=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEMORY_CHILD,
+            json.dumps({"model": args.model, "langs": list(LANGS), "max_tokens": args.max_tokens}),
+            str(Path(__file__).resolve().parent),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -67,7 +77,7 @@ def naive_nll(model, batches, n_docs) -> np.ndarray:
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
         for b, w in enumerate(batch):
             p0 = w.first_scored_position
-            tgt = torch.tensor(w.input_ids[p0 + 1:])
+            tgt = torch.tensor(w.input_ids[p0 + 1 :])
             nll[w.doc] -= logp[b, p0 : len(w.input_ids) - 1].gather(1, tgt[:, None]).sum().item()
     return nll
 
@@ -85,23 +95,29 @@ def main() -> None:
         mem = memory(args)
         result["memory"] = {**mem, "peak_over_fp32_weights": mem["peak_rss"] / mem["fp32_weight_bytes"]}
         path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"peak memory of a locate run: {mem['peak_rss'] / 2**30:.2f} GiB = "
-              f"{result['memory']['peak_over_fp32_weights']:.2f}x fp32 weights (target <= 2.5x)")
+        print(
+            f"peak memory of a locate run: {mem['peak_rss'] / 2**30:.2f} GiB = "
+            f"{result['memory']['peak_over_fp32_weights']:.2f}x fp32 weights (target <= 2.5x)"
+        )
         return
 
     lm = load_model(args.model)
     docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
     settings = EvalSettings(batch_tokens=2048)
-    prepared = prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length,
-                       tokenizer=lm.tokenizer)
+    prepared = prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
+    )
     mm = build_module_map(lm.model)
     scheme = parse_scheme(args.scheme)
     universe = mm.default_targets()
     units = make_units(mm, universe, "layer")
     configs = build_configs(universe, units, [], scheme, "protect-one")
     unit_configs = {u.name: configs[u.name] for u in units}
-    print(f"{args.model}: {len(units)} layer units (+ the all-quantized baseline), {len(docs)} documents, "
-          f"{prepared.total_pred} tokens", flush=True)
+    print(
+        f"{args.model}: {len(units)} layer units (+ the all-quantized baseline), {len(docs)} documents, "
+        f"{prepared.total_pred} tokens",
+        flush=True,
+    )
 
     # -- naive ----------------------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -124,8 +140,11 @@ def main() -> None:
     t = time.perf_counter()
     ours = sweep(forward, prepared, engine, configs, bases=["all"])
     ours_s = time.perf_counter() - t
-    print(f"ours: {ours_s:.1f} s (quantization included; replay saved "
-          f"{100 * ours.stats['block_work_saved']:.0f}% of block work)", flush=True)
+    print(
+        f"ours: {ours_s:.1f} s (quantization included; replay saved "
+        f"{100 * ours.stats['block_work_saved']:.0f}% of block work)",
+        flush=True,
+    )
 
     # -- one full evaluation of a single configuration with our evaluator, for the cost ratio -----------------
     engine.assign_(unit_configs[units[0].name])
@@ -150,18 +169,24 @@ def main() -> None:
         "max_relative_nll_difference_vs_naive": max(diffs),
         "replay": ours.stats,
         # the output layer scores every token of every configuration: its share of one evaluation's weights
-        "params": {"lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
-                   "block_linear": sum(mm[t].numel for t in universe)},
+        "params": {
+            "lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
+            "block_linear": sum(mm[t].numel for t in universe),
+        },
         "memory": {**mem, "peak_over_fp32_weights": mem["peak_rss"] / mem["fp32_weight_bytes"]},
     }
     path = save(f"locate-{args.model}", result)
     print(f"speed-up vs naive: {result['speedup_vs_naive']:.2f}x (target >= 3x)")
-    print(f"cost vs {len(configs)} x one full evaluation ({one_s:.1f} s): "
-          f"{result['cost_vs_configs_x_one_evaluation']:.2f}")
+    print(
+        f"cost vs {len(configs)} x one full evaluation ({one_s:.1f} s): "
+        f"{result['cost_vs_configs_x_one_evaluation']:.2f}"
+    )
     print(f"max relative NLL difference ours vs naive: {max(diffs):.1e}")
-    print(f"peak memory of a locate run: {mem['peak_rss'] / 2**30:.2f} GiB = "
-          f"{result['memory']['peak_over_fp32_weights']:.2f}x fp32 weights (target <= 2.5x); interpreter + torch "
-          f"+ transformers alone {mem['baseline_rss'] / 2**30:.2f} GiB")
+    print(
+        f"peak memory of a locate run: {mem['peak_rss'] / 2**30:.2f} GiB = "
+        f"{result['memory']['peak_over_fp32_weights']:.2f}x fp32 weights (target <= 2.5x); interpreter + torch "
+        f"+ transformers alone {mem['baseline_rss'] / 2**30:.2f} GiB"
+    )
     print(f"wrote {path}")
 
 

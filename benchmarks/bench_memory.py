@@ -44,8 +44,12 @@ def main() -> None:
     args = ap.parse_args()
     cfg = {"model": args.model, "max_tokens": args.max_tokens}
     with tempfile.TemporaryDirectory():
-        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(Path(__file__).resolve().parent)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(cfg), str(Path(__file__).resolve().parent)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     m = json.loads(out.stdout.strip().splitlines()[-1])
     budget = m["fp32_weight_bytes"] + m["corpus_bytes"]
     result = {
@@ -58,8 +62,10 @@ def main() -> None:
     path = save("memory", result)
     gib = 2**30
     print(f"{args.model}: fp32 weights {m['fp32_weight_bytes'] / gib:.2f} GiB, corpus {m['corpus_bytes'] / 1e3:.0f} kB")
-    print(f"peak RSS {m['peak_rss'] / gib:.2f} GiB = {result['peak_over_weights_plus_corpus']:.2f}x (target <= 2.2x); "
-          f"interpreter + torch + transformers alone {m['baseline_rss'] / gib:.2f} GiB")
+    print(
+        f"peak RSS {m['peak_rss'] / gib:.2f} GiB = {result['peak_over_weights_plus_corpus']:.2f}x (target <= 2.2x); "
+        f"interpreter + torch + transformers alone {m['baseline_rss'] / gib:.2f} GiB"
+    )
     print(f"wrote {path}")
 
 

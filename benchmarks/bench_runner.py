@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from common import save
+
 from quant_disparity.evaluate import Forward
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.experiments import run_experiment
@@ -81,11 +82,19 @@ def main() -> None:
         times["runner"].append(via_runner(text))
     d, r = min(times["direct"]), min(times["runner"])
     n = len(spec.trials)
-    result = {"model": args.model, "trials": n, "seconds": times, "best": {"direct": d, "runner": r},
-              "per_trial_seconds": {"direct": d / n, "runner": r / n}, "overhead": r / d - 1}
+    result = {
+        "model": args.model,
+        "trials": n,
+        "seconds": times,
+        "best": {"direct": d, "runner": r},
+        "per_trial_seconds": {"direct": d / n, "runner": r / n},
+        "overhead": r / d - 1,
+    }
     path = save("runner", result)
-    print(f"{n} trials on {args.model}: direct {d:.1f} s, runner {r:.1f} s -> overhead {100 * result['overhead']:+.1f}% "
-          f"(aim < 5%)")
+    print(
+        f"{n} trials on {args.model}: direct {d:.1f} s, runner {r:.1f} s -> overhead {100 * result['overhead']:+.1f}% "
+        f"(aim < 5%)"
+    )
     print(f"wrote {path}")
 
 

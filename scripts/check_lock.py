@@ -91,8 +91,10 @@ def check(pyproject: Path, lock: Path, extras: list[str] | None = None, installe
         if name not in pins:
             problems.append(f"{req.name} ({where} in {pyproject.name}: {req}) is not pinned in {lock.name}")
         elif not req.specifier.contains(pins[name], prereleases=True):
-            problems.append(f"{lock.name} pins {req.name}=={pins[name]}, outside {pyproject.name}'s "
-                            f"{req.specifier} ({where}): run `make lock` or widen the range")
+            problems.append(
+                f"{lock.name} pins {req.name}=={pins[name]}, outside {pyproject.name}'s "
+                f"{req.specifier} ({where}): run `make lock` or widen the range"
+            )
     if installed:
         skip = VENV_BOOTSTRAP | {canonicalize_name(project)}
         for dist in metadata.distributions():

@@ -30,6 +30,7 @@ def skip_unless_ci(reason: str) -> None:
         pytest.fail(f"{reason} (CI must provide it: see .ci/run)", pytrace=False)
     pytest.skip(reason)
 
+
 VOCAB = 320  # the tiny tokenizer's vocabulary fits in this
 
 
@@ -45,15 +46,25 @@ def tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     return T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
 def _common(**kw):
-    base = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=128, max_position_embeddings=256)
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    )
     base.update(kw)
     return base
 
@@ -66,8 +77,15 @@ CONFIGS = {
     "gemma2": lambda: T.Gemma2Config(**_common(num_key_value_heads=2, head_dim=16)),
     "gemma3": lambda: T.Gemma3TextConfig(**_common(num_key_value_heads=2, head_dim=16, sliding_window=16)),
     "gpt2": lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=256),
-    "opt": lambda: T.OPTConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                               ffn_dim=128, max_position_embeddings=256, word_embed_proj_dim=64),
+    "opt": lambda: T.OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        ffn_dim=128,
+        max_position_embeddings=256,
+        word_embed_proj_dim=64,
+    ),
     "gpt_neox": lambda: T.GPTNeoXConfig(**_common()),
     "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=3, n_head=4),
     "phi": lambda: T.PhiConfig(**_common()),

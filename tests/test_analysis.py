@@ -18,13 +18,25 @@ def _synthetic(rng, n_docs, bpb_fp, rel_delta, noise=0.1):
     fp = bpb_fp * (1 + noise * rng.standard_normal(n_docs))
     q = fp * (1 + rel_delta) * (1 + noise * rng.standard_normal(n_docs))
     n_pred = nbytes / 3
-    return {"nll_ref": fp * nbytes * LN2, "nll": q * nbytes * LN2, "bytes": nbytes, "n_pred": n_pred,
-            "kl": 0.1 * n_pred, "top1": 0.9 * n_pred}
+    return {
+        "nll_ref": fp * nbytes * LN2,
+        "nll": q * nbytes * LN2,
+        "bytes": nbytes,
+        "n_pred": n_pred,
+        "kl": 0.1 * n_pred,
+        "top1": 0.9 * n_pred,
+    }
 
 
 def test_aggregates_are_ratios_of_sums():
-    docs = {"nll_ref": np.array([10.0, 30.0]), "nll": np.array([12.0, 33.0]), "bytes": np.array([10.0, 50.0]),
-            "n_pred": np.array([5.0, 15.0]), "kl": np.array([1.0, 2.0]), "top1": np.array([4.0, 10.0])}
+    docs = {
+        "nll_ref": np.array([10.0, 30.0]),
+        "nll": np.array([12.0, 33.0]),
+        "bytes": np.array([10.0, 50.0]),
+        "n_pred": np.array([5.0, 15.0]),
+        "kl": np.array([1.0, 2.0]),
+        "top1": np.array([4.0, 10.0]),
+    }
     with pytest.warns(UserWarning, match="too few documents"):  # two documents: values, no interval
         s = language_stats("x", docs, 0, np.random.default_rng(0))
     assert s.estimates["bpb_fp"].value == pytest.approx(40 / 60 / LN2)
@@ -53,8 +65,14 @@ def test_bootstrap_is_seeded_and_paired():
     nbytes = rng.integers(200, 2000, n).astype(float)
     fp = 1.0 * (1 + 0.3 * rng.standard_normal(n))  # documents differ a lot in difficulty ...
     q = fp * 1.1 * (1 + 0.01 * rng.standard_normal(n))  # ... while quantization costs each about 10 %
-    docs = {"nll_ref": fp * nbytes * LN2, "nll": q * nbytes * LN2, "bytes": nbytes, "n_pred": nbytes / 3,
-            "kl": nbytes / 30, "top1": nbytes / 4}
+    docs = {
+        "nll_ref": fp * nbytes * LN2,
+        "nll": q * nbytes * LN2,
+        "bytes": nbytes,
+        "n_pred": nbytes / 3,
+        "kl": nbytes / 30,
+        "top1": nbytes / 4,
+    }
     a = language_stats("x", docs, 500, np.random.default_rng(7))
     b = language_stats("x", docs, 500, np.random.default_rng(7))
     assert a.estimates["delta_bpb"] == b.estimates["delta_bpb"]
@@ -80,8 +98,10 @@ def test_disparity_ratio_is_undefined_when_high_resource_degradation_may_be_zero
 
 def test_disparity_ratio_when_defined():
     rng = np.random.default_rng(2)
-    langs = [language_stats("l", _synthetic(rng, 40, 1.5, 0.4, noise=0.02), 300, rng),
-             language_stats("h", _synthetic(rng, 40, 1.0, 0.1, noise=0.02), 300, rng)]
+    langs = [
+        language_stats("l", _synthetic(rng, 40, 1.5, 0.4, noise=0.02), 300, rng),
+        language_stats("h", _synthetic(rng, 40, 1.0, 0.1, noise=0.02), 300, rng),
+    ]
     out = disparity(langs, {"l": "low", "h": "high"})
     assert out["ratio"]["value"] == pytest.approx(4.0, rel=0.2)
     lo, hi = out["ratio"]["ci95"]

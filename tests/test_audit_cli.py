@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli as _run
+from golden import reference as ref
 
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
 from quant_disparity.evaluate import EvalSettings
-
-from conftest import run_cli as _run
-from golden import reference as ref
-
 
 
 @pytest.fixture
@@ -23,10 +21,14 @@ def model_dir(saved_model):
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
-
 def test_config_round_trips_through_dict_and_toml():
-    cfg = AuditConfig(scheme="w4g64-asym", langs=("he", "en"), max_tokens=0, include=("lm_head",),
-                      eval=EvalSettings(window=256, context=32))
+    cfg = AuditConfig(
+        scheme="w4g64-asym",
+        langs=("he", "en"),
+        max_tokens=0,
+        include=("lm_head",),
+        eval=EvalSettings(window=256, context=32),
+    )
     assert AuditConfig.from_dict(cfg.to_dict()) == cfg
     assert AuditConfig.from_toml(cfg.to_toml()) == cfg
     with pytest.raises(Exception, match="unknown field 'schem'"):
@@ -35,8 +37,14 @@ def test_config_round_trips_through_dict_and_toml():
 
 def test_audit_library_call(model_dir):
     cap = 1000  # enough whole articles for intervals (5 documents at least per language)
-    cfg = AuditConfig(model=str(model_dir), langs=("eng", "heb", "amh", "deu"), max_tokens=cap, n_boot=200,
-                      scheme="w3g32", eval=EvalSettings(window=128, context=16))
+    cfg = AuditConfig(
+        model=str(model_dir),
+        langs=("eng", "heb", "amh", "deu"),
+        max_tokens=cap,
+        n_boot=200,
+        scheme="w3g32",
+        eval=EvalSettings(window=128, context=16),
+    )
     r = run_audit(cfg).to_dict()
     assert r["schema"] == "quant-disparity/audit" and r["schema_version"] == 1
     assert [x["id"] for x in r["languages"]] == ["eng_Latn", "heb_Hebr", "amh_Ethi", "deu_Latn"]
@@ -50,8 +58,12 @@ def test_audit_library_call(model_dir):
         # whole documents in corpus order until the cap is reached
         assert [d["doc_id"] for d in docs] == [f"a{i:02d}" for i in range(1, len(docs) + 1)]
         assert sum(d["tokens"] for d in docs[:-1]) < cap <= sum(d["tokens"] for d in docs) or len(docs) == 30
-    assert r["summary"]["groups"]["assignment"] == {"eng_Latn": "high", "heb_Hebr": "low", "amh_Ethi": "low",
-                                                    "deu_Latn": "high"}
+    assert r["summary"]["groups"]["assignment"] == {
+        "eng_Latn": "high",
+        "heb_Hebr": "low",
+        "amh_Ethi": "low",
+        "deu_Latn": "high",
+    }
     assert r["scheme"]["quantized"]["kept_components"] == ["embed.token+lm_head", "norm"]
     assert r["scheme"]["cost"]["bits_per_quantized_weight"] == pytest.approx(3 + 16 / 32)
     assert r["model"]["digest"] and r["corpus"]["digest"] and r["environment"]["libraries"]["torch"]
@@ -104,8 +116,23 @@ def _check_against_float64_reference(r: dict, model_dir, cfg: AuditConfig, bits:
 
 def test_audit_cli_writes_results_and_refuses_to_overwrite(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["audit", "--model", str(model_dir), "--langs", "eng,heb", "--max-tokens", "60", "--scheme", "w4g32",
-            "--n-boot", "50", "--window", "128", "--out", str(out)]
+    argv = [
+        "audit",
+        "--model",
+        str(model_dir),
+        "--langs",
+        "eng,heb",
+        "--max-tokens",
+        "60",
+        "--scheme",
+        "w4g32",
+        "--n-boot",
+        "50",
+        "--window",
+        "128",
+        "--out",
+        str(out),
+    ]
     code, stdout, err = _run(argv, capsys)
     assert code == 0, err
     data = json.loads((out / "audit.json").read_text())
@@ -122,19 +149,22 @@ def test_audit_cli_writes_results_and_refuses_to_overwrite(model_dir, tmp_path, 
     assert code == 0 and json.loads((out / "audit.json").read_text())["config"]["scheme"] == "w8-channel"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--scheme", "w4"], "unknown scheme 'w4'"),
-    (["--langs", "eng,klingon"], "has no language 'klingon'"),
-    (["--model", "gemma-3-27m"], "unknown model 'gemma-3-27m'"),
-    (["--max-tokens", "-1"], "--max-tokens must be >= 0"),
-    (["--include", "everything"], "unknown --include value"),
-    (["--split", "train"], "unknown split 'train'"),
-    (["--corpus", "/does/not/exist.jsonl"], "not found"),
-    (["--dtype", "int3"], "unknown dtype"),
-    (["--window", "1"], "--window must be at least 2"),
-    (["--bogus-option"], "No such option"),
-    (["--max-tokens", "many"], "not a valid integer"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--scheme", "w4"], "unknown scheme 'w4'"),
+        (["--langs", "eng,klingon"], "has no language 'klingon'"),
+        (["--model", "gemma-3-27m"], "unknown model 'gemma-3-27m'"),
+        (["--max-tokens", "-1"], "--max-tokens must be >= 0"),
+        (["--include", "everything"], "unknown --include value"),
+        (["--split", "train"], "unknown split 'train'"),
+        (["--corpus", "/does/not/exist.jsonl"], "not found"),
+        (["--dtype", "int3"], "unknown dtype"),
+        (["--window", "1"], "--window must be at least 2"),
+        (["--bogus-option"], "No such option"),
+        (["--max-tokens", "many"], "not a valid integer"),
+    ],
+)
 def test_bad_cli_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
     out = tmp_path / "never"
     code, stdout, err = _run(["audit", *args, "--out", str(out)], capsys)
@@ -168,9 +198,26 @@ def test_listing_commands(capsys):
 
 def test_audit_with_a_plan(model_dir, tmp_path, capsys):
     out = tmp_path / "planned"
-    code, _, err = _run(["audit", "--model", str(model_dir), "--langs", "eng,heb", "--max-tokens", "60",
-                         "--plan", "keep:layer:0,layer:-1; w3g32:*", "--n-boot", "50", "--window", "128",
-                         "--out", str(out)], capsys)
+    code, _, err = _run(
+        [
+            "audit",
+            "--model",
+            str(model_dir),
+            "--langs",
+            "eng,heb",
+            "--max-tokens",
+            "60",
+            "--plan",
+            "keep:layer:0,layer:-1; w3g32:*",
+            "--n-boot",
+            "50",
+            "--window",
+            "128",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     data = json.loads((out / "audit.json").read_text())
     assert data["scheme"]["name"] == "keep:layer:0,layer:-1; w3g32:*"
@@ -178,11 +225,25 @@ def test_audit_with_a_plan(model_dir, tmp_path, capsys):
     quantized = {t["name"] for t in data["scheme"]["plan"]["tensors"] if t["action"] == "w3g32"}
     assert kept and quantized and all(".layers.1." in n for n in quantized)
     assert data["scheme"]["quantized"]["layers"] == "1-1"
-    code, _, err = _run(["audit", "--model", str(model_dir), "--plan", "w4g32:*", "--scheme", "w4g32",
-                         "--out", str(tmp_path / "x")], capsys)
+    code, _, err = _run(
+        ["audit", "--model", str(model_dir), "--plan", "w4g32:*", "--scheme", "w4g32", "--out", str(tmp_path / "x")],
+        capsys,
+    )
     assert code == 2 and "either --scheme or --plan" in err
-    code, _, err = _run(["audit", "--model", str(model_dir), "--plan", "keep:layer:9; w4g32:*", "--langs", "eng",
-                         "--out", str(tmp_path / "y")], capsys)
+    code, _, err = _run(
+        [
+            "audit",
+            "--model",
+            str(model_dir),
+            "--plan",
+            "keep:layer:9; w4g32:*",
+            "--langs",
+            "eng",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        capsys,
+    )
     assert code == 2 and "layer 9 is out of range" in err and not (tmp_path / "y" / "audit.json").exists()
     code, _, err = _run(["audit", "--plan", "w4g32:nonsense", "--out", str(tmp_path / "z")], capsys)
     assert code == 2 and "unknown selector 'nonsense'" in err and not (tmp_path / "z").exists()

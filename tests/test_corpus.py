@@ -10,7 +10,14 @@ from importlib import resources as importlib_resources
 import pytest
 
 from quant_disparity.corpus import (
-    DEFAULT_PANEL, filter_split, language_info, load_corpus, load_udhr, resolve_language, resources_for, split_of,
+    DEFAULT_PANEL,
+    filter_split,
+    language_info,
+    load_corpus,
+    load_udhr,
+    resolve_language,
+    resources_for,
+    split_of,
     take_until_tokens,
 )
 from quant_disparity.errors import UserError
@@ -37,11 +44,22 @@ def test_default_panel_spans_resource_classes_and_scripts():
     assert language_info("heb_Hebr").direction == "rtl" and language_info("arb_Arab").direction == "rtl"
 
 
-@pytest.mark.parametrize("alias,expected", [
-    ("he", "heb_Hebr"), ("heb", "heb_Hebr"), ("heb_Hebr", "heb_Hebr"), ("HEB_hebr", "heb_Hebr"),
-    ("ar", "arb_Arab"), ("arb", "arb_Arab"), ("ja", "jpn_Jpan"), ("de", "deu_Latn"), ("cmn_Hans", "cmn_Hans"),
-    ("am", "amh_Ethi"), ("sw", "swh_Latn"),
-])
+@pytest.mark.parametrize(
+    "alias,expected",
+    [
+        ("he", "heb_Hebr"),
+        ("heb", "heb_Hebr"),
+        ("heb_Hebr", "heb_Hebr"),
+        ("HEB_hebr", "heb_Hebr"),
+        ("ar", "arb_Arab"),
+        ("arb", "arb_Arab"),
+        ("ja", "jpn_Jpan"),
+        ("de", "deu_Latn"),
+        ("cmn_Hans", "cmn_Hans"),
+        ("am", "amh_Ethi"),
+        ("sw", "swh_Latn"),
+    ],
+)
 def test_aliases(alias, expected):
     assert resolve_language(alias, known_only=True) == expected
 
@@ -75,7 +93,9 @@ def test_resource_measures_with_macrolanguage_fallback():
 
 def test_shipped_resource_files_match_their_documented_checksums():
     root = importlib_resources.files("quant_disparity.corpus").joinpath("data", "resources")
-    sums = dict((name, digest) for digest, name in re.findall(r"([0-9a-f]{64})  (\S+)", root.joinpath("SOURCES.md").read_text()))
+    sums = dict(
+        (name, digest) for digest, name in re.findall(r"([0-9a-f]{64})  (\S+)", root.joinpath("SOURCES.md").read_text())
+    )
     shipped = [p for p in root.iterdir() if p.name.endswith(".csv")]
     assert len(shipped) == 4
     for p in shipped:
@@ -89,8 +109,9 @@ def test_splits_are_deterministic_aligned_and_disjoint():
         sel, held = filter_split(docs, "select"), filter_split(docs, "heldout")
         assert len(sel) + len(held) == 30 and 6 <= len(sel) <= 14
         assert {d.id for d in sel}.isdisjoint({d.id for d in held})
-    assert [d.id for d in filter_split(c.documents("eng_Latn"), "select")] == \
-        [d.id for d in filter_split(c.documents("heb_Hebr"), "select")]
+    assert [d.id for d in filter_split(c.documents("eng_Latn"), "select")] == [
+        d.id for d in filter_split(c.documents("heb_Hebr"), "select")
+    ]
     with pytest.raises(UserError, match="unknown split"):
         filter_split(c.documents("eng_Latn"), "train")
 
@@ -138,7 +159,7 @@ def test_token_cap_takes_whole_documents_in_order():
 
 def test_a_document_minimum_goes_past_the_cap():
     docs = load_udhr().documents("eng_Latn")
-    ten = lambda d: 10  # noqa: E731
+    ten = lambda d: 10
     assert [d.id for d in take_until_tokens(docs, 25, ten, min_docs=5)] == ["a01", "a02", "a03", "a04", "a05"]
     assert [d.id for d in take_until_tokens(docs, 60, ten, min_docs=5)] == [f"a0{i}" for i in range(1, 7)]
     assert len(take_until_tokens(docs[:3], 25, ten, min_docs=5)) == 3  # all there are
@@ -157,24 +178,31 @@ def test_corpus_digest_changes_with_content(tmp_path):
 
 def test_jsonl_corpus(tmp_path):
     p = tmp_path / "c.jsonl"
-    rows = [{"lang": "he", "text": "שלום עולם", "id": "x1"}, {"lang": "heb_Hebr", "text": "בוקר טוב"},
-            {"lang": "en", "text": "Good morning"}, {"lang": "yid", "text": "גוט מאָרגן"}]
+    rows = [
+        {"lang": "he", "text": "שלום עולם", "id": "x1"},
+        {"lang": "heb_Hebr", "text": "בוקר טוב"},
+        {"lang": "en", "text": "Good morning"},
+        {"lang": "yid", "text": "גוט מאָרגן"},
+    ]
     p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n")
     c = load_corpus(str(p))
     assert set(c.languages) == {"heb_Hebr", "eng_Latn", "yid_Hebr"}  # yid: not in the bundle, script detected
     assert [d.id for d in c.documents("heb_Hebr")] == ["x1", "2"]
 
 
-@pytest.mark.parametrize("line,message", [
-    ("{not json", r"c.jsonl:2: not valid JSON"),
-    ('["a"]', r"c.jsonl:2: expected a JSON object"),
-    ('{"text": "x"}', r"c.jsonl:2: missing field 'lang'"),
-    ('{"lang": "he"}', r"c.jsonl:2: missing field 'text'"),
-    ('{"lang": "he", "text": "   "}', r"c.jsonl:2: empty text"),
-    ('{"lang": "qqqq", "text": "abc"}', r"c.jsonl:2: unknown language 'qqqq'"),
-    ('{"lang": 5, "text": "abc"}', r"c.jsonl:2: field 'lang' must be a string"),
-    ('{"lang": "he", "text": "שלום", "id": "1"}', r"document id '1' appears twice"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", r"c.jsonl:2: not valid JSON"),
+        ('["a"]', r"c.jsonl:2: expected a JSON object"),
+        ('{"text": "x"}', r"c.jsonl:2: missing field 'lang'"),
+        ('{"lang": "he"}', r"c.jsonl:2: missing field 'text'"),
+        ('{"lang": "he", "text": "   "}', r"c.jsonl:2: empty text"),
+        ('{"lang": "qqqq", "text": "abc"}', r"c.jsonl:2: unknown language 'qqqq'"),
+        ('{"lang": 5, "text": "abc"}', r"c.jsonl:2: field 'lang' must be a string"),
+        ('{"lang": "he", "text": "שלום", "id": "1"}', r"document id '1' appears twice"),
+    ],
+)
 def test_jsonl_bad_input(tmp_path, line, message):
     p = tmp_path / "c.jsonl"
     p.write_text('{"lang": "he", "text": "שלום"}\n' + line + "\n", encoding="utf-8")

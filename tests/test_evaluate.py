@@ -7,18 +7,25 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import CORE_ARCHS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant_disparity.corpus import Document, load_udhr
 from quant_disparity.errors import UserError
 from quant_disparity.evaluate import (
-    EvalSettings, Forward, LMHead, batch_windows, make_windows, prepare, score_documents, score_tokens, tokenize,
+    EvalSettings,
+    Forward,
+    LMHead,
+    batch_windows,
+    make_windows,
+    prepare,
+    score_documents,
+    score_tokens,
+    tokenize,
 )
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
-
-from conftest import CORE_ARCHS
 
 
 # -- windows -------------------------------------------------------------------------------------------------------
@@ -28,7 +35,7 @@ def test_every_token_is_scored_exactly_once(n, max_len, context, prefix):
     context = min(context, max_len - 2)
     tokens = list(range(1000, 1000 + n))
     wins = make_windows(0, tokens, 7 if prefix else None, max_len, context)
-    scored = [t for w in wins for t in w.input_ids[len(w.input_ids) - w.n_scored:]]
+    scored = [t for w in wins for t in w.input_ids[len(w.input_ids) - w.n_scored :]]
     expected = tokens if prefix else tokens[1:]
     assert scored == expected
     for w in wins:
@@ -44,7 +51,9 @@ def test_every_token_is_scored_exactly_once(n, max_len, context, prefix):
 def test_windows_golden():
     wins = make_windows(3, [10, 11, 12, 13, 14, 15, 16], prefix=1, max_len=4, context=1)
     assert [(w.input_ids, w.n_scored) for w in wins] == [
-        ((1, 10, 11, 12), 3), ((1, 12, 13, 14), 2), ((1, 14, 15, 16), 2),
+        ((1, 10, 11, 12), 3),
+        ((1, 12, 13, 14), 2),
+        ((1, 14, 15, 16), 2),
     ]
     assert all(w.doc == 3 for w in wins)
     wins = make_windows(0, [10, 11, 12], prefix=None, max_len=8, context=0)
@@ -193,8 +202,12 @@ def test_a_separately_built_copy_gives_zero_kl_and_full_agreement(arch, tiny_lm)
         assert other.keys() == own.keys()
         assert all(other[n].data_ptr() != own[n].data_ptr() for n in own)  # really another model's storage
         calls: list[str] = []
-        s = score_documents(Forward(lm.model), prep, use_reference=_swap_in(lm.model, own, calls, "ref"),
-                     use_model=_swap_in(lm.model, other, calls, "model"))
+        s = score_documents(
+            Forward(lm.model),
+            prep,
+            use_reference=_swap_in(lm.model, own, calls, "ref"),
+            use_model=_swap_in(lm.model, other, calls, "model"),
+        )
         _swap_in(lm.model, own, [], "ref")()
         assert calls and calls.count("ref") == calls.count("model") == len(prep.groups)
         if same:
@@ -226,7 +239,9 @@ def test_a_scheme_below_float_rounding_gives_zero_kl_and_full_agreement(arch, ti
     assert manifest.n_changed == len(targets)
     assert all(lm.model.get_parameter(n).data_ptr() != original[n] for n in targets)
     engine.restore_()
-    s = score_documents(Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+    s = score_documents(
+        Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment)
+    )
     engine.restore_()
     np.testing.assert_allclose(s.kl, 0, atol=1e-9)
     assert np.array_equal(s.top1, s.n_pred.astype(float))
@@ -236,7 +251,9 @@ def test_a_scheme_below_float_rounding_gives_zero_kl_and_full_agreement(arch, ti
         for n in targets:
             lm.model.get_parameter(n).mul_(1 + 2.0**-13)
     engine = QuantEngine(lm.model, mm)
-    s = score_documents(Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment))
+    s = score_documents(
+        Forward(lm.model), prep, use_reference=engine.restore_, use_model=lambda: engine.assign_(assignment)
+    )
     engine.restore_()
     assert not np.array_equal(s.nll, s.nll_ref) and np.abs(s.kl).max() > 1e-9
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import ARCHS
 
 from quant_disparity.corpus import load_udhr
 from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
@@ -12,15 +13,21 @@ from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
 from quant_disparity.quant.plan import Plan
 
-from conftest import ARCHS
-
 #: The norm each architecture applies to the last block's output, read off the transformers sources.
 FINAL_NORM = {
-    "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
-    "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
-    "gpt2": "transformer.ln_f", "opt": "model.decoder.final_layer_norm",
-    "gpt_neox": "gpt_neox.final_layer_norm", "bloom": "transformer.ln_f",
-    "phi": "model.final_layernorm", "phi3": "model.norm", "falcon": "transformer.ln_f",
+    "llama": "model.norm",
+    "mistral": "model.norm",
+    "qwen2": "model.norm",
+    "gemma": "model.norm",
+    "gemma2": "model.norm",
+    "gemma3": "model.norm",
+    "gpt2": "transformer.ln_f",
+    "opt": "model.decoder.final_layer_norm",
+    "gpt_neox": "gpt_neox.final_layer_norm",
+    "bloom": "transformer.ln_f",
+    "phi": "model.final_layernorm",
+    "phi3": "model.norm",
+    "falcon": "transformer.ln_f",
 }
 
 
@@ -41,8 +48,9 @@ def test_norm_final_is_the_norm_after_the_blocks(arch, tiny_lm):
 def _prepared(lm):
     c = load_udhr()
     docs = [d for lang in ("eng_Latn", "heb_Hebr") for d in c.documents(lang)[:2]]
-    return prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id,
-                   EvalSettings(window=64, context=8, batch_tokens=256))
+    return prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, EvalSettings(window=64, context=8, batch_tokens=256)
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -67,8 +75,9 @@ def test_replay_is_exact_when_a_module_outside_the_blocks_changes(arch, tiny_lm)
     fast = sweep(fw, prep, engine, configs, bases=["blocks"], reuse=True, vocab_chunk=100)
     assert fast.stats["replay"]
     for name, cfg in configs.items():
-        one = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
-                                   vocab_chunk=100)
+        one = score_documents(
+            fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c), vocab_chunk=100
+        )
         engine.restore_()
         np.testing.assert_allclose(fast.nll[name], one.nll, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(fast.kl[name], one.kl, rtol=1e-5, atol=1e-9, err_msg=name)

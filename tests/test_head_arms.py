@@ -27,8 +27,9 @@ ARCHS = ("llama", "gemma3", "gpt2")
 def _prepared(lm):
     c = load_udhr()
     docs = [d for lang in ("eng_Latn", "heb_Hebr") for d in c.documents(lang)[:2]]
-    return prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id,
-                   EvalSettings(window=64, context=8, batch_tokens=256))
+    return prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, EvalSettings(window=64, context=8, batch_tokens=256)
+    )
 
 
 def _configs(mm):
@@ -50,7 +51,7 @@ def _full_pass(model, windows, n_docs):
             ids = torch.tensor([w.input_ids])
             lp = torch.log_softmax(model(ids).logits.double(), -1)[0]
             p0 = w.first_scored_position
-            out[w.doc].append((lp[p0: len(w.input_ids) - 1], ids[0, p0 + 1:]))
+            out[w.doc].append((lp[p0 : len(w.input_ids) - 1], ids[0, p0 + 1 :]))
     return out
 
 
@@ -88,8 +89,9 @@ def test_evaluate_scores_each_arm_with_its_own_head(arch, tiny_lm):
     prep = _prepared(lm)
     fw = Forward(lm.model)
     for name, cfg in configs.items():
-        s = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
-                                 vocab_chunk=100)
+        s = score_documents(
+            fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c), vocab_chunk=100
+        )
         engine.restore_()
         _check(name, s.nll_ref, s.nll, s.kl, _expected(lm, prep, cfg))
 

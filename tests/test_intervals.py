@@ -18,8 +18,14 @@ def _docs(rng, n_docs, rel_delta, noise=0.05):
     fp = 1.0 + 0.1 * rng.standard_normal(n_docs)
     q = fp * (1 + rel_delta) * (1 + noise * rng.standard_normal(n_docs))
     n_pred = nbytes / 3
-    return {"nll_ref": fp * nbytes * LN2, "nll": q * nbytes * LN2, "bytes": nbytes, "n_pred": n_pred,
-            "kl": 0.1 * n_pred, "top1": 0.9 * n_pred}
+    return {
+        "nll_ref": fp * nbytes * LN2,
+        "nll": q * nbytes * LN2,
+        "bytes": nbytes,
+        "n_pred": n_pred,
+        "kl": 0.1 * n_pred,
+        "top1": 0.9 * n_pred,
+    }
 
 
 # Joshi-like resource classes, skewed towards class 5 as real panels are: many ties, and resamples of a few
@@ -76,16 +82,27 @@ def _est(v, ci=None):
 
 def _lang_row(lang, rel):
     e = _est(rel, None if rel is None else [rel - 0.01, rel + 0.01])
-    return {"id": lang, "name": lang, "joshi_class": 5, "n_docs": 10, "bpb_fp": _est(1.0), "bpb_q": _est(1.0),
-            "delta_bpb": e, "rel_delta_bpb": e, "kl_bits": _est(0.0), "top1_agreement": _est(1.0),
-            "ppl_ratio": _est(1.0)}
+    return {
+        "id": lang,
+        "name": lang,
+        "joshi_class": 5,
+        "n_docs": 10,
+        "bpb_fp": _est(1.0),
+        "bpb_q": _est(1.0),
+        "delta_bpb": e,
+        "rel_delta_bpb": e,
+        "kl_bits": _est(0.0),
+        "top1_agreement": _est(1.0),
+        "ppl_ratio": _est(1.0),
+    }
 
 
 def test_audit_tables_sort_an_exact_zero_damage_as_a_value_and_render_it():
     from quant_disparity.report.tables import audit_rows
 
-    rows = audit_rows({"languages": [_lang_row("neg", -0.1), _lang_row("undef", None), _lang_row("zero", 0.0),
-                                     _lang_row("pos", 0.2)]})
+    rows = audit_rows(
+        {"languages": [_lang_row("neg", -0.1), _lang_row("undef", None), _lang_row("zero", 0.0), _lang_row("pos", 0.2)]}
+    )
     assert [r[0].split()[0] for r in rows] == ["pos", "zero", "neg", "undef"]
     zero = rows[1]
     assert zero[4].startswith("+0.000") and zero[5].startswith("+0.0%") and zero[6].startswith("0.000")
@@ -109,8 +126,11 @@ def test_audit_summary_picks_a_zero_damage_language_as_the_best():
 def test_study_worst_language_can_be_one_with_zero_damage():
     from quant_disparity.experiments.results import worst_language
 
-    per_lang = {"a": {"rel_delta_bpb": _est(-0.05)}, "b": {"rel_delta_bpb": _est(0.0)},
-                "c": {"rel_delta_bpb": _est(None)}}
+    per_lang = {
+        "a": {"rel_delta_bpb": _est(-0.05)},
+        "b": {"rel_delta_bpb": _est(0.0)},
+        "c": {"rel_delta_bpb": _est(None)},
+    }
     assert worst_language(per_lang) == "b"
 
 
@@ -118,8 +138,11 @@ def test_study_figures_draw_an_exact_zero_as_zero(monkeypatch):
     import quant_disparity.report as report_pkg
     from quant_disparity.report import experiment
 
-    per_lang = {"a": {"rel_delta_bpb": _est(-0.05)}, "b": {"rel_delta_bpb": _est(0.0)},
-                "c": {"rel_delta_bpb": _est(None)}}
+    per_lang = {
+        "a": {"rel_delta_bpb": _est(-0.05)},
+        "b": {"rel_delta_bpb": _est(0.0)},
+        "c": {"rel_delta_bpb": _est(None)},
+    }
     seen = {}
 
     class FakePlots:  # captures the matrix the heatmap would draw
@@ -128,8 +151,9 @@ def test_study_figures_draw_an_exact_zero_as_zero(monkeypatch):
             seen["m"] = m
 
     monkeypatch.setattr(report_pkg, "plots", FakePlots, raising=False)
-    experiment.figure_trial_heatmap({"languages": [{"id": x} for x in per_lang],
-                                     "trials": [{"name": "t", "languages": per_lang}]})
+    experiment.figure_trial_heatmap(
+        {"languages": [{"id": x} for x in per_lang], "trials": [{"name": "t", "languages": per_lang}]}
+    )
     assert seen["m"][0, 1] == 0.0 and np.isnan(seen["m"][0, 2]) and seen["m"][0, 0] == pytest.approx(-5.0)
 
 
@@ -214,8 +238,14 @@ def _rows(spec, effect, n_docs=20, noise=0.002, seed=0):
             nbytes = rng.integers(300, 900, n).astype(float)
             ref = nbytes * 1.5 * (1 + 0.2 * rng.standard_normal(n))
             nll = ref * (1 + effect(t.plan_name, t.scheme, lang) + noise * rng.standard_normal(n))
-            out[t.name][lang] = {"bytes": nbytes, "n_pred": nbytes / 3, "nll": nll, "nll_ref": ref,
-                                 "kl": nbytes / 30, "top1": nbytes / 4}
+            out[t.name][lang] = {
+                "bytes": nbytes,
+                "n_pred": nbytes / 3,
+                "nll": nll,
+                "nll_ref": ref,
+                "kl": nbytes / 30,
+                "top1": nbytes / 4,
+            }
     return out
 
 
@@ -236,6 +266,7 @@ def test_claims_on_a_language_with_too_few_documents_are_inconclusive():
     from quant_disparity.experiments.claims import Evaluator, evaluate_claims
 
     spec = _spec(MODEL, CLAIMS)
+
     def effect(plan, scheme, lang):
         return {"none": 0.2, "ends": 0.05}[plan] * (4 if lang == "amh_Ethi" else 1)
 
@@ -258,14 +289,15 @@ def test_point_value_verdicts_for_one_document_per_language():
     from quant_disparity.experiments.claims import Evaluator, evaluate_claims
 
     spec = _spec(MODEL, CLAIMS, extra='verdict_basis = "points"')
-    effect = lambda plan, scheme, lang: {"none": 0.2, "ends": 0.05}[plan]  # noqa: E731
+    effect = lambda plan, scheme, lang: {"none": 0.2, "ends": 0.05}[plan]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the spec chose point values: no warning about intervals
         out = evaluate_claims(spec, Evaluator(spec, _rows(spec, effect, n_docs=1)))
     verdicts = {v["id"]: v["verdict"] for v in out}
     assert verdicts == {"A": "supported", "B": "refuted"}  # amh's Δbpb is not twice eng's
-    assert all("point values" in v["basis"] and v["verdict_familywise"] is None and v["left"]["ci95"] is None
-               for v in out)
+    assert all(
+        "point values" in v["basis"] and v["verdict_familywise"] is None and v["left"]["ci95"] is None for v in out
+    )
 
 
 # -- many claims at once: Holm -----------------------------------------------------------------------------------
@@ -315,20 +347,61 @@ def test_an_instance_supported_alone_but_not_family_wise():
 
 def _study_result(basis="95% paired bootstrap interval (languages need >= 5 documents)", fw="inconclusive"):
     short = {"value": 1.2, "ci95": None, "note": "too few documents (2 < 5) for an interval"}
-    langs = {"eng_Latn": {"n_docs": 20, "bpb_fp": _est(1.0, [0.9, 1.1]), "delta_bpb": _est(0.1, [0.05, 0.15]),
-                          "rel_delta_bpb": _est(0.1, [0.05, 0.15]), "kl_bits": _est(0.0, [0.0, 0.0])},
-             "amh_Ethi": {"n_docs": 2, "bpb_fp": dict(short, value=2.0), "delta_bpb": short, "rel_delta_bpb": short,
-                          "kl_bits": dict(short, value=0.3)}}
-    trial = {"name": "m-none", "model": "m", "scheme": "w4g16", "plan_name": "none", "cost": {"bits_per_weight": 4.5},
-             "languages": langs, "worst_language": "amh_Ethi",
-             "summary": {"mean_rel_delta": dict(short, value=0.65), "gap": _est(None), "disparity": _est(None)}}
-    verdict = {"id": "A", "expr": "x < y", "text": "t", "instance": {"scheme": "w4g16"},
-               "left": _est(0.1, [0.05, 0.15]), "right": _est(0.2, [0.15, 0.25]), "difference": _est(-0.1, [-0.15, -0.01]), "verdict": "supported",
-               "basis": basis, "p_value": 0.04, "p_boot": 0.04, "p_holm": 0.08, "verdict_familywise": fw}
-    return {"spec": {"name": "s", "description": "", "seed": 0, "n_boot": 100, "verdict_basis": "intervals",
-                     "corpus": {"name": "udhr", "split": "all", "max_tokens": 0}},
-            "groups": {"low": ["amh_Ethi"], "high": ["eng_Latn"], "rule": "r"},
-            "languages": [{"id": "eng_Latn"}, {"id": "amh_Ethi"}], "trials": [trial], "verdicts": [verdict]}
+    langs = {
+        "eng_Latn": {
+            "n_docs": 20,
+            "bpb_fp": _est(1.0, [0.9, 1.1]),
+            "delta_bpb": _est(0.1, [0.05, 0.15]),
+            "rel_delta_bpb": _est(0.1, [0.05, 0.15]),
+            "kl_bits": _est(0.0, [0.0, 0.0]),
+        },
+        "amh_Ethi": {
+            "n_docs": 2,
+            "bpb_fp": dict(short, value=2.0),
+            "delta_bpb": short,
+            "rel_delta_bpb": short,
+            "kl_bits": dict(short, value=0.3),
+        },
+    }
+    trial = {
+        "name": "m-none",
+        "model": "m",
+        "scheme": "w4g16",
+        "plan_name": "none",
+        "cost": {"bits_per_weight": 4.5},
+        "languages": langs,
+        "worst_language": "amh_Ethi",
+        "summary": {"mean_rel_delta": dict(short, value=0.65), "gap": _est(None), "disparity": _est(None)},
+    }
+    verdict = {
+        "id": "A",
+        "expr": "x < y",
+        "text": "t",
+        "instance": {"scheme": "w4g16"},
+        "left": _est(0.1, [0.05, 0.15]),
+        "right": _est(0.2, [0.15, 0.25]),
+        "difference": _est(-0.1, [-0.15, -0.01]),
+        "verdict": "supported",
+        "basis": basis,
+        "p_value": 0.04,
+        "p_boot": 0.04,
+        "p_holm": 0.08,
+        "verdict_familywise": fw,
+    }
+    return {
+        "spec": {
+            "name": "s",
+            "description": "",
+            "seed": 0,
+            "n_boot": 100,
+            "verdict_basis": "intervals",
+            "corpus": {"name": "udhr", "split": "all", "max_tokens": 0},
+        },
+        "groups": {"low": ["amh_Ethi"], "high": ["eng_Latn"], "rule": "r"},
+        "languages": [{"id": "eng_Latn"}, {"id": "amh_Ethi"}],
+        "trials": [trial],
+        "verdicts": [verdict],
+    }
 
 
 def test_study_reports_show_the_family_wise_verdict_and_mark_values_without_an_interval():
@@ -342,7 +415,7 @@ def test_study_reports_show_the_family_wise_verdict_and_mark_values_without_an_i
     assert "+120.0% †" in md  # the worst language's value, without an interval
     tex = latex_report(result)
     assert r"$^\dagger$" in tex and "inconclusive (p 0.08)" in tex
-    points = _study_result(basis="point values (verdict_basis = \"points\": nothing to resample)", fw=None)
+    points = _study_result(basis='point values (verdict_basis = "points": nothing to resample)', fw=None)
     points["spec"]["verdict_basis"] = "points"
     row = verdict_rows(points)[0]
     assert row[-2] == "supported (point values)" and row[-1] == "n/a (point values)"

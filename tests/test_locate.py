@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import CORE_ARCHS, tiny_model
+from conftest import run_cli as _run
+from golden import reference as ref
 
 from quant_disparity.corpus import load_udhr
 from quant_disparity.errors import UserError
@@ -15,15 +18,13 @@ from quant_disparity.locate import LocateConfig, make_units, parse_unit, run_loc
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
 
-from conftest import CORE_ARCHS, run_cli as _run, tiny_model
-from golden import reference as ref
-
 
 def _prepared(lm, n=2):
     c = load_udhr()
     docs = [d for lang in ("eng_Latn", "heb_Hebr") for d in c.documents(lang)[:n]]
-    return prepare(docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, EvalSettings(window=64, context=8,
-                                                                                         batch_tokens=256))
+    return prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, EvalSettings(window=64, context=8, batch_tokens=256)
+    )
 
 
 @pytest.mark.parametrize("arch", CORE_ARCHS + ("opt", "falcon"))
@@ -44,8 +45,9 @@ def test_sweep_equals_one_evaluation_per_configuration(arch, tiny_lm):
     slow = sweep(fw, prep, engine, configs, reuse=False, vocab_chunk=100)
     assert slow.stats["block_work_saved"] == 0
     for name, cfg in configs.items():
-        one = score_documents(fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c),
-                                   vocab_chunk=100)
+        one = score_documents(
+            fw, prep, use_reference=engine.restore_, use_model=lambda c=cfg: engine.assign_(c), vocab_chunk=100
+        )
         engine.restore_()
         np.testing.assert_allclose(fast.nll[name], one.nll, rtol=1e-6)
         np.testing.assert_allclose(fast.kl[name], one.kl, rtol=1e-5, atol=1e-9)
@@ -100,8 +102,10 @@ def _reference_bpb(model_dir, langs, max_tokens, window, context, quantized_sets
     out = {}
     for name, quantized in quantized_sets.items():
         model = ref.quantized_copy(base, 2, 16, names=sorted(quantized)).double().eval()
-        out[name] = {lang: ref.bpb(sum(ref.document_nll(model, t, tok.bos_token_id, window, context) for t in toks),
-                                   n_bytes) for lang, (toks, n_bytes) in texts.items()}
+        out[name] = {
+            lang: ref.bpb(sum(ref.document_nll(model, t, tok.bos_token_id, window, context) for t in toks), n_bytes)
+            for lang, (toks, n_bytes) in texts.items()
+        }
     return out, {lang: (len(toks), n_bytes) for lang, (toks, n_bytes) in texts.items()}
 
 
@@ -112,9 +116,17 @@ def test_locate_effects_equal_separate_full_passes(model_dir, mode):
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = LocateConfig(model=str(model_dir), scheme="w2g16", langs=("eng", "heb"), max_tokens=120, mode=mode,
-                       pairs=("L0", "L-1", "mlp"), n_boot=100, split="all",
-                       eval=EvalSettings(window=64, context=16, batch_tokens=512))
+    cfg = LocateConfig(
+        model=str(model_dir),
+        scheme="w2g16",
+        langs=("eng", "heb"),
+        max_tokens=120,
+        mode=mode,
+        pairs=("L0", "L-1", "mlp"),
+        n_boot=100,
+        split="all",
+        eval=EvalSettings(window=64, context=16, batch_tokens=512),
+    )
     d = run_locate(cfg).to_dict()
     assert d["schema"] == "quant-disparity/locate" and [u["name"] for u in d["units"]] == ["L0", "L1", "L2"]
     assert d["timing"]["configurations"] == 1 + 3 + 1 + 3  # all, 3 layers, the extra unit "mlp", 3 pairs
@@ -124,16 +136,20 @@ def test_locate_effects_equal_separate_full_passes(model_dir, mode):
     assert len(names) == 3 * 7
     units = {f"L{i}": {n for n in names if f".layers.{i}." in n} for i in range(3)}
     units["mlp"] = {n for n in names if ".mlp." in n}
-    pairs = {"L0+L2": units["L0"] | units["L2"], "L0+mlp": units["L0"] | units["mlp"],
-             "L2+mlp": units["L2"] | units["mlp"]}
+    pairs = {
+        "L0+L2": units["L0"] | units["L2"],
+        "L0+mlp": units["L0"] | units["mlp"],
+        "L2+mlp": units["L2"] | units["mlp"],
+    }
     every = set(names)
     sets = {"fp": set(), "all": every}
     for name, tensors in {**units, **pairs}.items():
         sets[name] = every - tensors if mode == "protect-one" else tensors
     bpb, sizes = _reference_bpb(model_dir, ("eng_Latn", "heb_Hebr"), 120, 64, 16, sets)
 
-    assert [(x["id"], x["n_docs"], x["n_bytes"]) for x in d["languages"]] == \
-        [(lang, *sizes[lang]) for lang in ("eng_Latn", "heb_Hebr")]
+    assert [(x["id"], x["n_docs"], x["n_bytes"]) for x in d["languages"]] == [
+        (lang, *sizes[lang]) for lang in ("eng_Latn", "heb_Hebr")
+    ]
     close = dict(rel=1e-5)
     for lang, r in d["results"].items():
         b = {k: v[lang] for k, v in bpb.items()}
@@ -161,9 +177,30 @@ def test_locate_effects_equal_separate_full_passes(model_dir, mode):
 
 def test_locate_cli_writes_json_markdown_and_figures(model_dir, tmp_path, capsys):
     out = tmp_path / "loc"
-    code, stdout, err = _run(["locate", "--model", str(model_dir), "--langs", "eng,heb,amh", "--max-tokens", "80",
-                              "--scheme", "w3g16", "--granularity", "component", "--n-boot", "50", "--window", "128",
-                              "--split", "all", "--out", str(out)], capsys)
+    code, stdout, err = _run(
+        [
+            "locate",
+            "--model",
+            str(model_dir),
+            "--langs",
+            "eng,heb,amh",
+            "--max-tokens",
+            "80",
+            "--scheme",
+            "w3g16",
+            "--granularity",
+            "component",
+            "--n-boot",
+            "50",
+            "--window",
+            "128",
+            "--split",
+            "all",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     data = json.loads((out / "locate.json").read_text())
     assert data["granularity"] == "component" and len(data["languages"]) == 3
@@ -174,13 +211,16 @@ def test_locate_cli_writes_json_markdown_and_figures(model_dir, tmp_path, capsys
     assert code == 2 and "already holds locate.json" in err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--granularity", "block"], "Invalid value for '--granularity'"),
-    (["--mode", "protect-all"], "Invalid value for '--mode'"),
-    (["--pairs", "L0"], "--pairs needs at least two units"),
-    (["--scheme", "w4x"], "unknown scheme"),
-    (["--langs", "xx"], "has no language"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--granularity", "block"], "Invalid value for '--granularity'"),
+        (["--mode", "protect-all"], "Invalid value for '--mode'"),
+        (["--pairs", "L0"], "--pairs needs at least two units"),
+        (["--scheme", "w4x"], "unknown scheme"),
+        (["--langs", "xx"], "has no language"),
+    ],
+)
 def test_locate_bad_input(args, message, capsys, tmp_path):
     code, _, err = _run(["locate", *args, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
@@ -188,8 +228,10 @@ def test_locate_bad_input(args, message, capsys, tmp_path):
 
 
 def test_locate_bad_units(model_dir, capsys, tmp_path):
-    code, _, err = _run(["locate", "--model", str(model_dir), "--pairs", "L0,L9", "--langs", "eng",
-                         "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _run(
+        ["locate", "--model", str(model_dir), "--pairs", "L0,L9", "--langs", "eng", "--out", str(tmp_path / "o")],
+        capsys,
+    )
     assert code == 2 and "layer 9 is out of range" in err
 
 
@@ -205,8 +247,14 @@ def test_a_scheme_that_changes_nothing_gives_undefined_shares_not_a_crash(tokeni
         for p in model.parameters():
             p.copy_(p.half().float())
     lm = wrap_model(model, tokenizer, name="tiny-llama-fp16-grid")
-    cfg = LocateConfig(scheme="fp16", langs=("eng",), max_tokens=200, n_boot=100, split="all",
-                       eval=EvalSettings(window=128, context=16, batch_tokens=512))
+    cfg = LocateConfig(
+        scheme="fp16",
+        langs=("eng",),
+        max_tokens=200,
+        n_boot=100,
+        split="all",
+        eval=EvalSettings(window=128, context=16, batch_tokens=512),
+    )
     d = run_locate(cfg, lm=lm).to_dict()
     for r in d["results"].values():
         assert r["all_quantized"]["delta_bpb"]["value"] == 0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ARCHS, tiny_model
 from torch import nn
 
 from quant_disparity.errors import UserError
 from quant_disparity.models import classify_source, load_model, parse_device, parse_dtype
 from quant_disparity.models.modules import build_module_map
-
-from conftest import ARCHS, tiny_model
 
 # What each architecture's blocks hold, by component (structure-derived + the shared leaf vocabulary).
 EXPECTED = {

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from quant_disparity.errors import UserError
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, parse_scheme
 from quant_disparity.quant.plan import Plan, load_plan
-
-from conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +26,17 @@ def _actions(resolved):
     return {d.name: d.action for d in resolved.decisions}
 
 
-@pytest.mark.parametrize("text", [
-    "keep:layer:0,layer:-1; w4g128:*",
-    "keep:norms,biases; keep:outliers:0.5%; w4-tensor:all",
-    "keep:layers:0,2&component:mlp; w4g32:*",
-    "gguf:q4_0:*",
-    "w4g32+outliers:1%:component:mlp",
-    "keep:re:attn; w8-channel-asym:layers:even; w4g32:*",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "keep:layer:0,layer:-1; w4g128:*",
+        "keep:norms,biases; keep:outliers:0.5%; w4-tensor:all",
+        "keep:layers:0,2&component:mlp; w4g32:*",
+        "gguf:q4_0:*",
+        "w4g32+outliers:1%:component:mlp",
+        "keep:re:attn; w8-channel-asym:layers:even; w4g32:*",
+    ],
+)
 def test_round_trips(text):
     p = Plan.parse(text)
     assert Plan.parse(str(p)) == p
@@ -68,8 +70,9 @@ def test_selectors_resolve_to_the_intended_modules(gpt2, llama):
     assert chosen(gpt2, "layers:even") == {p.name for p in gpt2.params if p.layer in (0, 2)}
     assert chosen(gpt2, "layers:0-1") == {p.name for p in gpt2.params if p.layer in (0, 1)}
     assert chosen(gpt2, "component:attn.qkv") == {p.name for p in gpt2.params if "c_attn" in p.name}
-    assert chosen(llama, "component:attn.qkv") == {p.name for p in llama.params
-                                                   if any(k in p.name for k in ("q_proj", "k_proj", "v_proj"))}
+    assert chosen(llama, "component:attn.qkv") == {
+        p.name for p in llama.params if any(k in p.name for k in ("q_proj", "k_proj", "v_proj"))
+    }
     assert chosen(gpt2, "component:mlp") == {p.name for p in gpt2.params if ".mlp." in p.name}
     assert chosen(gpt2, "biases") == {p.name for p in gpt2.params if p.name.endswith("bias")}
     assert chosen(gpt2, "norms") == {p.name for p in gpt2.params if ".ln_" in p.name}
@@ -77,7 +80,8 @@ def test_selectors_resolve_to_the_intended_modules(gpt2, llama):
     assert chosen(gpt2, "embed.pos") == {"transformer.wpe.weight"}
     assert chosen(gpt2, "lm_head") == chosen(gpt2, "embed.token") == {"transformer.wte.weight"}  # tied
     assert chosen(llama, "lm_head") == {"lm_head.weight"} and chosen(llama, "embed.token") == {
-        "model.embed_tokens.weight"}
+        "model.embed_tokens.weight"
+    }
     assert chosen(llama, "re:down_proj") == {p.name for p in llama.params if "down_proj" in p.name}
     assert chosen(llama, "layer:1&component:mlp.gate") == {"model.layers.1.mlp.gate_proj.weight"}
 
@@ -88,21 +92,29 @@ LOG_PLANS = {
     "C03 top 5% by magnitude kept": ("keep:outliers:5%; w4-tensor:all", None),
     "C04 MLP protected": ("keep:component:mlp; w4-tensor:all", lambda p: p.component.startswith("mlp")),
     "C04 attention protected": ("keep:component:attn; w4-tensor:all", lambda p: p.component.startswith("attn")),
-    "C05 one layer's MLP": ("keep:layer:0&component:mlp; w4-tensor:all",
-                            lambda p: p.layer == 0 and p.component.startswith("mlp")),
+    "C05 one layer's MLP": (
+        "keep:layer:0&component:mlp; w4-tensor:all",
+        lambda p: p.layer == 0 and p.component.startswith("mlp"),
+    ),
     "C06 L0 + last": ("keep:layer:0,layer:-1; w4-tensor:all", lambda p: p.layer in (0, 2)),
     "C07 L1 + last": ("keep:layers:1,-1; w4-tensor:all", lambda p: p.layer in (1, 2)),
     "C08 even layers": ("keep:layers:even; w4-tensor:all", lambda p: p.layer in (0, 2)),
     "C08 odd layers": ("keep:layers:odd; w4-tensor:all", lambda p: p.layer == 1),
-    "C09 L0 MLP up only": ("keep:layer:0&component:mlp.up; w4-tensor:all",
-                           lambda p: p.layer == 0 and p.component == "mlp.up"),
-    "C09 L0 MLP down only": ("keep:layer:0&component:mlp.down; w4-tensor:all",
-                             lambda p: p.layer == 0 and p.component == "mlp.down"),
+    "C09 L0 MLP up only": (
+        "keep:layer:0&component:mlp.up; w4-tensor:all",
+        lambda p: p.layer == 0 and p.component == "mlp.up",
+    ),
+    "C09 L0 MLP down only": (
+        "keep:layer:0&component:mlp.down; w4-tensor:all",
+        lambda p: p.layer == 0 and p.component == "mlp.down",
+    ),
     "C10 token embedding": ("keep:embed.token; w4-tensor:all", lambda p: "embed.token" in p.components),
     "C11 norms": ("keep:norms; w4-tensor:all", lambda p: p.role == "norm"),
     "C12 biases": ("keep:biases; w4-tensor:all", lambda p: p.is_bias),
-    "C18 L0+last+final norm+biases": ("keep:layer:0,layer:-1,norm.final,biases; w4-tensor:all",
-                                      lambda p: p.layer in (0, 2) or p.is_bias or (p.role == "norm" and p.layer is None)),
+    "C18 L0+last+final norm+biases": (
+        "keep:layer:0,layer:-1,norm.final,biases; w4-tensor:all",
+        lambda p: p.layer in (0, 2) or p.is_bias or (p.role == "norm" and p.layer is None),
+    ),
 }
 
 
@@ -151,23 +163,26 @@ def test_totals_count_outliers_scales_and_kept_tensors(gpt2):
     assert t["bits_per_weight"] == pytest.approx((q_bits + 32 * others) / gpt2.total_params)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("keep:layer:7; w4g32:*", "layer 7 is out of range"),
-    ("keep:layer:-4; w4g32:*", "layer -4 is out of range"),
-    ("keep:component:mlpp; w4g32:*", "unknown component 'mlpp'"),
-    ("w4g32:*; w8-channel:*", "is shadowed"),
-    ("w4g32:*; keep:layer:0", "keeps nothing that a later rule would quantize"),
-    ("keep:embed.pos; w4g32:*", "keeps nothing"),
-    ("w4g32:layer:0; keep:outliers:1%&layer:2", "applies to no quantized tensor"),
-    ("w4g32:outliers:1%", "belongs in a keep rule"),
-    ("keep:outliers:200%; w4g32:*", "percentage"),
-    ("keep layer 0", "expected ACTION:SELECTOR"),
-    ("w5x:*", "unknown scheme"),
-    ("keep:lyer:0; w4g32:*", "unknown selector 'lyer:0'"),
-    ("keep:re:([; w4g32:*", "bad regular expression"),
-    ("keep:layers:0,x; w4g32:*", "unknown selector 'x'"),
-    ("", "empty plan"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("keep:layer:7; w4g32:*", "layer 7 is out of range"),
+        ("keep:layer:-4; w4g32:*", "layer -4 is out of range"),
+        ("keep:component:mlpp; w4g32:*", "unknown component 'mlpp'"),
+        ("w4g32:*; w8-channel:*", "is shadowed"),
+        ("w4g32:*; keep:layer:0", "keeps nothing that a later rule would quantize"),
+        ("keep:embed.pos; w4g32:*", "keeps nothing"),
+        ("w4g32:layer:0; keep:outliers:1%&layer:2", "applies to no quantized tensor"),
+        ("w4g32:outliers:1%", "belongs in a keep rule"),
+        ("keep:outliers:200%; w4g32:*", "percentage"),
+        ("keep layer 0", "expected ACTION:SELECTOR"),
+        ("w5x:*", "unknown scheme"),
+        ("keep:lyer:0; w4g32:*", "unknown selector 'lyer:0'"),
+        ("keep:re:([; w4g32:*", "bad regular expression"),
+        ("keep:layers:0,x; w4g32:*", "unknown selector 'x'"),
+        ("", "empty plan"),
+    ],
+)
 def test_bad_plans(gpt2, text, message):
     with pytest.raises(UserError, match=message) as e:
         Plan.parse(text).resolve(gpt2)

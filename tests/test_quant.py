@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant_disparity.errors import UserError
-from quant_disparity.quant import QuantEngine, cost, parse_scheme
-from quant_disparity.quant import rtn
 from quant_disparity.models.modules import build_module_map
-
-from conftest import tiny_model
+from quant_disparity.quant import QuantEngine, cost, parse_scheme, rtn
 
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 300))
 granularity = st.sampled_from([("group", 32), ("group", 128), ("group", 7), ("channel", None), ("tensor", None)])
@@ -27,14 +25,23 @@ def _weights(shape, seed, scale=1.0):
 def _group_scale_bound(w, bits, group, per_tensor, symmetric):
     """Per-element bound scale/2 from the quantizer's own stored scales (broadcast back to elements)."""
     q = rtn.quantize(w, bits, group_size=group, per_tensor=per_tensor, symmetric=symmetric)
-    s = q.scale.float().expand_as(q.codes.float()).reshape(w.shape[0], -1)[:, : w.shape[1]] if not per_tensor else (
-        q.scale.float().reshape(1, 1).expand(w.shape))
+    s = (
+        q.scale.float().expand_as(q.codes.float()).reshape(w.shape[0], -1)[:, : w.shape[1]]
+        if not per_tensor
+        else (q.scale.float().reshape(1, 1).expand(w.shape))
+    )
     return s / 2
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=shapes, gran=granularity, bits=st.integers(2, 8), symmetric=st.booleans(), seed=st.integers(0, 10**6),
-       scale=st.sampled_from([1e-3, 1.0, 50.0]))
+@given(
+    shape=shapes,
+    gran=granularity,
+    bits=st.integers(2, 8),
+    symmetric=st.booleans(),
+    seed=st.integers(0, 10**6),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+)
 def test_error_is_at_most_half_a_step(shape, gran, bits, symmetric, seed, scale):
     w = _weights(shape, seed, scale)
     group = gran[1] if gran[0] == "group" else None
@@ -183,8 +190,14 @@ def _ref_dequantize_block(name: str, raw: bytes) -> np.ndarray:
 def _ref_roundtrip(name: str, w: np.ndarray) -> np.ndarray:
     rows = []
     for row in w:
-        rows.append(np.concatenate([_ref_dequantize_block(name, _ref_quantize_block(name, row[b : b + 32]))
-                                    for b in range(0, len(row), 32)]))
+        rows.append(
+            np.concatenate(
+                [
+                    _ref_dequantize_block(name, _ref_quantize_block(name, row[b : b + 32]))
+                    for b in range(0, len(row), 32)
+                ]
+            )
+        )
     return np.stack(rows)
 
 
@@ -238,17 +251,42 @@ def test_gguf_rejects_rows_not_multiple_of_32():
         parse_scheme("gguf:q4_0").check_shape((4, 40), "x.weight")
 
 
-@pytest.mark.parametrize("name,bits_per_weight", [
-    ("w4g128", 4 + 16 / 128), ("w4g128-asym", 4 + 20 / 128), ("w8-channel", 8 + 16 / 2048),
-    ("w4-tensor", 4 + 16 / 2048**2), ("gguf:q4_0", 4.5), ("gguf:q4_1", 5.0), ("gguf:q5_0", 5.5),
-    ("gguf:q5_1", 6.0), ("gguf:q8_0", 8.5), ("fp16", 16.0), ("none", 32.0), ("w3g64", 3 + 16 / 64),
-])
+@pytest.mark.parametrize(
+    "name,bits_per_weight",
+    [
+        ("w4g128", 4 + 16 / 128),
+        ("w4g128-asym", 4 + 20 / 128),
+        ("w8-channel", 8 + 16 / 2048),
+        ("w4-tensor", 4 + 16 / 2048**2),
+        ("gguf:q4_0", 4.5),
+        ("gguf:q4_1", 5.0),
+        ("gguf:q5_0", 5.5),
+        ("gguf:q5_1", 6.0),
+        ("gguf:q8_0", 8.5),
+        ("fp16", 16.0),
+        ("none", 32.0),
+        ("w3g64", 3 + 16 / 64),
+    ],
+)
 def test_storage_bits_per_weight(name, bits_per_weight):
     assert parse_scheme(name).storage_bits((2048, 2048), 32) / 2048**2 == pytest.approx(bits_per_weight, rel=1e-12)
 
 
-@pytest.mark.parametrize("text", ["w4g128", "w4g128-asym", "w8-channel", "w4-tensor-asym", "gguf:q4_0", "fp16",
-                                  "bf16", "none", "w2g16", "w8-channel-asym"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "w4g128",
+        "w4g128-asym",
+        "w8-channel",
+        "w4-tensor-asym",
+        "gguf:q4_0",
+        "fp16",
+        "bf16",
+        "none",
+        "w2g16",
+        "w8-channel-asym",
+    ],
+)
 def test_scheme_names_round_trip(text):
     s = parse_scheme(text)
     assert parse_scheme(s.name) == s and s.name == text

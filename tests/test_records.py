@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 
 from quant_disparity.analysis.records import (
-    AuditResult, DocumentColumns, LocateResult, StudyResult, Verdict, effect_matrix,
+    AuditResult,
+    DocumentColumns,
+    LocateResult,
+    StudyResult,
+    Verdict,
+    effect_matrix,
 )
 from quant_disparity.analysis.stats import (
-    Estimate, interval, language_metrics, may_be_zero, spearman_undefined,
+    Estimate,
+    interval,
+    language_metrics,
+    may_be_zero,
+    spearman_undefined,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +36,9 @@ def _same_json(a, b) -> bool:
 
 
 # -- round trips of real outputs -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "origin" / "results").glob("locate-*.json")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "experiments" / "origin" / "results").glob("locate-*.json")), ids=lambda p: p.name
+)
 def test_locate_record_round_trips_a_stored_locate_json(path):
     data = json.loads(path.read_text())
     record = LocateResult.from_dict(data)
@@ -42,11 +52,25 @@ def test_effect_matrix_reads_the_effects_in_percent():
         return {"bpb": {"value": 1.0, "ci95": None}, "effect": {"value": v, "ci95": None}, "rank": 1}
 
     lang = {"bpb_fp": {"value": 1.0, "ci95": None}, "all_quantized": {}, "ranking": ["L0", "L1"], "pairs": {}}
-    data = {"config": {}, "model": {}, "scheme": {}, "corpus": {}, "mode": "protect-one", "granularity": "layer",
-            "effect": "", "units": [{"name": "L0"}, {"name": "L1"}], "languages": [{"id": "a"}, {"id": "b"}],
-            "results": {"a": {**lang, "units": {"L0": unit(0.02), "L1": unit(None)}},
-                        "b": {**lang, "units": {"L0": unit(-0.01), "L1": unit(0.0)}}},
-            "pairs": [], "environment": {}, "timing": {}, "created": "x"}
+    data = {
+        "config": {},
+        "model": {},
+        "scheme": {},
+        "corpus": {},
+        "mode": "protect-one",
+        "granularity": "layer",
+        "effect": "",
+        "units": [{"name": "L0"}, {"name": "L1"}],
+        "languages": [{"id": "a"}, {"id": "b"}],
+        "results": {
+            "a": {**lang, "units": {"L0": unit(0.02), "L1": unit(None)}},
+            "b": {**lang, "units": {"L0": unit(-0.01), "L1": unit(0.0)}},
+        },
+        "pairs": [],
+        "environment": {},
+        "timing": {},
+        "created": "x",
+    }
     units, langs, m = effect_matrix(data)
     assert units == ["L0", "L1"] and langs == ["a", "b"]
     assert m[0, 0] == pytest.approx(2.0) and m[0, 1] == pytest.approx(-1.0) and np.isnan(m[1, 0]) and m[1, 1] == 0.0
@@ -69,8 +93,15 @@ def test_audit_record_round_trips_a_written_audit_json(saved_model, isolated_cac
     from quant_disparity.config import AuditConfig
     from quant_disparity.evaluate import EvalSettings
 
-    cfg = AuditConfig(model=str(saved_model("llama")), scheme="w3g16", langs=("eng", "heb", "amh"), max_tokens=200,
-                      n_boot=50, split="all", eval=EvalSettings(window=128, context=16, batch_tokens=512))
+    cfg = AuditConfig(
+        model=str(saved_model("llama")),
+        scheme="w3g16",
+        langs=("eng", "heb", "amh"),
+        max_tokens=200,
+        n_boot=50,
+        split="all",
+        eval=EvalSettings(window=128, context=16, batch_tokens=512),
+    )
     text = json.dumps(run_audit(cfg).to_dict(), indent=1, ensure_ascii=False)  # as the CLI writes audit.json
     data = json.loads(text)
     record = AuditResult.from_dict(data)
@@ -82,8 +113,10 @@ def test_audit_record_round_trips_a_written_audit_json(saved_model, isolated_cac
 def test_store_rows_are_named_records():
     from quant_disparity.experiments.store import ROW_COLUMNS, ResultRow
 
-    rows = [ResultRow("k", "eng", "d1", 0, 10, 9, 4, 3, 6.0, 5.0, 0.5, 2.0),
-            ResultRow("k", "eng", "d2", 1, 20, 19, 6, 5, 7.0, 6.5, 0.25, 4.0)]
+    rows = [
+        ResultRow("k", "eng", "d1", 0, 10, 9, 4, 3, 6.0, 5.0, 0.5, 2.0),
+        ResultRow("k", "eng", "d2", 1, 20, 19, 6, 5, 7.0, 6.5, 0.25, 4.0),
+    ]
     assert ROW_COLUMNS[:3] == ("trial_key", "lang", "doc_id") and rows[1].nll_ref == 6.5
     cols = DocumentColumns.from_rows(rows)
     assert cols.n_docs == 2 and cols.bytes.tolist() == [10.0, 20.0] and cols.top1.tolist() == [2.0, 4.0]
@@ -115,9 +148,10 @@ def test_a_ratio_is_undefined_when_its_denominators_interval_includes_zero():
 
 
 def test_the_ratio_rule_decides_the_disparity_in_claims_too(saved_model):
+    from test_experiments import spec_text
+
     from quant_disparity.experiments.claims import Call, Evaluator
     from quant_disparity.experiments.spec import parse_spec
-    from test_experiments import spec_text
 
     spec = parse_spec(spec_text(saved_model("llama"), claims=False), "s.toml")
     rng = np.random.default_rng(0)
@@ -128,14 +162,22 @@ def test_the_ratio_rule_decides_the_disparity_in_claims_too(saved_model):
             nbytes = rng.integers(300, 900, 20).astype(float)
             ref = nbytes * 1.5
             factor = 1 + (0.05 * np.resize([1.0, -1.0], 20) if damage is None else damage)
-            rows[t.name][lang] = {"bytes": nbytes, "n_pred": nbytes / 3, "nll": ref * factor, "nll_ref": ref,
-                                  "kl": nbytes / 30, "top1": nbytes / 4}
+            rows[t.name][lang] = {
+                "bytes": nbytes,
+                "n_pred": nbytes / 3,
+                "nll": ref * factor,
+                "nll_ref": ref,
+                "kl": nbytes / 30,
+                "top1": nbytes / 4,
+            }
     ev = Evaluator(spec, rows)
     trial = spec.trials[0]
     high = ev.group_mean(trial, ev.groups()[1], "rel_delta_bpb")
     assert may_be_zero(high.estimate())
-    assert ev.call(Call("disparity", ()), trial).to_dict()["note"] == \
-        "ratio undefined: the high-resource mean's 95% CI includes zero"
+    assert (
+        ev.call(Call("disparity", ()), trial).to_dict()["note"]
+        == "ratio undefined: the high-resource mean's 95% CI includes zero"
+    )
 
 
 def test_spearman_guards():
@@ -146,10 +188,28 @@ def test_spearman_guards():
 
 def test_language_metrics_on_hand_computed_sums():
     ln2 = math.log(2)
-    m = language_metrics({"nll": np.float64(30 * ln2), "nll_ref": np.float64(20 * ln2), "bytes": np.float64(10),
-                          "n_pred": np.float64(5), "kl": np.float64(5 * ln2), "top1": np.float64(4)})
-    want = {"bpb_fp": 2.0, "bpb_q": 3.0, "delta_bpb": 1.0, "rel_delta_bpb": 0.5, "ppl_fp": 16.0, "ppl_q": 64.0,
-            "ppl_ratio": 4.0, "log_degradation_pct": 300.0, "kl_bits": 1.0, "top1_agreement": 0.8}
+    m = language_metrics(
+        {
+            "nll": np.float64(30 * ln2),
+            "nll_ref": np.float64(20 * ln2),
+            "bytes": np.float64(10),
+            "n_pred": np.float64(5),
+            "kl": np.float64(5 * ln2),
+            "top1": np.float64(4),
+        }
+    )
+    want = {
+        "bpb_fp": 2.0,
+        "bpb_q": 3.0,
+        "delta_bpb": 1.0,
+        "rel_delta_bpb": 0.5,
+        "ppl_fp": 16.0,
+        "ppl_q": 64.0,
+        "ppl_ratio": 4.0,
+        "log_degradation_pct": 300.0,
+        "kl_bits": 1.0,
+        "top1_agreement": 0.8,
+    }
     assert list(m) == list(want)
     for k, v in want.items():
         assert float(m[k]) == pytest.approx(v), k
@@ -169,8 +229,16 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((SRC / "report").glob("*.py")), ids=lambda p: p.name)
 def test_reports_depend_on_results_and_analysis_not_on_the_commands(path):
-    commands = ("..locate", "..audit", "..experiments", "..cli", "quant_disparity.locate", "quant_disparity.audit",
-                "quant_disparity.experiments", "quant_disparity.cli")
+    commands = (
+        "..locate",
+        "..audit",
+        "..experiments",
+        "..cli",
+        "quant_disparity.locate",
+        "quant_disparity.audit",
+        "quant_disparity.experiments",
+        "quant_disparity.cli",
+    )
     bad = [m for m in _imports(path) if m.startswith(commands)]
     assert not bad, f"{path.name} imports {bad}"
 
@@ -178,6 +246,10 @@ def test_reports_depend_on_results_and_analysis_not_on_the_commands(path):
 def test_no_private_statistics_helper_is_imported_across_modules():
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level and (node.module or "").startswith(("analysis", "stats")):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level
+                and (node.module or "").startswith(("analysis", "stats"))
+            ):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.relative_to(SRC)} imports {private}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 import quant_disparity
 from quant_disparity.corpus import READERS, load_corpus
@@ -24,8 +25,6 @@ from quant_disparity.quant.schemes import scheme_help
 from quant_disparity.quant.selectors import SELECTORS
 from quant_disparity.registry import Registry
 from quant_disparity.report import FORMATS
-
-from conftest import run_cli
 
 PLUGINS = Path(__file__).parent / "plugins"
 SRC = Path(quant_disparity.__file__).parents[1]
@@ -44,16 +43,19 @@ def install_entry_points(site: Path, dist: str, group: str, entry_points: dict[s
 
 
 # -- did you mean, duplicates ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("lookup,typo,meant", [
-    (lambda s: parse_scheme(s), "fp61", "fp16"),
-    (lambda s: parse_scheme(s), "gguf:q4_k", "gguf:q4_0"),
-    (lambda s: SCHEMES.get(s), "rnt", "rtn"),
-    (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "lyer:0", "layer"),
-    (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "norm", "norms"),
-    (lambda s: load_corpus(f"{s}:missing.jsonl"), "jsnol", "jsonl"),
-    (lambda s: BUNDLED.get(s), "smollm2", "smollm2-135m"),
-    (lambda s: FORMATS.get(s), "htlm", "html"),
-])
+@pytest.mark.parametrize(
+    "lookup,typo,meant",
+    [
+        (lambda s: parse_scheme(s), "fp61", "fp16"),
+        (lambda s: parse_scheme(s), "gguf:q4_k", "gguf:q4_0"),
+        (lambda s: SCHEMES.get(s), "rnt", "rtn"),
+        (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "lyer:0", "layer"),
+        (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "norm", "norms"),
+        (lambda s: load_corpus(f"{s}:missing.jsonl"), "jsnol", "jsonl"),
+        (lambda s: BUNDLED.get(s), "smollm2", "smollm2-135m"),
+        (lambda s: FORMATS.get(s), "htlm", "html"),
+    ],
+)
 def test_unknown_names_say_what_was_meant(lookup, typo, meant):
     with pytest.raises(UserError, match=rf"\(did you mean [^)]*'{re.escape(meant)}'") as e:
         lookup(typo)
@@ -137,19 +139,28 @@ def _things(group: str) -> Registry[Thing]:
 
 
 def test_a_plugin_entry_is_registered_on_first_lookup(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(install_entry_points(tmp_path, "qd-things", "qd_test.good",
-                                                         {"thing": f"{__name__}:THING"})))
+    monkeypatch.syspath_prepend(
+        str(install_entry_points(tmp_path, "qd-things", "qd_test.good", {"thing": f"{__name__}:THING"}))
+    )
     things = _things("qd_test.good")
     assert things.names() == ["builtin", "thing"] and things.get("thing") is THING
 
 
-@pytest.mark.parametrize("value,message", [
-    ("broken_plugin:KIND", (r"plugin 'bad' \(broken_plugin:KIND, entry point group qd_test.bad\) failed to load: "
-                            r"ImportError: this plugin needs a package that is not installed — fix or uninstall")),
-    ("no_such_module_qd:KIND", r"plugin 'bad' .* failed to load: ModuleNotFoundError: No module named "),
-    (f"{__name__}:NOT_A_THING", r"plugin 'bad' .*: a thing entry must be a Thing, got <object"),
-    (f"{__name__}:MISSING", r"plugin 'bad' .* failed to load: AttributeError"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (
+            "broken_plugin:KIND",
+            (
+                r"plugin 'bad' \(broken_plugin:KIND, entry point group qd_test.bad\) failed to load: "
+                r"ImportError: this plugin needs a package that is not installed — fix or uninstall"
+            ),
+        ),
+        ("no_such_module_qd:KIND", r"plugin 'bad' .* failed to load: ModuleNotFoundError: No module named "),
+        (f"{__name__}:NOT_A_THING", r"plugin 'bad' .*: a thing entry must be a Thing, got <object"),
+        (f"{__name__}:MISSING", r"plugin 'bad' .* failed to load: AttributeError"),
+    ],
+)
 def test_a_broken_plugin_is_one_line_naming_it(tmp_path, monkeypatch, value, message):
     monkeypatch.syspath_prepend(str(PLUGINS))
     monkeypatch.syspath_prepend(str(install_entry_points(tmp_path, "qd-bad", "qd_test.bad", {"bad": value})))
@@ -161,8 +172,13 @@ def test_a_broken_plugin_is_one_line_naming_it(tmp_path, monkeypatch, value, mes
 
 
 def test_a_plugin_may_not_take_a_registered_name(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(install_entry_points(tmp_path, "qd-dup", "qd_test.dup",
-                                                         {"thing": f"{__name__}:THING", "again": f"{__name__}:THING"})))
+    monkeypatch.syspath_prepend(
+        str(
+            install_entry_points(
+                tmp_path, "qd-dup", "qd_test.dup", {"thing": f"{__name__}:THING", "again": f"{__name__}:THING"}
+            )
+        )
+    )
     things = _things("qd_test.dup")
     for _ in range(2):  # again 'again': the first plugin's entry did not stay behind
         with pytest.raises(UserError, match=r"plugin 'again' .*: thing 'thing' is registered twice"):
@@ -172,10 +188,12 @@ def test_a_plugin_may_not_take_a_registered_name(tmp_path, monkeypatch):
 def _python(site: Path, *args: str) -> subprocess.CompletedProcess:
     """Run Python with ``site`` (the installed entry points) and the example plugins on its path, and a cache
     of its own."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PLUGINS), str(SRC)]),
-           "QUANT_DISPARITY_CACHE": str(site / "cache")}
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), str(PLUGINS), str(SRC)]),
+        "QUANT_DISPARITY_CACHE": str(site / "cache"),
+    }
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 STEP_RUN = """
@@ -202,8 +220,9 @@ def test_a_plugin_scheme_works_by_name_in_a_plan_and_in_audit(tmp_path, saved_mo
     from transformers import AutoModelForCausalLM
 
     model_dir = saved_model("llama")
-    site = install_entry_points(tmp_path / "site", "qd-example-scheme", "quant_disparity.schemes",
-                                {"step": "qd_example_scheme:KIND"})
+    site = install_entry_points(
+        tmp_path / "site", "qd-example-scheme", "quant_disparity.schemes", {"step": "qd_example_scheme:KIND"}
+    )
     script = tmp_path / "run.py"
     script.write_text(STEP_RUN)
     r = _python(site, str(script), str(model_dir), str(tmp_path))
@@ -233,7 +252,10 @@ def test_a_broken_scheme_plugin_is_one_error_line_from_the_cli(tmp_path):
     site = install_entry_points(tmp_path, "qd-broken", "quant_disparity.schemes", {"broken": "broken_plugin:KIND"})
     r = _python(site, "-m", "quant_disparity.cli", "schemes")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [(
-        "error: plugin 'broken' (broken_plugin:KIND, entry point group quant_disparity.schemes) failed to load: "
-        "ImportError: this plugin needs a package that is not installed — fix or uninstall the package that "
-        "provides it")]
+    assert r.stderr.strip().splitlines() == [
+        (
+            "error: plugin 'broken' (broken_plugin:KIND, entry point group quant_disparity.schemes) failed to load: "
+            "ImportError: this plugin needs a package that is not installed — fix or uninstall the package that "
+            "provides it"
+        )
+    ]

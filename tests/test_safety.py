@@ -13,11 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as _cli
 
 from quant_disparity.errors import UserError
 from quant_disparity.experiments import Store, load_run, run_experiment
-
-from conftest import run_cli as _cli
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -54,7 +53,6 @@ def spec_text(model: Path, name: str = "tiny-safety") -> str:
         """)
 
 
-
 def _one_error_line(err: str) -> str:
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -62,8 +60,14 @@ def _one_error_line(err: str) -> str:
 
 
 def _proc(argv, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "quant_disparity.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(), **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "quant_disparity.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        **kw,
+    )
 
 
 def _snapshot(d: Path) -> dict:
@@ -88,8 +92,9 @@ def test_report_refuses_existing_files_and_never_replaces_the_runs_inputs(run_di
     inputs = {n: (run_dir / n).read_bytes() for n in ("spec.toml", "store.sqlite")}
     for name in inputs:
         for extra in ([], ["--overwrite"]):
-            code, _, err = _cli(["report", str(run_dir), "--format", "md", "--out", str(run_dir / name), *extra],
-                                capsys)
+            code, _, err = _cli(
+                ["report", str(run_dir), "--format", "md", "--out", str(run_dir / name), *extra], capsys
+            )
             assert code == 2 and "is an input of the run" in _one_error_line(err)
             assert (run_dir / name).read_bytes() == inputs[name]
     code, _, err = _cli(["report", str(run_dir), "--out", str(tmp_path)], capsys)  # a directory
@@ -106,8 +111,9 @@ def test_a_held_lock_refuses_every_writing_command(run_dir, model_dir, tmp_path,
     out = tmp_path / "audit"
     out.mkdir()
     with lock_dir(out):
-        code, _, err = _cli(["audit", "--model", str(model_dir), "--scheme", "w4g16", *AUDIT, "--out", str(out)],
-                            capsys)
+        code, _, err = _cli(
+            ["audit", "--model", str(model_dir), "--scheme", "w4g16", *AUDIT, "--out", str(out)], capsys
+        )
         assert code == 2 and f"is in use by another quant-disparity process (pid {os.getpid()})" in _one_error_line(err)
         code, _, err = _cli(["locate", "--model", str(model_dir), *AUDIT, "--out", str(out)], capsys)
         assert code == 2 and "in use by another quant-disparity process" in _one_error_line(err)
@@ -130,9 +136,17 @@ def test_a_lock_held_by_another_process_refuses_the_cli(run_dir, tmp_path):
     from quant_disparity._io import lock_dir
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from quant_disparity._io import lock_dir; "
-         f"l = lock_dir({str(run_dir)!r}); print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        [
+            sys.executable,
+            "-c",
+            "import sys; from quant_disparity._io import lock_dir; "
+            f"l = lock_dir({str(run_dir)!r}); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         p = _proc(["run", str(run_dir / "spec.toml"), "--out", str(run_dir)])
@@ -156,8 +170,8 @@ def test_two_concurrent_audits_on_one_out_exactly_one_writes(model_dir, tmp_path
     procs = [_proc(argv), _proc(argv)]
     results = [(p, *p.communicate(timeout=600)) for p in procs]
     assert sorted(p.returncode for p, _, _ in results) == [0, 2], [e for _, _, e in results]
-    (winner, w_out, _), = [r for r in results if r[0].returncode == 0]
-    (_, _, l_err), = [r for r in results if r[0].returncode == 2]
+    ((winner, w_out, _),) = [r for r in results if r[0].returncode == 0]
+    ((_, _, l_err),) = [r for r in results if r[0].returncode == 2]
     line = _one_error_line(l_err)
     assert "in use by another quant-disparity process" in line or "already holds audit.json" in line
     data = json.loads((out / "audit.json").read_text())
@@ -182,8 +196,11 @@ def test_two_concurrent_runs_on_one_out_compute_each_trial_once(model_dir, tmp_p
     computed = []
     for log in out.glob("*/run.log"):
         text = log.read_text()
-        computed += [int(line.split(" trials computed")[0].split()[-1]) for line in text.splitlines()
-                     if " trials computed" in line]
+        computed += [
+            int(line.split(" trials computed")[0].split()[-1])
+            for line in text.splitlines()
+            if " trials computed" in line
+        ]
     assert sum(computed) == 1  # the spec has one trial
     _, store = load_run(out)
     assert len(store.rows()) > 0
@@ -193,8 +210,9 @@ def test_two_concurrent_runs_on_one_out_compute_each_trial_once(model_dir, tmp_p
 # -- 3. --scheme none, and a failed command leaves nothing behind -----------------------------------------------
 def test_audit_scheme_none_compares_the_reference_with_itself(model_dir, tmp_path, capsys):
     out = tmp_path / "none"
-    code, stdout, err = _cli(["audit", "--model", str(model_dir), "--scheme", "none", *AUDIT, "--out", str(out)],
-                             capsys)
+    code, stdout, err = _cli(
+        ["audit", "--model", str(model_dir), "--scheme", "none", *AUDIT, "--out", str(out)], capsys
+    )
     assert code == 0, err
     data = json.loads((out / "audit.json").read_text())
     assert all(r["delta_bpb"]["value"] == 0 for r in data["languages"])
@@ -237,8 +255,7 @@ def test_a_failing_audit_or_locate_leaves_no_partial_result(model_dir, tmp_path,
 
     monkeypatch.setattr(plots, "bars_by_group", boom)  # fails after heatmap.png is saved
     loc = tmp_path / "loc"
-    code, _, err = _cli(["locate", "--model", str(model_dir), "--scheme", "w4g16", *AUDIT, "--out", str(loc)],
-                        capsys)
+    code, _, err = _cli(["locate", "--model", str(model_dir), "--scheme", "w4g16", *AUDIT, "--out", str(loc)], capsys)
     assert code == 2 and not loc.exists()
 
 
@@ -293,8 +310,13 @@ def _read_only_view(d: Path, argv: list[str]) -> subprocess.CompletedProcess:
     if probe.returncode != 0:
         pytest.skip(f"cannot make a read-only bind mount here ({probe.stderr.decode().strip()})")
     script = f"mount --bind -o ro '{d}' '{d}' && touch '{d}/probe' 2>/dev/null && exit 99; exec \"$@\""
-    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *cmd], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300)
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *cmd],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
+    )
 
 
 def test_a_run_on_read_only_media_can_be_reported(run_dir, tmp_path):
@@ -308,21 +330,29 @@ def test_a_run_on_read_only_media_can_be_reported(run_dir, tmp_path):
 
 def test_a_killed_runs_log_on_read_only_media_is_read_too(run_dir, tmp_path):
     # A writer killed before its checkpoint leaves store.sqlite-wal holding committed data.
-    code = ("import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
-            "db.execute(\"INSERT INTO meta VALUES ('killed-writer', 'yes')\"); os._exit(0)")
+    code = (
+        "import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "db.execute(\"INSERT INTO meta VALUES ('killed-writer', 'yes')\"); os._exit(0)"
+    )
     subprocess.run([sys.executable, "-c", code, str(run_dir / "store.sqlite")], check=True)
     assert (run_dir / "store.sqlite-wal").stat().st_size > 0
     # Without its WAL index (-shm: e.g. a copy of the directory that left it out) SQLite cannot open the store on
     # read-only media at all, and `immutable` would silently ignore the log; the data must still be read.
     (run_dir / "store.sqlite-shm").unlink()
-    probe = ("import sys; from quant_disparity.experiments import Store; s = Store(sys.argv[1], readonly=True); "
-             "print(s.db.execute(\"SELECT value FROM meta WHERE key = 'killed-writer'\").fetchone()[0]); s.close()")
+    probe = (
+        "import sys; from quant_disparity.experiments import Store; s = Store(sys.argv[1], readonly=True); "
+        "print(s.db.execute(\"SELECT value FROM meta WHERE key = 'killed-writer'\").fetchone()[0]); s.close()"
+    )
     r = _read_only_view(run_dir, ["report", str(run_dir), "--format", "md", "--out", str(tmp_path / "r.md")])
     assert r.returncode == 0, r.stderr
     if os.geteuid() == 0:
         script = f"mount --bind -o ro '{run_dir}' '{run_dir}' && exec \"$@\""
-        r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-c", probe,
-                            str(run_dir / "store.sqlite")], capture_output=True, text=True, env=os.environ.copy())
+        r = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-c", probe, str(run_dir / "store.sqlite")],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+        )
         assert r.returncode == 0 and r.stdout.strip() == "yes", r.stderr
 
 
@@ -392,7 +422,9 @@ def test_interrupting_run_says_what_was_kept_in_one_line(model_dir, tmp_path, ca
     code, _, err = _cli(["run", str(spec), "--out", str(tmp_path / "run")], capsys)
     assert code == 130
     lines = err.splitlines()
-    assert lines[-1] == "interrupted; the trials committed so far are kept in the store: rerun the same command to finish"
+    assert (
+        lines[-1] == "interrupted; the trials committed so far are kept in the store: rerun the same command to finish"
+    )
     assert "nothing was written" not in err and sum("interrupted" in x for x in lines) == 1, err
 
 
@@ -421,8 +453,9 @@ def test_a_broken_model_directory_is_not_blamed_on_the_hub(model_dir, tmp_path, 
             load_model(str(d))
         msg = str(e.value)
         assert f"model directory {d}" in msg and "Hub" not in msg and "network" not in msg, msg
-    code, _, err = _cli(["audit", "--model", str(truncated), "--scheme", "w4g16", *AUDIT,
-                         "--out", str(tmp_path / "a")], capsys)
+    code, _, err = _cli(
+        ["audit", "--model", str(truncated), "--scheme", "w4g16", *AUDIT, "--out", str(tmp_path / "a")], capsys
+    )
     assert code == 2 and "model directory" in _one_error_line(err) and not (tmp_path / "a").exists()
     # run: informational lines may come first, but the error is the last line, whole, after no progress bar;
     # the run directory this call created holds no trial and is removed

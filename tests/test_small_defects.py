@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
@@ -17,8 +18,6 @@ from quant_disparity.experiments.planning import plan_model
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.models import wrap_model
 from quant_disparity.quant import rtn
-
-from conftest import tiny_model
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -71,11 +70,20 @@ def test_ray_executor_plans_for_the_device_it_computes_on(saved_model, tmp_path,
     import ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "remote", lambda **kw: (lambda fn: fn))
+    monkeypatch.setattr(ray, "remote", lambda **kw: lambda fn: fn)
     spec = parse_spec(SPEC.format(model=saved_model("llama")))
     with pytest.raises(Planned):
-        executors.run_with_ray(spec, None, {spec.trials[0].model: spec.trials}, {"already_stored": 0},
-                               address=None, device="cuda", dtype="float32", log=lambda m: None, progress=None)
+        executors.run_with_ray(
+            spec,
+            None,
+            {spec.trials[0].model: spec.trials},
+            {"already_stored": 0},
+            address=None,
+            device="cuda",
+            dtype="float32",
+            log=lambda m: None,
+            progress=None,
+        )
     assert seen.get("compute_device") == "cuda" and seen.get("device") == "cpu"
 
 
@@ -91,7 +99,7 @@ def test_tiny_groups_keep_their_resolution(bits, absmax):
     qmax = 2 ** (bits - 1) - 1
     # the exact step of a float64 RTN grid is absmax / qmax; the stored float16 step can only be coarser by
     # rounding up to the next subnormal (2^-24)
-    step = absmax / qmax + 2.0 ** -24
+    step = absmax / qmax + 2.0**-24
     err = (deq.double() - w.double()).abs().max().item()
     assert err <= step / 2 * (1 + 1e-6)
 
@@ -108,8 +116,10 @@ def _no_prefix_lm(tokenizer):
 def test_without_prefix_the_first_tokens_bytes_leave_the_denominator(tokenizer):
     lm = _no_prefix_lm(tokenizer)
     assert lm.prefix_token_id is None
-    docs = [Document("eng_Latn", "a", "Everyone has the right to life."),
-            Document("eng_Latn", "b", "Zebras are striped.")]
+    docs = [
+        Document("eng_Latn", "a", "Everyone has the right to life."),
+        Document("eng_Latn", "b", "Zebras are striped."),
+    ]
     toks = tokenize(lm.tokenizer, docs)
     prep = prepare(docs, toks, None, EvalSettings(window=16, context=2), tokenizer=lm.tokenizer)
     for d, ids, nb in zip(docs, toks, prep.n_bytes):
@@ -122,8 +132,9 @@ def test_without_prefix_the_first_tokens_bytes_leave_the_denominator(tokenizer):
 
 def test_audit_without_prefix_divides_by_the_predicted_texts_bytes(tokenizer):
     lm = _no_prefix_lm(tokenizer)
-    cfg = AuditConfig(langs=("eng",), max_tokens=60, n_boot=200, scheme="w4g16",
-                      eval=EvalSettings(window=64, context=8))
+    cfg = AuditConfig(
+        langs=("eng",), max_tokens=60, n_boot=200, scheme="w4g16", eval=EvalSettings(window=64, context=8)
+    )
     r = run_audit(cfg, lm=lm).to_dict()
     docs = r["documents"]
     from quant_disparity.corpus import load_udhr

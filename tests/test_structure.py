@@ -55,7 +55,7 @@ def test_the_import_graph_has_no_cycle():
 
     def visit(m: str, path: list[str]) -> None:
         for d in sorted(edges[m]):
-            assert d not in path, "import cycle: " + " -> ".join(path[path.index(d):] + [d])
+            assert d not in path, "import cycle: " + " -> ".join(path[path.index(d) :] + [d])
             if d not in done:
                 visit(d, path + [d])
         done.add(m)
@@ -65,8 +65,14 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_lower_layers_do_not_import_upper_ones():
-    upper = {"quant_disparity.experiments", "quant_disparity.cli", "quant_disparity.audit", "quant_disparity.locate",
-             "quant_disparity.inputs", "quant_disparity.config"}
+    upper = {
+        "quant_disparity.experiments",
+        "quant_disparity.cli",
+        "quant_disparity.audit",
+        "quant_disparity.locate",
+        "quant_disparity.inputs",
+        "quant_disparity.config",
+    }
     for m, deps in _imports().items():
         if m.split(".")[1:2] in (["corpus"], ["evaluate"], ["models"], ["quant"], ["errors"], ["registry"], ["_io"]):
             bad = [d for d in deps if any(d == u or d.startswith(u + ".") for u in upper)]
@@ -162,9 +168,11 @@ def test_a_spec_error_about_a_language_points_at_langs():
 
 def test_doc_totals_sum_tokens_per_document():
     docs = torch.tensor([0, 2, 2, 0, 2])
-    scores = TokenScores(nll=torch.tensor([1.0, 2, 3, 4, 5], dtype=torch.float64),
-                         kl=torch.tensor([0.5, 0, 1, 0, 1], dtype=torch.float64),
-                         top1_agree=torch.tensor([True, False, True, True, True]))
+    scores = TokenScores(
+        nll=torch.tensor([1.0, 2, 3, 4, 5], dtype=torch.float64),
+        kl=torch.tensor([0.5, 0, 1, 0, 1], dtype=torch.float64),
+        top1_agree=torch.tensor([True, False, True, True, True]),
+    )
     totals = DocTotals(3)
     totals.add(docs, scores)
     assert totals.nll.tolist() == [5.0, 0.0, 10.0]

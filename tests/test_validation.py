@@ -13,13 +13,11 @@ import operator
 
 import numpy as np
 import pytest
+from conftest import run_cli as _run
 
 from quant_disparity.errors import UserError
 
-from conftest import run_cli as _run
-
 pytestmark = pytest.mark.usefixtures("isolated_cache")
-
 
 
 def _one_line_exit_2(argv, capsys, message):
@@ -95,30 +93,61 @@ BAD_SPECS = [
     ("corpus-not-table", lambda t: "corpus = 5\n" + t.replace(CORPUS, "", 1), r"corpus must be a table"),
     ("plans-not-table", _sub(PLANS, 'plans = "x"'), r"plans must be a table"),
     ("trials-not-list", lambda t: "trials = 5\n" + t, r"trials must be a list of tables"),
-    ("trial-model-number", lambda t: t + '\n[[trials]]\nmodel = 5\nplan_name = "x"\nplan = "w4g16:*"\n',
-     r"model must be a string"),
+    (
+        "trial-model-number",
+        lambda t: t + '\n[[trials]]\nmodel = 5\nplan_name = "x"\nplan = "w4g16:*"\n',
+        r"model must be a string",
+    ),
     ("claims-not-tables", lambda t: "claims = [1, 2]\n" + t.split("[[claims]]")[0], r"claims must be a list of tables"),
     ("eval-window-string", _sub("[grid]", '[eval]\nwindow = "big"\n\n[grid]'), r"window must be an integer"),
     ("eval-bucket-string", _sub("[grid]", '[eval]\nbucket = "x"\n\n[grid]'), r"bucket must be a number"),
-    ("scheme-huge-group", _sub('schemes = ["w3g16", "w4g16"]', 'schemes = ["w3g16", "w4g100000000"]'),
-     r"group size must be 1\.\.8192"),
+    (
+        "scheme-huge-group",
+        _sub('schemes = ["w3g16", "w4g16"]', 'schemes = ["w3g16", "w4g100000000"]'),
+        r"group size must be 1\.\.8192",
+    ),
     # claims
     ("expr-number", _sub(CLAIM_A, "expr = 5"), r"claim A: expr must be a string"),
     ("text-number", _sub('id = "A"', 'id = "A"\ntext = 5'), r"claim A: text must be a string"),
     ("divide-by-zero", _sub(CLAIM_A, "expr = \"mean_rel_delta(plan='ends') / 0 > 1\""), r"claim A: divides by zero"),
-    ("divide-by-zero-expr", _sub(CLAIM_A, "expr = \"mean_rel_delta(plan='ends') / (2 - 2) > 1\""),
-     r"claim A: divides by zero"),
-    ("where-misspelled-key", _sub(WHERE_B, 'where = { sceme = "w3g16" }'), r"claim B: unknown key 'sceme' in where.*did you mean 'scheme'"),
+    (
+        "divide-by-zero-expr",
+        _sub(CLAIM_A, "expr = \"mean_rel_delta(plan='ends') / (2 - 2) > 1\""),
+        r"claim A: divides by zero",
+    ),
+    (
+        "where-misspelled-key",
+        _sub(WHERE_B, 'where = { sceme = "w3g16" }'),
+        r"claim B: unknown key 'sceme' in where.*did you mean 'scheme'",
+    ),
     ("where-lang", _sub(WHERE_B, 'where = { lang = "heb" }'), r"claim B: unknown key 'lang' in where"),
-    ("where-scheme-not-run", _sub(WHERE_B, 'where = { scheme = "w8g16" }'), r"claim B: where scheme = 'w8g16' is not run"),
-    ("where-plan-not-run", _sub(WHERE_B, 'where = { plan = "endz" }'), r"claim B: where plan = 'endz' is not run.*did you mean 'ends'"),
-    ("where-model-not-run", _sub(WHERE_B, 'where = { model = "smollm2-135m" }'), r"claim B: where model = 'smollm2-135m' is not run"),
+    (
+        "where-scheme-not-run",
+        _sub(WHERE_B, 'where = { scheme = "w8g16" }'),
+        r"claim B: where scheme = 'w8g16' is not run",
+    ),
+    (
+        "where-plan-not-run",
+        _sub(WHERE_B, 'where = { plan = "endz" }'),
+        r"claim B: where plan = 'endz' is not run.*did you mean 'ends'",
+    ),
+    (
+        "where-model-not-run",
+        _sub(WHERE_B, 'where = { model = "smollm2-135m" }'),
+        r"claim B: where model = 'smollm2-135m' is not run",
+    ),
     ("where-number", _sub(WHERE_B, "where = { scheme = 3 }"), r"claim B: where scheme must be a string"),
     # groups
-    ("groups-lang-not-evaluated", _groups('low = ["heb", "fra"]\nhigh = ["eng", "deu"]'),
-     r"\[groups\] names fra_Latn, which the spec does not evaluate"),
-    ("groups-overlap", _groups('low = ["heb", "eng"]\nhigh = ["en", "deu"]'),
-     r"\[groups\]: eng_Latn is in both low and high"),
+    (
+        "groups-lang-not-evaluated",
+        _groups('low = ["heb", "fra"]\nhigh = ["eng", "deu"]'),
+        r"\[groups\] names fra_Latn, which the spec does not evaluate",
+    ),
+    (
+        "groups-overlap",
+        _groups('low = ["heb", "eng"]\nhigh = ["en", "deu"]'),
+        r"\[groups\]: eng_Latn is in both low and high",
+    ),
 ]
 
 
@@ -153,24 +182,27 @@ def test_a_measured_zero_divisor_makes_the_side_undefined_not_a_traceback():
 NOPE = "no-such-model-anywhere"  # reaching the model check means the option slipped through
 
 
-@pytest.mark.parametrize("command,args,message", [
-    ("audit", ["--seed", "-1"], "--seed"),
-    ("locate", ["--seed", "-1"], "--seed"),
-    ("audit", ["--n-boot", "1"], "--n-boot"),
-    ("audit", ["--n-boot", "0"], "--n-boot"),
-    ("audit", ["--min-docs", "0"], "--min-docs must be >= 1"),
-    ("locate", ["--min-docs", "-2"], "--min-docs must be >= 1"),
-    ("locate", ["--n-boot", "10"], "--n-boot"),
-    ("audit", ["--n-boot", "1000000000"], "--n-boot"),
-    ("audit", ["--langs", ""], "--langs"),
-    ("audit", ["--langs", " , "], "--langs"),
-    ("locate", ["--langs", ""], "--langs"),
-    ("audit", ["--out", ""], "--out"),
-    ("locate", ["--out", " "], "--out"),
-    ("audit", ["--scheme", "w4g100000000"], "group size must be 1..8192"),
-    ("audit", ["--scheme", "w4g99999"], "group size must be 1..8192"),
-    ("audit", ["--plan", "w4g99999:*"], "group size must be 1..8192"),
-])
+@pytest.mark.parametrize(
+    "command,args,message",
+    [
+        ("audit", ["--seed", "-1"], "--seed"),
+        ("locate", ["--seed", "-1"], "--seed"),
+        ("audit", ["--n-boot", "1"], "--n-boot"),
+        ("audit", ["--n-boot", "0"], "--n-boot"),
+        ("audit", ["--min-docs", "0"], "--min-docs must be >= 1"),
+        ("locate", ["--min-docs", "-2"], "--min-docs must be >= 1"),
+        ("locate", ["--n-boot", "10"], "--n-boot"),
+        ("audit", ["--n-boot", "1000000000"], "--n-boot"),
+        ("audit", ["--langs", ""], "--langs"),
+        ("audit", ["--langs", " , "], "--langs"),
+        ("locate", ["--langs", ""], "--langs"),
+        ("audit", ["--out", ""], "--out"),
+        ("locate", ["--out", " "], "--out"),
+        ("audit", ["--scheme", "w4g100000000"], "group size must be 1..8192"),
+        ("audit", ["--scheme", "w4g99999"], "group size must be 1..8192"),
+        ("audit", ["--plan", "w4g99999:*"], "group size must be 1..8192"),
+    ],
+)
 def test_bad_options_stop_before_the_model_is_touched(command, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _one_line_exit_2([command, "--model", NOPE, *args], capsys, message)
@@ -183,23 +215,26 @@ def test_run_and_report_refuse_an_empty_out(tmp_path, capsys, monkeypatch):
     _one_line_exit_2(["report", str(tmp_path), "--out", ""], capsys, "--out")
 
 
-@pytest.mark.parametrize("body,message", [
-    ('max_tokens = "a"', "max_tokens must be an integer"),
-    ("seed = 1.5", "seed must be an integer"),
-    ('seed = "x"', "seed must be an integer"),
-    ("seed = -3", "seed must be >= 0"),
-    ("n_boot = 5", "n_boot must be in 50..100000"),
-    ('n_boot = "lots"', "n_boot must be an integer"),
-    ('langs = "eng"', "langs must be a list of strings"),
-    ("langs = [1, 2]", "langs must be a list of strings"),
-    ("model = 5", "model must be a string"),
-    ("lr_max_class = \"x\"", "lr_max_class must be an integer"),
-    ("include = \"lm_head\"", "include must be a list of strings"),
-    ("eval = 5", "eval must be a table"),
-    ('[eval]\nwindow = "x"', "eval.window must be an integer"),
-    ("[eval]\nbucket = true", "eval.bucket must be a number"),
-    ("version = \"1\"", "version must be an integer"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ('max_tokens = "a"', "max_tokens must be an integer"),
+        ("seed = 1.5", "seed must be an integer"),
+        ('seed = "x"', "seed must be an integer"),
+        ("seed = -3", "seed must be >= 0"),
+        ("n_boot = 5", "n_boot must be in 50..100000"),
+        ('n_boot = "lots"', "n_boot must be an integer"),
+        ('langs = "eng"', "langs must be a list of strings"),
+        ("langs = [1, 2]", "langs must be a list of strings"),
+        ("model = 5", "model must be a string"),
+        ('lr_max_class = "x"', "lr_max_class must be an integer"),
+        ('include = "lm_head"', "include must be a list of strings"),
+        ("eval = 5", "eval must be a table"),
+        ('[eval]\nwindow = "x"', "eval.window must be an integer"),
+        ("[eval]\nbucket = true", "eval.bucket must be a number"),
+        ('version = "1"', "version must be an integer"),
+    ],
+)
 def test_config_values_of_the_wrong_type(body, message, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(body + "\n")
@@ -208,17 +243,20 @@ def test_config_values_of_the_wrong_type(body, message, tmp_path, capsys):
 
 def test_config_file_that_is_not_utf8(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_bytes(b"model = \"\xff\"\n")
+    cfg.write_bytes(b'model = "\xff"\n')
     _one_line_exit_2(["audit", "--config", str(cfg), "--model", NOPE], capsys, "is not UTF-8")
 
 
 # -- model files -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("content,message", [
-    ("", "config.json is not valid JSON"),
-    ("[1, 2]", "config.json must hold a JSON object"),
-    ("{}", "config.json has no model_type"),
-    ('{"model_type": 5}', "config.json has no model_type"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "config.json is not valid JSON"),
+        ("[1, 2]", "config.json must hold a JSON object"),
+        ("{}", "config.json has no model_type"),
+        ('{"model_type": 5}', "config.json has no model_type"),
+    ],
+)
 def test_model_directory_with_a_broken_config(content, message, tmp_path, capsys):
     d = tmp_path / "m"
     d.mkdir()
@@ -227,11 +265,14 @@ def test_model_directory_with_a_broken_config(content, message, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("sidecar,message", [
-    (b"\xff\xfe\x00garbage", "is not a sha256 checksum"),
-    (b"", "is not a sha256 checksum"),
-    (b"nothex  model.gguf\n", "is not a sha256 checksum"),
-])
+@pytest.mark.parametrize(
+    "sidecar,message",
+    [
+        (b"\xff\xfe\x00garbage", "is not a sha256 checksum"),
+        (b"", "is not a sha256 checksum"),
+        (b"nothex  model.gguf\n", "is not a sha256 checksum"),
+    ],
+)
 def test_gguf_with_a_broken_sha256_sidecar(sidecar, message, tmp_path, capsys):
     g = tmp_path / "model.gguf"
     g.write_bytes(b"GGUF not really")
@@ -240,13 +281,16 @@ def test_gguf_with_a_broken_sha256_sidecar(sidecar, message, tmp_path, capsys):
 
 
 # -- corpora ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("line,message", [
-    (r'{"lang": "he", "text": "ab\ud800cd"}', r"c.jsonl:1: field 'text' is not valid Unicode \(lone surrogate"),
-    (r'{"lang": "h\udfffe", "text": "abc"}', r"c.jsonl:1: field 'lang' is not valid Unicode"),
-    (r'{"lang": "he", "text": "abc", "id": "\ud800"}', r"c.jsonl:1: field 'id' is not valid Unicode"),
-    ('{"lang": "he", "text": "abc", "id": [1]}', r"c.jsonl:1: field 'id' must be a string or an integer"),
-    ('{"lang": "he", "text": "abc", "id": 1.5}', r"c.jsonl:1: field 'id' must be a string or an integer"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        (r'{"lang": "he", "text": "ab\ud800cd"}', r"c.jsonl:1: field 'text' is not valid Unicode \(lone surrogate"),
+        (r'{"lang": "h\udfffe", "text": "abc"}', r"c.jsonl:1: field 'lang' is not valid Unicode"),
+        (r'{"lang": "he", "text": "abc", "id": "\ud800"}', r"c.jsonl:1: field 'id' is not valid Unicode"),
+        ('{"lang": "he", "text": "abc", "id": [1]}', r"c.jsonl:1: field 'id' must be a string or an integer"),
+        ('{"lang": "he", "text": "abc", "id": 1.5}', r"c.jsonl:1: field 'id' must be a string or an integer"),
+    ],
+)
 def test_jsonl_bad_unicode_and_ids(line, message, tmp_path):
     from quant_disparity.corpus import load_corpus
 
@@ -260,8 +304,9 @@ def test_jsonl_bad_unicode_and_ids(line, message, tmp_path):
 def test_jsonl_surrogate_through_the_cli(tmp_path, capsys):
     p = tmp_path / "c.jsonl"
     p.write_text('{"lang": "he", "text": "\\ud800"}\n')
-    _one_line_exit_2(["audit", "--corpus", str(p), "--langs", "he", "--out", str(tmp_path / "o")], capsys,
-                     "not valid Unicode")
+    _one_line_exit_2(
+        ["audit", "--corpus", str(p), "--langs", "he", "--out", str(tmp_path / "o")], capsys, "not valid Unicode"
+    )
 
 
 def test_flores_directory_with_misaligned_files(tmp_path, capsys):
@@ -269,10 +314,15 @@ def test_flores_directory_with_misaligned_files(tmp_path, capsys):
 
     (tmp_path / "eng_Latn.devtest").write_text("".join(f"Sentence {i}.\n" for i in range(12)))
     (tmp_path / "deu_Latn.devtest").write_text("".join(f"Satz {i}.\n" for i in range(11)))
-    with pytest.raises(UserError, match=r"different numbers of lines.*eng_Latn.devtest has 12.*deu_Latn.devtest has 11"):
+    with pytest.raises(
+        UserError, match=r"different numbers of lines.*eng_Latn.devtest has 12.*deu_Latn.devtest has 11"
+    ):
         load_corpus(f"flores:{tmp_path}")
-    _one_line_exit_2(["audit", "--corpus", f"flores:{tmp_path}", "--langs", "eng", "--out", str(tmp_path / "o")],
-                     capsys, "different numbers of lines")
+    _one_line_exit_2(
+        ["audit", "--corpus", f"flores:{tmp_path}", "--langs", "eng", "--out", str(tmp_path / "o")],
+        capsys,
+        "different numbers of lines",
+    )
 
 
 # -- group sizes and the overshoot warning -------------------------------------------------------------------------
@@ -344,10 +394,13 @@ def test_spec_path_too_long_for_the_file_system(tmp_path, capsys):
     _one_line_exit_2(["run", "a" * 5000 + ".toml"], capsys, "is not a usable path")
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (_sub("max_tokens = 64", 'max_tokens = 64\ndocs = ["zz99"]'), r"eng_Latn: none of the documents \['zz99'\]"),
-    (_sub("[grid]", "[eval]\nvocab_chunk = 0\n\n[grid]"), r"vocab_chunk must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (_sub("max_tokens = 64", 'max_tokens = 64\ndocs = ["zz99"]'), r"eng_Latn: none of the documents \['zz99'\]"),
+        (_sub("[grid]", "[eval]\nvocab_chunk = 0\n\n[grid]"), r"vocab_chunk must be at least 1"),
+    ],
+)
 def test_spec_references_checked_before_a_model_loads(spec_text, mutate, message):
     """These used to surface only once the model was loaded (unknown docs) or mid-scoring (vocab_chunk 0)."""
     from quant_disparity.experiments.spec import parse_spec
@@ -359,12 +412,34 @@ def test_spec_references_checked_before_a_model_loads(spec_text, mutate, message
 def test_audit_warns_once_per_language_when_one_document_dwarfs_the_cap(saved_model, tmp_path, capsys):
     words = "All human beings are born free and equal in dignity and rights. " * 40
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text(json.dumps({"lang": "en", "text": words, "id": "big"}) + "\n"
-                      + json.dumps({"lang": "he", "text": "כל בני האדם נולדו בני חורין ושווים בערכם ובזכויותיהם.",
-                                    "id": "small"}) + "\n")
-    code, _, err = _run(["audit", "--model", str(saved_model("llama")), "--corpus", str(corpus), "--langs", "en,he",
-                         "--max-tokens", "32", "--window", "128", "--n-boot", "50", "--scheme", "w4g32",
-                         "--out", str(tmp_path / "o")], capsys)
+    corpus.write_text(
+        json.dumps({"lang": "en", "text": words, "id": "big"})
+        + "\n"
+        + json.dumps({"lang": "he", "text": "כל בני האדם נולדו בני חורין ושווים בערכם ובזכויותיהם.", "id": "small"})
+        + "\n"
+    )
+    code, _, err = _run(
+        [
+            "audit",
+            "--model",
+            str(saved_model("llama")),
+            "--corpus",
+            str(corpus),
+            "--langs",
+            "en,he",
+            "--max-tokens",
+            "32",
+            "--window",
+            "128",
+            "--n-boot",
+            "50",
+            "--scheme",
+            "w4g32",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "eng_Latn: whole-document selection takes" in warnings[0], err
@@ -373,13 +448,25 @@ def test_audit_warns_once_per_language_when_one_document_dwarfs_the_cap(saved_mo
 DEEP = "x = " + "[" * 100000
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda t: DEEP, r"not valid TOML \(nested too deeply\)"),
-    (_sub(CLAIM_A, 'expr = "' + "-" * 100000 + '1 < 2"'), r"claim A: expression nested too deeply"),
-    (_sub(CLAIM_A, 'expr = "disparity(plan=\'none\') < ' + "-" * 990 + '1"'), r"claim A: expression nested too deeply"),
-    (_sub(CLAIM_A, 'expr = "disparity(plan=\'none\') < ' + "9" * 400 + '"'), r"claim A: the number 9+… is too large"),
-    (_sub(CLAIM_A, "expr = \"disparity(plan='none', plan='ends') < 1\""), r"claim A: disparity\(\) is given plan= twice"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda t: DEEP, r"not valid TOML \(nested too deeply\)"),
+        (_sub(CLAIM_A, 'expr = "' + "-" * 100000 + '1 < 2"'), r"claim A: expression nested too deeply"),
+        (
+            _sub(CLAIM_A, "expr = \"disparity(plan='none') < " + "-" * 990 + '1"'),
+            r"claim A: expression nested too deeply",
+        ),
+        (
+            _sub(CLAIM_A, "expr = \"disparity(plan='none') < " + "9" * 400 + '"'),
+            r"claim A: the number 9+… is too large",
+        ),
+        (
+            _sub(CLAIM_A, "expr = \"disparity(plan='none', plan='ends') < 1\""),
+            r"claim A: disparity\(\) is given plan= twice",
+        ),
+    ],
+)
 def test_pathological_spec_text(spec_text, mutate, message):
     """Found by asking what else Python's own parsers raise: RecursionError, MemoryError, a float overflow."""
     from quant_disparity.experiments.spec import parse_spec
@@ -389,10 +476,13 @@ def test_pathological_spec_text(spec_text, mutate, message):
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
-@pytest.mark.parametrize("line,message", [
-    ("[" * 100000, r"c.jsonl:1: not valid JSON \(nested too deeply\)"),
-    ('{"lang": "en", "text": "a", "id": ' + "9" * 5000 + "}", r"c.jsonl:1: not valid JSON \(Exceeds the limit"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("[" * 100000, r"c.jsonl:1: not valid JSON \(nested too deeply\)"),
+        ('{"lang": "en", "text": "a", "id": ' + "9" * 5000 + "}", r"c.jsonl:1: not valid JSON \(Exceeds the limit"),
+    ],
+)
 def test_pathological_jsonl(line, message, tmp_path):
     from quant_disparity.corpus import load_corpus
 

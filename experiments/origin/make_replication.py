@@ -37,7 +37,10 @@ MODELS = ("gemma-3-270m", "smollm2-135m")
 LOG = {
     "C01": ("Disparity is real and massive", "78-214x (GPT-2); OPT-125M 153x"),
     "C02": ("Degradation correlates with resource level", "r = -0.85, p = 0.03 (6 languages)"),
-    "C03": ("Keeping the top 5% of weights is optimal; more is worse", "0%: 88.7x, 5%: 45.4x, 10%: 102.1x, 20%: 173.3x"),
+    "C03": (
+        "Keeping the top 5% of weights is optimal; more is worse",
+        "0%: 88.7x, 5%: 45.4x, 10%: 102.1x, 20%: 173.3x",
+    ),
     "C04": ("MLP protection beats attention protection", "MLP 20x, attention 291x, layer 0 55x"),
     "C05": ("Layer 0 most critical, layer 1 anti-critical", "MLP L0 139x ... L1 381x"),
     "C06": ("Layer 0 + last layer is synergistic", "L0 3.6x, L11 336x, together 0.7x"),
@@ -54,9 +57,11 @@ LOG = {
     "C17": ("Criticality is model-specific", "GPT-2 best L0+L11 (1.04x); OPT-125M best L4+L9 (26.9x)"),
     "C18": ("Recommended plan: L0+L11+ln_f+biases", "11.46% overhead -> 3.4x"),
 }
-PENDING = {"C13": "needs random and magnitude-ranked tensor selection (selection scores, not yet in quant-disparity)",
-           "C14": "needs per-layer weight statistics as a predictor (selection scores, not yet in quant-disparity)",
-           "C15": "needs gradient-based importance scores (not yet in quant-disparity)"}
+PENDING = {
+    "C13": "needs random and magnitude-ranked tensor selection (selection scores, not yet in quant-disparity)",
+    "C14": "needs per-layer weight statistics as a predictor (selection scores, not yet in quant-disparity)",
+    "C15": "needs gradient-based importance scores (not yet in quant-disparity)",
+}
 
 
 def verdict_summary(verdicts: list[str]) -> str:
@@ -81,8 +86,14 @@ def instance_label(v: dict) -> str:
 def digits_for(*ests: dict) -> int:
     """Decimals that keep apart every value and interval end of ``ests`` (and keep a non-zero one off zero):
     a verdict's deciding numbers must be visible ("0.00 [0.00, 0.00] vs 0.00" says nothing)."""
-    xs = sorted({float(x) for e in ests for x in (e.get("value"), *(e.get("ci95") or ()))
-                 if x is not None and math.isfinite(float(x))})
+    xs = sorted(
+        {
+            float(x)
+            for e in ests
+            for x in (e.get("value"), *(e.get("ci95") or ()))
+            if x is not None and math.isfinite(float(x))
+        }
+    )
     for d in range(2, 9):
         rounded = [round(x, d) for x in xs]
         if len(set(rounded)) == len(xs) and all(r != 0 for x, r in zip(xs, rounded) if x != 0):
@@ -133,8 +144,10 @@ def claim_cells(result: dict | None, cid: str) -> tuple[str, list[str], list[str
         if v.get("verdict_familywise") is not None:
             familywise.append(v["verdict_familywise"])
         d = digits_for(v["left"], v["right"])
-        parts.append(f"{v['text']} — {instance_label(v)}: {value(v['left'], d)} vs {value(v['right'], d)} → "
-                     f"**{v['verdict']}**{familywise_marker(v)}")
+        parts.append(
+            f"{v['text']} — {instance_label(v)}: {value(v['left'], d)} vs {value(v['right'], d)} → "
+            f"**{v['verdict']}**{familywise_marker(v)}"
+        )
     return "<br>".join(parts) if parts else "—", verdicts, familywise
 
 
@@ -160,8 +173,9 @@ def best_layers(locate_files: list[Path]) -> list[str]:
         n_layers = len(units)
         top = np.argsort(-mean)[:3]
         cells = ", ".join(f"{units[i]} (depth {i / max(1, n_layers - 1):.2f}): {mean[i]:+.1f}" for i in top)
-        out.append(f"{cfg['model']} ({len(langs)} languages, `{cfg['scheme']}`): {cells} points of relative "
-                   "damage recovered")
+        out.append(
+            f"{cfg['model']} ({len(langs)} languages, `{cfg['scheme']}`): {cells} points of relative damage recovered"
+        )
     return out
 
 
@@ -202,9 +216,13 @@ def refresh_export(stores: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--from-stores", type=Path, default=None,
-                    help="directory holding the run directories (origin-log_setup, origin-sound, locate-MODEL): "
-                         "re-export them into results/ first")
+    ap.add_argument(
+        "--from-stores",
+        type=Path,
+        default=None,
+        help="directory holding the run directories (origin-log_setup, origin-sound, locate-MODEL): "
+        "re-export them into results/ first",
+    )
     ap.add_argument("--out", default=str(ROOT / "REPLICATION.md"))
     args = ap.parse_args()
     if args.from_stores is not None:
@@ -231,8 +249,11 @@ def main() -> None:
         if cid == "C12":
             info = [f"{m}: {biases[m]} bias parameters" for m in sorted({t["model"] for t in sound["trials"]})]
             log_cell = sound_cell = "; ".join(info)
-            verdict = "not testable on the bundled models (they have no bias vectors)" if all(
-                x.endswith(": 0 bias parameters") for x in info) else "not run"
+            verdict = (
+                "not testable on the bundled models (they have no bias vectors)"
+                if all(x.endswith(": 0 bias parameters") for x in info)
+                else "not run"
+            )
             verdict_fw = "—"
         if cid == "C17":
             log_cell = "—"
@@ -254,7 +275,7 @@ def main() -> None:
         "",
         f"- **Log's setup** (`{rel(lspec['path'])}`): {lspec['description']} Disparity = the log's formula (mean "
         "token-perplexity degradation % of zh/he/ar over en/de/fr). With one sentence per language there is nothing "
-        "to resample, so its verdicts are comparisons of point values (the spec says `verdict_basis = \"points\"`; "
+        'to resample, so its verdicts are comparisons of point values (the spec says `verdict_basis = "points"`; '
         "shown without intervals and without a family-wise verdict).",
         f"- **Sound** (`{rel(sspec['path'])}`): {sspec['description']} Disparity = mean relative Δbpb of the "
         f"low-resource languages ({', '.join(sound['groups']['low'])}) over the high-resource ones; *undefined* "
@@ -271,8 +292,11 @@ def main() -> None:
         "cell marks an instance whose family-wise verdict differs from its own. Values marked † have no interval "
         "(a language with too few documents), and claims on them are inconclusive.",
         "",
-        markdown_table(["claim", "statement", "the log", "ours, log's setup", "ours, sound", "verdict",
-                        "verdict, family-wise"], rows, "lllllll"),
+        markdown_table(
+            ["claim", "statement", "the log", "ours, log's setup", "ours, sound", "verdict", "verdict, family-wise"],
+            rows,
+            "lllllll",
+        ),
         "",
         "## Summary",
         "",
@@ -284,8 +308,11 @@ def main() -> None:
     others = [c for c, v in tally.items() if v not in ("holds", "mixed", "does not hold", "inconclusive")]
     if others:
         text.append(f"- other: {', '.join(f'{c} ({tally[c]})' for c in others)}")
-    fw = "; ".join(f"{verdict}: {', '.join(ids)}" for verdict in ("holds", "mixed", "does not hold", "inconclusive")
-                   if (ids := [c for c, v in tally_fw.items() if v == verdict]))
+    fw = "; ".join(
+        f"{verdict}: {', '.join(ids)}"
+        for verdict in ("holds", "mixed", "does not hold", "inconclusive")
+        if (ids := [c for c, v in tally_fw.items() if v == verdict])
+    )
     if fw:
         text.append(f"- family-wise (Holm, α = 0.05): {fw}")
     text.append(f"- pending: {', '.join(PENDING)} (and C19: planned in the log, never run)")

@@ -77,8 +77,11 @@ def claims(sound: bool) -> list[dict]:
     d = "disparity" if sound else "log_disparity"
     mean = "mean_rel_delta" if sound else "mean_log_degradation"
     c = [
-        ("C01", "Low-resource languages degrade more than high-resource ones",
-         f"{mean}(group='low', plan='all') > {mean}(group='high', plan='all')"),
+        (
+            "C01",
+            "Low-resource languages degrade more than high-resource ones",
+            f"{mean}(group='low', plan='all') > {mean}(group='high', plan='all')",
+        ),
         ("C01", "... by an order of magnitude (disparity > 10)", f"{d}(plan='all') > 10"),
         ("C02", "Degradation falls as the resource level rises", "spearman(measure='joshi_class', plan='all') < 0"),
         ("C03", "Keeping the top 5% of weights lowers the disparity", f"{d}(plan='outliers_5') < {d}(plan='all')"),
@@ -88,32 +91,60 @@ def claims(sound: bool) -> list[dict]:
         ("C05", "Protecting layer 1's MLP raises it (anti-critical)", f"{d}(plan='keep_mlp_L1') > {d}(plan='all')"),
         ("C06", "Layer 0 + the last layer beats layer 0 alone", f"{d}(plan='keep_L0_last') < {d}(plan='keep_L0')"),
         ("C06", "... and beats the last layer alone", f"{d}(plan='keep_L0_last') < {d}(plan='keep_last')"),
-        ("C06", "Synergy: together they recover more than the sum of each alone",
-         f"{mean}(group='all', plan='keep_L0') + {mean}(group='all', plan='keep_last') - "
-         f"{mean}(group='all', plan='keep_L0_last') - {mean}(group='all', plan='all') > 0"),
-        ("C07", "Layer 0 is irreplaceable: L0+last beats L2+last", f"{d}(plan='keep_L0_last') < {d}(plan='keep_L2_last')"),
+        (
+            "C06",
+            "Synergy: together they recover more than the sum of each alone",
+            f"{mean}(group='all', plan='keep_L0') + {mean}(group='all', plan='keep_last') - "
+            f"{mean}(group='all', plan='keep_L0_last') - {mean}(group='all', plan='all') > 0",
+        ),
+        (
+            "C07",
+            "Layer 0 is irreplaceable: L0+last beats L2+last",
+            f"{d}(plan='keep_L0_last') < {d}(plan='keep_L2_last')",
+        ),
         ("C07", "... beats L4+last", f"{d}(plan='keep_L0_last') < {d}(plan='keep_L4_last')"),
         ("C07", "... beats L8+last", f"{d}(plan='keep_L0_last') < {d}(plan='keep_L8_last')"),
         ("C08", "Even layers protected beat odd layers protected", f"{d}(plan='keep_even') < {d}(plan='keep_odd')"),
-        ("C09", "In layer 0, the whole MLP beats its up projection alone",
-         f"{d}(plan='keep_L0_mlp') < {d}(plan='keep_L0_mlp_up')"),
+        (
+            "C09",
+            "In layer 0, the whole MLP beats its up projection alone",
+            f"{d}(plan='keep_L0_mlp') < {d}(plan='keep_L0_mlp_up')",
+        ),
         ("C09", "... and beats its down projection alone", f"{d}(plan='keep_L0_mlp') < {d}(plan='keep_L0_mlp_down')"),
-        ("C18", "The recommended plan (L0 + last + final norm) lowers the disparity",
-         f"{d}(plan='keep_recommended') < {d}(plan='all')"),
+        (
+            "C18",
+            "The recommended plan (L0 + last + final norm) lowers the disparity",
+            f"{d}(plan='keep_recommended') < {d}(plan='all')",
+        ),
     ]
     if sound:
         c += [
-            ("C10", "Protecting the token embedding raises the disparity (when embeddings are quantized)",
-             f"{d}(plan='with_embed_keep_embed') > {d}(plan='with_embed')"),
-            ("C11", "Norms matter: quantizing them raises the mean damage",
-             f"{mean}(group='all', plan='with_norms') > {mean}(group='all', plan='all')"),
-            ("C16", "INT8 needs no protection: uniform 8-bit costs under 1% relative bpb",
-             f"{mean}(group='all', plan='int8') < 0.01"),
-            ("C16", "INT4 is the sweet spot: 4 -> 3 bits costs more than 8 -> 4 bits",
-             f"{mean}(group='all', plan='int3') - {mean}(group='all', plan='all') > "
-             f"{mean}(group='all', plan='all') - {mean}(group='all', plan='int8')"),
-            ("C16", "INT8 protection of layer 0 + last is as good as full precision (within 1 point)",
-             f"{mean}(group='all', plan='keep_L0_last_int8') - {mean}(group='all', plan='keep_L0_last') < 0.01"),
+            (
+                "C10",
+                "Protecting the token embedding raises the disparity (when embeddings are quantized)",
+                f"{d}(plan='with_embed_keep_embed') > {d}(plan='with_embed')",
+            ),
+            (
+                "C11",
+                "Norms matter: quantizing them raises the mean damage",
+                f"{mean}(group='all', plan='with_norms') > {mean}(group='all', plan='all')",
+            ),
+            (
+                "C16",
+                "INT8 needs no protection: uniform 8-bit costs under 1% relative bpb",
+                f"{mean}(group='all', plan='int8') < 0.01",
+            ),
+            (
+                "C16",
+                "INT4 is the sweet spot: 4 -> 3 bits costs more than 8 -> 4 bits",
+                f"{mean}(group='all', plan='int3') - {mean}(group='all', plan='all') > "
+                f"{mean}(group='all', plan='all') - {mean}(group='all', plan='int8')",
+            ),
+            (
+                "C16",
+                "INT8 protection of layer 0 + last is as good as full precision (within 1 point)",
+                f"{mean}(group='all', plan='keep_L0_last_int8') - {mean}(group='all', plan='keep_L0_last') < 0.01",
+            ),
         ]
     else:
         c += [
@@ -124,25 +155,55 @@ def claims(sound: bool) -> list[dict]:
 
 
 def write(name: str, sound: bool) -> None:
-    lines = [f"# Generated by make_specs.py: the replication of the original log, {'sound methodology' if sound else 'its own setup'}.",
-             f'name = "origin-{name}"']
+    lines = [
+        f"# Generated by make_specs.py: the replication of the original log, {'sound methodology' if sound else 'its own setup'}.",
+        f'name = "origin-{name}"',
+    ]
     if sound:
-        lines += ['description = "The original log\'s claims re-tested properly: held-out UDHR articles, bits per '
-                  'byte, 12 languages, group-wise 4-bit RTN (both models) and per-channel 4-bit RTN (Gemma) on the '
-                  'decoder blocks, 95% paired bootstrap intervals."', "seed = 0", "n_boot = 1000", "", "[corpus]", 'name = "udhr"',
-                  'split = "heldout"', f"langs = [{', '.join(q(x) for x in PANEL)}]", "max_tokens = 512",
-                  "min_docs = 5  # SmolLM2 spends so many tokens on Amharic and Hindi that 512 holds 3-4 articles", "",
-                  "[eval]", "batch_tokens = 2048", ""]
+        lines += [
+            "description = \"The original log's claims re-tested properly: held-out UDHR articles, bits per "
+            "byte, 12 languages, group-wise 4-bit RTN (both models) and per-channel 4-bit RTN (Gemma) on the "
+            'decoder blocks, 95% paired bootstrap intervals."',
+            "seed = 0",
+            "n_boot = 1000",
+            "",
+            "[corpus]",
+            'name = "udhr"',
+            'split = "heldout"',
+            f"langs = [{', '.join(q(x) for x in PANEL)}]",
+            "max_tokens = 512",
+            "min_docs = 5  # SmolLM2 spends so many tokens on Amharic and Hindi that 512 holds 3-4 articles",
+            "",
+            "[eval]",
+            "batch_tokens = 2048",
+            "",
+        ]
         schemes = {"w4g128": True, "w4-channel": False}  # per-layer sweeps only for the group-wise scheme
         base = "*"
     else:
-        lines += ['description = "The original log\'s own setup: the first sentence of UDHR article 1 in six '
-                  'languages, per-tensor INT4 on every tensor, token perplexity and the log\'s disparity formula."',
-                  "seed = 0", "n_boot = 1000", 'verdict_basis = "points"  # one sentence per language: nothing to resample',
-                  "", "[corpus]", 'name = "udhr"', 'split = "all"',
-                  f"langs = [{', '.join(q(x) for x in LOG_LANGS)}]", 'docs = ["a01"]', "first_sentence = true",
-                  "max_tokens = 0", "", "[eval]", "batch_tokens = 2048", "",
-                  "[groups]", 'low = ["cmn_Hans", "heb", "arb"]', 'high = ["eng", "deu", "fra"]', ""]
+        lines += [
+            "description = \"The original log's own setup: the first sentence of UDHR article 1 in six "
+            "languages, per-tensor INT4 on every tensor, token perplexity and the log's disparity formula.\"",
+            "seed = 0",
+            "n_boot = 1000",
+            'verdict_basis = "points"  # one sentence per language: nothing to resample',
+            "",
+            "[corpus]",
+            'name = "udhr"',
+            'split = "all"',
+            f"langs = [{', '.join(q(x) for x in LOG_LANGS)}]",
+            'docs = ["a01"]',
+            "first_sentence = true",
+            "max_tokens = 0",
+            "",
+            "[eval]",
+            "batch_tokens = 2048",
+            "",
+            "[groups]",
+            'low = ["cmn_Hans", "heb", "arb"]',
+            'high = ["eng", "deu", "fra"]',
+            "",
+        ]
         schemes = {"w4-tensor": True}
         base = "all"
     for model in MODELS:
@@ -157,11 +218,20 @@ def write(name: str, sound: bool) -> None:
                 # weights, so this differs from keep_L0_last only in 8-bit vs full-precision protection.
                 trials["keep_L0_last_int8"] = "w8g128:layer:0&*,layer:-1&*; w4g128:*"
             for pname, plan in trials.items():
-                lines += ["[[trials]]", f"model = {q(model)}", f"scheme = {q(scheme)}", f"plan_name = {q(pname)}",
-                          f"plan = {q(plan)}", ""]
+                lines += [
+                    "[[trials]]",
+                    f"model = {q(model)}",
+                    f"scheme = {q(scheme)}",
+                    f"plan_name = {q(pname)}",
+                    f"plan = {q(plan)}",
+                    "",
+                ]
     for c in claims(sound):
-        where = ' where = { scheme = "w4g128" }' if sound and any(
-            k in c["expr"] for k in ("int8", "int3", "keep_mlp_L", "keep_attn_L")) else ""
+        where = (
+            ' where = { scheme = "w4g128" }'
+            if sound and any(k in c["expr"] for k in ("int8", "int3", "keep_mlp_L", "keep_attn_L"))
+            else ""
+        )
         lines += ["[[claims]]", f"id = {q(c['id'])}", f"text = {q(c['text'])}", f"expr = {q(c['expr'])}"]
         if where:
             lines.append(where.strip())

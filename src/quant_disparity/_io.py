@@ -113,23 +113,25 @@ class OutputLock:
         self.what = Path(what)
         self._fd: int | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         import fcntl
 
         while True:
             try:
                 fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise UserError(f"cannot lock {self.what} ({e.strerror})",
-                                "choose a location you can write to") from None
+                raise UserError(
+                    f"cannot lock {self.what} ({e.strerror})", "choose a location you can write to"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = _read_pid(fd)
                 os.close(fd)
-                raise UserError(f"{self.what} is in use by another quant-disparity process"
-                                + (f" (pid {owner})" if owner else ""),
-                                "wait for it to finish or choose another output") from None
+                raise UserError(
+                    f"{self.what} is in use by another quant-disparity process" + (f" (pid {owner})" if owner else ""),
+                    "wait for it to finish or choose another output",
+                ) from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -155,7 +157,7 @@ class OutputLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -199,15 +201,17 @@ class OutputDir:
         self._lock: OutputLock | None = None
         self._stage: Path | None = None
 
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         existed = self.target.exists()
         prepare_out_dir(self.target, self.marker, overwrite=True)  # shape and writability; marker checked locked
         self._created = not existed
         try:
             self._lock = lock_dir(self.target)
             if (self.target / self.marker).exists() and not self.overwrite:
-                raise UserError(f"--out {self.target} already holds {self.marker}",
-                                "choose another --out directory or pass --overwrite to replace it")
+                raise UserError(
+                    f"--out {self.target} already holds {self.marker}",
+                    "choose another --out directory or pass --overwrite to replace it",
+                )
             for old in self.target.glob(".staging-*"):  # only the lock holder stages: these are a killed one's
                 shutil.rmtree(old, ignore_errors=True)
             self._stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.target))

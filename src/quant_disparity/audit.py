@@ -31,8 +31,10 @@ def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
         if config.include:
             raise UserError("--include does not combine with --plan", "name those tensors in the plan instead")
     if config.resource_measure not in MEASURES:
-        raise UserError(f"unknown resource measure {config.resource_measure!r}"
-                        f"{did_you_mean(config.resource_measure, MEASURES)}", f"use one of {', '.join(MEASURES)}")
+        raise UserError(
+            f"unknown resource measure {config.resource_measure!r}{did_you_mean(config.resource_measure, MEASURES)}",
+            f"use one of {', '.join(MEASURES)}",
+        )
     return scheme, *check_model_and_corpus(config.runtime, config.selection)
 
 
@@ -77,11 +79,17 @@ def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random
     best = min(per_lang, key=lambda s: np.inf if rel[s.lang] is None else rel[s.lang])
     measure = {lang: info.resources.get(config.resource_measure) for lang, info in infos.items()}
     return {
-        "worst_language": {"lang": worst.lang, "rel_delta_bpb": worst.estimates["rel_delta_bpb"].to_dict(),
-                           "delta_bpb": worst.estimates["delta_bpb"].to_dict()},
+        "worst_language": {
+            "lang": worst.lang,
+            "rel_delta_bpb": worst.estimates["rel_delta_bpb"].to_dict(),
+            "delta_bpb": worst.estimates["delta_bpb"].to_dict(),
+        },
         "best_language": {"lang": best.lang, "rel_delta_bpb": best.estimates["rel_delta_bpb"].to_dict()},
-        "groups": {"rule": f"low-resource = Joshi class <= {config.lr_max_class}", "assignment": groups,
-                   "unclassified": [lang for lang in infos if lang not in groups]},
+        "groups": {
+            "rule": f"low-resource = Joshi class <= {config.lr_max_class}",
+            "assignment": groups,
+            "unclassified": [lang for lang in infos if lang not in groups],
+        },
         "disparity": disparity(per_lang, groups, "rel_delta_bpb"),
         "disparity_kl": disparity(per_lang, groups, "kl_bits"),
         "correlation": {
@@ -117,8 +125,10 @@ def run_audit(
         targets = quantization_targets(modmap, config.include)
         assignment = {name: scheme for name in targets}
         plan_info = None
-    log(f"{len(prepared.docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches "
-        f"in {len(prepared.groups)} scoring groups")
+    log(
+        f"{len(prepared.docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches "
+        f"in {len(prepared.groups)} scoring groups"
+    )
 
     engine = QuantEngine(lm.model, modmap)
     forward = Forward(lm.model)
@@ -135,9 +145,14 @@ def run_audit(
         engine.assign_(assignment)  # quantize once up front (cached), so the timing below is evaluation only
         engine.restore_()
         t_eval = time.perf_counter()
-        scores = score_documents(forward, prepared, use_reference=engine.restore_,
-                                 use_model=lambda: engine.assign_(assignment), vocab_chunk=config.eval.vocab_chunk,
-                                 progress=tick)
+        scores = score_documents(
+            forward,
+            prepared,
+            use_reference=engine.restore_,
+            use_model=lambda: engine.assign_(assignment),
+            vocab_chunk=config.eval.vocab_chunk,
+            progress=tick,
+        )
     finally:
         engine.restore_()
     t_done = time.perf_counter()
@@ -151,33 +166,59 @@ def run_audit(
         sl = slice(offset, offset + n)
         offset += n
         arrays = {
-            "nll": scores.nll[sl], "nll_ref": scores.nll_ref[sl], "kl": scores.kl[sl], "top1": scores.top1[sl],
-            "n_pred": scores.n_pred[sl], "bytes": np.array(prepared.n_bytes[sl]),
+            "nll": scores.nll[sl],
+            "nll_ref": scores.nll_ref[sl],
+            "kl": scores.kl[sl],
+            "top1": scores.top1[sl],
+            "n_pred": scores.n_pred[sl],
+            "bytes": np.array(prepared.n_bytes[sl]),
         }
         per_lang.append(language_stats(lang, arrays, config.n_boot, rng))
         for i, d in enumerate(selection.docs[lang]):
-            doc_rows.append(DocumentRow(
-                lang=lang, doc_id=d.id, bytes=prepared.n_bytes[sl.start + i], chars=d.n_chars,
-                tokens=prepared.n_tokens[sl.start + i], predicted_tokens=int(arrays["n_pred"][i]),
-                nll_fp=float(arrays["nll_ref"][i]), nll_q=float(arrays["nll"][i]),
-                kl_nats=float(arrays["kl"][i]), top1_agree=int(arrays["top1"][i]),
-            ))
+            doc_rows.append(
+                DocumentRow(
+                    lang=lang,
+                    doc_id=d.id,
+                    bytes=prepared.n_bytes[sl.start + i],
+                    chars=d.n_chars,
+                    tokens=prepared.n_tokens[sl.start + i],
+                    predicted_tokens=int(arrays["n_pred"][i]),
+                    nll_fp=float(arrays["nll_ref"][i]),
+                    nll_q=float(arrays["nll"][i]),
+                    kl_nats=float(arrays["kl"][i]),
+                    top1_agree=int(arrays["top1"][i]),
+                )
+            )
     lang_rows = tuple(LanguageRow.from_stats(s, language_info(base_language(s.lang)).to_dict()) for s in per_lang)
     summary = summarize(per_lang, config, rng)
     return AuditResult(
         config=config,
         model={**lm.info.to_dict(), "module_map": modmap.summary()},
-        scheme={"name": str(load_plan(config.plan)) if config.plan else scheme.name,
-                "quantized": describe_targets(modmap, targets), "cost": cost(modmap, assignment),
-                "plan": plan_info, "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)"},
-        corpus={"name": corpus.name, "digest": corpus.digest, "source": corpus.source, "license": corpus.license,
-                "split": config.split, "max_tokens_per_language": config.max_tokens,
-                **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
+        scheme={
+            "name": str(load_plan(config.plan)) if config.plan else scheme.name,
+            "quantized": describe_targets(modmap, targets),
+            "cost": cost(modmap, assignment),
+            "plan": plan_info,
+            "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)",
+        },
+        corpus={
+            "name": corpus.name,
+            "digest": corpus.digest,
+            "source": corpus.source,
+            "license": corpus.license,
+            "split": config.split,
+            "max_tokens_per_language": config.max_tokens,
+            **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {}),
+        },
         languages=lang_rows,
         summary=summary,
         documents=tuple(doc_rows),
         environment=environment(),
-        timing={"load_s": round(t_load - t0, 3), "quantize_s": round(t_eval - t_q, 3),
-                "evaluate_s": round(t_done - t_eval, 3), "total_s": round(time.perf_counter() - t0, 3),
-                "predicted_tokens": prepared.total_pred},
+        timing={
+            "load_s": round(t_load - t0, 3),
+            "quantize_s": round(t_eval - t_q, 3),
+            "evaluate_s": round(t_done - t_eval, 3),
+            "total_s": round(time.perf_counter() - t0, 3),
+            "predicted_tokens": prepared.total_pred,
+        },
     )

@@ -6,7 +6,6 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 from rich.console import Console
@@ -20,23 +19,24 @@ from .report.formats import FORMATS
 def app() -> None:
     """Measure and fix how LLM weight quantization hurts some languages more than others."""
 
+
 err = Console(stderr=True, highlight=False)
 # Wide enough for result tables when output is redirected (rich assumes 80 columns without a terminal).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _csv(value: Optional[str]) -> tuple[str, ...]:
+def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in value.split(",") if x.strip()) if value else ()
 
 
-def _nonempty_list(ctx, param, value: Optional[str]) -> Optional[str]:
+def _nonempty_list(ctx, param, value: str | None) -> str | None:
     """An option given as an empty list (``--langs ""``) is an error, not a silent fall back to the default."""
     if value is not None and not _csv(value):
         raise click.BadParameter("is empty; give e.g. eng,heb, or leave the option out for the default")
     return value
 
 
-def _out_path(ctx, param, value: Optional[str]) -> Optional[Path]:
+def _out_path(ctx, param, value: str | None) -> Path | None:
     """``--out ""`` would mean the current directory; name a directory instead."""
     if value is not None and not value.strip():
         raise click.BadParameter("is empty; name a directory (or leave the option out for the default)")
@@ -77,14 +77,17 @@ def _default_out(kind: str) -> Path:
 @app.command()
 @click.option("--model", help="Bundled alias (gemma-3-270m, smollm2-135m), HF id, model dir or .gguf file.")
 @click.option("--scheme", help="Quantization scheme, e.g. w4g128 (`quant-disparity schemes` lists them).")
-@click.option("--plan", help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' "
-                             "(or a .toml file).")
+@click.option(
+    "--plan",
+    help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' (or a .toml file).",
+)
 @click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="all | select | heldout.")
 @click.option("--max-tokens", type=int, help="Tokens per language (whole documents, corpus order); 0 = all.")
-@click.option("--min-docs", type=int, help="At least this many documents per language, past --max-tokens if "
-                                           "need be (default 1).")
+@click.option(
+    "--min-docs", type=int, help="At least this many documents per language, past --max-tokens if need be (default 1)."
+)
 @click.option("--include", help="Also quantize: embeddings, lm_head (comma-separated).")
 @click.option("--seed", type=_SEED, help="Bootstrap seed (>= 0).")
 @click.option("--n-boot", type=_n_boot_range(), help="Bootstrap replicates (50-100000).")
@@ -96,13 +99,32 @@ def _default_out(kind: str) -> Path:
 @click.option("--context", type=int, help="Context tokens carried into later windows of long documents.")
 @click.option("--batch-tokens", type=int, help="Padded tokens per batch.")
 @click.option("--config", type=click.Path(path_type=Path), help="An audit config TOML; options given here override it.")
-def audit(model, scheme, plan, langs, corpus, split, max_tokens, min_docs, include, seed, n_boot, out_dir, overwrite, device,
-          dtype, window, context, batch_tokens, config) -> None:
+def audit(
+    model,
+    scheme,
+    plan,
+    langs,
+    corpus,
+    split,
+    max_tokens,
+    min_docs,
+    include,
+    seed,
+    n_boot,
+    out_dir,
+    overwrite,
+    device,
+    dtype,
+    window,
+    context,
+    batch_tokens,
+    config,
+) -> None:
     """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
+    from ._io import OutputDir
     from .audit import run_audit, validate
     from .config import AuditConfig
     from .report.tables import audit_markdown, audit_rich_table, audit_summary_lines
-    from ._io import OutputDir
 
     base = AuditConfig().to_dict()
     if config is not None:
@@ -115,11 +137,19 @@ def audit(model, scheme, plan, langs, corpus, split, max_tokens, min_docs, inclu
     if plan and scheme:
         raise UserError("give either --scheme or --plan, not both", "a plan names its schemes itself")
     overrides = {
-        "model": model, "scheme": scheme, "plan": plan, "langs": list(_csv(langs)) or None, "corpus": corpus,
+        "model": model,
+        "scheme": scheme,
+        "plan": plan,
+        "langs": list(_csv(langs)) or None,
+        "corpus": corpus,
         "split": split,
-        "max_tokens": max_tokens, "min_docs": min_docs,
-        "include": list(_csv(include)) if include is not None else None, "seed": seed,
-        "n_boot": n_boot, "device": device, "dtype": dtype,
+        "max_tokens": max_tokens,
+        "min_docs": min_docs,
+        "include": list(_csv(include)) if include is not None else None,
+        "seed": seed,
+        "n_boot": n_boot,
+        "device": device,
+        "dtype": dtype,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     apply_eval_options(base["eval"], window, context, batch_tokens)
@@ -154,10 +184,24 @@ def apply_eval_options(ev: dict, window: int | None, context: int | None, batch_
 
 
 def _run_with_progress(fn, what: str = "scoring tokens"):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
     task = bar.add_task(what, total=None)
 
     def prog(done: int, total: int) -> None:
@@ -182,10 +226,16 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @app.command()
 @click.option("--model", help="Bundled alias, HF id, model dir or .gguf file (default gemma-3-270m).")
 @click.option("--scheme", help="Quantization scheme of the swept universe (default w4g128).")
-@click.option("--granularity", type=click.Choice(["layer", "component", "layer×component", "layerxcomponent"]),
-              help="Units: decoder layers, components across layers, or both (default layer).")
-@click.option("--mode", type=click.Choice(["protect-one", "quantize-only"]),
-              help="protect-one: quantize all but the unit; quantize-only: only the unit (default protect-one).")
+@click.option(
+    "--granularity",
+    type=click.Choice(["layer", "component", "layer×component", "layerxcomponent"]),
+    help="Units: decoder layers, components across layers, or both (default layer).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["protect-one", "quantize-only"]),
+    help="protect-one: quantize all but the unit; quantize-only: only the unit (default protect-one).",
+)
 @click.option("--pairs", help="Units whose pairwise interactions to measure, e.g. L0,L-1,L5 or mlp,attn.")
 @click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
@@ -203,8 +253,29 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--window", type=int)
 @click.option("--context", type=int)
 @click.option("--batch-tokens", type=int)
-def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_tokens, min_docs, include, seed, n_boot, out_dir,
-           overwrite, no_reuse, device, dtype, window, context, batch_tokens) -> None:
+def locate(
+    model,
+    scheme,
+    granularity,
+    mode,
+    pairs,
+    langs,
+    corpus,
+    split,
+    max_tokens,
+    min_docs,
+    include,
+    seed,
+    n_boot,
+    out_dir,
+    overwrite,
+    no_reuse,
+    device,
+    dtype,
+    window,
+    context,
+    batch_tokens,
+) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
     from .locate import LocateConfig, run_locate, validate
@@ -213,20 +284,33 @@ def locate(model, scheme, granularity, mode, pairs, langs, corpus, split, max_to
     from .report.tables import locate_markdown
 
     base = LocateConfig().to_dict()
-    overrides = {"model": model, "scheme": scheme, "granularity": granularity, "mode": mode,
-                 "pairs": list(_csv(pairs)) or None, "langs": list(_csv(langs)) or None, "corpus": corpus,
-                 "split": split, "max_tokens": max_tokens, "min_docs": min_docs,
-                 "include": list(_csv(include)) if include else None,
-                 "seed": seed, "n_boot": n_boot, "device": device, "dtype": dtype,
-                 "reuse": False if no_reuse else None}
+    overrides = {
+        "model": model,
+        "scheme": scheme,
+        "granularity": granularity,
+        "mode": mode,
+        "pairs": list(_csv(pairs)) or None,
+        "langs": list(_csv(langs)) or None,
+        "corpus": corpus,
+        "split": split,
+        "max_tokens": max_tokens,
+        "min_docs": min_docs,
+        "include": list(_csv(include)) if include else None,
+        "seed": seed,
+        "n_boot": n_boot,
+        "device": device,
+        "dtype": dtype,
+        "reuse": False if no_reuse else None,
+    }
     base.update({k: v for k, v in overrides.items() if v is not None})
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = LocateConfig.from_dict(base)
     validate(cfg)
     if parse_scheme(cfg.scheme).is_identity:
-        raise UserError(f"locate --scheme {cfg.scheme} quantizes nothing, so there is no damage to locate",
-                        "give a quantizing scheme, e.g. --scheme w4g128 (audit --scheme none compares the "
-                        "reference with itself)")
+        raise UserError(
+            f"locate --scheme {cfg.scheme} quantizes nothing, so there is no damage to locate",
+            "give a quantizing scheme, e.g. --scheme w4g128 (audit --scheme none compares the reference with itself)",
+        )
     with OutputDir(out_dir or _default_out("locate"), "locate.json", overwrite) as staged:
         result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
         data = result.to_dict()
@@ -257,16 +341,29 @@ def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
     parse_dtype(dtype)
     load_spec(spec)  # a bad spec is one line, before any progress bar
     try:
-        result = _run_with_progress(lambda log, prog: run_experiment(
-            spec, out_dir, executor=executor, ray_address=ray_address, device=device, dtype=dtype, log=log,
-            progress=prog), "scoring trial tokens")
+        result = _run_with_progress(
+            lambda log, prog: run_experiment(
+                spec,
+                out_dir,
+                executor=executor,
+                ray_address=ray_address,
+                device=device,
+                dtype=dtype,
+                log=log,
+                progress=prog,
+            ),
+            "scoring trial tokens",
+        )
     except KeyboardInterrupt:
-        raise Interrupted("interrupted; the trials committed so far are kept in the store: rerun the same "
-                          "command to finish") from None
+        raise Interrupted(
+            "interrupted; the trials committed so far are kept in the store: rerun the same command to finish"
+        ) from None
     from .report.experiment import summary_markdown
 
     out.print(summary_markdown(result), markup=False)
-    out.print(f"wrote {result['run']['invocation']} (summary.md, verdicts.json, run.log); store {result['run']['store']}")
+    out.print(
+        f"wrote {result['run']['invocation']} (summary.md, verdicts.json, run.log); store {result['run']['store']}"
+    )
 
 
 @app.command()
@@ -366,20 +463,35 @@ def languages(corpus, panel, search, as_json) -> None:
         if search and search.lower() not in f"{key} {info.name}".lower():
             continue
         docs = c.documents(key)
-        rows.append({**info.to_dict(), "id": key, "documents": len(docs), "bytes": sum(d.n_bytes for d in docs),
-                     "default_panel": key in DEFAULT_PANEL})
+        rows.append(
+            {
+                **info.to_dict(),
+                "id": key,
+                "documents": len(docs),
+                "bytes": sum(d.n_bytes for d in docs),
+                "default_panel": key in DEFAULT_PANEL,
+            }
+        )
     if as_json:
         out.print_json(json.dumps(rows, ensure_ascii=False))
         return
-    t = Table(title=f"{c.name}: {len(rows)} language versions" + (" (default panel)" if panel else ""),
-              title_justify="left")
+    t = Table(
+        title=f"{c.name}: {len(rows)} language versions" + (" (default panel)" if panel else ""), title_justify="left"
+    )
     for col in ("id", "name", "script", "dir", "Joshi", "CC %", "docs", "bytes", "panel"):
         t.add_column(col, justify="right" if col in ("Joshi", "CC %", "docs", "bytes") else "left")
     for r in rows:
-        t.add_row(r["id"], r["name"], r["script"], r["direction"],
-                  "—" if r["joshi_class"] is None else str(r["joshi_class"]),
-                  "—" if r["cc_pct"] is None else f"{r['cc_pct']:.4f}", str(r["documents"]), f"{r['bytes']:,}",
-                  "*" if r["default_panel"] else "")
+        t.add_row(
+            r["id"],
+            r["name"],
+            r["script"],
+            r["direction"],
+            "—" if r["joshi_class"] is None else str(r["joshi_class"]),
+            "—" if r["cc_pct"] is None else f"{r['cc_pct']:.4f}",
+            str(r["documents"]),
+            f"{r['bytes']:,}",
+            "*" if r["default_panel"] else "",
+        )
     out.print(t)
 
 
@@ -393,15 +505,21 @@ def models() -> None:
     from .models import BUNDLED, DEFAULT_MODEL
     from .models.loading import gguf_cache_dir
 
-    t = Table(title="bundled models (any Hugging Face id, model directory or .gguf file works too)",
-              title_justify="left")
+    t = Table(
+        title="bundled models (any Hugging Face id, model directory or .gguf file works too)", title_justify="left"
+    )
     for col in ("alias", "description", "installed", "cached", "install"):
         t.add_column(col)
     for alias, b in BUNDLED.items():
         installed = importlib.util.find_spec(b.module) is not None
         cached = (gguf_cache_dir(b.sha256) / "quant_disparity.json").exists()
-        t.add_row(alias + (" (default)" if alias == DEFAULT_MODEL else ""), b.description,
-                  "yes" if installed else "no", "yes" if cached else "no", b.install)
+        t.add_row(
+            alias + (" (default)" if alias == DEFAULT_MODEL else ""),
+            b.description,
+            "yes" if installed else "no",
+            "yes" if cached else "no",
+            b.install,
+        )
     out.print(t)
 
 
@@ -412,8 +530,10 @@ def schemes() -> None:
 
     from .quant import SCHEMES, parse_scheme
 
-    t = Table(title="schemes (bits per weight for a 2048 x 2048 matrix, scales and zero points included)",
-              title_justify="left")
+    t = Table(
+        title="schemes (bits per weight for a 2048 x 2048 matrix, scales and zero points included)",
+        title_justify="left",
+    )
     t.add_column("scheme")
     t.add_column("bits/weight", justify="right")
     t.add_column("meaning")

@@ -44,8 +44,9 @@ def check_value(value: Any, tp: Any, name: str, where: str) -> Any:
     if typing.get_origin(tp) is tuple:
         if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
             return tuple(value)
-        raise UserError(f"{where}: {name} must be a list of strings, got {shown(value)}",
-                        f'e.g. {name} = ["eng", "heb"]')
+        raise UserError(
+            f"{where}: {name} must be a list of strings, got {shown(value)}", f'e.g. {name} = ["eng", "heb"]'
+        )
     if tp in _KIND:
         ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -57,8 +58,10 @@ def check_value(value: Any, tp: Any, name: str, where: str) -> Any:
 
 def check_n_boot(n_boot: int, name: str = "n_boot") -> None:
     if not N_BOOT_MIN <= n_boot <= N_BOOT_MAX:
-        raise UserError(f"{name} must be in {N_BOOT_MIN}..{N_BOOT_MAX} (bootstrap replicates), got {n_boot}",
-                        "1000 is the default; fewer than 50 cannot give a 95% interval")
+        raise UserError(
+            f"{name} must be in {N_BOOT_MIN}..{N_BOOT_MAX} (bootstrap replicates), got {n_boot}",
+            "1000 is the default; fewer than 50 cannot give a 95% interval",
+        )
 
 
 def check_eval(ev: EvalSettings, name: str = "vocab_chunk") -> None:
@@ -166,8 +169,9 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str, prefix: str = "") 
         if types[k] is EvalSettings:
             if not isinstance(v, EvalSettings):
                 if not isinstance(v, dict):
-                    raise UserError(f"{where}: {prefix}{k} must be a table, got {shown(v)}",
-                                    "e.g. [eval] window = 1024")
+                    raise UserError(
+                        f"{where}: {prefix}{k} must be a table, got {shown(v)}", "e.g. [eval] window = 1024"
+                    )
                 v = from_dict(EvalSettings, v, where, f"{prefix}{k}.")
         else:
             v = check_value(v, types[k], prefix + k, where)
@@ -216,12 +220,25 @@ class AuditConfig(FlatConfig):
 
     NAME = "audit config"
     KEYS = {
-        "model": ("runtime", "model"), "scheme": None, "plan": None, "langs": ("selection", "langs"),
-        "corpus": ("selection", "name"), "split": ("selection", "split"), "max_tokens": ("selection", "max_tokens"),
-        "min_docs": ("selection", "min_docs"), "include": None, "seed": None, "n_boot": None, "lr_max_class": None,
-        "resource_measure": None, "flores_split": ("selection", "flores_split"),
-        "sentences_per_doc": ("selection", "sentences_per_doc"), "device": ("runtime", "device"),
-        "dtype": ("runtime", "dtype"), "eval": None, "version": None,
+        "model": ("runtime", "model"),
+        "scheme": None,
+        "plan": None,
+        "langs": ("selection", "langs"),
+        "corpus": ("selection", "name"),
+        "split": ("selection", "split"),
+        "max_tokens": ("selection", "max_tokens"),
+        "min_docs": ("selection", "min_docs"),
+        "include": None,
+        "seed": None,
+        "n_boot": None,
+        "lr_max_class": None,
+        "resource_measure": None,
+        "flores_split": ("selection", "flores_split"),
+        "sentences_per_doc": ("selection", "sentences_per_doc"),
+        "device": ("runtime", "device"),
+        "dtype": ("runtime", "dtype"),
+        "eval": None,
+        "version": None,
     }
 
     def __post_init__(self):

@@ -42,8 +42,15 @@ class Inputs:
     loaded_at: float  # time.perf_counter() once the model was loaded
 
 
-def load_inputs(runtime: ModelRuntime, corpus: Corpus, selection: CorpusSelection, settings: EvalSettings, *,
-                lm: LoadedModel | None = None, log: Callable[[str], None] = lambda msg: None) -> Inputs:
+def load_inputs(
+    runtime: ModelRuntime,
+    corpus: Corpus,
+    selection: CorpusSelection,
+    settings: EvalSettings,
+    *,
+    lm: LoadedModel | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Inputs:
     """Load the model (unless ``lm`` is given; its name must match), map its modules, select and prepare the
     documents. A model loaded here drops its tokenizer once every document is tokenized."""
     own_model = lm is None
@@ -52,8 +59,14 @@ def load_inputs(runtime: ModelRuntime, corpus: Corpus, selection: CorpusSelectio
     loaded_at = time.perf_counter()
     modmap = build_module_map(lm.model)
     chosen = select_documents(corpus, selection, functools.partial(tokenize, lm.tokenizer))
-    prepared = prepare(chosen.documents(), chosen.all_tokens(), lm.prefix_token_id, settings, lm.info.max_length,
-                       tokenizer=lm.tokenizer)
+    prepared = prepare(
+        chosen.documents(),
+        chosen.all_tokens(),
+        lm.prefix_token_id,
+        settings,
+        lm.info.max_length,
+        tokenizer=lm.tokenizer,
+    )
     if own_model:
         lm.drop_tokenizer()
     return Inputs(lm=lm, modmap=modmap, selection=chosen, prepared=prepared, loaded_at=loaded_at)

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis.records import (
-    LOCATE_METRICS, LocateLanguage, LocateResult, PairResult, UnitResult, effect_matrix, rank_units,
+    LOCATE_METRICS,
+    LocateLanguage,
+    LocateResult,
+    PairResult,
+    UnitResult,
+    effect_matrix,
+    rank_units,
 )
 from .analysis.stats import Estimate, interval, language_metrics, may_be_zero, resample_counts
 from .audit import quantization_targets
@@ -65,17 +71,34 @@ class LocateConfig(FlatConfig):
 
     NAME = "locate config"
     KEYS = {
-        "model": ("runtime", "model"), "scheme": None, "langs": ("selection", "langs"),
-        "corpus": ("selection", "name"), "split": ("selection", "split"), "max_tokens": ("selection", "max_tokens"),
-        "min_docs": ("selection", "min_docs"), "granularity": None, "mode": None, "pairs": None, "include": None,
-        "reuse": None, "seed": None, "n_boot": None, "device": ("runtime", "device"), "dtype": ("runtime", "dtype"),
-        "flores_split": ("selection", "flores_split"), "sentences_per_doc": ("selection", "sentences_per_doc"),
-        "eval": None, "version": None,
+        "model": ("runtime", "model"),
+        "scheme": None,
+        "langs": ("selection", "langs"),
+        "corpus": ("selection", "name"),
+        "split": ("selection", "split"),
+        "max_tokens": ("selection", "max_tokens"),
+        "min_docs": ("selection", "min_docs"),
+        "granularity": None,
+        "mode": None,
+        "pairs": None,
+        "include": None,
+        "reuse": None,
+        "seed": None,
+        "n_boot": None,
+        "device": ("runtime", "device"),
+        "dtype": ("runtime", "dtype"),
+        "flores_split": ("selection", "flores_split"),
+        "sentences_per_doc": ("selection", "sentences_per_doc"),
+        "eval": None,
+        "version": None,
     }
 
     def __post_init__(self):
-        g = {"layerxcomponent": "layer×component", "layer-component": "layer×component",
-             "layer*component": "layer×component"}.get(self.granularity, self.granularity)
+        g = {
+            "layerxcomponent": "layer×component",
+            "layer-component": "layer×component",
+            "layer*component": "layer×component",
+        }.get(self.granularity, self.granularity)
         object.__setattr__(self, "granularity", g)
         if g not in GRANULARITIES:
             raise UserError(f"unknown granularity {self.granularity!r}", f"use {', '.join(GRANULARITIES)}")
@@ -121,7 +144,9 @@ def make_units(modmap: ModuleMap, universe: list[str], granularity: str) -> list
             return (0, int(m.group(1)), comp_rank(m.group(2) or ""))
         return (1, 0, comp_rank(key))
 
-    return [Unit(k, tuple(v), sum(info[t].numel for t in v)) for k, v in sorted(groups.items(), key=lambda kv: order(kv[0]))]
+    return [
+        Unit(k, tuple(v), sum(info[t].numel for t in v)) for k, v in sorted(groups.items(), key=lambda kv: order(kv[0]))
+    ]
 
 
 def parse_unit(text: str, modmap: ModuleMap, universe: list[str]) -> Unit:
@@ -148,8 +173,10 @@ def parse_unit(text: str, modmap: ModuleMap, universe: list[str]) -> Unit:
     tensors = tuple(t for t in universe if hit(info[t]))
     if not tensors:
         known = sorted({c for t in universe for c in info[t].components})
-        raise UserError(f"unit {text!r} names no quantized tensor",
-                        f"units: L0..L{n - 1}, a component ({', '.join(known)}), or L<i>.<component>")
+        raise UserError(
+            f"unit {text!r} names no quantized tensor",
+            f"units: L0..L{n - 1}, a component ({', '.join(known)}), or L<i>.<component>",
+        )
     return Unit(name, tensors, sum(info[t].numel for t in tensors))
 
 
@@ -163,8 +190,13 @@ class _LangData:
 
 
 #: How the per-language statistics of analysis.stats are named in a locate row.
-_METRIC_OF = {"bpb": "bpb_q", "delta_bpb": "delta_bpb", "rel_delta_bpb": "rel_delta_bpb", "kl_bits": "kl_bits",
-              "top1_agreement": "top1_agreement"}
+_METRIC_OF = {
+    "bpb": "bpb_q",
+    "delta_bpb": "delta_bpb",
+    "rel_delta_bpb": "rel_delta_bpb",
+    "kl_bits": "kl_bits",
+    "top1_agreement": "top1_agreement",
+}
 assert tuple(_METRIC_OF) == LOCATE_METRICS
 
 
@@ -179,13 +211,21 @@ def _ratio(num_p: float, num_r: np.ndarray, den_p: float, den_r: np.ndarray, wha
         return interval(num_p / den_p, num_r / den_r)
 
 
-def analyse(scores, langs: dict[str, _LangData], unit_names: list[str], mode: str, pairs: list[tuple[str, str]]
-            ) -> dict[str, LocateLanguage]:
+def analyse(
+    scores, langs: dict[str, _LangData], unit_names: list[str], mode: str, pairs: list[tuple[str, str]]
+) -> dict[str, LocateLanguage]:
     out: dict[str, LocateLanguage] = {}
     for lang, ld in langs.items():
+
         def sums(name: str, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-            cols = {"nll": scores.nll[name][ld.idx], "nll_ref": scores.nll_ref[ld.idx], "kl": scores.kl[name][ld.idx],
-                    "top1": scores.top1[name][ld.idx], "n_pred": scores.n_pred[ld.idx], "bytes": ld.bytes}
+            cols = {
+                "nll": scores.nll[name][ld.idx],
+                "nll_ref": scores.nll_ref[ld.idx],
+                "kl": scores.kl[name][ld.idx],
+                "top1": scores.top1[name][ld.idx],
+                "n_pred": scores.n_pred[ld.idx],
+                "bytes": ld.bytes,
+            }
             return {k: v.sum() if weights is None else weights @ v for k, v in cols.items()}
 
         # the statistics of every configuration: (point values, bootstrap replicates) per metric
@@ -221,16 +261,23 @@ def analyse(scores, langs: dict[str, _LangData], unit_names: list[str], mode: st
                 ip, ir = (pa + pb - pab - all_p) / fp, (ra + rb - rab - all_r) / fp_r
             else:  # damage(AB) - damage(A) - damage(B)
                 ip, ir = (pab - pa - pb + fp) / fp, (rab - ra - rb + fp_r) / fp_r
-            pair_rows[ab] = PairResult((a, b), row(ab), interval(ip, ir),
-                                       (units.get(a) or unit_row(a)).effect, (units.get(b) or unit_row(b)).effect)
-        out[lang] = LocateLanguage(bpb_fp=interval(fp, fp_r), all_quantized=row("all"), units=units,
-                                   ranking=tuple(ranked), pairs=pair_rows)
+            pair_rows[ab] = PairResult(
+                (a, b),
+                row(ab),
+                interval(ip, ir),
+                (units.get(a) or unit_row(a)).effect,
+                (units.get(b) or unit_row(b)).effect,
+            )
+        out[lang] = LocateLanguage(
+            bpb_fp=interval(fp, fp_r), all_quantized=row("all"), units=units, ranking=tuple(ranked), pairs=pair_rows
+        )
     return out
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
-def build_configs(universe: list[str], units: list[Unit], pairs: list[tuple[Unit, Unit]], scheme: Scheme,
-                  mode: str) -> dict[str, dict[str, Scheme]]:
+def build_configs(
+    universe: list[str], units: list[Unit], pairs: list[tuple[Unit, Unit]], scheme: Scheme, mode: str
+) -> dict[str, dict[str, Scheme]]:
     full = {t: scheme for t in universe}
     configs = {"all": full}
 
@@ -273,8 +320,10 @@ def run_locate(
     pairs = list(itertools.combinations(pair_units, 2))
     configs = build_configs(universe, units, pairs, scheme, config.mode)
     total = prepared.total_pred * len(configs)
-    log(f"{len(units)} units, {len(configs)} configurations, {len(prepared.docs)} documents, "
-        f"{prepared.total_pred} tokens per configuration")
+    log(
+        f"{len(units)} units, {len(configs)} configurations, {len(prepared.docs)} documents, "
+        f"{prepared.total_pred} tokens per configuration"
+    )
 
     engine = QuantEngine(lm.model, modmap)
     t_q = time.perf_counter()
@@ -290,44 +339,85 @@ def run_locate(
         if progress:
             progress(done, total)
 
-    scores = sweep(Forward(lm.model), prepared, engine, configs, bases=["all"] if config.mode == "protect-one" else [],
-                   reuse=config.reuse, vocab_chunk=config.eval.vocab_chunk, progress=tick)
+    scores = sweep(
+        Forward(lm.model),
+        prepared,
+        engine,
+        configs,
+        bases=["all"] if config.mode == "protect-one" else [],
+        reuse=config.reuse,
+        vocab_chunk=config.eval.vocab_chunk,
+        progress=tick,
+    )
     t_done = time.perf_counter()
 
     rng = np.random.default_rng(config.seed)
     lang_data, offset = {}, 0
     for lang in langs:
         n = len(selection.docs[lang])
-        lang_data[lang] = _LangData(lang, np.arange(offset, offset + n),
-                                    np.array(prepared.n_bytes[offset: offset + n], dtype=np.float64),
-                                    resample_counts(n, config.n_boot, rng))
+        lang_data[lang] = _LangData(
+            lang,
+            np.arange(offset, offset + n),
+            np.array(prepared.n_bytes[offset : offset + n], dtype=np.float64),
+            resample_counts(n, config.n_boot, rng),
+        )
         offset += n
     results = analyse(scores, lang_data, [u.name for u in units], config.mode, [(a.name, b.name) for a, b in pairs])
     return LocateResult(
         config=config.to_dict(),
         model={**lm.info.to_dict(), "module_map": modmap.summary()},
-        scheme={"name": scheme.name, "universe_tensors": len(universe),
-                "universe_cost": cost(modmap, {t: scheme for t in universe})},
-        corpus={"name": corpus.name, "digest": corpus.digest, "split": config.split,
-                "max_tokens_per_language": config.max_tokens,
-                **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {})},
+        scheme={
+            "name": scheme.name,
+            "universe_tensors": len(universe),
+            "universe_cost": cost(modmap, {t: scheme for t in universe}),
+        },
+        corpus={
+            "name": corpus.name,
+            "digest": corpus.digest,
+            "split": config.split,
+            "max_tokens_per_language": config.max_tokens,
+            **({"min_docs_per_language": config.min_docs} if config.min_docs > 1 else {}),
+        },
         mode=config.mode,
         granularity=config.granularity,
-        effect=("share of the reference bpb recovered by protecting the unit (bpb all-quantized - bpb unit "
-                "protected) / bpb reference" if config.mode == "protect-one" else
-                "relative Δbpb caused by quantizing the unit alone"),
+        effect=(
+            "share of the reference bpb recovered by protecting the unit (bpb all-quantized - bpb unit "
+            "protected) / bpb reference"
+            if config.mode == "protect-one"
+            else "relative Δbpb caused by quantizing the unit alone"
+        ),
         units=[{"name": u.name, "tensors": len(u.tensors), "params": u.n_params} for u in units],
-        languages=[{**language_info(base_language(lang)).to_dict(), "id": lang,
-                    "n_docs": len(selection.docs[lang]),
-                    "n_bytes": int(lang_data[lang].bytes.sum())} for lang in langs],
+        languages=[
+            {
+                **language_info(base_language(lang)).to_dict(),
+                "id": lang,
+                "n_docs": len(selection.docs[lang]),
+                "n_bytes": int(lang_data[lang].bytes.sum()),
+            }
+            for lang in langs
+        ],
         results=results,
         pairs=[[a.name, b.name] for a, b in pairs],
         environment=environment(),
-        timing={"quantize_s": round(t_eval - t_q, 3), "evaluate_s": round(t_done - t_eval, 3),
-                "total_s": round(time.perf_counter() - t0, 3), "configurations": len(configs),
-                "tokens_per_configuration": prepared.total_pred, **scores.stats},
+        timing={
+            "quantize_s": round(t_eval - t_q, 3),
+            "evaluate_s": round(t_done - t_eval, 3),
+            "total_s": round(time.perf_counter() - t0, 3),
+            "configurations": len(configs),
+            "tokens_per_configuration": prepared.total_pred,
+            **scores.stats,
+        },
     )
 
 
-__all__ = ["GRANULARITIES", "MODES", "LocateConfig", "LocateResult", "Unit", "effect_matrix", "make_units",
-           "parse_unit", "run_locate"]
+__all__ = [
+    "GRANULARITIES",
+    "MODES",
+    "LocateConfig",
+    "LocateResult",
+    "Unit",
+    "effect_matrix",
+    "make_units",
+    "parse_unit",
+    "run_locate",
+]

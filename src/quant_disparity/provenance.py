@@ -11,8 +11,7 @@ from pathlib import Path
 
 from . import __version__
 
-LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate", "numpy", "scipy",
-             "pandas")
+LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate", "numpy", "scipy", "pandas")
 
 
 def lib_version(name: str) -> str | None:
@@ -30,8 +29,13 @@ def git_revision() -> str | None:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -57,6 +61,10 @@ def stored_provenance(spec, store) -> dict:
     the models and of the corpus (shortened for a report)."""
     keys = sorted({store.spec_trials(spec.name)[t.name] for t in spec.trials})
     first = store.trial(keys[0]) if keys else {}
-    return {"store": str(store.path), "trials stored": len(keys), "code version": first.get("code_version"),
-            "model digests": ", ".join(sorted({store.trial(k)["model_digest"][:16] for k in keys})),
-            "corpus digest": first.get("corpus_digest", "")[:16]}
+    return {
+        "store": str(store.path),
+        "trials stored": len(keys),
+        "code version": first.get("code_version"),
+        "model digests": ", ".join(sorted({store.trial(k)["model_digest"][:16] for k in keys})),
+        "corpus digest": first.get("corpus_digest", "")[:16],
+    }

@@ -37,8 +37,7 @@ class Registry(Generic[T]):
     unknown name (default: the known names).
     """
 
-    def __init__(self, kind: str, entry_type: type[T], group: str,
-                 hint: Callable[[Registry[T]], str] | None = None):
+    def __init__(self, kind: str, entry_type: type[T], group: str, hint: Callable[[Registry[T]], str] | None = None):
         self.kind = kind
         self.entry_type = entry_type
         self.group = group
@@ -94,8 +93,7 @@ class Registry(Generic[T]):
     def unknown(self, text: str, near: str | None = None, where: str | None = None) -> UserError:
         """The error for an unknown ``text``; close matches are sought for ``near`` (default ``text``)."""
         prefix = f"{where}: " if where else ""
-        return UserError(f"{prefix}unknown {self.kind} {text!r}{did_you_mean(near or text, self.names())}",
-                         self.hint())
+        return UserError(f"{prefix}unknown {self.kind} {text!r}{did_you_mean(near or text, self.names())}", self.hint())
 
     def hint(self) -> str:
         return self._hint(self) if self._hint else f"known: {', '.join(self.names())}"

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference as ref  # noqa: E402
+import reference as ref
 
 ROOT = Path(__file__).resolve().parents[2]
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,9 +47,17 @@ def main() -> None:
     quantized = ref.quantized_copy(fp32, BITS, GROUP).double().eval()
     reference = fp32.double().eval()
     payload = json.loads(gzip.decompress((ROOT / "src/quant_disparity/corpus/data/udhr.json.gz").read_bytes()))
-    out = {"model": "smollm2-135m", "gguf": GGUF, "scheme": f"w{BITS}g{GROUP}", "max_tokens": MAX_TOKENS,
-           "window": WINDOW, "context": CONTEXT, "prefix_token": prefix,
-           "quantized_tensors": len(ref.block_linear_weights(fp32)), "languages": {}}
+    out = {
+        "model": "smollm2-135m",
+        "gguf": GGUF,
+        "scheme": f"w{BITS}g{GROUP}",
+        "max_tokens": MAX_TOKENS,
+        "window": WINDOW,
+        "context": CONTEXT,
+        "prefix_token": prefix,
+        "quantized_tensors": len(ref.block_linear_weights(fp32)),
+        "languages": {},
+    }
     for lang, code in LANGS.items():
         texts = payload["versions"][code]
         toks = [list(t) for t in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -58,11 +66,24 @@ def main() -> None:
         for i in range(k):
             s = ref.score_document(quantized, reference, toks[i], prefix, WINDOW, CONTEXT)
             b = len(texts[i].encode("utf-8"))
-            docs.append({"doc_id": f"a{i + 1:02d}", "bytes": b, "tokens": len(toks[i]), "nll_fp": s.nll_ref,
-                         "nll_q": s.nll, "kl_nats": s.kl, "top1_agree": s.top1})
+            docs.append(
+                {
+                    "doc_id": f"a{i + 1:02d}",
+                    "bytes": b,
+                    "tokens": len(toks[i]),
+                    "nll_fp": s.nll_ref,
+                    "nll_q": s.nll,
+                    "kl_nats": s.kl,
+                    "top1_agree": s.top1,
+                }
+            )
             nll, nll_ref, n_bytes = nll + s.nll, nll_ref + s.nll_ref, n_bytes + b
-        out["languages"][lang] = {"n_bytes": n_bytes, "bpb_fp": ref.bpb(nll_ref, n_bytes),
-                                  "bpb_q": ref.bpb(nll, n_bytes), "documents": docs}
+        out["languages"][lang] = {
+            "n_bytes": n_bytes,
+            "bpb_fp": ref.bpb(nll_ref, n_bytes),
+            "bpb_q": ref.bpb(nll, n_bytes),
+            "documents": docs,
+        }
     json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
 

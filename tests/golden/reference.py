@@ -66,8 +66,9 @@ def block_linear_weights(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def quantized_copy(model: torch.nn.Module, bits: int, group: int, names: list[str] | None = None,
-                   keep: set[str] = frozenset()) -> torch.nn.Module:
+def quantized_copy(
+    model: torch.nn.Module, bits: int, group: int, names: list[str] | None = None, keep: set[str] = frozenset()
+) -> torch.nn.Module:
     """A deep copy of ``model`` with ``names`` (default: every block Linear weight) but ``keep`` quantized."""
     q = copy.deepcopy(model)
     targets = block_linear_weights(model) if names is None else names
@@ -109,8 +110,9 @@ def _logprobs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits.double(), dim=-1)
 
 
-def score_document(model: torch.nn.Module, ref: torch.nn.Module, tokens: list[int], prefix: int, window: int,
-                   context: int) -> DocScores:
+def score_document(
+    model: torch.nn.Module, ref: torch.nn.Module, tokens: list[int], prefix: int, window: int, context: int
+) -> DocScores:
     """Every window through each model alone (float64 models give float64 logits)."""
     nll = nll_ref = kl = 0.0
     top1 = n_pred = 0

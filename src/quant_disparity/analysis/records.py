@@ -28,7 +28,7 @@ def _dicts(estimates: Mapping[str, Estimate]) -> dict[str, dict]:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # -- audit ---------------------------------------------------------------------------------------------------------
@@ -49,8 +49,14 @@ class LanguageRow:
 
     @classmethod
     def from_stats(cls, stats: LanguageStats, info: Mapping[str, Any]) -> LanguageRow:
-        return cls(stats.lang, {k: v for k, v in info.items() if k != "id"}, stats.n_docs, stats.n_bytes,
-                   stats.n_pred, dict(stats.estimates))
+        return cls(
+            stats.lang,
+            {k: v for k, v in info.items() if k != "id"},
+            stats.n_docs,
+            stats.n_bytes,
+            stats.n_pred,
+            dict(stats.estimates),
+        )
 
     @property
     def name(self) -> str:
@@ -61,15 +67,27 @@ class LanguageRow:
         return self.info.get("joshi_class")
 
     def to_dict(self) -> dict:
-        return {"id": self.lang, **self.info, "lang": self.lang, "n_docs": self.n_docs, "n_bytes": self.n_bytes,
-                "n_predicted_tokens": self.n_pred, **_dicts(self.estimates)}
+        return {
+            "id": self.lang,
+            **self.info,
+            "lang": self.lang,
+            "n_docs": self.n_docs,
+            "n_bytes": self.n_bytes,
+            "n_predicted_tokens": self.n_pred,
+            **_dicts(self.estimates),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LanguageRow:
         own = {"id", "lang", "n_docs", "n_bytes", "n_predicted_tokens", *LANG_METRICS}
-        return cls(data.get("id", data.get("lang")), {k: v for k, v in data.items() if k not in own},
-                   data.get("n_docs"), data.get("n_bytes"), data.get("n_predicted_tokens"),
-                   _estimates(data, LANG_METRICS))
+        return cls(
+            data.get("id", data.get("lang")),
+            {k: v for k, v in data.items() if k not in own},
+            data.get("n_docs"),
+            data.get("n_bytes"),
+            data.get("n_predicted_tokens"),
+            _estimates(data, LANG_METRICS),
+        )
 
 
 @dataclass(frozen=True)
@@ -131,10 +149,18 @@ class AuditResult:
     def from_dict(cls, data: Mapping) -> AuditResult:
         from ..config import AuditConfig
 
-        return cls(config=AuditConfig.from_dict(data["config"]), model=data["model"], scheme=data["scheme"],
-                   corpus=data["corpus"], languages=tuple(LanguageRow.from_dict(r) for r in data["languages"]),
-                   summary=data["summary"], documents=tuple(DocumentRow.from_dict(d) for d in data["documents"]),
-                   environment=data["environment"], timing=data["timing"], created=data["created"])
+        return cls(
+            config=AuditConfig.from_dict(data["config"]),
+            model=data["model"],
+            scheme=data["scheme"],
+            corpus=data["corpus"],
+            languages=tuple(LanguageRow.from_dict(r) for r in data["languages"]),
+            summary=data["summary"],
+            documents=tuple(DocumentRow.from_dict(d) for d in data["documents"]),
+            environment=data["environment"],
+            timing=data["timing"],
+            created=data["created"],
+        )
 
 
 # -- locate --------------------------------------------------------------------------------------------------------
@@ -165,8 +191,12 @@ class UnitResult:
     @classmethod
     def from_dict(cls, data: Mapping) -> UnitResult:
         share = data.get("share_of_damage_recovered")
-        return cls(_estimates(data, LOCATE_METRICS), Estimate.from_dict(data["effect"]),
-                   None if share is None else Estimate.from_dict(share), data.get("rank"))
+        return cls(
+            _estimates(data, LOCATE_METRICS),
+            Estimate.from_dict(data["effect"]),
+            None if share is None else Estimate.from_dict(share),
+            data.get("rank"),
+        )
 
 
 @dataclass(frozen=True)
@@ -180,13 +210,21 @@ class PairResult:
     effect_b: Estimate
 
     def to_dict(self) -> dict:
-        return {"units": list(self.units), **_dicts(self.metrics), "interaction": self.interaction.to_dict(),
-                "effect_a": self.effect_a.to_dict(), "effect_b": self.effect_b.to_dict()}
+        return {
+            "units": list(self.units),
+            **_dicts(self.metrics),
+            "interaction": self.interaction.to_dict(),
+            "effect_a": self.effect_a.to_dict(),
+            "effect_b": self.effect_b.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PairResult:
-        return cls(tuple(data["units"]), _estimates(data, LOCATE_METRICS),
-                   *(Estimate.from_dict(data[k]) for k in ("interaction", "effect_a", "effect_b")))
+        return cls(
+            tuple(data["units"]),
+            _estimates(data, LOCATE_METRICS),
+            *(Estimate.from_dict(data[k]) for k in ("interaction", "effect_a", "effect_b")),
+        )
 
 
 @dataclass(frozen=True)
@@ -200,15 +238,23 @@ class LocateLanguage:
     pairs: Mapping[str, PairResult]  # by "A+B"
 
     def to_dict(self) -> dict:
-        return {"bpb_fp": self.bpb_fp.to_dict(), "all_quantized": _dicts(self.all_quantized),
-                "units": {k: u.to_dict() for k, u in self.units.items()}, "ranking": list(self.ranking),
-                "pairs": {k: p.to_dict() for k, p in self.pairs.items()}}
+        return {
+            "bpb_fp": self.bpb_fp.to_dict(),
+            "all_quantized": _dicts(self.all_quantized),
+            "units": {k: u.to_dict() for k, u in self.units.items()},
+            "ranking": list(self.ranking),
+            "pairs": {k: p.to_dict() for k, p in self.pairs.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LocateLanguage:
-        return cls(Estimate.from_dict(data["bpb_fp"]), _estimates(data["all_quantized"], LOCATE_METRICS),
-                   {k: UnitResult.from_dict(u) for k, u in data["units"].items()}, tuple(data["ranking"]),
-                   {k: PairResult.from_dict(p) for k, p in data["pairs"].items()})
+        return cls(
+            Estimate.from_dict(data["bpb_fp"]),
+            _estimates(data["all_quantized"], LOCATE_METRICS),
+            {k: UnitResult.from_dict(u) for k, u in data["units"].items()},
+            tuple(data["ranking"]),
+            {k: PairResult.from_dict(p) for k, p in data["pairs"].items()},
+        )
 
 
 def rank_units(units: Mapping[str, UnitResult]) -> tuple[dict[str, UnitResult], list[str]]:
@@ -259,12 +305,22 @@ class LocateResult:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LocateResult:
-        return cls(config=data["config"], model=data["model"], scheme=data["scheme"], corpus=data["corpus"],
-                   mode=data["mode"], granularity=data["granularity"], effect=data["effect"], units=data["units"],
-                   languages=data["languages"],
-                   results={k: LocateLanguage.from_dict(r) for k, r in data["results"].items()},
-                   pairs=data["pairs"], environment=data["environment"], timing=data["timing"],
-                   created=data["created"])
+        return cls(
+            config=data["config"],
+            model=data["model"],
+            scheme=data["scheme"],
+            corpus=data["corpus"],
+            mode=data["mode"],
+            granularity=data["granularity"],
+            effect=data["effect"],
+            units=data["units"],
+            languages=data["languages"],
+            results={k: LocateLanguage.from_dict(r) for k, r in data["results"].items()},
+            pairs=data["pairs"],
+            environment=data["environment"],
+            timing=data["timing"],
+            created=data["created"],
+        )
 
     @property
     def unit_names(self) -> list[str]:
@@ -317,8 +373,14 @@ class DocumentColumns:
 
     def sums(self) -> dict[str, np.ndarray]:
         """The columns by name, as :func:`.stats.language_metrics` reads them."""
-        return {"nll": self.nll, "nll_ref": self.nll_ref, "kl": self.kl, "top1": self.top1, "n_pred": self.n_pred,
-                "bytes": self.bytes}
+        return {
+            "nll": self.nll,
+            "nll_ref": self.nll_ref,
+            "kl": self.kl,
+            "top1": self.top1,
+            "n_pred": self.n_pred,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -358,19 +420,37 @@ class TrialResult:
     protected_layer: int | None  # the one block whose tensors the plan keeps, if that is all it keeps
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "model": self.model, "scheme": self.scheme, "plan_name": self.plan_name,
-                "plan": self.plan, "key": self.key, "cost": self.cost,
-                "languages": {k: v.to_dict() for k, v in self.languages.items()},
-                "worst_language": self.worst_language, "summary": _dicts(self.summary), "finished": self.finished,
-                "protected_layer": self.protected_layer}
+        return {
+            "name": self.name,
+            "model": self.model,
+            "scheme": self.scheme,
+            "plan_name": self.plan_name,
+            "plan": self.plan,
+            "key": self.key,
+            "cost": self.cost,
+            "languages": {k: v.to_dict() for k, v in self.languages.items()},
+            "worst_language": self.worst_language,
+            "summary": _dicts(self.summary),
+            "finished": self.finished,
+            "protected_layer": self.protected_layer,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TrialResult:
-        return cls(data["name"], data.get("model"), data.get("scheme"), data.get("plan_name"), data.get("plan"),
-                   data.get("key"), data.get("cost", {}),
-                   {k: TrialLanguage.from_dict(v) for k, v in data.get("languages", {}).items()},
-                   data.get("worst_language"), _estimates(data.get("summary", {}), TRIAL_SUMMARY),
-                   data.get("finished"), data.get("protected_layer"))
+        return cls(
+            data["name"],
+            data.get("model"),
+            data.get("scheme"),
+            data.get("plan_name"),
+            data.get("plan"),
+            data.get("key"),
+            data.get("cost", {}),
+            {k: TrialLanguage.from_dict(v) for k, v in data.get("languages", {}).items()},
+            data.get("worst_language"),
+            _estimates(data.get("summary", {}), TRIAL_SUMMARY),
+            data.get("finished"),
+            data.get("protected_layer"),
+        )
 
 
 @dataclass(frozen=True)
@@ -393,18 +473,39 @@ class Verdict:
     verdict_familywise: str | None = None
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "text": self.text, "expr": self.expr, "instance": self.instance,
-                "trials": self.trials, "left": self.left.to_dict(), "right": self.right.to_dict(),
-                "difference": self.difference.to_dict(), "verdict": self.verdict, "basis": self.basis,
-                "p_value": self.p_value, "p_boot": self.p_boot, "p_holm": self.p_holm,
-                "verdict_familywise": self.verdict_familywise}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "expr": self.expr,
+            "instance": self.instance,
+            "trials": self.trials,
+            "left": self.left.to_dict(),
+            "right": self.right.to_dict(),
+            "difference": self.difference.to_dict(),
+            "verdict": self.verdict,
+            "basis": self.basis,
+            "p_value": self.p_value,
+            "p_boot": self.p_boot,
+            "p_holm": self.p_holm,
+            "verdict_familywise": self.verdict_familywise,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Verdict:
-        return cls(data["id"], data.get("text"), data["expr"], data.get("instance", {}), data.get("trials", []),
-                   *(Estimate.from_dict(data[k]) for k in ("left", "right", "difference")), data["verdict"],
-                   data.get("basis", ""), data.get("p_value"), data.get("p_boot"), data.get("p_holm"),
-                   data.get("verdict_familywise"))
+        return cls(
+            data["id"],
+            data.get("text"),
+            data["expr"],
+            data.get("instance", {}),
+            data.get("trials", []),
+            *(Estimate.from_dict(data[k]) for k in ("left", "right", "difference")),
+            data["verdict"],
+            data.get("basis", ""),
+            data.get("p_value"),
+            data.get("p_boot"),
+            data.get("p_holm"),
+            data.get("verdict_familywise"),
+        )
 
 
 @dataclass(frozen=True)
@@ -419,24 +520,52 @@ class StudyResult:
     run: Mapping[str, Any] | None = None  # the invocation (counts, executor, store), when run just now
 
     def to_dict(self) -> dict:
-        out = {"spec": self.spec, "groups": self.groups, "languages": self.languages,
-               "trials": [t.to_dict() for t in self.trials], "verdicts": [v.to_dict() for v in self.verdicts]}
+        out = {
+            "spec": self.spec,
+            "groups": self.groups,
+            "languages": self.languages,
+            "trials": [t.to_dict() for t in self.trials],
+            "verdicts": [v.to_dict() for v in self.verdicts],
+        }
         if self.run is not None:
             out["run"] = self.run
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> StudyResult:
-        return cls(data.get("spec", {}), data.get("groups", {}), data.get("languages", []),
-                   [TrialResult.from_dict(t) for t in data.get("trials", [])],
-                   [Verdict.from_dict(v) for v in data.get("verdicts", [])], data.get("run"))
+        return cls(
+            data.get("spec", {}),
+            data.get("groups", {}),
+            data.get("languages", []),
+            [TrialResult.from_dict(t) for t in data.get("trials", [])],
+            [Verdict.from_dict(v) for v in data.get("verdicts", [])],
+            data.get("run"),
+        )
 
     @property
     def language_ids(self) -> list[str]:
         return [x["id"] for x in self.languages]
 
 
-__all__ = ["AUDIT_SCHEMA", "AUDIT_SCHEMA_VERSION", "AuditResult", "DocumentColumns", "DocumentRow", "LOCATE_METRICS",
-           "LOCATE_SCHEMA", "LOCATE_SCHEMA_VERSION", "LanguageRow", "LocateLanguage", "LocateResult", "PairResult",
-           "StudyResult", "TRIAL_SUMMARY", "TrialLanguage", "TrialResult", "UnitResult", "Verdict", "effect_matrix",
-           "rank_units"]
+__all__ = [
+    "AUDIT_SCHEMA",
+    "AUDIT_SCHEMA_VERSION",
+    "AuditResult",
+    "DocumentColumns",
+    "DocumentRow",
+    "LOCATE_METRICS",
+    "LOCATE_SCHEMA",
+    "LOCATE_SCHEMA_VERSION",
+    "LanguageRow",
+    "LocateLanguage",
+    "LocateResult",
+    "PairResult",
+    "StudyResult",
+    "TRIAL_SUMMARY",
+    "TrialLanguage",
+    "TrialResult",
+    "UnitResult",
+    "Verdict",
+    "effect_matrix",
+    "rank_units",
+]

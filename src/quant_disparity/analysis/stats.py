@@ -55,8 +55,11 @@ def too_few_documents(n_docs: int) -> str | None:
 
 
 def warn_too_few_documents(lang: str, n_docs: int) -> None:
-    warnings.warn(f"{lang}: {too_few_documents(n_docs)}; its numbers are reported without one and claims on it "
-                  "are inconclusive", TooFewDocumentsWarning, stacklevel=3)
+    warnings.warn(
+        f"{lang}: {too_few_documents(n_docs)}; its numbers are reported without one and claims on it are inconclusive",
+        TooFewDocumentsWarning,
+        stacklevel=3,
+    )
 
 
 def no_interval_note(langs: Sequence[str]) -> str:
@@ -117,8 +120,16 @@ def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray
 
 #: Per-language statistics, in report order. ``fp``: reference model; ``q``: quantized model.
 LANG_METRICS = (
-    "bpb_fp", "bpb_q", "delta_bpb", "rel_delta_bpb", "ppl_fp", "ppl_q", "ppl_ratio", "log_degradation_pct",
-    "kl_bits", "top1_agreement",
+    "bpb_fp",
+    "bpb_q",
+    "delta_bpb",
+    "rel_delta_bpb",
+    "ppl_fp",
+    "ppl_q",
+    "ppl_ratio",
+    "log_degradation_pct",
+    "kl_bits",
+    "top1_agreement",
 )
 
 
@@ -184,9 +195,7 @@ def language_stats(lang: str, docs: Mapping[str, np.ndarray], n_boot: int, rng: 
 RATIO_INCLUDES_ZERO = "undefined: the high-resource mean's 95% CI includes zero"
 
 
-def disparity(
-    per_lang: Sequence[LanguageStats], groups: Mapping[str, str], metric: str = "rel_delta_bpb"
-) -> dict:
+def disparity(per_lang: Sequence[LanguageStats], groups: Mapping[str, str], metric: str = "rel_delta_bpb") -> dict:
     """Low- vs high-resource comparison of ``metric``: ratio and difference of group means, with CIs.
 
     ``groups`` maps language -> "low" | "high" (others are left out). The ratio is undefined when the
@@ -202,8 +211,8 @@ def disparity(
         for k in ("low_mean", "high_mean", "difference", "ratio"):
             out[k] = Estimate(None, note=note).to_dict()
         return out
-    mean = lambda ss: float(np.mean([s.estimates[metric].value for s in ss]))  # noqa: E731
-    rmean = lambda ss: np.mean([s.replicates[metric] for s in ss], axis=0)  # noqa: E731
+    mean = lambda ss: float(np.mean([s.estimates[metric].value for s in ss]))
+    rmean = lambda ss: np.mean([s.replicates[metric] for s in ss], axis=0)
     lo_p, hi_p, lo_r, hi_r = mean(low), mean(high), rmean(low), rmean(high)
     short = [s.lang for s in (*low, *high) if s.interval_note]
     if short:
@@ -215,8 +224,9 @@ def disparity(
         out["low_mean"], out["high_mean"] = lo_est.to_dict(), hi_est.to_dict()
         out["difference"] = interval(lo_p - hi_p, NO_REPLICATES, no_interval_note(short)).to_dict()
         if high_short:
-            out["ratio"] = Estimate(None, note="undefined: the high-resource mean has no interval "
-                                               f"({no_interval_note(high_short)})").to_dict()
+            out["ratio"] = Estimate(
+                None, note=f"undefined: the high-resource mean has no interval ({no_interval_note(high_short)})"
+            ).to_dict()
         elif may_be_zero(hi_est):
             out["ratio"] = Estimate(None, note=RATIO_INCLUDES_ZERO).to_dict()
         else:
@@ -244,8 +254,9 @@ def spearman_undefined(measure: np.ndarray) -> str | None:
     return None
 
 
-def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: np.random.Generator
-                        ) -> tuple[float, np.ndarray]:
+def spearman_replicates(
+    x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: np.random.Generator
+) -> tuple[float, np.ndarray]:
     """Spearman correlation of ``x`` and ``y`` across languages, and its two-stage bootstrap replicates.
 
     ``y_reps [n_lang, n_boot]`` are each language's own document-level replicates; replicate ``b`` also
@@ -278,7 +289,10 @@ def spearman_replicates(x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: n
 
 
 def correlation(
-    per_lang: Sequence[LanguageStats], measure: Mapping[str, float | None], metric: str, rng: np.random.Generator,
+    per_lang: Sequence[LanguageStats],
+    measure: Mapping[str, float | None],
+    metric: str,
+    rng: np.random.Generator,
 ) -> dict:
     """Spearman correlation across languages of ``metric`` with a resource ``measure``.
 

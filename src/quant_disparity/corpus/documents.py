@@ -145,5 +145,6 @@ def take_until_tokens(
             f"{out[0].lang}: whole-document selection takes {total:,} tokens under max_tokens {max_tokens:,} "
             f"(over {OVERSHOOT_FACTOR}x; document {big.id!r} alone has {count_tokens(big):,}); documents are "
             "never cut: split the corpus into smaller documents (blank lines in a txt dir, a FLORES dir's "
-            "sentences_per_doc), or pass --max-tokens 0 (max_tokens = 0 in a spec) to score everything on purpose")
+            "sentences_per_doc), or pass --max-tokens 0 (max_tokens = 0 in a spec) to score everything on purpose"
+        )
     return out

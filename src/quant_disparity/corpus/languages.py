@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import collections
 import csv
-import io
 import functools
+import io
 import re
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
@@ -174,7 +174,9 @@ def resolve_language(text: str, *, known_only: bool = False, script: str | None 
         iso = _iso3(raw)
         if iso and script:
             return f"{iso}_{script}"
-    hint = "run `quant-disparity languages` to list the bundled ones" if known_only else (
-        "use an id such as heb_Hebr (ISO 639-3 + ISO 15924 script)"
+    hint = (
+        "run `quant-disparity languages` to list the bundled ones"
+        if known_only
+        else ("use an id such as heb_Hebr (ISO 639-3 + ISO 15924 script)")
     )
     raise UnknownLanguage(f"unknown language {raw!r}{did_you_mean(raw, known)}", hint)

@@ -47,9 +47,7 @@ def load_udhr() -> Corpus:
     docs: dict[str, tuple[Document, ...]] = {}
     for v in udhr_versions():
         key = v.lang_id if v.primary else f"{v.lang_id}/{v.udhr_code}"
-        docs[key] = tuple(
-            Document(lang=key, id=f"a{i + 1:02d}", text=t) for i, t in enumerate(texts[v.udhr_code])
-        )
+        docs[key] = tuple(Document(lang=key, id=f"a{i + 1:02d}", text=t) for i, t in enumerate(texts[v.udhr_code]))
     return Corpus(name="udhr", docs=docs, source=UDHR_SOURCE, license=UDHR_LICENSE)
 
 
@@ -70,8 +68,10 @@ def _finish(name: str, raw_docs: dict[str, list[tuple[str, str]]], where: dict[s
         lang = _resolve_user_lang(raw_lang, [t for _, t in items], where[raw_lang])
         for doc_id, text in items:
             if (lang, doc_id) in seen:
-                raise UserError(f"{where[raw_lang]}: document id {doc_id!r} appears twice for {lang}",
-                                "give every document of a language its own id")
+                raise UserError(
+                    f"{where[raw_lang]}: document id {doc_id!r} appears twice for {lang}",
+                    "give every document of a language its own id",
+                )
             seen.add((lang, doc_id))
             docs[lang].append(Document(lang=lang, id=doc_id, text=text))
     return Corpus(name=name, docs={k: tuple(v) for k, v in docs.items()}, source=name)
@@ -122,8 +122,10 @@ def _check_unicode(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise UserError(f"{where} is not valid Unicode (lone surrogate {text[e.start]!r} at character {e.start})",
-                        "write the character itself, or a surrogate pair such as \\ud83d\\ude00") from None
+        raise UserError(
+            f"{where} is not valid Unicode (lone surrogate {text[e.start]!r} at character {e.start})",
+            "write the character itself, or a surrogate pair such as \\ud83d\\ude00",
+        ) from None
 
 
 def read_txt_dir(path: Path) -> Corpus:
@@ -165,9 +167,11 @@ def read_flores_dir(path: Path, split: str = "devtest", sentences_per_doc: int =
         where[lang] = str(f)
     if len(set(counts.values())) > 1:
         (a, na), (b, nb) = max(counts.items(), key=lambda kv: kv[1]), min(counts.items(), key=lambda kv: kv[1])
-        raise UserError(f"{path}: the {split} files have different numbers of lines ({a.name} has {na}, {b.name} has "
-                        f"{nb}), so documents would not be aligned across languages",
-                        "FLORES files hold the same sentences in the same order: one per line in every file")
+        raise UserError(
+            f"{path}: the {split} files have different numbers of lines ({a.name} has {na}, {b.name} has "
+            f"{nb}), so documents would not be aligned across languages",
+            "FLORES files hold the same sentences in the same order: one per line in every file",
+        )
     return _finish(str(path), raw, where)
 
 
@@ -203,17 +207,30 @@ def _hint(registry: Registry[CorpusReader]) -> str:
     return f"give {', '.join(r.syntax for r in registry.values())}"
 
 
-READERS: Registry[CorpusReader] = Registry("corpus reader", CorpusReader, group="quant_disparity.corpus_readers",
-                                           hint=_hint)
+READERS: Registry[CorpusReader] = Registry(
+    "corpus reader", CorpusReader, group="quant_disparity.corpus_readers", hint=_hint
+)
 for _reader in (
     CorpusReader("udhr", "udhr (bundled)", lambda path, options: load_udhr(), path_kind=None),
-    CorpusReader("jsonl", "a .jsonl file (jsonl:PATH)", lambda path, options: read_jsonl(path), path_kind="file",
-                 recognises=Path.is_file),
-    CorpusReader("txt", "a directory of <lang>.txt files (txt:DIR)", lambda path, options: read_txt_dir(path),
-                 recognises=lambda path: path.is_dir() and any(path.glob("*.txt"))),
-    CorpusReader("flores", "a FLORES-style directory (flores:DIR)",
-                 lambda path, options: read_flores_dir(path, options.flores_split, options.sentences_per_doc),
-                 recognises=Path.is_dir),
+    CorpusReader(
+        "jsonl",
+        "a .jsonl file (jsonl:PATH)",
+        lambda path, options: read_jsonl(path),
+        path_kind="file",
+        recognises=Path.is_file,
+    ),
+    CorpusReader(
+        "txt",
+        "a directory of <lang>.txt files (txt:DIR)",
+        lambda path, options: read_txt_dir(path),
+        recognises=lambda path: path.is_dir() and any(path.glob("*.txt")),
+    ),
+    CorpusReader(
+        "flores",
+        "a FLORES-style directory (flores:DIR)",
+        lambda path, options: read_flores_dir(path, options.flores_split, options.sentences_per_doc),
+        recognises=Path.is_dir,
+    ),
 ):
     READERS.register(_reader)
 

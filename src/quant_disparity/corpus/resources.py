@@ -8,8 +8,8 @@ See ``data/resources/SOURCES.md`` for origin, licence and caveats of each table.
 from __future__ import annotations
 
 import csv
-import io
 import functools
+import io
 from dataclasses import asdict, dataclass
 from importlib import resources as importlib_resources
 

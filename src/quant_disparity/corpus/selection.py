@@ -18,8 +18,18 @@ from .readers import load_corpus
 
 #: The default panel: spans Joshi classes 2-5 and eight scripts.
 DEFAULT_PANEL = (
-    "eng_Latn", "deu_Latn", "fra_Latn", "rus_Cyrl", "cmn_Hans", "jpn_Jpan",
-    "arb_Arab", "heb_Hebr", "hin_Deva", "swh_Latn", "yor_Latn", "amh_Ethi",
+    "eng_Latn",
+    "deu_Latn",
+    "fra_Latn",
+    "rus_Cyrl",
+    "cmn_Hans",
+    "jpn_Jpan",
+    "arb_Arab",
+    "heb_Hebr",
+    "hin_Deva",
+    "swh_Latn",
+    "yor_Latn",
+    "amh_Ethi",
 )
 
 #: Token ids of each document, in the order given.
@@ -67,8 +77,9 @@ class Selection:
 
 
 def open_corpus(selection: CorpusSelection) -> Corpus:
-    return load_corpus(selection.name, flores_split=selection.flores_split,
-                       sentences_per_doc=selection.sentences_per_doc)
+    return load_corpus(
+        selection.name, flores_split=selection.flores_split, sentences_per_doc=selection.sentences_per_doc
+    )
 
 
 def resolve_langs(corpus: Corpus, langs: Sequence[str]) -> list[str]:
@@ -88,8 +99,7 @@ def candidates(corpus: Corpus, lang: str, selection: CorpusSelection) -> list[Do
     if selection.docs:
         pool = [d for d in pool if d.id in selection.docs]
         if not pool:
-            raise UserError(f"{lang}: none of the documents {list(selection.docs)} is in split "
-                            f"{selection.split!r}")
+            raise UserError(f"{lang}: none of the documents {list(selection.docs)} is in split {selection.split!r}")
     if selection.first_sentence:
         pool = [Document(d.lang, d.id, first_sentence(d.text)) for d in pool]
     return pool

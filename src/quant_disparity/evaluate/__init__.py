@@ -8,7 +8,20 @@ from .totals import DocTotals
 from .windows import Window, batch_windows, make_windows, n_predicted
 
 __all__ = [
-    "DocScores", "DocTotals", "EvalSettings", "Forward", "LMHead", "Prepared", "TokenScores", "Window",
-    "batch_windows", "head_of", "make_windows", "n_predicted", "prepare", "score_documents", "score_tokens",
+    "DocScores",
+    "DocTotals",
+    "EvalSettings",
+    "Forward",
+    "LMHead",
+    "Prepared",
+    "TokenScores",
+    "Window",
+    "batch_windows",
+    "head_of",
+    "make_windows",
+    "n_predicted",
+    "prepare",
+    "score_documents",
+    "score_tokens",
     "tokenize",
 ]

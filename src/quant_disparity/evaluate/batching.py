@@ -89,14 +89,23 @@ class Prepared:
         return sum(self.n_pred)
 
 
-def prepare(docs: Sequence[Document], tokens: Sequence[list[int]], prefix: int | None, settings: EvalSettings,
-            max_length: int | None = None, *, tokenizer=None) -> Prepared:
+def prepare(
+    docs: Sequence[Document],
+    tokens: Sequence[list[int]],
+    prefix: int | None,
+    settings: EvalSettings,
+    max_length: int | None = None,
+    *,
+    tokenizer=None,
+) -> Prepared:
     """Windows, batches and scoring groups of ``docs``. Without a ``prefix`` token the first token of each
     document is not predicted, and ``tokenizer`` is needed to take its bytes out of the denominator."""
     if prefix is None:
         if tokenizer is None:
-            raise ValueError("prepare() needs the tokenizer when there is no prefix token (to count the bytes "
-                             "of the unpredicted first tokens)")
+            raise ValueError(
+                "prepare() needs the tokenizer when there is no prefix token (to count the bytes "
+                "of the unpredicted first tokens)"
+            )
         unscored = first_token_bytes(tokenizer, docs, tokens)
     else:
         unscored = [0] * len(docs)

@@ -27,7 +27,9 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     return base if isinstance(base, torch.nn.Module) and base is not model else None
 
 
-def pack_batch(batch: list[Window], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_batch(
+    batch: list[Window], device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids and mask, plus flat indices of the predicting positions, their targets and docs."""
     L = max(len(w.input_ids) for w in batch)
     ids = torch.zeros(len(batch), L, dtype=torch.long)
@@ -41,7 +43,7 @@ def pack_batch(batch: list[Window], device) -> tuple[torch.Tensor, torch.Tensor,
         flat.extend(range(b * L + p0, b * L + n - 1))
         targets.extend(w.input_ids[p0 + 1 :])
         docs.extend([w.doc] * w.n_scored)
-    to = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    to = lambda x: torch.tensor(x, dtype=torch.long, device=device)
     return ids.to(device), mask.to(device), to(flat), to(targets), to(docs)
 
 

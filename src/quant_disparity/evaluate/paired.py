@@ -51,8 +51,14 @@ def score_documents(
             use_model()
         h, targets, docs = forward.rows_of(prepared.batches[i] for i in group)
         with torch.inference_mode():
-            s = score_tokens(h, targets, forward.head(), h_ref if paired else None,
-                             head_ref if paired else None, vocab_chunk=vocab_chunk)
+            s = score_tokens(
+                h,
+                targets,
+                forward.head(),
+                h_ref if paired else None,
+                head_ref if paired else None,
+                vocab_chunk=vocab_chunk,
+            )
         docs = docs.cpu()
         model.add(docs, s)
         if paired:
@@ -60,6 +66,11 @@ def score_documents(
         if progress:
             progress(int(targets.numel()))
     n_pred = np.asarray(prepared.n_pred, dtype=np.int64)
-    as_np = lambda t: None if t is None else t.numpy()  # noqa: E731
-    return DocScores(nll=model.nll.numpy(), n_pred=n_pred, nll_ref=reference.nll.numpy() if paired else None,
-                     kl=as_np(model.kl), top1=as_np(model.top1))
+    as_np = lambda t: None if t is None else t.numpy()
+    return DocScores(
+        nll=model.nll.numpy(),
+        n_pred=n_pred,
+        nll_ref=reference.nll.numpy() if paired else None,
+        kl=as_np(model.kl),
+        top1=as_np(model.top1),
+    )

@@ -87,8 +87,9 @@ def score_tokens(
     if h_ref is None:
         nll, _ = score_many(h, head, [], targets, vocab_chunk=vocab_chunk, row_chunk=row_chunk)
         return TokenScores(nll=nll)
-    nll_ref, (out,) = score_many(h_ref, head_ref or head, [(h, head)], targets, vocab_chunk=vocab_chunk,
-                                 row_chunk=row_chunk)
+    nll_ref, (out,) = score_many(
+        h_ref, head_ref or head, [(h, head)], targets, vocab_chunk=vocab_chunk, row_chunk=row_chunk
+    )
     out.nll_ref = nll_ref
     return out
 
@@ -108,17 +109,17 @@ def score_many(
     parts: list[list[TokenScores]] = [[] for _ in models]
     for r in range(0, h_ref.shape[0], row_chunk):
         sl = slice(r, r + row_chunk)
-        ref_nll, scores = _score_rows(h_ref[sl], head_ref, [(h[sl], hd) for h, hd in models], targets[sl],
-                                      vocab_chunk)
+        ref_nll, scores = _score_rows(h_ref[sl], head_ref, [(h[sl], hd) for h, hd in models], targets[sl], vocab_chunk)
         ref_parts.append(ref_nll)
         for acc, sc in zip(parts, scores):
             acc.append(sc)
     if not ref_parts:
         empty = torch.zeros(0, dtype=torch.float64)
         return empty, [TokenScores(empty, None, empty, torch.zeros(0, dtype=torch.bool)) for _ in models]
-    cat = lambda xs, k: torch.cat([getattr(x, k) for x in xs])  # noqa: E731
-    return torch.cat(ref_parts), [TokenScores(nll=cat(p, "nll"), kl=cat(p, "kl"), top1_agree=cat(p, "top1_agree"))
-                                  for p in parts]
+    cat = lambda xs, k: torch.cat([getattr(x, k) for x in xs])
+    return torch.cat(ref_parts), [
+        TokenScores(nll=cat(p, "nll"), kl=cat(p, "kl"), top1_agree=cat(p, "top1_agree")) for p in parts
+    ]
 
 
 class _Online:
@@ -179,6 +180,8 @@ def _score_rows(h_ref, head_ref, models, targets, vocab_chunk) -> tuple[torch.Te
             torch.sub(zf, zq, out=work[:, :w]).mul_(p)
             num.add_(work[:, :w].sum(dim=1).double())
     lse_r = ref.lse()
-    scores = [TokenScores(nll=state.nll(), kl=num / ref.s - lse_r + state.lse(), top1_agree=state.arg == ref.arg)
-              for state, num in zip(online, kl_num)]
+    scores = [
+        TokenScores(nll=state.nll(), kl=num / ref.s - lse_r + state.lse(), top1_agree=state.arg == ref.arg)
+        for state, num in zip(online, kl_num)
+    ]
     return lse_r - ref.target.double(), scores

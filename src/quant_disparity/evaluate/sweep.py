@@ -44,8 +44,9 @@ def _diff(a: Mapping[str, Scheme], b: Mapping[str, Scheme]) -> set[str]:
     return {n for n in set(a) | set(b) if a.get(n) != b.get(n)}
 
 
-def plan_reuse(modmap: ModuleMap, configs: Mapping[str, Mapping[str, Scheme]], bases: list[str]
-               ) -> dict[str, tuple[str | None, int]]:
+def plan_reuse(
+    modmap: ModuleMap, configs: Mapping[str, Mapping[str, Scheme]], bases: list[str]
+) -> dict[str, tuple[str | None, int]]:
     """For each configuration: which base to replay from (None = the reference) and from which block.
 
     A base may only replay from bases listed before it, so running bases in order always works.
@@ -70,8 +71,17 @@ def plan_reuse(modmap: ModuleMap, configs: Mapping[str, Mapping[str, Scheme]], b
 class Sweeper:
     """Scores a set of configurations batch by batch (see the module docstring for what is shared)."""
 
-    def __init__(self, forward: Forward, engine: QuantEngine, configs: Mapping[str, Mapping[str, Scheme]], *,
-                 bases: list[str] = (), reuse: bool = True, vocab_chunk: int = 4096, probe=None):
+    def __init__(
+        self,
+        forward: Forward,
+        engine: QuantEngine,
+        configs: Mapping[str, Mapping[str, Scheme]],
+        *,
+        bases: list[str] = (),
+        reuse: bool = True,
+        vocab_chunk: int = 4096,
+        probe=None,
+    ):
         self.forward, self.engine, self.configs = forward, engine, dict(configs)
         self.bases = [b for b in bases if b in self.configs]
         self.vocab_chunk = vocab_chunk
@@ -82,16 +92,20 @@ class Sweeper:
             engine.restore_()
             if not replay_matches(forward, probe, self.replay, max(1, modmap.n_layers // 2)):
                 self.replay = None
-        self.choice = plan_reuse(modmap, self.configs, self.bases) if self.replay else {
-            n: (None, 0) for n in self.configs}
+        self.choice = (
+            plan_reuse(modmap, self.configs, self.bases) if self.replay else {n: (None, 0) for n in self.configs}
+        )
         self.blocks_run = 0
         self.blocks_full = 0
 
     @property
     def stats(self) -> dict:
-        return {"replay": self.replay is not None, "blocks_run": self.blocks_run,
-                "blocks_without_replay": self.blocks_full,
-                "block_work_saved": 1 - self.blocks_run / self.blocks_full if self.blocks_full else 0.0}
+        return {
+            "replay": self.replay is not None,
+            "blocks_run": self.blocks_run,
+            "blocks_without_replay": self.blocks_full,
+            "block_work_saved": 1 - self.blocks_run / self.blocks_full if self.blocks_full else 0.0,
+        }
 
     def run_group(self, batches, names: list[str] | None = None):
         """Score ``names`` (default: all) on a group of batches scored together (see
@@ -101,11 +115,13 @@ class Sweeper:
         targets = torch.cat([o[1] for o in outs])
         h_ref = torch.cat([o[2] for o in outs])
         head_ref = outs[0][3]
-        rows = [(name, torch.cat([o[4][k][1] for o in outs]), outs[0][4][k][2]) for k, (name, _, _) in
-                enumerate(outs[0][4])]
+        rows = [
+            (name, torch.cat([o[4][k][1] for o in outs]), outs[0][4][k][2]) for k, (name, _, _) in enumerate(outs[0][4])
+        ]
         with torch.inference_mode():
-            ref_nll, scores = score_many(h_ref, head_ref, [(h, hd) for _, h, hd in rows], targets,
-                                         vocab_chunk=self.vocab_chunk)
+            ref_nll, scores = score_many(
+                h_ref, head_ref, [(h, hd) for _, h, hd in rows], targets, vocab_chunk=self.vocab_chunk
+            )
         return docs, ref_nll, {name: s for (name, _, _), s in zip(rows, scores)}
 
     def _forward_batch(self, batch, names: list[str] | None):
@@ -176,8 +192,15 @@ def sweep(
     """
     n_docs = len(prepared.docs)
     names = list(configs)
-    sweeper = Sweeper(forward, engine, configs, bases=list(bases), reuse=reuse, vocab_chunk=vocab_chunk,
-                      probe=prepared.batches[0] if prepared.batches else None)
+    sweeper = Sweeper(
+        forward,
+        engine,
+        configs,
+        bases=list(bases),
+        reuse=reuse,
+        vocab_chunk=vocab_chunk,
+        probe=prepared.batches[0] if prepared.batches else None,
+    )
     reference = DocTotals(n_docs, compared=False)
     totals = {name: DocTotals(n_docs) for name in names}
     for group in prepared.groups:

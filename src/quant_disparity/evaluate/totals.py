@@ -16,7 +16,7 @@ class DocTotals:
     """NLL (nats), and when compared with a reference KL (nats) and top-1 agreements, summed per document."""
 
     def __init__(self, n_docs: int, compared: bool = True):
-        zeros = lambda: torch.zeros(n_docs, dtype=torch.float64)  # noqa: E731
+        zeros = lambda: torch.zeros(n_docs, dtype=torch.float64)
         self.nll = zeros()
         self.kl = zeros() if compared else None
         self.top1 = zeros() if compared else None

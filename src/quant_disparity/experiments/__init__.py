@@ -32,8 +32,12 @@ def default_out(spec: ExperimentSpec) -> Path:
 def run_inputs(run_dir: Path) -> list[Path]:
     """The files of a run directory its results are read from (nothing may be written over them)."""
     store = Path(run_dir) / STORE_NAME
-    return [Path(run_dir) / "spec.toml", store, store.with_name(store.name + "-wal"),
-            store.with_name(store.name + "-shm")]
+    return [
+        Path(run_dir) / "spec.toml",
+        store,
+        store.with_name(store.name + "-wal"),
+        store.with_name(store.name + "-shm"),
+    ]
 
 
 def open_run_dir(out: Path, spec: ExperimentSpec) -> tuple[Store, Path, OutputLock]:
@@ -116,10 +120,20 @@ def run_experiment(
 
     try:
         both(f"spec {spec.name} ({len(spec.trials)} trials, {len(spec.claims)} claims) -> {out}")
-        summary = run_spec(spec, store, executor=executor, ray_address=ray_address, device=device, dtype=dtype,
-                           log=both, progress=progress)
-        both(f"{summary['computed']} trials computed, {summary['already_stored']} already stored, "
-             f"{summary.get('seconds', 0)} s")
+        summary = run_spec(
+            spec,
+            store,
+            executor=executor,
+            ray_address=ray_address,
+            device=device,
+            dtype=dtype,
+            log=both,
+            progress=progress,
+        )
+        both(
+            f"{summary['computed']} trials computed, {summary['already_stored']} already stored, "
+            f"{summary.get('seconds', 0)} s"
+        )
         result = analyse(spec, store)
         result["run"] = {**summary, "executor": executor, "store": str(out / STORE_NAME), "invocation": str(inv)}
         from ..report.experiment import summary_markdown
@@ -132,8 +146,7 @@ def run_experiment(
             both(f"claim {v['id']} {v['instance'] or ''}: {v['verdict']}")
         return result
     except KeyboardInterrupt:
-        logger.info("interrupted; the trials committed so far are kept in the store: rerun the same command "
-                    "to finish")
+        logger.info("interrupted; the trials committed so far are kept in the store: rerun the same command to finish")
         raise
     except BaseException as e:
         logger.info(f"failed: {e}")
@@ -164,8 +177,10 @@ def load_run(target: str | Path) -> tuple[ExperimentSpec, Store]:
     if p.is_dir():
         spec_file, store_file = p / "spec.toml", p / STORE_NAME
         if not spec_file.exists() or not store_file.exists():
-            raise UserError(f"{p} is not a run directory (no spec.toml and store.sqlite)",
-                            "give the --out directory of `quant-disparity run`, or the spec")
+            raise UserError(
+                f"{p} is not a run directory (no spec.toml and store.sqlite)",
+                "give the --out directory of `quant-disparity run`, or the spec",
+            )
         return load_spec(spec_file), Store(store_file, readonly=True)
     if p.is_file():
         spec = load_spec(p)
@@ -176,5 +191,17 @@ def load_run(target: str | Path) -> tuple[ExperimentSpec, Store]:
     raise UserError(f"{p} not found", "give a run directory or a spec file")
 
 
-__all__ = ["Evaluator", "ExperimentSpec", "Store", "analyse", "evaluate_claims", "load_results", "load_run",
-           "load_spec", "parse_spec", "run_experiment", "run_inputs", "run_spec"]
+__all__ = [
+    "Evaluator",
+    "ExperimentSpec",
+    "Store",
+    "analyse",
+    "evaluate_claims",
+    "load_results",
+    "load_run",
+    "load_spec",
+    "parse_spec",
+    "run_experiment",
+    "run_inputs",
+    "run_spec",
+]

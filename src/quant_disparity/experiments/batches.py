@@ -31,8 +31,15 @@ def pick_bases(assignments: dict[str, dict]) -> list[str]:
     return list(dict.fromkeys(name for _, name in best.values()))
 
 
-def iter_batches(lm: LoadedModel, prepared: Prepared, configs: dict[str, dict], missing: dict[str, set[int]], *,
-                 vocab_chunk: int, modmap: ModuleMap | None = None):
+def iter_batches(
+    lm: LoadedModel,
+    prepared: Prepared,
+    configs: dict[str, dict],
+    missing: dict[str, set[int]],
+    *,
+    vocab_chunk: int,
+    modmap: ModuleMap | None = None,
+):
     """Score ``configs`` (name -> assignment) on the batches each one misses.
 
     Yields ``(group index, {name: [(doc, nll, nll_ref, kl, top1), ...]}, scored tokens)`` per batch group
@@ -44,8 +51,14 @@ def iter_batches(lm: LoadedModel, prepared: Prepared, configs: dict[str, dict], 
     names = [n for n in configs if missing.get(n)]
     for start in range(0, len(names), MAX_CONFIGS_PER_SWEEP):
         group = {n: configs[n] for n in names[start : start + MAX_CONFIGS_PER_SWEEP]}
-        sweeper = Sweeper(forward, engine, group, bases=pick_bases(group), vocab_chunk=vocab_chunk,
-                          probe=prepared.batches[0] if prepared.batches else None)
+        sweeper = Sweeper(
+            forward,
+            engine,
+            group,
+            bases=pick_bases(group),
+            vocab_chunk=vocab_chunk,
+            probe=prepared.batches[0] if prepared.batches else None,
+        )
         for i, batch_ids in enumerate(prepared.groups):
             todo = [n for n in group if i in missing[n]]
             if not todo:
@@ -64,6 +77,8 @@ def group_rows(docs, ref_nll, scores: dict) -> dict[str, list[tuple]]:
     for name, sc in scores.items():
         totals = DocTotals(n_docs)
         totals.add(docs, sc)
-        results[name] = [(doc, float(totals.nll[doc]), float(ref.nll[doc]), float(totals.kl[doc]),
-                          float(totals.top1[doc])) for doc in present]
+        results[name] = [
+            (doc, float(totals.nll[doc]), float(ref.nll[doc]), float(totals.kl[doc]), float(totals.top1[doc]))
+            for doc in present
+        ]
     return results

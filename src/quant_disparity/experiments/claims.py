@@ -49,14 +49,31 @@ import numpy as np
 
 from ..analysis.records import DocumentColumns, Verdict
 from ..analysis.stats import (
-    MIN_DOCS_FOR_INTERVAL, NO_REPLICATES, Estimate, interval, language_metrics, may_be_zero, no_interval_note,
-    resample_counts, spearman_replicates, spearman_undefined, too_few_documents, warn_too_few_documents,
+    MIN_DOCS_FOR_INTERVAL,
+    NO_REPLICATES,
+    Estimate,
+    interval,
+    language_metrics,
+    may_be_zero,
+    no_interval_note,
+    resample_counts,
+    spearman_replicates,
+    spearman_undefined,
+    too_few_documents,
+    warn_too_few_documents,
 )
 from ..errors import UserError, did_you_mean
 
-LANG_METRICS = {"bpb": "bpb_q", "bpb_fp": "bpb_fp", "delta_bpb": "delta_bpb", "rel_delta_bpb": "rel_delta_bpb",
-                "kl": "kl_bits", "top1": "top1_agreement", "ppl_ratio": "ppl_ratio",
-                "log_degradation": "log_degradation_pct"}
+LANG_METRICS = {
+    "bpb": "bpb_q",
+    "bpb_fp": "bpb_fp",
+    "delta_bpb": "delta_bpb",
+    "rel_delta_bpb": "rel_delta_bpb",
+    "kl": "kl_bits",
+    "top1": "top1_agreement",
+    "ppl_ratio": "ppl_ratio",
+    "log_degradation": "log_degradation_pct",
+}
 GROUP_METRICS = {"disparity", "gap", "log_disparity", "mean_rel_delta", "mean_log_degradation", "spearman"}
 FILTERS = ("model", "scheme", "plan")
 _OPS = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">="}
@@ -81,7 +98,9 @@ def parse_expr(expr: str, claim_id: str) -> tuple[ast.AST, str, ast.AST, list[Ca
     try:
         tree = ast.parse(expr.strip(), mode="eval").body
     except SyntaxError as e:
-        raise UserError(f"{where}: cannot parse {expr!r} ({e.msg})", "write e.g. disparity(plan='a') < disparity(plan='b')") from None
+        raise UserError(
+            f"{where}: cannot parse {expr!r} ({e.msg})", "write e.g. disparity(plan='a') < disparity(plan='b')"
+        ) from None
     if not isinstance(tree, ast.Compare) or len(tree.ops) != 1 or type(tree.ops[0]) not in _OPS:
         raise UserError(f"{where}: expected one comparison (<, >, <=, >=) in {expr!r}")
     calls: list[Call] = []
@@ -92,13 +111,17 @@ def parse_expr(expr: str, claim_id: str) -> tuple[ast.AST, str, ast.AST, list[Ca
             check(node.right)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             check(node.operand)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+        ):
             pass
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             name = node.func.id
             if name not in LANG_METRICS and name not in GROUP_METRICS:
-                raise UserError(f"{where}: unknown function {name!r}{did_you_mean(name, [*LANG_METRICS, *GROUP_METRICS])}",
-                                f"functions: {', '.join([*LANG_METRICS, *sorted(GROUP_METRICS)])}")
+                raise UserError(
+                    f"{where}: unknown function {name!r}{did_you_mean(name, [*LANG_METRICS, *GROUP_METRICS])}",
+                    f"functions: {', '.join([*LANG_METRICS, *sorted(GROUP_METRICS)])}",
+                )
             if node.args:
                 raise UserError(f"{where}: {name}() takes keyword arguments only, e.g. {name}(plan='none')")
             kws = []
@@ -109,14 +132,17 @@ def parse_expr(expr: str, claim_id: str) -> tuple[ast.AST, str, ast.AST, list[Ca
                 allowed |= {"group"} if name in ("mean_rel_delta", "mean_log_degradation") else set()
                 allowed |= {"measure"} if name == "spearman" else set()
                 if k.arg not in allowed:
-                    raise UserError(f"{where}: {name}() has no argument {k.arg!r}", f"it takes {', '.join(sorted(allowed))}")
+                    raise UserError(
+                        f"{where}: {name}() has no argument {k.arg!r}", f"it takes {', '.join(sorted(allowed))}"
+                    )
                 kws.append((k.arg, k.value.value))
             if name in LANG_METRICS and "lang" not in dict(kws):
                 raise UserError(f"{where}: {name}() needs lang=", f"e.g. {name}(lang='heb', plan='none')")
             calls.append(Call(name, tuple(kws)))
         else:
-            raise UserError(f"{where}: {ast.unparse(node)!r} is not allowed in a claim",
-                            "use metric calls, numbers and + - * /")
+            raise UserError(
+                f"{where}: {ast.unparse(node)!r} is not allowed in a claim", "use metric calls, numbers and + - * /"
+            )
 
     check(tree.left)
     check(tree.comparators[0])
@@ -151,9 +177,10 @@ def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, object]]]:
             hits = [t for t in spec.trials if _matches(t, filters)]
             if len(hits) != 1:
                 what = "no trial" if not hits else f"{len(hits)} trials ({', '.join(t.name for t in hits[:4])})"
-                raise UserError(f"claim {claim.id}: {call} matches {what} of the grid"
-                                + (f" for {inst}" if inst else ""),
-                                "name an existing plan, model and scheme" if not hits else "pin model, scheme or plan")
+                raise UserError(
+                    f"claim {claim.id}: {call} matches {what} of the grid" + (f" for {inst}" if inst else ""),
+                    "name an existing plan, model and scheme" if not hits else "pin model, scheme or plan",
+                )
             chosen[call] = hits[0]
         out.append((inst, chosen))
     return out
@@ -168,8 +195,11 @@ def validate_claims(spec) -> None:
         for call in calls:
             kw = call.kw()
             if "lang" in kw:
-                corpus = corpus or load_corpus(spec.corpus.name, flores_split=spec.corpus.flores_split,
-                                               sentences_per_doc=spec.corpus.sentences_per_doc)
+                corpus = corpus or load_corpus(
+                    spec.corpus.name,
+                    flores_split=spec.corpus.flores_split,
+                    sentences_per_doc=spec.corpus.sentences_per_doc,
+                )
                 lang = corpus.resolve(kw["lang"])
                 if lang not in [corpus.resolve(x) for x in spec.corpus.langs]:
                     raise UserError(f"claim {claim.id}: {call} names a language the spec does not evaluate")
@@ -179,8 +209,9 @@ def validate_claims(spec) -> None:
                 from ..corpus.resources import MEASURES
 
                 if kw["measure"] not in MEASURES:
-                    raise UserError(f"claim {claim.id}: unknown measure {kw['measure']!r}",
-                                    f"use {', '.join(MEASURES)}")
+                    raise UserError(
+                        f"claim {claim.id}: unknown measure {kw['measure']!r}", f"use {', '.join(MEASURES)}"
+                    )
         instances(spec, claim)
 
 
@@ -231,8 +262,9 @@ class Evaluator:
     def __init__(self, spec, rows_by_trial: dict[str, dict[str, DocumentColumns | dict[str, np.ndarray]]]):
         self.spec = spec
         # trial name -> lang -> the documents' columns (a record, or a mapping of the same columns)
-        self.rows = {t: {lang: DocumentColumns.of(cols) for lang, cols in langs.items()}
-                     for t, langs in rows_by_trial.items()}
+        self.rows = {
+            t: {lang: DocumentColumns.of(cols) for lang, cols in langs.items()} for t, langs in rows_by_trial.items()
+        }
         self._weights: dict[tuple[str, str], np.ndarray] = {}
         self._groups: tuple[list[str], list[str]] | None = None
         self.points = getattr(spec, "verdict_basis", "intervals") == "points"
@@ -257,8 +289,10 @@ class Evaluator:
         cols = self.rows[trial.name][lang]
         sums = cols.sums()
         w = self.weights(trial.model, lang, cols.n_docs)
-        return (language_metrics({k: v.sum() for k, v in sums.items()}),
-                language_metrics({k: w @ v for k, v in sums.items()}))
+        return (
+            language_metrics({k: v.sum() for k, v in sums.items()}),
+            language_metrics({k: w @ v for k, v in sums.items()}),
+        )
 
     def interval_note(self, trial, lang: str) -> str | None:
         """Why ``lang`` has no interval in ``trial`` (too few documents), else None; warns once per language.
@@ -353,9 +387,12 @@ class Evaluator:
             return Value(None, None, undefined)
         pts, reps = zip(*(self.lang_metrics(trial, lang) for lang in langs))
         h = int.from_bytes(hashlib.sha256(f"spearman\0{trial.model}".encode()).digest()[:8], "big")
-        point, out = spearman_replicates(x, np.array([p["rel_delta_bpb"] for p in pts]),
-                                         np.array([r["rel_delta_bpb"] for r in reps]),
-                                         np.random.default_rng([self.spec.seed, h]))
+        point, out = spearman_replicates(
+            x,
+            np.array([p["rel_delta_bpb"] for p in pts]),
+            np.array([r["rel_delta_bpb"] for r in reps]),
+            np.random.default_rng([self.spec.seed, h]),
+        )
         if self.points:
             return Value(point, None)
         short = self._short(trial, langs)
@@ -451,8 +488,11 @@ def evaluate_claims(spec, evaluator: Evaluator) -> list[dict]:
 def claim_verdicts(spec, evaluator: Evaluator) -> list[Verdict]:
     """Every instance of every claim of ``spec``, judged per instance and family-wise (Holm over all of them)."""
     points = evaluator.points
-    basis = ("point values (verdict_basis = \"points\": nothing to resample)" if points
-             else f"95% paired bootstrap interval (languages need >= {MIN_DOCS_FOR_INTERVAL} documents)")
+    basis = (
+        'point values (verdict_basis = "points": nothing to resample)'
+        if points
+        else f"95% paired bootstrap interval (languages need >= {MIN_DOCS_FOR_INTERVAL} documents)"
+    )
     out, diffs = [], []
     for claim in spec.claims:
         left, op, right, _ = parse_expr(claim.expr, claim.id)
@@ -460,20 +500,45 @@ def claim_verdicts(spec, evaluator: Evaluator) -> list[Verdict]:
             lv, rv = evaluator.evaluate(left, chosen), evaluator.evaluate(right, chosen)
             diff = _combine(lv, rv, operator.sub)
             diffs.append(diff)
-            out.append(Verdict(
-                id=claim.id, text=claim.text, expr=claim.expr, instance=inst,
-                trials=sorted({t.name for t in chosen.values()}),
-                left=lv.estimate(), right=rv.estimate(), difference=diff.estimate(),
-                verdict=verdict(diff, op, points), basis=basis,
-            ))
+            out.append(
+                Verdict(
+                    id=claim.id,
+                    text=claim.text,
+                    expr=claim.expr,
+                    instance=inst,
+                    trials=sorted({t.name for t in chosen.values()}),
+                    left=lv.estimate(),
+                    right=rv.estimate(),
+                    difference=diff.estimate(),
+                    verdict=verdict(diff, op, points),
+                    basis=basis,
+                )
+            )
     if points:  # no p-values, no family-wise verdict
         return out
     p_values = [bootstrap_z_p(d) for d in diffs]
     rejected, adjusted = holm(p_values, FAMILY_ALPHA)
-    return [replace(rec, p_value=p, p_boot=bootstrap_p(d), p_holm=adj,
-                    verdict_familywise=rec.verdict if rej and rec.verdict in ("supported", "refuted") else "inconclusive")
-            for rec, d, p, rej, adj in zip(out, diffs, p_values, rejected, adjusted)]
+    return [
+        replace(
+            rec,
+            p_value=p,
+            p_boot=bootstrap_p(d),
+            p_holm=adj,
+            verdict_familywise=rec.verdict if rej and rec.verdict in ("supported", "refuted") else "inconclusive",
+        )
+        for rec, d, p, rej, adj in zip(out, diffs, p_values, rejected, adjusted)
+    ]
 
 
-__all__ = ["Evaluator", "bootstrap_p", "bootstrap_z_p", "claim_verdicts", "evaluate_claims", "holm", "instances", "parse_expr",
-           "validate_claims", "verdict"]
+__all__ = [
+    "Evaluator",
+    "bootstrap_p",
+    "bootstrap_z_p",
+    "claim_verdicts",
+    "evaluate_claims",
+    "holm",
+    "instances",
+    "parse_expr",
+    "validate_claims",
+    "verdict",
+]

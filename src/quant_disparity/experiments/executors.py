@@ -26,8 +26,17 @@ from .batches import MAX_CONFIGS_PER_SWEEP, iter_batches
 from .planning import now, plan_model
 
 
-def run_locally(spec, store, by_model: dict, summary: dict, *, device: str, dtype: str,
-                log: Callable[[str], None], progress: Callable[[int, int], None] | None) -> dict:
+def run_locally(
+    spec,
+    store,
+    by_model: dict,
+    summary: dict,
+    *,
+    device: str,
+    dtype: str,
+    log: Callable[[str], None],
+    progress: Callable[[int, int], None] | None,
+) -> dict:
     """Compute the missing trials of ``by_model`` (model -> trials) one model after the other, in this process."""
     t0 = time.perf_counter()
     done_tokens = 0
@@ -39,12 +48,19 @@ def run_locally(spec, store, by_model: dict, summary: dict, *, device: str, dtyp
             log(f"{model}: all {len(trials)} trials already stored")
             continue
         total = mp.prepared.total_pred * len(by_key)
-        log(f"{model}: {len(by_key)} of {len(trials)} trials to compute, {len(mp.prepared.groups)} batch groups, "
-            f"{mp.prepared.total_pred} tokens each")
+        log(
+            f"{model}: {len(by_key)} of {len(trials)} trials to compute, {len(mp.prepared.groups)} batch groups, "
+            f"{mp.prepared.total_pred} tokens each"
+        )
 
-        for i, results, n_tokens in iter_batches(mp.lm, mp.prepared, {k: t["assignment"] for k, t in by_key.items()},
-                                                 {k: mp.missing[k] for k in by_key},
-                                                 vocab_chunk=spec.eval.vocab_chunk, modmap=mp.modmap):
+        for i, results, n_tokens in iter_batches(
+            mp.lm,
+            mp.prepared,
+            {k: t["assignment"] for k, t in by_key.items()},
+            {k: mp.missing[k] for k in by_key},
+            vocab_chunk=spec.eval.vocab_chunk,
+            modmap=mp.modmap,
+        ):
             summary["computed"] += len(store.commit_batch(i, results, now()))
             done_tokens += n_tokens
             if progress:
@@ -61,8 +77,18 @@ def _task(model: str, device: str, dtype: str, prepared, assignments: dict, miss
     yield from iter_batches(lm, prepared, configs, {k: set(v) for k, v in missing.items()}, vocab_chunk=vocab_chunk)
 
 
-def run_with_ray(spec, store, by_model: dict, summary: dict, *, address: str | None, device: str, dtype: str,
-                 log: Callable[[str], None], progress: Callable[[int, int], None] | None) -> dict:
+def run_with_ray(
+    spec,
+    store,
+    by_model: dict,
+    summary: dict,
+    *,
+    address: str | None,
+    device: str,
+    dtype: str,
+    log: Callable[[str], None],
+    progress: Callable[[int, int], None] | None,
+) -> dict:
     """Compute the missing trials of ``by_model`` as Ray tasks of up to :data:`MAX_CONFIGS_PER_SWEEP` trials."""
     try:
         import ray
@@ -73,8 +99,9 @@ def run_with_ray(spec, store, by_model: dict, summary: dict, *, address: str | N
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise UserError(f"cannot start or reach Ray ({e})", "check --ray-address, or omit it for a local "
-                            "instance") from None
+            raise UserError(
+                f"cannot start or reach Ray ({e})", "check --ray-address, or omit it for a local instance"
+            ) from None
     remote = ray.remote(num_gpus=1 if device.startswith("cuda") else 0)(_task)
     gens = []
     total = 0
@@ -90,8 +117,7 @@ def run_with_ray(spec, store, by_model: dict, summary: dict, *, address: str | N
             assignments = {k: {t: s.name for t, s in by_key[k]["assignment"].items()} for k in chunk}
             missing = {k: sorted(mp.missing[k]) for k in chunk}
             total += sum(len(missing[k]) for k in chunk) * mp.prepared.total_pred // max(1, len(mp.prepared.groups))
-            gens.append(remote.remote(model, device, dtype, mp.prepared, assignments, missing,
-                                      spec.eval.vocab_chunk))
+            gens.append(remote.remote(model, device, dtype, mp.prepared, assignments, missing, spec.eval.vocab_chunk))
         log(f"{model}: {len(keys)} trials to compute in {-(-len(keys) // MAX_CONFIGS_PER_SWEEP)} Ray tasks")
     done = 0
     pending = list(gens)

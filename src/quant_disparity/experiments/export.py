@@ -27,8 +27,9 @@ def _paths(dest: Path, name: str) -> tuple[Path, Path]:
     return dest / f"{name}.rows.parquet", dest / f"{name}.trials.json.gz"
 
 
-def export_run(spec: ExperimentSpec, spec_text: str, store, dest: str | Path, *, spec_path: str | None = None
-               ) -> tuple[Path, Path]:
+def export_run(
+    spec: ExperimentSpec, spec_text: str, store, dest: str | Path, *, spec_path: str | None = None
+) -> tuple[Path, Path]:
     """Write the rows and trial records of every trial of ``spec`` in ``store`` under ``dest``."""
     import io
 
@@ -39,8 +40,10 @@ def export_run(spec: ExperimentSpec, spec_text: str, store, dest: str | Path, *,
     names = store.spec_trials(spec.name)
     missing = [t.name for t in spec.trials if t.name not in names or store.trial_status(names[t.name]) != "done"]
     if missing:
-        raise UserError(f"{len(missing)} trials of {spec.name} are not finished (e.g. {missing[0]})",
-                        "finish the run before exporting it: quant-disparity run SPEC")
+        raise UserError(
+            f"{len(missing)} trials of {spec.name} are not finished (e.g. {missing[0]})",
+            "finish the run before exporting it: quant-disparity run SPEC",
+        )
     keys = sorted({names[t.name] for t in spec.trials})
     rows = store.rows(keys)
     df = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
@@ -69,23 +72,33 @@ class FrozenStore:
 
         rows_path, trials_path = _paths(Path(dest), name)
         if not rows_path.exists() or not trials_path.exists():
-            raise UserError(f"no export of {name} in {dest} ({rows_path.name}, {trials_path.name})",
-                            "export the run first (experiments/origin/make_replication.py --from-stores)")
+            raise UserError(
+                f"no export of {name} in {dest} ({rows_path.name}, {trials_path.name})",
+                "export the run first (experiments/origin/make_replication.py --from-stores)",
+            )
         try:
             self.record = json.loads(gzip.decompress(trials_path.read_bytes()).decode("utf-8"))
         except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"{trials_path} is not a readable export ({e})", "re-export the run") from None
         if self.record.get("export_version") != EXPORT_VERSION:
-            raise UserError(f"{trials_path} has export version {self.record.get('export_version')!r}, "
-                            f"this version reads {EXPORT_VERSION}", "re-export the run")
+            raise UserError(
+                f"{trials_path} has export version {self.record.get('export_version')!r}, "
+                f"this version reads {EXPORT_VERSION}",
+                "re-export the run",
+            )
         df = pd.read_parquet(rows_path)
         if tuple(df.columns) != ROW_COLUMNS:
             raise UserError(f"{rows_path} does not hold result rows (columns {list(df.columns)})", "re-export the run")
         # back to the store's Python types (NumPy scalars would not compare or hash the same way)
         ints = {"doc", "bytes", "chars", "tokens", "n_pred"}
-        cols = [[int(v) for v in df[c]] if c in ints else
-                [float(v) for v in df[c]] if c in ("nll", "nll_ref", "kl", "top1") else list(df[c])
-                for c in ROW_COLUMNS]
+        cols = [
+            [int(v) for v in df[c]]
+            if c in ints
+            else [float(v) for v in df[c]]
+            if c in ("nll", "nll_ref", "kl", "top1")
+            else list(df[c])
+            for c in ROW_COLUMNS
+        ]
         self._rows = [ResultRow._make(r) for r in zip(*cols)]
         self.name = name
 

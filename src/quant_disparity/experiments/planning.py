@@ -32,7 +32,7 @@ RESULTS_VERSION = "2"
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -57,9 +57,17 @@ class ModelPlan:
         return by_key, len(trials) - len(todo)
 
 
-def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store: Store | None,
-               lm: LoadedModel | None = None, log: Callable[[str], None] = lambda m: None, device: str = "cpu",
-               dtype: str = "float32", compute_device: str | None = None) -> ModelPlan:
+def plan_model(
+    spec: ExperimentSpec,
+    model: str,
+    trials: list[TrialSpec],
+    store: Store | None,
+    lm: LoadedModel | None = None,
+    log: Callable[[str], None] = lambda m: None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    compute_device: str | None = None,
+) -> ModelPlan:
     """Documents, batches, resolved plans and keys of ``trials`` on ``model``.
 
     ``compute_device``: where the trials will be scored when that is not where they are planned (the Ray
@@ -70,10 +78,21 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
         lm = load_model(model, log=log, device=device, dtype=dtype)
     chosen = select_documents(open_corpus(spec.corpus), spec.corpus, functools.partial(tokenize, lm.tokenizer))
     docs = chosen.documents()
-    prepared = prepare(docs, chosen.all_tokens(), lm.prefix_token_id, spec.eval, lm.info.max_length,
-                       tokenizer=lm.tokenizer)
-    docs_meta = [{"doc": i, "lang": d.lang, "doc_id": d.id, "bytes": prepared.n_bytes[i], "chars": d.n_chars,
-                  "tokens": prepared.n_tokens[i], "n_pred": prepared.n_pred[i]} for i, d in enumerate(docs)]
+    prepared = prepare(
+        docs, chosen.all_tokens(), lm.prefix_token_id, spec.eval, lm.info.max_length, tokenizer=lm.tokenizer
+    )
+    docs_meta = [
+        {
+            "doc": i,
+            "lang": d.lang,
+            "doc_id": d.id,
+            "bytes": prepared.n_bytes[i],
+            "chars": d.n_chars,
+            "tokens": prepared.n_tokens[i],
+            "n_pred": prepared.n_pred[i],
+        }
+        for i, d in enumerate(docs)
+    ]
     modmap = build_module_map(lm.model)
     out = ModelPlan(model=model, lm=lm, prepared=prepared, docs_meta=docs_meta, trials={}, modmap=modmap)
     for t in trials:
@@ -90,9 +109,14 @@ def plan_model(spec: ExperimentSpec, model: str, trials: list[TrialSpec], store:
 
 def selection_record(spec: ExperimentSpec, chosen: Selection) -> dict:
     """The corpus selection as it enters a trial's key: the rule and the documents it chose."""
-    return {"corpus": spec.corpus.name, "split": spec.corpus.split, "langs": chosen.langs,
-            "max_tokens": spec.corpus.max_tokens, "first_sentence": spec.corpus.first_sentence,
-            "docs": [[d.lang, d.id] for d in chosen.documents()]}
+    return {
+        "corpus": spec.corpus.name,
+        "split": spec.corpus.split,
+        "langs": chosen.langs,
+        "max_tokens": spec.corpus.max_tokens,
+        "first_sentence": spec.corpus.first_sentence,
+        "docs": [[d.lang, d.id] for d in chosen.documents()],
+    }
 
 
 def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Selection, computed_on: str) -> dict:
@@ -106,18 +130,31 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
     corpus_digest = chosen.corpus.digest
     selection = selection_record(spec, chosen)
     content = {
-        "model_digest": lm.info.digest, "corpus_digest": corpus_digest, "selection": selection,
-        "eval": spec.eval.to_dict(), "prefix": lm.prefix_token_id,
+        "model_digest": lm.info.digest,
+        "corpus_digest": corpus_digest,
+        "selection": selection,
+        "eval": spec.eval.to_dict(),
+        "prefix": lm.prefix_token_id,
         # numbers differ (slightly) across devices and dtypes: they are part of what a trial is
-        "device": computed_on.split(":")[0], "dtype": lm.info.dtype,
-        "assignment": sorted((k, v.name) for k, v in assignment.items()), "results_version": RESULTS_VERSION,
+        "device": computed_on.split(":")[0],
+        "dtype": lm.info.dtype,
+        "assignment": sorted((k, v.name) for k, v in assignment.items()),
+        "results_version": RESULTS_VERSION,
     }
     # The key holds the documents chosen, so the rule's minimum is only recorded (a spec that raises it without
     # changing the choice keeps its keys and its stored results).
     recorded = selection if spec.corpus.min_docs == 1 else {**selection, "min_docs": spec.corpus.min_docs}
-    meta = {"model": mp.model, "model_digest": lm.info.digest, "scheme": t.scheme, "plan": str(resolved.plan),
-            "resolved": resolved.to_dict(), "corpus_digest": corpus_digest, "selection": recorded,
-            "eval": spec.eval.to_dict(), "code_version": f"{__version__}/results-{RESULTS_VERSION}",
-            "n_batches": len(prepared.groups),
-            "info": {"cost": resolved.totals, "device": computed_on, "dtype": lm.info.dtype}}
+    meta = {
+        "model": mp.model,
+        "model_digest": lm.info.digest,
+        "scheme": t.scheme,
+        "plan": str(resolved.plan),
+        "resolved": resolved.to_dict(),
+        "corpus_digest": corpus_digest,
+        "selection": recorded,
+        "eval": spec.eval.to_dict(),
+        "code_version": f"{__version__}/results-{RESULTS_VERSION}",
+        "n_batches": len(prepared.groups),
+        "info": {"cost": resolved.totals, "device": computed_on, "dtype": lm.info.dtype},
+    }
     return {"key": digest_json(content, 32), "assignment": assignment, "meta": meta}

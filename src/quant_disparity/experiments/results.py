@@ -50,18 +50,39 @@ def study_results(spec: ExperimentSpec, store: Store) -> StudyResult:
             per_lang[lang] = TrialLanguage({m: interval(float(p[m]), r[m], note) for m in p}, cols.n_docs)
         info = store.trial(names[t.name])
         summary = {name: ev.call(call, t).estimate() for name, call in SUMMARY_CALLS}
-        trials.append(TrialResult(
-            name=t.name, model=t.model, scheme=t.scheme, plan_name=t.plan_name, plan=t.plan, key=names[t.name],
-            cost=info["info"].get("cost", {}), languages=per_lang, worst_language=worst_language(per_lang),
-            summary=summary, finished=info["finished"], protected_layer=protected_layer(info["resolved"]),
-        ))
+        trials.append(
+            TrialResult(
+                name=t.name,
+                model=t.model,
+                scheme=t.scheme,
+                plan_name=t.plan_name,
+                plan=t.plan,
+                key=names[t.name],
+                cost=info["info"].get("cost", {}),
+                languages=per_lang,
+                worst_language=worst_language(per_lang),
+                summary=summary,
+                finished=info["finished"],
+                protected_layer=protected_layer(info["resolved"]),
+            )
+        )
     langs = ev.languages()
     return StudyResult(
-        spec={"name": spec.name, "description": spec.description, "path": spec.path, "seed": spec.seed,
-              "n_boot": spec.n_boot, "verdict_basis": spec.verdict_basis, "corpus": vars(spec.corpus),
-              "eval": spec.eval.to_dict()},
-        groups={"low": low, "high": high,
-                "rule": "from the spec" if spec.groups else f"Joshi class <= {spec.lr_max_class} is low-resource"},
+        spec={
+            "name": spec.name,
+            "description": spec.description,
+            "path": spec.path,
+            "seed": spec.seed,
+            "n_boot": spec.n_boot,
+            "verdict_basis": spec.verdict_basis,
+            "corpus": vars(spec.corpus),
+            "eval": spec.eval.to_dict(),
+        },
+        groups={
+            "low": low,
+            "high": high,
+            "rule": "from the spec" if spec.groups else f"Joshi class <= {spec.lr_max_class} is low-resource",
+        },
         languages=[{**language_info(base_language(x)).to_dict(), "id": x} for x in langs],
         trials=trials,
         verdicts=claim_verdicts(spec, ev),

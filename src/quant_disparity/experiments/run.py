@@ -25,17 +25,26 @@ from .spec import ExperimentSpec, TrialSpec
 from .store import ResultRow, Store
 
 
-def run_spec(spec: ExperimentSpec, store: Store, *, executor: str = "local", ray_address: str | None = None,
-             device: str = "cpu", dtype: str = "float32", log: Callable[[str], None] = lambda m: None,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+def run_spec(
+    spec: ExperimentSpec,
+    store: Store,
+    *,
+    executor: str = "local",
+    ray_address: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    log: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Compute every missing trial of ``spec`` into ``store``. Returns counts and timing."""
     by_model: dict[str, list[TrialSpec]] = {}
     for t in spec.trials:
         by_model.setdefault(t.model, []).append(t)
     summary = {"trials": len(spec.trials), "already_stored": 0, "computed": 0, "models": list(by_model)}
     if executor == "ray":
-        return run_with_ray(spec, store, by_model, summary, address=ray_address, device=device, dtype=dtype, log=log,
-                            progress=progress)
+        return run_with_ray(
+            spec, store, by_model, summary, address=ray_address, device=device, dtype=dtype, log=log, progress=progress
+        )
     return run_locally(spec, store, by_model, summary, device=device, dtype=dtype, log=log, progress=progress)
 
 
@@ -45,8 +54,10 @@ def load_results(spec: ExperimentSpec, store: Store) -> dict[str, dict[str, Docu
     names = store.spec_trials(spec.name)
     missing = [t.name for t in spec.trials if t.name not in names or store.trial_status(names[t.name]) != "done"]
     if missing:
-        raise UserError(f"{len(missing)} trials of {spec.name} are not in the store yet (e.g. {missing[0]})",
-                        "run the spec first: quant-disparity run SPEC")
+        raise UserError(
+            f"{len(missing)} trials of {spec.name} are not in the store yet (e.g. {missing[0]})",
+            "run the spec first: quant-disparity run SPEC",
+        )
     key_rows: dict[str, list[ResultRow]] = {}
     for row in store.rows(set(names[t.name] for t in spec.trials)):
         key_rows.setdefault(row.trial_key, []).append(row)

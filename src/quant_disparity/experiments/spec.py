@@ -132,28 +132,57 @@ class ExperimentSpec:
         return list(dict.fromkeys(t.model for t in self.trials))
 
 
-_TOP = {"name", "description", "seed", "n_boot", "corpus", "eval", "groups", "grid", "trials", "claims",
-        "lr_max_class", "version", "verdict_basis"}
+_TOP = {
+    "name",
+    "description",
+    "seed",
+    "n_boot",
+    "corpus",
+    "eval",
+    "groups",
+    "grid",
+    "trials",
+    "claims",
+    "lr_max_class",
+    "version",
+    "verdict_basis",
+}
 
 
 def _check_keys(data: dict, allowed: set[str], section: str, path: str, text: str) -> None:
     for key in data:
         if key not in allowed:
-            raise _err(path, text, key, f"unknown field {key!r} in {section}{did_you_mean(key, allowed)}",
-                       f"{section} takes: {', '.join(sorted(allowed))}")
+            raise _err(
+                path,
+                text,
+                key,
+                f"unknown field {key!r} in {section}{did_you_mean(key, allowed)}",
+                f"{section} takes: {', '.join(sorted(allowed))}",
+            )
 
 
-_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-          "list[str]": "a list of strings", "table": "a table", "tables": "a list of tables"}
+_KINDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "list[str]": "a list of strings",
+    "table": "a table",
+    "tables": "a list of tables",
+}
 
 
 def _typed(value, kind, key: str, path: str, text: str, after: int = 0):
     is_int = isinstance(value, int) and not isinstance(value, bool)
-    ok = {"str": isinstance(value, str), "int": is_int, "float": is_int or isinstance(value, float),
-          "bool": isinstance(value, bool),
-          "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
-          "table": isinstance(value, dict),
-          "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value)}[kind]
+    ok = {
+        "str": isinstance(value, str),
+        "int": is_int,
+        "float": is_int or isinstance(value, float),
+        "bool": isinstance(value, bool),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "table": isinstance(value, dict),
+        "tables": isinstance(value, list) and all(isinstance(v, dict) for v in value),
+    }[kind]
     if not ok:
         raise _err(path, text, key, f"{key} must be {_KINDS[kind]}, got {shown(value)}", after=after)
     if kind == "float":
@@ -235,8 +264,16 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if groups is not None:
         groups = _validate_groups(groups, corpus, loaded, path, text)
     claims = _claims(data.get("claims", []), trials, path, text)
-    spec = ExperimentSpec(corpus=corpus, eval=eval_settings, trials=tuple(trials), claims=tuple(claims),
-                          groups=groups, source=text, path=path, **header)
+    spec = ExperimentSpec(
+        corpus=corpus,
+        eval=eval_settings,
+        trials=tuple(trials),
+        claims=tuple(claims),
+        groups=groups,
+        source=text,
+        path=path,
+        **header,
+    )
     _check_claim_instances(spec, path, text)
     return spec
 
@@ -250,8 +287,13 @@ def _read_toml(text: str, path: str) -> dict:
         raise SpecError(f"{path}: not valid TOML (nested too deeply)") from None
     _check_keys(data, _TOP, "the spec", path, text)
     if data.get("version", SPEC_VERSION) != SPEC_VERSION:
-        raise _err(path, text, "version", f"spec version {shown(data['version'])} is not supported",
-                   f"this quant-disparity reads version {SPEC_VERSION}")
+        raise _err(
+            path,
+            text,
+            "version",
+            f"spec version {shown(data['version'])} is not supported",
+            f"this quant-disparity reads version {SPEC_VERSION}",
+        )
     return data
 
 
@@ -262,15 +304,23 @@ def _header(data: dict, path: str, text: str) -> dict:
         raise SpecError(f"{path}: the spec needs a name", 'add name = "my-study" at the top')
     name = _typed(data["name"], "str", "name", path, text)
     if data.get("verdict_basis", "intervals") not in ("intervals", "points"):
-        raise _err(path, text, "verdict_basis", f"verdict_basis must be \"intervals\" or \"points\", "
-                                                f"got {data['verdict_basis']!r}")
+        raise _err(
+            path, text, "verdict_basis", f'verdict_basis must be "intervals" or "points", got {data["verdict_basis"]!r}'
+        )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise _err(path, text, "name", f"name {name!r} must be letters, digits, '.', '_' or '-'")
 
     description = _typed(data.get("description", ""), "str", "description", path, text)
     seed = _ranged(_typed(data.get("seed", 0), "int", "seed", path, text), 0, None, "seed", path, text)
-    n_boot = _ranged(_typed(data.get("n_boot", 1000), "int", "n_boot", path, text), N_BOOT_MIN, N_BOOT_MAX,
-                     "n_boot", path, text, "bootstrap replicates; 1000 is the default")
+    n_boot = _ranged(
+        _typed(data.get("n_boot", 1000), "int", "n_boot", path, text),
+        N_BOOT_MIN,
+        N_BOOT_MAX,
+        "n_boot",
+        path,
+        text,
+        "bootstrap replicates; 1000 is the default",
+    )
     lr_max_class = _typed(data.get("lr_max_class", 3), "int", "lr_max_class", path, text)
     if lr_max_class not in JOSHI_CLASSES:
         raise _err(path, text, "lr_max_class", f"lr_max_class must be a Joshi class (0-5), got {lr_max_class}")
@@ -280,12 +330,27 @@ def _header(data: dict, path: str, text: str) -> dict:
     for section in ("trials", "claims"):
         if section in data:
             _typed(data[section], "tables", section, path, text)
-    return {"name": name, "description": description, "seed": seed, "n_boot": n_boot, "lr_max_class": lr_max_class,
-            "verdict_basis": data.get("verdict_basis", "intervals")}
+    return {
+        "name": name,
+        "description": description,
+        "seed": seed,
+        "n_boot": n_boot,
+        "lr_max_class": lr_max_class,
+        "verdict_basis": data.get("verdict_basis", "intervals"),
+    }
 
 
-_CORPUS_KINDS = {"name": "str", "split": "str", "langs": "list[str]", "max_tokens": "int", "min_docs": "int",
-                 "first_sentence": "bool", "docs": "list[str]", "flores_split": "str", "sentences_per_doc": "int"}
+_CORPUS_KINDS = {
+    "name": "str",
+    "split": "str",
+    "langs": "list[str]",
+    "max_tokens": "int",
+    "min_docs": "int",
+    "first_sentence": "bool",
+    "docs": "list[str]",
+    "flores_split": "str",
+    "sentences_per_doc": "int",
+}
 
 
 def _corpus(raw: dict, path: str, text: str) -> CorpusSelection:
@@ -370,8 +435,11 @@ def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec
 
 
 def _claims(tables: list[dict], trials: list[TrialSpec], path: str, text: str) -> list[ClaimSpec]:
-    run = {"model": {t.model for t in trials}, "scheme": {t.scheme for t in trials} - {""},
-           "plan": {t.plan_name for t in trials}}
+    run = {
+        "model": {t.model for t in trials},
+        "scheme": {t.scheme for t in trials} - {""},
+        "plan": {t.plan_name for t in trials},
+    }
     claims_line = (_line_of(text, "claims") or 1) - 1
     return [_claim(i, c, run, claims_line, path, text) for i, c in enumerate(tables)]
 
@@ -385,8 +453,7 @@ def _claim(i: int, c: dict, run: dict[str, set[str]], claims_line: int, path: st
         raise _err(path, text, "claims", f"[[claims]] #{i + 1} needs id and expr")
     cid = c["id"]
     if not isinstance(cid, (str, int)) or isinstance(cid, bool):
-        raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}",
-                   after=claims_line)
+        raise _err(path, text, "id", f"[[claims]] #{i + 1}: id must be a string, got {shown(cid)}", after=claims_line)
     cid = str(cid)
     after = (_line_of(text, "id", claims_line) or 1) - 1
     for key in ("expr", "text"):
@@ -394,20 +461,32 @@ def _claim(i: int, c: dict, run: dict[str, set[str]], claims_line: int, path: st
             raise _err(path, text, key, f"claim {cid}: {key} must be a string, got {shown(c[key])}", after=after)
     where = c.get("where", {})
     if not isinstance(where, dict):
-        raise _err(path, text, "where", f"claim {cid}: where must be a table, e.g. {{ scheme = \"w4g128\" }}",
-                   after=after)
+        raise _err(
+            path, text, "where", f'claim {cid}: where must be a table, e.g. {{ scheme = "w4g128" }}', after=after
+        )
     for key, value in where.items():
         if key not in FILTERS:
-            raise _err(path, text, "where", f"claim {cid}: unknown key {shown(key)} in where"
-                       f"{did_you_mean(key, FILTERS)}", f"where takes {', '.join(FILTERS)}"
-                       + ("; give lang= in each metric call" if key == "lang" else ""), after=after)
+            raise _err(
+                path,
+                text,
+                "where",
+                f"claim {cid}: unknown key {shown(key)} in where{did_you_mean(key, FILTERS)}",
+                f"where takes {', '.join(FILTERS)}" + ("; give lang= in each metric call" if key == "lang" else ""),
+                after=after,
+            )
         if not isinstance(value, str):
-            raise _err(path, text, "where", f"claim {cid}: where {key} must be a string, got {shown(value)}",
-                       after=after)
+            raise _err(
+                path, text, "where", f"claim {cid}: where {key} must be a string, got {shown(value)}", after=after
+            )
         if value not in run[key]:
-            raise _err(path, text, "where", f"claim {cid}: where {key} = {shown(value)} is not run by this spec"
-                       f"{did_you_mean(value, run[key])}",
-                       f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}", after=after)
+            raise _err(
+                path,
+                text,
+                "where",
+                f"claim {cid}: where {key} = {shown(value)} is not run by this spec{did_you_mean(value, run[key])}",
+                f"its {key}s: {', '.join(sorted(run[key])) or '(none named)'}",
+                after=after,
+            )
     _check_claim_expr(c["expr"], cid, path, text, after)
     return ClaimSpec(id=cid, expr=c["expr"], text=c.get("text", ""), where=tuple(sorted(where.items())))
 
@@ -425,8 +504,14 @@ def _check_claim_expr(expr: str, cid: str, path: str, text: str, after: int) -> 
     except UserError as e:
         raise _err(path, text, "expr", e.message, e.hint, after=after) from None
     if zero:
-        raise _err(path, text, "expr", f"claim {cid}: divides by zero in {shown(expr)}",
-                   "divide by a non-zero number or by a metric", after=after)
+        raise _err(
+            path,
+            text,
+            "expr",
+            f"claim {cid}: divides by zero in {shown(expr)}",
+            "divide by a non-zero number or by a metric",
+            after=after,
+        )
 
 
 def _check_claim_instances(spec: ExperimentSpec, path: str, text: str) -> None:
@@ -438,8 +523,10 @@ def _check_claim_instances(spec: ExperimentSpec, path: str, text: str) -> None:
         validate_claims(spec)
         for c in spec.claims:
             if not instances(spec, c):
-                raise UserError(f"claim {c.id}: no trial of the spec matches where {dict(c.where)}",
-                                "name a model, scheme and plan combination the spec runs")
+                raise UserError(
+                    f"claim {c.id}: no trial of the spec matches where {dict(c.where)}",
+                    "name a model, scheme and plan combination the spec runs",
+                )
     except UserError as e:
         m = re.match(r"claim (\S+):", e.message)  # claims.py names the claim first: point at its expr
         line = _line_of(text, "expr", line_after.get(m.group(1), 0)) if m else None
@@ -458,8 +545,13 @@ def _validate_groups(groups, corpus: CorpusSelection, loaded, path: str, text: s
             except UserError as e:
                 raise _err(path, text, "groups", f"[groups]: {e.message}", e.hint) from None
             if key not in evaluated:
-                raise _err(path, text, "groups", f"[groups] names {key}, which the spec does not evaluate",
-                           "add it to [corpus] langs or remove it from [groups]")
+                raise _err(
+                    path,
+                    text,
+                    "groups",
+                    f"[groups] names {key}, which the spec does not evaluate",
+                    "add it to [corpus] langs or remove it from [groups]",
+                )
             ids.append(key)
         resolved.append(ids)
     both = [x for x in resolved[0] if x in resolved[1]]
@@ -492,8 +584,10 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSelection, path: st
             if not pool:
                 raise UserError(f"{key} has no documents in split {corpus.split!r}")
             if corpus.docs and not {d.id for d in pool} & set(corpus.docs):
-                raise UserError(f"{key}: none of the documents {shown(list(corpus.docs))} is in split "
-                                f"{corpus.split!r}", f"its ids: {', '.join(d.id for d in pool[:5])}, ...")
+                raise UserError(
+                    f"{key}: none of the documents {shown(list(corpus.docs))} is in split {corpus.split!r}",
+                    f"its ids: {', '.join(d.id for d in pool[:5])}, ...",
+                )
     except UserError as e:
         raise _err(path, text, "langs" if isinstance(e, LanguageError) else "corpus", e.message, e.hint) from None
     return c
@@ -504,8 +598,9 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     try:
         p.is_file()
     except OSError as e:
-        raise UserError(f"spec {str(p)[:80]!r} is not a usable path ({e.strerror})",
-                        "give the path of a .toml experiment spec") from None
+        raise UserError(
+            f"spec {str(p)[:80]!r} is not a usable path ({e.strerror})", "give the path of a .toml experiment spec"
+        ) from None
     if not p.is_file():
         raise UserError(f"spec {p} not found", "give the path of a .toml experiment spec")
     try:

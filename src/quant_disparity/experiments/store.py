@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS spec_trials (spec TEXT NOT NULL, trial_name TEXT NOT 
     PRIMARY KEY (spec, trial_name));
 """
 
+
 class ResultRow(NamedTuple):
     """One row of the ``rows`` table: one document of one finished trial, with its exact sums (nats)."""
 
@@ -130,7 +131,7 @@ class Store:
     def _connect(self, target: str, timeout: float, uri: bool = False, quiet: bool = False) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(target, timeout=timeout, uri=uri, isolation_level=None)
-            db.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return db
         except sqlite3.DatabaseError as e:
@@ -141,20 +142,27 @@ class Store:
                 raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
             if "readonly" in msg or "read-only" in msg:
                 raise UserError(f"store {self.path} is read-only", "make it writable or choose another --out") from None
-            raise UserError(f"store {self.path} is not a usable SQLite database ({msg})",
-                            "point --out at a fresh directory") from None
+            raise UserError(
+                f"store {self.path} is not a usable SQLite database ({msg})", "point --out at a fresh directory"
+            ) from None
 
     def _refuse_foreign(self) -> None:
         """Refuse a SQLite file of another program before anything (journal mode, tables) is changed in it."""
         (app_id,) = self.db.execute("PRAGMA application_id").fetchone()
         names = [n for (n,) in self.db.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
-        ours = app_id == APPLICATION_ID or (app_id == 0 and "meta" in names and "trials" in names
-                                             and self._has_schema_version())
+        ours = app_id == APPLICATION_ID or (
+            app_id == 0 and "meta" in names and "trials" in names and self._has_schema_version()
+        )
         if (names and not ours) or app_id not in (0, APPLICATION_ID):
-            what = f"application id {app_id:#x}" if app_id not in (0, APPLICATION_ID) else \
-                f"tables {', '.join(sorted(names)[:4])}{', ...' if len(names) > 4 else ''}"
-            raise UserError(f"store {self.path} is a SQLite database of another program ({what}), not a "
-                            "quant-disparity store", "point --out at a fresh directory")
+            what = (
+                f"application id {app_id:#x}"
+                if app_id not in (0, APPLICATION_ID)
+                else f"tables {', '.join(sorted(names)[:4])}{', ...' if len(names) > 4 else ''}"
+            )
+            raise UserError(
+                f"store {self.path} is a SQLite database of another program ({what}), not a quant-disparity store",
+                "point --out at a fresh directory",
+            )
 
     def _has_schema_version(self) -> bool:
         try:
@@ -166,8 +174,10 @@ class Store:
         if self._has_meta():
             return
         try:  # one script, one transaction: a half-created store cannot exist
-            self.db.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; {_SCHEMA} "
-                                  f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+            self.db.executescript(
+                f"BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; {_SCHEMA} "
+                f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
         except sqlite3.OperationalError as e:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -184,8 +194,10 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise UserError(f"store {self.path} has schema version {version}, newer than this quant-disparity "
-                            f"({SCHEMA_VERSION})", "upgrade quant-disparity to read it")
+            raise UserError(
+                f"store {self.path} has schema version {version}, newer than this quant-disparity ({SCHEMA_VERSION})",
+                "upgrade quant-disparity to read it",
+            )
 
     @contextmanager
     def transaction(self):
@@ -228,14 +240,30 @@ class Store:
                     "INSERT INTO trials (trial_key, model, model_digest, scheme, plan, resolved, corpus_digest,"
                     " selection, eval, code_version, n_batches, status, info, created)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (key, meta["model"], meta["model_digest"], meta["scheme"], meta["plan"],
-                     json.dumps(meta["resolved"]), meta["corpus_digest"], json.dumps(meta["selection"]),
-                     json.dumps(meta["eval"]), meta["code_version"], meta["n_batches"], "pending",
-                     json.dumps(meta.get("info", {})), created))
+                    (
+                        key,
+                        meta["model"],
+                        meta["model_digest"],
+                        meta["scheme"],
+                        meta["plan"],
+                        json.dumps(meta["resolved"]),
+                        meta["corpus_digest"],
+                        json.dumps(meta["selection"]),
+                        json.dumps(meta["eval"]),
+                        meta["code_version"],
+                        meta["n_batches"],
+                        "pending",
+                        json.dumps(meta.get("info", {})),
+                        created,
+                    ),
+                )
                 db.executemany(
                     "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
-                    [(key, d["doc"], d["lang"], d["doc_id"], d["bytes"], d["chars"], d["tokens"], d["n_pred"])
-                     for d in documents])
+                    [
+                        (key, d["doc"], d["lang"], d["doc_id"], d["bytes"], d["chars"], d["tokens"], d["n_pred"])
+                        for d in documents
+                    ],
+                )
             db.execute("INSERT OR REPLACE INTO spec_trials VALUES (?,?,?)", (spec, name, key))
 
     def done_batches(self, key: str) -> set[int]:
@@ -264,16 +292,20 @@ class Store:
     def _finish(db: sqlite3.Connection, key: str, finished_at: str) -> None:
         sums: dict[int, list[list[float]]] = {}
         for doc, nll, nll_ref, kl, top1 in db.execute(
-                "SELECT doc, nll, nll_ref, kl, top1 FROM partials WHERE trial_key = ?", (key,)):
+            "SELECT doc, nll, nll_ref, kl, top1 FROM partials WHERE trial_key = ?", (key,)
+        ):
             sums.setdefault(doc, [[], [], [], []])
             for acc, v in zip(sums[doc], (nll, nll_ref, kl, top1)):
                 acc.append(v)
         rows = []
         for doc, lang, doc_id, nbytes, chars, tokens, n_pred in db.execute(
-                "SELECT doc, lang, doc_id, bytes, chars, tokens, n_pred FROM documents WHERE trial_key = ? ORDER BY doc",
-                (key,)):
+            "SELECT doc, lang, doc_id, bytes, chars, tokens, n_pred FROM documents WHERE trial_key = ? ORDER BY doc",
+            (key,),
+        ):
             parts = sums.get(doc, [[], [], [], []])
-            rows.append(ResultRow(key, lang, doc_id, doc, nbytes, chars, tokens, n_pred, *(math.fsum(p) for p in parts)))
+            rows.append(
+                ResultRow(key, lang, doc_id, doc, nbytes, chars, tokens, n_pred, *(math.fsum(p) for p in parts))
+            )
         db.executemany(f"INSERT INTO rows VALUES ({','.join('?' * len(ROW_COLUMNS))})", rows)
         db.execute("DELETE FROM partials WHERE trial_key = ?", (key,))
         db.execute("UPDATE trials SET status = 'done', finished = ? WHERE trial_key = ?", (finished_at, key))
@@ -302,8 +334,9 @@ class Store:
         out = []
         for i in range(0, len(keys), _KEYS_PER_QUERY):
             chunk = keys[i : i + _KEYS_PER_QUERY]
-            cur = self.db.execute(q + f" WHERE trial_key IN ({','.join('?' * len(chunk))}) ORDER BY trial_key, doc",
-                                  chunk)
+            cur = self.db.execute(
+                q + f" WHERE trial_key IN ({','.join('?' * len(chunk))}) ORDER BY trial_key, doc", chunk
+            )
             out += [ResultRow._make(r) for r in cur]
         return out
 

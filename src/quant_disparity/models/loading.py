@@ -107,9 +107,11 @@ def classify_source(spec: str) -> str:
     try:
         path.exists()
     except OSError as e:  # e.g. a name longer than the file system allows
-        raise UserError(f"model {spec[:80]!r} is not a usable path ({e.strerror})",
-                        f"give a bundled alias ({', '.join(BUNDLED.names())}), a Hugging Face id, a model "
-                        "directory or a .gguf file") from None
+        raise UserError(
+            f"model {spec[:80]!r} is not a usable path ({e.strerror})",
+            f"give a bundled alias ({', '.join(BUNDLED.names())}), a Hugging Face id, a model "
+            "directory or a .gguf file",
+        ) from None
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"GGUF file {spec!r} not found", "check the path")
@@ -244,8 +246,10 @@ def materialize_gguf(gguf_path: Path, digest: str, log: Callable[[str], None] = 
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
     except Exception as e:  # gguf/transformers raise many types for unreadable files
-        raise UserError(f"could not read GGUF {gguf_path} ({type(e).__name__}: {e})",
-                        "check that the file is a complete GGUF of a supported architecture") from None
+        raise UserError(
+            f"could not read GGUF {gguf_path} ({type(e).__name__}: {e})",
+            "check that the file is a complete GGUF of a supported architecture",
+        ) from None
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one on the meta device and move the
     # dequantized tensors in (assign=True: no second copy of the weights).
     config = loaded.config
@@ -286,8 +290,10 @@ def max_length_of(cfg) -> int:
     """The model's context length, from its config; :data:`FALLBACK_MAX_LENGTH` (logged) when it states none."""
     stated = next((getattr(cfg, a) for a in _MAX_LENGTH_KEYS if isinstance(getattr(cfg, a, None), int)), None)
     if stated is None:
-        _log.info(f"{getattr(cfg, 'model_type', 'the model')}: no context length in its config "
-                  f"({', '.join(_MAX_LENGTH_KEYS)}); assuming {FALLBACK_MAX_LENGTH} tokens")
+        _log.info(
+            f"{getattr(cfg, 'model_type', 'the model')}: no context length in its config "
+            f"({', '.join(_MAX_LENGTH_KEYS)}); assuming {FALLBACK_MAX_LENGTH} tokens"
+        )
         return FALLBACK_MAX_LENGTH
     return int(stated)
 
@@ -321,8 +327,15 @@ def _prepared_model(model, tokenizer, *, name, source, digest, dtype, device, ex
 
 def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory", *, device="cpu", dtype="float32"):
     """A :class:`LoadedModel` for a model built in memory (tests, notebooks); digest from its weights."""
-    lm = _prepared_model(model, tokenizer, name=name, source="in-memory", digest=_state_digest(model),
-                 dtype=parse_dtype(dtype), device=parse_device(device))
+    lm = _prepared_model(
+        model,
+        tokenizer,
+        name=name,
+        source="in-memory",
+        digest=_state_digest(model),
+        dtype=parse_dtype(dtype),
+        device=parse_device(device),
+    )
     lm.prefix = prefix_token_of(tokenizer)
     return lm
 
@@ -354,14 +367,16 @@ def resolve_source(spec: str = DEFAULT_MODEL, log: Callable[[str], None] = _log_
             ckpt = materialize_gguf(path, bundled.sha256, log)
             if path.parent == work:  # an assembled copy (not the package's own file): the cache replaces it
                 path.unlink(missing_ok=True)
-        return ModelSource(spec, source, str(ckpt), bundled.sha256,
-                           {"description": bundled.description, "checkpoint": str(ckpt)})
+        return ModelSource(
+            spec, source, str(ckpt), bundled.sha256, {"description": bundled.description, "checkpoint": str(ckpt)}
+        )
     if source == "gguf":
         path = Path(spec).expanduser()
         expected = read_sidecar(path)
         if expected is not None:
-            digest = verify_sha256(path, expected, f"GGUF {spec!r}", f"the file differs from {path.name}.sha256: "
-                                   "download it again")
+            digest = verify_sha256(
+                path, expected, f"GGUF {spec!r}", f"the file differs from {path.name}.sha256: download it again"
+            )
         else:
             digest = sha256_file(path)
         ckpt = materialize_gguf(path, digest, log)
@@ -385,12 +400,17 @@ def _load_error(src: ModelSource, e: BaseException, what: str = "model") -> User
     """A local directory's problem is in the directory; only a Hub id is about the Hub and the network."""
     first = (str(e).splitlines() or [type(e).__name__])[0]
     if src.source == "hf-hub":
-        return UserError(f"could not load {src.spec!r} from the Hugging Face Hub ({first})",
-                         "check the id and your network, or pass a local directory or a bundled alias "
-                         f"({', '.join(BUNDLED.names())})")
+        return UserError(
+            f"could not load {src.spec!r} from the Hugging Face Hub ({first})",
+            "check the id and your network, or pass a local directory or a bundled alias "
+            f"({', '.join(BUNDLED.names())})",
+        )
     where = "model directory" if src.source == "hf-dir" else "cached checkpoint"
-    fix = ("check that it holds a complete Hugging Face checkpoint (config.json, the weights and the tokenizer "
-           "files)" if src.source == "hf-dir" else f"delete {src.path} so that it is rebuilt")
+    fix = (
+        "check that it holds a complete Hugging Face checkpoint (config.json, the weights and the tokenizer files)"
+        if src.source == "hf-dir"
+        else f"delete {src.path} so that it is rebuilt"
+    )
     return UserError(f"could not load the {what} from the {where} {src.path} ({first})", fix)
 
 
@@ -454,7 +474,15 @@ def load_model(
     if digest is None:
         commit = getattr(model.config, "_commit_hash", None)
         digest = f"hf:{src.spec}@{commit}" if commit else _state_digest(model)
-    lm = _prepared_model(model, tok, name=src.spec, source=src.source, digest=digest, dtype=torch_dtype, device=dev,
-                 extra=dict(src.extra))
+    lm = _prepared_model(
+        model,
+        tok,
+        name=src.spec,
+        source=src.source,
+        digest=digest,
+        dtype=torch_dtype,
+        device=dev,
+        extra=dict(src.extra),
+    )
     lm.prefix = prefix
     return lm

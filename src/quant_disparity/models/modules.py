@@ -17,9 +17,22 @@ from torch import nn
 from ..errors import UserError
 
 COMPONENTS = (
-    "attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv", "attn.other",
-    "mlp.gate", "mlp.up", "mlp.down", "mlp.gate_up", "mlp.other",
-    "norm", "embed.token", "embed.pos", "lm_head", "other",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.o",
+    "attn.qkv",
+    "attn.other",
+    "mlp.gate",
+    "mlp.up",
+    "mlp.down",
+    "mlp.gate_up",
+    "mlp.other",
+    "norm",
+    "embed.token",
+    "embed.pos",
+    "lm_head",
+    "other",
 )
 
 _ATTN_HINTS = ("attn", "attention")
@@ -184,6 +197,7 @@ def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str,
     def on_call(name):
         def hook(module, args):
             first_call.setdefault(name, next(clock))
+
         return hook
 
     def on_block_start(module, args):
@@ -201,15 +215,17 @@ def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str,
         ids = (torch.arange(PROBE_TOKENS) % vocab).reshape(1, PROBE_TOKENS).to(params[0].device)
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    except Exception:  # noqa: BLE001 - any failure means: order unknown, be conservative
+    except Exception:
         return None
     finally:
         for h in hooks:
             h.remove()
     if "start" not in span or "end" not in span:
         return None
-    return {name: "before" if t < span["start"] else "after" if t > span["end"] else "during"
-            for name, t in first_call.items()}
+    return {
+        name: "before" if t < span["start"] else "after" if t > span["end"] else "during"
+        for name, t in first_call.items()
+    }
 
 
 def build_module_map(model: nn.Module) -> ModuleMap:
@@ -222,8 +238,10 @@ def build_module_map(model: nn.Module) -> ModuleMap:
     stages = execution_stages(model, blocks, outside)
     notes = []
     if stages is None:
-        notes.append("execution order of the modules outside the blocks unknown (probe failed): each is assumed "
-                     "to change every block's output, and norm.final matches nothing")
+        notes.append(
+            "execution order of the modules outside the blocks unknown (probe failed): each is assumed "
+            "to change every block's output, and norm.final matches nothing"
+        )
     entries = []
     for names, t in _tensors(model):
         entry = _param_info(names, t, module_of, blocks_path, emb, head, stages)
@@ -270,7 +288,7 @@ def _param_info(names: list[str], t: torch.Tensor, module_of, blocks_path: str, 
         mname, module = module_of[name]
         attr = name.rsplit(".", 1)[-1]
         if _in_blocks(mname, blocks_path):
-            rest = mname[len(blocks_path) + 1:]
+            rest = mname[len(blocks_path) + 1 :]
             layer = int(rest.split(".")[0]) if rest else None
             rel = rest.split(".", 1)[1] if "." in rest else ""
         else:

@@ -4,5 +4,4 @@
 from .engine import Manifest, QuantEngine, cost
 from .schemes import GGUF_TYPES, NONE, SCHEMES, Scheme, SchemeKind, parse_scheme
 
-__all__ = ["GGUF_TYPES", "NONE", "SCHEMES", "Manifest", "QuantEngine", "Scheme", "SchemeKind", "cost",
-           "parse_scheme"]
+__all__ = ["GGUF_TYPES", "NONE", "SCHEMES", "Manifest", "QuantEngine", "Scheme", "SchemeKind", "cost", "parse_scheme"]

@@ -124,8 +124,9 @@ def _parse_rule(text: str, index: int) -> Rule:
     action = m.group(1).strip().lower()
     if action != KEEP:
         action = parse_scheme(action).name  # validates and canonicalizes
-    selectors = tuple(Selector(tuple(_parse_atom(a, where) for a in sel.split("&")))
-                      for sel in _split_selectors(m.group(2)))
+    selectors = tuple(
+        Selector(tuple(_parse_atom(a, where) for a in sel.split("&"))) for sel in _split_selectors(m.group(2))
+    )
     rule = Rule(action, selectors)
     if rule.is_outlier_rule:
         if action != KEEP:
@@ -156,8 +157,10 @@ class Plan:
         return "; ".join(str(r) for r in self.rules)
 
     def to_dict(self) -> dict:
-        return {"version": self.version,
-                "rules": [{"action": r.action, "select": [str(s) for s in r.selectors]} for r in self.rules]}
+        return {
+            "version": self.version,
+            "rules": [{"action": r.action, "select": [str(s) for s in r.selectors]} for r in self.rules],
+        }
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "plan") -> Plan:
@@ -244,8 +247,15 @@ class ResolvedPlan:
             "rules": self.plan.to_dict()["rules"],
             "totals": self.totals,
             "tensors": [
-                {"name": d.name, "components": list(d.components), "layer": d.layer, "numel": d.numel,
-                 "action": d.action, "rule": d.rule, "bytes": d.bits / 8}
+                {
+                    "name": d.name,
+                    "components": list(d.components),
+                    "layer": d.layer,
+                    "numel": d.numel,
+                    "action": d.action,
+                    "rule": d.rule,
+                    "bytes": d.bits / 8,
+                }
                 for d in self.decisions
             ],
         }
@@ -260,16 +270,21 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
         for sel in rule.selectors:
             hits = [p for p in params if _selects(sel, p, modmap, where)]
             if not hits:
-                raise UserError(f"{where}: selector {str(sel)!r} matches no tensor of this model",
-                                "`quant-disparity modules --model ...` shows what the model has")
+                raise UserError(
+                    f"{where}: selector {str(sel)!r} matches no tensor of this model",
+                    "`quant-disparity modules --model ...` shows what the model has",
+                )
             matched.extend(hits)
         if rule.is_outlier_rule:
             continue
         new = [p for p in dict.fromkeys(matched) if p.name not in decided]
         if not new:
             first = min(decided[p.name][0] for p in matched)
-            raise UserError(f"{where} is shadowed: every tensor it selects is already decided by rule {first + 1} "
-                            f"({plan.rules[first]})", "rules are first-match: put the more specific rule first")
+            raise UserError(
+                f"{where} is shadowed: every tensor it selects is already decided by rule {first + 1} "
+                f"({plan.rules[first]})",
+                "rules are first-match: put the more specific rule first",
+            )
         for p in new:
             decided[p.name] = (i, rule.action)
     # A keep must keep something that a later rule would otherwise have quantized.
@@ -277,10 +292,12 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
         if rule.action != KEEP or rule.is_outlier_rule:
             continue
         mine = [p for p in params if decided.get(p.name, (None,))[0] == i]
-        later = [r for r in plan.rules[i + 1:] if r.action != KEEP]
+        later = [r for r in plan.rules[i + 1 :] if r.action != KEEP]
         if not any(_selects(s, p, modmap, "") for p in mine for r in later for s in r.selectors):
-            raise UserError(f"plan rule {i + 1} ({rule}) keeps nothing that a later rule would quantize",
-                            "rules are first-match: put keep rules before the rules they protect from")
+            raise UserError(
+                f"plan rule {i + 1} ({rule}) keeps nothing that a later rule would quantize",
+                "rules are first-match: put keep rules before the rules they protect from",
+            )
     outlier_rules = [(i, r) for i, r in enumerate(plan.rules) if r.is_outlier_rule]
     used = set()
     schemes: dict[str, Scheme] = {}
@@ -299,15 +316,23 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
             scheme.check_shape(shape, p.name)
             schemes[p.name] = scheme
         shape = weight_2d_shape(p)
-        decisions.append(Decision(
-            name=p.name, components=p.components, layer=p.layer, numel=p.numel,
-            action=scheme.name if action not in (KEEP, "none") else action, rule=rule_i,
-            bits=scheme.storage_bits(shape, p.bits),
-        ))
+        decisions.append(
+            Decision(
+                name=p.name,
+                components=p.components,
+                layer=p.layer,
+                numel=p.numel,
+                action=scheme.name if action not in (KEEP, "none") else action,
+                rule=rule_i,
+                bits=scheme.storage_bits(shape, p.bits),
+            )
+        )
     for j, r in outlier_rules:
         if j not in used:
-            raise UserError(f"plan rule {j + 1} ({r}) applies to no quantized tensor",
-                            "outlier rules only act on tensors that a scheme rule quantizes")
+            raise UserError(
+                f"plan rule {j + 1} ({r}) applies to no quantized tensor",
+                "outlier rules only act on tensors that a scheme rule quantizes",
+            )
     return ResolvedPlan(plan=plan, decisions=tuple(decisions), _schemes=schemes)
 
 

@@ -101,14 +101,20 @@ def _check(w: torch.Tensor, bits: int, group_size: int | None = None) -> None:
         raise ValueError(f"group size must be in 1..{MAX_GROUP_SIZE}, got {group_size}")
 
 
-def quantize(w: torch.Tensor, bits: int, *, group_size: int | None = None, per_tensor: bool = False,
-             symmetric: bool = True) -> QTensor:
+def quantize(
+    w: torch.Tensor, bits: int, *, group_size: int | None = None, per_tensor: bool = False, symmetric: bool = True
+) -> QTensor:
     _check(w, bits, group_size)
     x = _grouped(w.float(), group_size, per_tensor)  # [rows, n_groups, g]
     scale, zero = _params(x, bits, symmetric)
     codes = _codes(x, scale, zero, bits)
-    return QTensor(codes=codes.to(torch.int16), scale=scale, zero=None if zero is None else zero.to(torch.int16),
-                   shape=tuple(w.shape), bits=bits)
+    return QTensor(
+        codes=codes.to(torch.int16),
+        scale=scale,
+        zero=None if zero is None else zero.to(torch.int16),
+        shape=tuple(w.shape),
+        bits=bits,
+    )
 
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -119,8 +125,15 @@ def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (codes * q.scale.float()).reshape(out_f, -1)[:, :in_f].to(dtype)
 
 
-def fake_quantize(w: torch.Tensor, bits: int, *, group_size: int | None = None, per_tensor: bool = False,
-                  symmetric: bool = True, chunk_elems: int = 1 << 22) -> torch.Tensor:
+def fake_quantize(
+    w: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = None,
+    per_tensor: bool = False,
+    symmetric: bool = True,
+    chunk_elems: int = 1 << 22,
+) -> torch.Tensor:
     """``dequantize(quantize(w))`` in ``w``'s dtype and device, computed in row chunks.
 
     Chunking bounds the temporaries (a 262k x 640 embedding would otherwise need several GB); the result

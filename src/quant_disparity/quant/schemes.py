@@ -17,8 +17,17 @@ from ..registry import Registry
 from .backends import cast, gguf, identity, rtn
 from .backends.base import Scheme, SchemeKind, n_outliers
 
-__all__ = ["GGUF_TYPES", "NONE", "SCHEMES", "Scheme", "SchemeKind", "n_outliers", "parse_outlier_fraction",
-           "parse_scheme", "scheme_help"]
+__all__ = [
+    "GGUF_TYPES",
+    "NONE",
+    "SCHEMES",
+    "Scheme",
+    "SchemeKind",
+    "n_outliers",
+    "parse_outlier_fraction",
+    "parse_scheme",
+    "scheme_help",
+]
 
 GGUF_TYPES = gguf.TYPES
 NONE = identity.NONE
@@ -30,8 +39,7 @@ def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
     return f"schemes: {'; '.join(k.syntax for k in kinds)}; any quantizing one +outliers:P%"
 
 
-SCHEMES: Registry[SchemeKind] = Registry("scheme kind", SchemeKind, group="quant_disparity.schemes",
-                                         hint=scheme_help)
+SCHEMES: Registry[SchemeKind] = Registry("scheme kind", SchemeKind, group="quant_disparity.schemes", hint=scheme_help)
 for _kind in (rtn.KIND, gguf.KIND, cast.KIND, identity.KIND):
     SCHEMES.register(_kind)
 

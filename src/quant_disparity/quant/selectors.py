@@ -37,8 +37,7 @@ def _hint(registry: Registry[SelectorKind]) -> str:
     return f"selectors: {', '.join(e.syntax for e in registry.values())}"
 
 
-SELECTORS: Registry[SelectorKind] = Registry("selector", SelectorKind, group="quant_disparity.selectors",
-                                             hint=_hint)
+SELECTORS: Registry[SelectorKind] = Registry("selector", SelectorKind, group="quant_disparity.selectors", hint=_hint)
 
 
 # -- layers --------------------------------------------------------------------------------------------------------
@@ -75,8 +74,9 @@ def _check_layer(arg: str, where: str) -> None:
 
 def _check_layers(arg: str, where: str) -> None:
     if not re.fullmatch(rf"(even|odd|{_LAYER_ITEM}(,{_LAYER_ITEM})*)", arg):
-        raise UserError(f"{where}: layers:{arg} is not a layer list", "write e.g. layers:0,11 or layers:2-5 or "
-                        "layers:even")
+        raise UserError(
+            f"{where}: layers:{arg} is not a layer list", "write e.g. layers:0,11 or layers:2-5 or layers:even"
+        )
 
 
 # -- components ----------------------------------------------------------------------------------------------------
@@ -86,8 +86,10 @@ COMPONENT_CHOICES = sorted({c.split(".")[0] for c in COMPONENTS} | set(COMPONENT
 
 def _check_component(arg: str, where: str) -> None:
     if arg not in COMPONENT_CHOICES:
-        raise UserError(f"{where}: unknown component {arg!r}{did_you_mean(arg, COMPONENT_CHOICES)}",
-                        f"use one of {', '.join(COMPONENT_CHOICES)}")
+        raise UserError(
+            f"{where}: unknown component {arg!r}{did_you_mean(arg, COMPONENT_CHOICES)}",
+            f"use one of {', '.join(COMPONENT_CHOICES)}",
+        )
 
 
 def _matches_component(arg: str, p: ParamInfo, modmap: ModuleMap, where: str) -> bool:
@@ -111,31 +113,62 @@ def _has_component(name: str, help: str) -> SelectorKind:
 
 
 for _entry in (
-    SelectorKind("*", "*", "every Linear weight matrix inside the decoder blocks (the audit's default)",
-                 lambda arg, p, modmap, where: p.role == "matrix" and p.layer is not None),
-    SelectorKind("all", "all", "every tensor (embeddings, LM head, norms, biases included)",
-                 lambda arg, p, modmap, where: True),
-    SelectorKind("layer", "layer:N", "every tensor of block N (negative counts from the end)",
-                 lambda arg, p, modmap, where: p.layer == _layer_index(arg, modmap.n_layers, where),
-                 check=_check_layer),
-    SelectorKind("layers", "layers:LIST", "several blocks: layers:0,11, layers:2-5, layers:even, layers:odd",
-                 lambda arg, p, modmap, where: p.layer in _layers(arg, modmap.n_layers, where),
-                 check=_check_layers, list_item=_LAYER_ITEM),
-    SelectorKind("component", "component:X", f"tensors of a component, inside and outside blocks "
-                 f"({', '.join(COMPONENT_CHOICES)}; attn.qkv: q, k, v or fused)", _matches_component,
-                 check=_check_component),
+    SelectorKind(
+        "*",
+        "*",
+        "every Linear weight matrix inside the decoder blocks (the audit's default)",
+        lambda arg, p, modmap, where: p.role == "matrix" and p.layer is not None,
+    ),
+    SelectorKind(
+        "all", "all", "every tensor (embeddings, LM head, norms, biases included)", lambda arg, p, modmap, where: True
+    ),
+    SelectorKind(
+        "layer",
+        "layer:N",
+        "every tensor of block N (negative counts from the end)",
+        lambda arg, p, modmap, where: p.layer == _layer_index(arg, modmap.n_layers, where),
+        check=_check_layer,
+    ),
+    SelectorKind(
+        "layers",
+        "layers:LIST",
+        "several blocks: layers:0,11, layers:2-5, layers:even, layers:odd",
+        lambda arg, p, modmap, where: p.layer in _layers(arg, modmap.n_layers, where),
+        check=_check_layers,
+        list_item=_LAYER_ITEM,
+    ),
+    SelectorKind(
+        "component",
+        "component:X",
+        f"tensors of a component, inside and outside blocks "
+        f"({', '.join(COMPONENT_CHOICES)}; attn.qkv: q, k, v or fused)",
+        _matches_component,
+        check=_check_component,
+    ),
     SelectorKind("norms", "norms", "normalization weights and biases", lambda arg, p, modmap, where: p.role == "norm"),
-    SelectorKind("norm.final", "norm.final", "the normalization after the blocks",
-                 lambda arg, p, modmap, where: p.role == "norm" and p.stage == "after"),
+    SelectorKind(
+        "norm.final",
+        "norm.final",
+        "the normalization after the blocks",
+        lambda arg, p, modmap, where: p.role == "norm" and p.stage == "after",
+    ),
     SelectorKind("biases", "biases", "every bias vector", lambda arg, p, modmap, where: p.is_bias),
     _has_component("embed.token", "the token embedding (with a tied LM head: the same tensor)"),
     _has_component("embed.pos", "learned position embeddings"),
     _has_component("lm_head", "the output layer (with tied embeddings: the same tensor)"),
-    SelectorKind("re", "re:REGEX", "tensors whose parameter name (or an alias) matches REGEX (re.search)",
-                 lambda arg, p, modmap, where: any(re.search(arg, n) for n in (p.name, *p.aliases)),
-                 check=_check_regex),
-    SelectorKind("outliers", "outliers:P%", "element-level, in keep rules only: keep the P % largest-magnitude "
-                 "weights of each quantized tensor", lambda arg, p, modmap, where: True,
-                 check=_check_outliers),
+    SelectorKind(
+        "re",
+        "re:REGEX",
+        "tensors whose parameter name (or an alias) matches REGEX (re.search)",
+        lambda arg, p, modmap, where: any(re.search(arg, n) for n in (p.name, *p.aliases)),
+        check=_check_regex,
+    ),
+    SelectorKind(
+        "outliers",
+        "outliers:P%",
+        "element-level, in keep rules only: keep the P % largest-magnitude weights of each quantized tensor",
+        lambda arg, p, modmap, where: True,
+        check=_check_outliers,
+    ),
 ):
     SELECTORS.register(_entry)

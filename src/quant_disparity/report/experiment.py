@@ -11,10 +11,9 @@ import base64
 import html
 import io
 import re
+from collections.abc import Mapping
 
 import numpy as np
-
-from collections.abc import Mapping
 
 from ..analysis.records import StudyResult, TrialResult, Verdict
 from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, Estimate
@@ -40,21 +39,42 @@ def trial_rows(result: StudyResult | Mapping) -> list[list[str]]:
     for t in _study(result).trials:
         c = t.cost
         s = t.summary
-        rows.append([
-            t.model, t.scheme or "—", t.plan_name,
-            f"{c.get('bits_per_weight', float('nan')):.2f}", f"{100 * c.get('protected_fraction', 0):.1f}%",
-            fmt(s["mean_rel_delta"], 1, pct=True, sign=True),
-            f"{t.worst_language} {fmt(_rel_delta(t, t.worst_language), 1, pct=True, sign=True)}",
-            fmt(s["gap"], 1, pct=True, sign=True),
-            fmt(s["disparity"], 2) + (" (undefined)" if s["disparity"].note else ""),
-        ])
+        rows.append(
+            [
+                t.model,
+                t.scheme or "—",
+                t.plan_name,
+                f"{c.get('bits_per_weight', float('nan')):.2f}",
+                f"{100 * c.get('protected_fraction', 0):.1f}%",
+                fmt(s["mean_rel_delta"], 1, pct=True, sign=True),
+                f"{t.worst_language} {fmt(_rel_delta(t, t.worst_language), 1, pct=True, sign=True)}",
+                fmt(s["gap"], 1, pct=True, sign=True),
+                fmt(s["disparity"], 2) + (" (undefined)" if s["disparity"].note else ""),
+            ]
+        )
     return rows
 
 
-TRIAL_HEADERS = ["model", "scheme", "plan", "bits/weight", "protected", "mean rel. Δbpb", "worst language",
-                 "low − high gap", "disparity (low/high)"]
-VERDICT_HEADERS = ["claim", "instance", "left [95% CI]", "right [95% CI]", "left − right [95% CI]", "verdict",
-                   "family-wise (Holm)"]
+TRIAL_HEADERS = [
+    "model",
+    "scheme",
+    "plan",
+    "bits/weight",
+    "protected",
+    "mean rel. Δbpb",
+    "worst language",
+    "low − high gap",
+    "disparity (low/high)",
+]
+VERDICT_HEADERS = [
+    "claim",
+    "instance",
+    "left [95% CI]",
+    "right [95% CI]",
+    "left − right [95% CI]",
+    "verdict",
+    "family-wise (Holm)",
+]
 
 
 def _verdict(v: Verdict | Mapping) -> Verdict:
@@ -78,8 +98,17 @@ def verdict_rows(result: StudyResult | Mapping, digits: int = 3) -> list[list[st
     rows = []
     for v in _study(result).verdicts:
         inst = ", ".join(f"{k}={val}" for k, val in v.instance.items()) or "—"
-        rows.append([f"{v.id}: {v.expr}", inst, fmt(v.left, digits), fmt(v.right, digits),
-                     fmt(v.difference, digits, sign=True), verdict_cell(v), familywise_cell(v)])
+        rows.append(
+            [
+                f"{v.id}: {v.expr}",
+                inst,
+                fmt(v.left, digits),
+                fmt(v.right, digits),
+                fmt(v.difference, digits, sign=True),
+                verdict_cell(v),
+                familywise_cell(v),
+            ]
+        )
     return rows
 
 
@@ -99,13 +128,17 @@ def method_notes(result: StudyResult | Mapping) -> list[str]:
     spec = result.spec
     notes = []
     if spec.get("verdict_basis") == "points":
-        notes.append("Verdicts compare point values (verdict_basis = \"points\": nothing to resample); no "
-                     "intervals and no family-wise verdict.")
+        notes.append(
+            'Verdicts compare point values (verdict_basis = "points": nothing to resample); no '
+            "intervals and no family-wise verdict."
+        )
     elif result.verdicts:
-        notes.append(f"Family-wise verdicts: Holm–Bonferroni step-down over all {len(result.verdicts)} claim "
-                     "instances of the run at α = 0.05, on two-sided bootstrap z-test p-values of left − right = 0 "
-                     "(bootstrap standard error; p shown Holm-adjusted); supported/refuted only when Holm rejects "
-                     "and the interval agrees.")
+        notes.append(
+            f"Family-wise verdicts: Holm–Bonferroni step-down over all {len(result.verdicts)} claim "
+            "instances of the run at α = 0.05, on two-sided bootstrap z-test p-values of left − right = 0 "
+            "(bootstrap standard error; p shown Holm-adjusted); supported/refuted only when Holm rejects "
+            "and the interval agrees."
+        )
     short = short_languages(result)
     if short and spec.get("verdict_basis") != "points":
         notes.append(no_interval_footnote(short))
@@ -124,7 +157,8 @@ def summary_markdown(result: StudyResult | Mapping) -> str:
         f"- Corpus `{spec['corpus']['name']}`, split `{spec['corpus']['split']}`, {len(result.languages)} languages, "
         f"up to {spec['corpus']['max_tokens'] or 'all'} tokens per language"
         + (f" (at least {spec['corpus']['min_docs']} documents each)" if spec["corpus"].get("min_docs", 1) > 1 else "")
-        + (", first sentence of each document" if spec["corpus"].get("first_sentence") else "") + ".",
+        + (", first sentence of each document" if spec["corpus"].get("first_sentence") else "")
+        + ".",
         f"- Low-resource: {', '.join(g['low']) or '—'}; high-resource: {', '.join(g['high']) or '—'} ({g['rule']}).",
         f"- 95% paired bootstrap intervals over documents ({spec['n_boot']} replicates, seed {spec['seed']}); "
         "disparity is undefined when the high-resource mean's interval includes zero.",
@@ -143,9 +177,24 @@ def summary_markdown(result: StudyResult | Mapping) -> str:
 
 
 # -- LaTeX ---------------------------------------------------------------------------------------------------------
-_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "Δ": r"$\Delta$", "−": "--", "≤": r"$\le$",
-        NO_CI: r"$^\dagger$", "α": r"$\alpha$", "–": "--"}
+_TEX = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "Δ": r"$\Delta$",
+    "−": "--",
+    "≤": r"$\le$",
+    NO_CI: r"$^\dagger$",
+    "α": r"$\alpha$",
+    "–": "--",
+}
 
 
 def tex(text: str) -> str:
@@ -154,11 +203,24 @@ def tex(text: str) -> str:
 
 def latex_table(headers: list[str], rows: list[list[str]], align: str, caption: str, label: str) -> str:
     body = "\n".join("    " + " & ".join(tex(c) for c in row) + r" \\" for row in rows)
-    return "\n".join([
-        r"\begin{table}[t]", r"  \centering", r"  \small", rf"  \begin{{tabular}}{{{align}}}", r"    \toprule",
-        "    " + " & ".join(tex(h) for h in headers) + r" \\", r"    \midrule", body, r"    \bottomrule",
-        r"  \end{tabular}", rf"  \caption{{{tex(caption)}}}", rf"  \label{{{label}}}", r"\end{table}", "",
-    ])
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"  \centering",
+            r"  \small",
+            rf"  \begin{{tabular}}{{{align}}}",
+            r"    \toprule",
+            "    " + " & ".join(tex(h) for h in headers) + r" \\",
+            r"    \midrule",
+            body,
+            r"    \bottomrule",
+            r"  \end{tabular}",
+            rf"  \caption{{{tex(caption)}}}",
+            rf"  \label{{{label}}}",
+            r"\end{table}",
+            "",
+        ]
+    )
 
 
 def latex_report(result: StudyResult | Mapping) -> str:
@@ -166,18 +228,46 @@ def latex_report(result: StudyResult | Mapping) -> str:
     name = result.spec["name"]
     label = re.sub(r"[^A-Za-z0-9]+", "-", name)
     parts = [f"% quant-disparity report for {name}; requires \\usepackage{{booktabs}}", ""]
-    parts.append(latex_table(TRIAL_HEADERS, trial_rows(result), "llllrrrrr",
-                             f"{name}: trials (95% bootstrap CIs over documents).", f"tab:{label}-trials"))
+    parts.append(
+        latex_table(
+            TRIAL_HEADERS,
+            trial_rows(result),
+            "llllrrrrr",
+            f"{name}: trials (95% bootstrap CIs over documents).",
+            f"tab:{label}-trials",
+        )
+    )
     first = result.trials[0]
-    lang_rows = [[lang, fmt(e["bpb_fp"], 3).split(" [")[0], fmt(e["delta_bpb"], 3, sign=True),
-                  fmt(e["rel_delta_bpb"], 1, pct=True, sign=True), fmt(e["kl_bits"], 3)]
-                 for lang, e in ((lang, v.estimates) for lang, v in first.languages.items())]
-    parts.append(latex_table(["language", "bpb ref.", "Δbpb", "rel. Δbpb", "KL bits/token"], lang_rows, "lrrrr",
-                             f"{name}: per-language damage of {first.name}.", f"tab:{label}-languages"))
+    lang_rows = [
+        [
+            lang,
+            fmt(e["bpb_fp"], 3).split(" [")[0],
+            fmt(e["delta_bpb"], 3, sign=True),
+            fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
+            fmt(e["kl_bits"], 3),
+        ]
+        for lang, e in ((lang, v.estimates) for lang, v in first.languages.items())
+    ]
+    parts.append(
+        latex_table(
+            ["language", "bpb ref.", "Δbpb", "rel. Δbpb", "KL bits/token"],
+            lang_rows,
+            "lrrrr",
+            f"{name}: per-language damage of {first.name}.",
+            f"tab:{label}-languages",
+        )
+    )
     notes = " ".join(method_notes(result))
     if result.verdicts:
-        parts.append(latex_table(VERDICT_HEADERS, verdict_rows(result), "llrrrll",
-                                 f"{name}: claims and verdicts. {notes}".strip(), f"tab:{label}-claims"))
+        parts.append(
+            latex_table(
+                VERDICT_HEADERS,
+                verdict_rows(result),
+                "llrrrll",
+                f"{name}: claims and verdicts. {notes}".strip(),
+                f"tab:{label}-claims",
+            )
+        )
     elif notes:
         parts.append(f"% {notes}")
     return "\n".join(parts)
@@ -199,15 +289,23 @@ def figure_bars(result: StudyResult | Mapping, max_trials: int = 6):
     result = _study(result)
     trials = result.trials[:max_trials]
     langs = result.language_ids
-    fig, ax = plots.plt.subplots(figsize=(max(6, 0.6 * len(langs) * max(1, len(trials)) / 2 + 3), 3.6),
-                                 layout="constrained")
+    fig, ax = plots.plt.subplots(
+        figsize=(max(6, 0.6 * len(langs) * max(1, len(trials)) / 2 + 3), 3.6), layout="constrained"
+    )
     width = 0.8 / max(1, len(trials))
     for i, t in enumerate(trials):
         vals = np.array([_pct(_rel_delta(t, x)) for x in langs])
-        ci = np.array([[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * e.hi]
-                       for e in (_rel_delta(t, x) for x in langs)])
-        ax.bar(np.arange(len(langs)) + i * width, vals, width, yerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]),
-               capsize=2, label=t.name)
+        ci = np.array(
+            [[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * e.hi] for e in (_rel_delta(t, x) for x in langs)]
+        )
+        ax.bar(
+            np.arange(len(langs)) + i * width,
+            vals,
+            width,
+            yerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]),
+            capsize=2,
+            label=t.name,
+        )
     ax.set_xticks(np.arange(len(langs)) + width * (len(trials) - 1) / 2, langs, rotation=45, ha="right")
     ax.set_ylabel("relative Δbpb (%)")
     ax.axhline(0, color="black", linewidth=0.5)
@@ -251,10 +349,20 @@ def layer_sweeps(result: StudyResult | Mapping) -> list[tuple[str, list[str], li
         def bpb(t: TrialResult, lang: str, metric: str) -> float:
             return t.languages[lang].estimates[metric].value
 
-        m = np.array([[100 * ((bpb(base, x, "bpb_q") - bpb(t, x, "bpb_q")) / bpb(t, x, "bpb_fp")) for x in langs]
-                      for _, t in layer_trials])
-        out.append((f"{model} · {scheme}: damage recovered by protecting one layer", [f"L{k}" for k, _ in layer_trials],
-                    langs, m))
+        m = np.array(
+            [
+                [100 * ((bpb(base, x, "bpb_q") - bpb(t, x, "bpb_q")) / bpb(t, x, "bpb_fp")) for x in langs]
+                for _, t in layer_trials
+            ]
+        )
+        out.append(
+            (
+                f"{model} · {scheme}: damage recovered by protecting one layer",
+                [f"L{k}" for k, _ in layer_trials],
+                langs,
+                m,
+            )
+        )
     return out
 
 
@@ -264,8 +372,11 @@ def figure_pareto(result: StudyResult | Mapping):
     result = _study(result)
     fig, ax = plots.plt.subplots(figsize=(6, 4), layout="constrained")
     for model in dict.fromkeys(t.model for t in result.trials):
-        pts = [(t.cost.get("bits_per_weight", np.nan), _pct(_rel_delta(t, t.worst_language)), t.plan_name)
-               for t in result.trials if t.model == model]
+        pts = [
+            (t.cost.get("bits_per_weight", np.nan), _pct(_rel_delta(t, t.worst_language)), t.plan_name)
+            for t in result.trials
+            if t.model == model
+        ]
         xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         ax.scatter(xs, ys, s=14, label=model, alpha=0.7)
         order = np.argsort(xs)
@@ -287,9 +398,11 @@ def figure_resource_scatter(result: StudyResult | Mapping, trial: TrialResult | 
 
     result = _study(result)
     trial = trial if isinstance(trial, TrialResult) else TrialResult.from_dict(trial)
-    rows = [(x["joshi_class"], _pct(_rel_delta(trial, x["id"])), x["id"])
-            for x in result.languages
-            if x.get("joshi_class") is not None and _rel_delta(trial, x["id"]).value is not None]
+    rows = [
+        (x["joshi_class"], _pct(_rel_delta(trial, x["id"])), x["id"])
+        for x in result.languages
+        if x.get("joshi_class") is not None and _rel_delta(trial, x["id"]).value is not None
+    ]
     fig, ax = plots.plt.subplots(figsize=(5, 3.6), layout="constrained")
     if rows:
         xs, ys = np.array([r[0] for r in rows], float), np.array([r[1] for r in rows])
@@ -310,14 +423,24 @@ def figures(result: StudyResult | Mapping) -> list[tuple[str, str]]:
     from . import plots
 
     result = _study(result)
-    out = [("Per-language degradation of the first trials, with 95% intervals", _png(figure_bars(result))),
-           ("Relative Δbpb of every trial (rows) in every language (columns)", _png(figure_trial_heatmap(result)))]
+    out = [
+        ("Per-language degradation of the first trials, with 95% intervals", _png(figure_bars(result))),
+        ("Relative Δbpb of every trial (rows) in every language (columns)", _png(figure_trial_heatmap(result))),
+    ]
     for title, rows, cols, m in layer_sweeps(result):
         out.append((title, _png(plots.heatmap(m, rows, cols, title, "% of reference bpb"))))
-    out.append(("Bits per weight against the worst language's damage; the line is the Pareto frontier",
-                _png(figure_pareto(result))))
-    out.append(("Damage against the language's resource class, with the Spearman correlation",
-                _png(figure_resource_scatter(result, result.trials[0]))))
+    out.append(
+        (
+            "Bits per weight against the worst language's damage; the line is the Pareto frontier",
+            _png(figure_pareto(result)),
+        )
+    )
+    out.append(
+        (
+            "Damage against the language's resource class, with the Spearman correlation",
+            _png(figure_resource_scatter(result, result.trials[0])),
+        )
+    )
     return out
 
 
@@ -351,25 +474,35 @@ def html_report(result: StudyResult | Mapping, environment: dict, store_info: di
         f"<td>{html.escape(fmt(v.difference, 3, sign=True))}</td>"
         f"<td class='{v.verdict}'>{html.escape(verdict_cell(v))}</td>"
         f"<td class='{v.verdict_familywise or 'inconclusive'}'>{html.escape(familywise_cell(v))}</td></tr>"
-        for v in result.verdicts)
-    verdict_table = (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in VERDICT_HEADERS)}</tr></thead>"
-                     f"<tbody>{verdicts}</tbody></table>") if result.verdicts else "<p>No claims in this spec.</p>"
-    fig_html = "".join(f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{b}'>"
-                       f"<figcaption>{html.escape(c)}</figcaption></figure>" for c, b in figs)
+        for v in result.verdicts
+    )
+    verdict_table = (
+        (
+            f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in VERDICT_HEADERS)}</tr></thead>"
+            f"<tbody>{verdicts}</tbody></table>"
+        )
+        if result.verdicts
+        else "<p>No claims in this spec.</p>"
+    )
+    fig_html = "".join(
+        f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,{b}'>"
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for c, b in figs
+    )
     env_rows = [[k, str(v)] for k, v in environment.items() if k != "libraries"]
     env_rows += [[f"library: {k}", str(v)] for k, v in environment.get("libraries", {}).items()]
     env_rows += [[k, str(v)] for k, v in store_info.items()]
     g = result.groups
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(spec['name'])} — quant-disparity report</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(spec["name"])} — quant-disparity report</title>
 <style>{_CSS}</style></head><body>
-<h1>{html.escape(spec['name'])}</h1>
-<p>{html.escape(spec['description'])}</p>
-<p>Corpus <code>{html.escape(str(spec['corpus']['name']))}</code>, split <code>{html.escape(spec['corpus']['split'])}</code>;
-low-resource: {html.escape(', '.join(g['low']) or '—')}; high-resource: {html.escape(', '.join(g['high']) or '—')}
-({html.escape(g['rule'])}). Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents
-({spec['n_boot']} replicates, seed {spec['seed']}).</p>
-<h2>Claims</h2>{verdict_table}{''.join(f"<p>{html.escape(n)}</p>" for n in method_notes(result))}
+<h1>{html.escape(spec["name"])}</h1>
+<p>{html.escape(spec["description"])}</p>
+<p>Corpus <code>{html.escape(str(spec["corpus"]["name"]))}</code>, split <code>{html.escape(spec["corpus"]["split"])}</code>;
+low-resource: {html.escape(", ".join(g["low"]) or "—")}; high-resource: {html.escape(", ".join(g["high"]) or "—")}
+({html.escape(g["rule"])}). Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents
+({spec["n_boot"]} replicates, seed {spec["seed"]}).</p>
+<h2>Claims</h2>{verdict_table}{"".join(f"<p>{html.escape(n)}</p>" for n in method_notes(result))}
 <h2>Trials</h2>{_html_table(TRIAL_HEADERS, trial_rows(result))}
 <h2>Figures</h2>{fig_html}
 <h2>Environment and provenance</h2>{_html_table(["item", "value"], env_rows)}

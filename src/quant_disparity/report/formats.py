@@ -45,8 +45,9 @@ def _hint(registry: Registry[ReportFormat]) -> str:
     return f"formats: {'; '.join(f'{f.name} ({f.help})' for f in registry.values())}"
 
 
-FORMATS: Registry[ReportFormat] = Registry("report format", ReportFormat, group="quant_disparity.report_formats",
-                                           hint=_hint)
+FORMATS: Registry[ReportFormat] = Registry(
+    "report format", ReportFormat, group="quant_disparity.report_formats", hint=_hint
+)
 for _format in (
     ReportFormat("html", "html", "a self-contained page with figures and the run's provenance", _html),
     ReportFormat("md", "md", "the markdown summary", _markdown),

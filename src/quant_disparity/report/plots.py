@@ -6,16 +6,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from collections.abc import Mapping  # noqa: E402
+from collections.abc import Mapping
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ..analysis.records import LocateResult  # noqa: E402
+from ..analysis.records import LocateResult
 
 
-def heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, cbar_label: str,
-            annotate: bool | None = None):
+def heatmap(
+    matrix: np.ndarray, rows: list[str], cols: list[str], title: str, cbar_label: str, annotate: bool | None = None
+):
     """Rows x columns heat map with a diverging colour scale centred on zero."""
     h = max(3.0, 0.32 * len(rows) + 1.6)
     w = max(4.5, 0.75 * len(cols) + 2.2)
@@ -32,13 +33,21 @@ def heatmap(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, cb
             for j in range(matrix.shape[1]):
                 v = matrix[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
-                            color="white" if abs(v) > 0.6 * lim else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if abs(v) > 0.6 * lim else "black",
+                    )
     return fig
 
 
-def bars_by_group(groups: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]], title: str, ylabel: str,
-                  ncols: int = 4):
+def bars_by_group(
+    groups: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]], title: str, ylabel: str, ncols: int = 4
+):
     """Small multiples: one panel per group (e.g. language), bars with 95% CI error bars.
 
     ``groups[name] = (labels, values, lo, hi)``.
@@ -47,8 +56,14 @@ def bars_by_group(groups: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     n_bars = max(len(v[0]) for v in groups.values())
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.2, 0.22 * n_bars + 1.2) * ncols, 2.6 * nrows),
-                             squeeze=False, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(max(3.2, 0.22 * n_bars + 1.2) * ncols, 2.6 * nrows),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     for ax, (name, (labels, values, lo, hi)) in zip(axes.flat, groups.items()):
         x = np.arange(len(labels))
         err = np.vstack([values - lo, hi - values])
@@ -71,8 +86,13 @@ def locate_figures(data: LocateResult | Mapping) -> dict[str, object]:
     res = data if isinstance(data, LocateResult) else LocateResult.from_dict(data)
     units, lang_ids, m = res.effect_matrix()
     verb = "recovered by protecting" if res.mode == "protect-one" else "caused by quantizing only"
-    heat = heatmap(m, units, lang_ids, f"{res.model['name']} · {res.scheme['name']} · damage {verb} each unit",
-                   "% of reference bpb")
+    heat = heatmap(
+        m,
+        units,
+        lang_ids,
+        f"{res.model['name']} · {res.scheme['name']} · damage {verb} each unit",
+        "% of reference bpb",
+    )
     groups = {}
     for j, lang in enumerate(lang_ids):
         effects = [res.results[lang].units[u].effect for u in units]

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from ..analysis.records import LanguageRow, LocateResult
 from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, Estimate
 
-
 #: Marks a value shown without an interval because of too few documents (see ``no_interval_footnote``).
 NO_CI = "†"
 
@@ -27,8 +26,10 @@ def lacks_interval(est: Estimate | Mapping | None) -> bool:
 
 
 def no_interval_footnote(langs: Sequence[str]) -> str:
-    return (f"{NO_CI} no interval: too few documents (< {MIN_DOCS_FOR_INTERVAL}) for a bootstrap interval in "
-            f"{', '.join(langs)}; values that depend on them are shown alone and claims on them are inconclusive.")
+    return (
+        f"{NO_CI} no interval: too few documents (< {MIN_DOCS_FOR_INTERVAL}) for a bootstrap interval in "
+        f"{', '.join(langs)}; values that depend on them are shown alone and claims on them are inconclusive."
+    )
 
 
 def short_languages(languages: Sequence[LanguageRow]) -> list[str]:
@@ -68,8 +69,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align:
     return "\n".join(lines)
 
 
-AUDIT_COLUMNS = ("language", "Joshi", "bpb FP", "bpb quant", "Δbpb [95% CI]", "rel. Δbpb [95% CI]",
-                 "KL bits/token", "top-1 agree", "token PPL ratio")
+AUDIT_COLUMNS = (
+    "language",
+    "Joshi",
+    "bpb FP",
+    "bpb quant",
+    "Δbpb [95% CI]",
+    "rel. Δbpb [95% CI]",
+    "KL bits/token",
+    "top-1 agree",
+    "token PPL ratio",
+)
 
 
 def language_rows(result: Mapping) -> list[LanguageRow]:
@@ -85,17 +95,19 @@ def audit_rows(result: Mapping) -> list[list[str]]:
     rows = []
     for r in sorted(language_rows(result), key=by_damage):
         e = r.estimates
-        rows.append([
-            f"{r.lang} ({r.name})" + (f" {NO_CI}" if lacks_interval(e["rel_delta_bpb"]) else ""),
-            _joshi(r),
-            fmt(e["bpb_fp"], 3).split(" [")[0],
-            fmt(e["bpb_q"], 3).split(" [")[0],
-            fmt(e["delta_bpb"], 3, sign=True),
-            fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
-            fmt(e["kl_bits"], 3),
-            fmt(e["top1_agreement"], 1, pct=True),
-            fmt(e["ppl_ratio"], 2),
-        ])
+        rows.append(
+            [
+                f"{r.lang} ({r.name})" + (f" {NO_CI}" if lacks_interval(e["rel_delta_bpb"]) else ""),
+                _joshi(r),
+                fmt(e["bpb_fp"], 3).split(" [")[0],
+                fmt(e["bpb_q"], 3).split(" [")[0],
+                fmt(e["delta_bpb"], 3, sign=True),
+                fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
+                fmt(e["kl_bits"], 3),
+                fmt(e["top1_agreement"], 1, pct=True),
+                fmt(e["ppl_ratio"], 2),
+            ]
+        )
     return rows
 
 
@@ -112,7 +124,8 @@ def audit_summary_lines(result: dict) -> list[str]:
         f"ratio {fmt(d['ratio'], 2)}" + (f" ({d['ratio']['note']})" if d["ratio"].get("note") else "") + ".",
         f"Spearman correlation of relative Δbpb with {c['measure']} ({c['description']}), "
         f"{c['n_languages']} languages: {fmt(c['spearman'], 2)}"
-        + (f" ({c['spearman']['note']})" if c["spearman"].get("note") else "") + ".",
+        + (f" ({c['spearman']['note']})" if c["spearman"].get("note") else "")
+        + ".",
     ]
     return lines
 
@@ -127,17 +140,22 @@ def audit_markdown(result: Mapping) -> str:
         "",
         f"- Model: `{m['name']}` ({m['arch']}, {m['n_params']:,} parameters, {m['dtype']} on {m['device']}); "
         f"digest `{m['digest'][:16]}`. Reference: {sc['reference']}.",
-        "- Quantized: nothing (the reference is compared with itself)." if not cst["quantized_params"] else
-        f"- Quantized: {q['tensors']} tensors in layers {q['layers']} "
+        "- Quantized: nothing (the reference is compared with itself)."
+        if not cst["quantized_params"]
+        else f"- Quantized: {q['tensors']} tensors in layers {q['layers']} "
         f"({', '.join(f'{k}' for k in q['params_by_component'])}); kept: {', '.join(q['kept_components'])}."
         + (f" {' '.join(q['tied'])}." if q["tied"] else ""),
-        ("- Cost: no weight quantized; " if cst["bits_per_quantized_weight"] is None else
-         f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); ")
+        (
+            "- Cost: no weight quantized; "
+            if cst["bits_per_quantized_weight"] is None
+            else f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); "
+        )
         + f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
         f"{100 * cst['quantized_fraction']:.1f}% of parameters quantized.",
         f"- Corpus: `{co['name']}` (digest `{co['digest'][:16]}`), split `{co['split']}`, up to "
         f"{co['max_tokens_per_language'] or 'all'} tokens per language (whole documents"
-        + (f", at least {co['min_docs_per_language']} each" if co.get("min_docs_per_language") else "") + ").",
+        + (f", at least {co['min_docs_per_language']} each" if co.get("min_docs_per_language") else "")
+        + ").",
         f"- Bits per byte of UTF-8 text; 95% paired bootstrap intervals over documents ({cfg['n_boot']} "
         f"replicates, seed {cfg['seed']}). Token perplexity ratios are per tokenizer and not comparable "
         f"across scripts.",
@@ -163,19 +181,27 @@ def audit_rich_table(result: Mapping):
 
     langs = sorted(language_rows(result), key=by_damage)
     short = short_languages(langs)
-    t = Table(title=f"{result['model']['name']} · {result['scheme']['name']} · sorted by relative Δbpb "
-                    f"(95% CI)", title_justify="left",
-              caption=no_interval_footnote(short) if short else None, caption_justify="left")
+    t = Table(
+        title=f"{result['model']['name']} · {result['scheme']['name']} · sorted by relative Δbpb (95% CI)",
+        title_justify="left",
+        caption=no_interval_footnote(short) if short else None,
+        caption_justify="left",
+    )
     cols = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
     for i, col in enumerate(cols):
         t.add_column(col, justify="left" if i == 0 else "right")
     for r in langs:
         e = r.estimates
         t.add_row(
-            r.lang + (f" {NO_CI}" if lacks_interval(e["rel_delta_bpb"]) else ""), str(r.n_docs), _joshi(r),
-            fmt(e["bpb_fp"], 3).split(" [")[0], fmt(e["bpb_q"], 3).split(" [")[0],
-            fmt(e["delta_bpb"], 3, sign=True), fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
-            fmt(e["kl_bits"], 2), fmt(e["top1_agreement"], 0, pct=True).split(" [")[0],
+            r.lang + (f" {NO_CI}" if lacks_interval(e["rel_delta_bpb"]) else ""),
+            str(r.n_docs),
+            _joshi(r),
+            fmt(e["bpb_fp"], 3).split(" [")[0],
+            fmt(e["bpb_q"], 3).split(" [")[0],
+            fmt(e["delta_bpb"], 3, sign=True),
+            fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
+            fmt(e["kl_bits"], 2),
+            fmt(e["top1_agreement"], 0, pct=True).split(" [")[0],
         )
     return t
 
@@ -191,19 +217,30 @@ def locate_markdown(data: Mapping) -> str:
         f"documents ({res.config['n_boot']} replicates).",
         f"- Corpus `{res.corpus['name']}`, split `{res.corpus['split']}`, up to "
         f"{res.corpus['max_tokens_per_language'] or 'all'} tokens per language"
-        + (f" (at least {res.corpus['min_docs_per_language']} documents each)"
-           if res.corpus.get("min_docs_per_language") else "") + ".",
+        + (
+            f" (at least {res.corpus['min_docs_per_language']} documents each)"
+            if res.corpus.get("min_docs_per_language")
+            else ""
+        )
+        + ".",
         f"- {res.timing['configurations']} configurations x {res.timing['tokens_per_configuration']:,} tokens "
         f"in {res.timing['evaluate_s']:.0f} s; block replay saved "
         f"{100 * res.timing['block_work_saved']:.0f}% of decoder-block work.",
         "",
         "## Damage with everything quantized",
         "",
-        markdown_table(["language", "bpb reference", "Δbpb all quantized", "rel. Δbpb"],
-                       [[lang, fmt(res.results[lang].bpb_fp, 3).split(" [")[0],
-                         fmt(res.results[lang].all_quantized["delta_bpb"], 3, sign=True),
-                         fmt(res.results[lang].all_quantized["rel_delta_bpb"], 1, pct=True, sign=True)]
-                        for lang in langs]),
+        markdown_table(
+            ["language", "bpb reference", "Δbpb all quantized", "rel. Δbpb"],
+            [
+                [
+                    lang,
+                    fmt(res.results[lang].bpb_fp, 3).split(" [")[0],
+                    fmt(res.results[lang].all_quantized["delta_bpb"], 3, sign=True),
+                    fmt(res.results[lang].all_quantized["rel_delta_bpb"], 1, pct=True, sign=True),
+                ]
+                for lang in langs
+            ],
+        ),
         "",
         f"## Top units per language (effect of {verb} the unit)",
         "",
@@ -213,20 +250,37 @@ def locate_markdown(data: Mapping) -> str:
         r = res.results[lang]
         top = [f"{u} {fmt(r.units[u].effect, 1, pct=True, sign=True)}" for u in r.ranking[:3]]
         rows.append([lang, *top])
-    lines += [markdown_table(["language", "1st", "2nd", "3rd"], rows, "llll"), "",
-              "## Effect by unit and language (% of reference bpb)", "",
-              markdown_table(["unit", *langs], [[u, *(f"{v:+.2f}" for v in m[i])] for i, u in enumerate(units)]), ""]
+    lines += [
+        markdown_table(["language", "1st", "2nd", "3rd"], rows, "llll"),
+        "",
+        "## Effect by unit and language (% of reference bpb)",
+        "",
+        markdown_table(["unit", *langs], [[u, *(f"{v:+.2f}" for v in m[i])] for i, u in enumerate(units)]),
+        "",
+    ]
     if res.pairs:
         prow = []
         for a, b in res.pairs:
             for lang in langs:
                 p = res.results[lang].pairs[f"{a}+{b}"]
-                prow.append([f"{a} + {b}", lang, fmt(p.effect_a, 2, pct=True, sign=True),
-                             fmt(p.effect_b, 2, pct=True, sign=True),
-                             fmt(p.metrics["rel_delta_bpb"], 2, pct=True, sign=True),
-                             fmt(p.interaction, 2, pct=True, sign=True)])
-        lines += ["## Pair interactions", "",
-                  f"Interaction = effect of {verb} both − effect of A − effect of B (positive: synergy).", "",
-                  markdown_table(["pair", "language", "effect A", "effect B", "rel. Δbpb of A+B config",
-                                  "interaction"], prow), ""]
+                prow.append(
+                    [
+                        f"{a} + {b}",
+                        lang,
+                        fmt(p.effect_a, 2, pct=True, sign=True),
+                        fmt(p.effect_b, 2, pct=True, sign=True),
+                        fmt(p.metrics["rel_delta_bpb"], 2, pct=True, sign=True),
+                        fmt(p.interaction, 2, pct=True, sign=True),
+                    ]
+                )
+        lines += [
+            "## Pair interactions",
+            "",
+            f"Interaction = effect of {verb} both − effect of A − effect of B (positive: synergy).",
+            "",
+            markdown_table(
+                ["pair", "language", "effect A", "effect B", "rel. Δbpb of A+B config", "interaction"], prow
+            ),
+            "",
+        ]
     return "\n".join(lines)

@@ -33,8 +33,10 @@ class GGUF(Scheme):
 
     def check_shape(self, shape: tuple[int, int], where: str) -> None:
         if shape[1] % BLOCK:
-            raise UserError(f"{self.name} needs rows that are a multiple of {BLOCK} elements; {where} has {shape[1]}",
-                            "use an RTN scheme such as w4g32 for this tensor, or keep it")
+            raise UserError(
+                f"{self.name} needs rows that are a multiple of {BLOCK} elements; {where} has {shape[1]}",
+                "use an RTN scheme such as w4g32 for this tensor, or keep it",
+            )
 
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         import gguf
@@ -51,8 +53,13 @@ def _parse(text: str) -> GGUF | None:
 KIND = SchemeKind(
     name="gguf",
     syntax="gguf:" + ", ".join(TYPES),
-    examples=(("gguf:q4_0", "llama.cpp Q4_0 (via the gguf package, bit-exact)"), ("gguf:q4_1", "llama.cpp Q4_1"),
-              ("gguf:q5_0", "llama.cpp Q5_0"), ("gguf:q5_1", "llama.cpp Q5_1"), ("gguf:q8_0", "llama.cpp Q8_0")),
+    examples=(
+        ("gguf:q4_0", "llama.cpp Q4_0 (via the gguf package, bit-exact)"),
+        ("gguf:q4_1", "llama.cpp Q4_1"),
+        ("gguf:q5_0", "llama.cpp Q5_0"),
+        ("gguf:q5_1", "llama.cpp Q5_1"),
+        ("gguf:q8_0", "llama.cpp Q8_0"),
+    ),
     parse=_parse,
     colon_name=r"gguf:[a-z0-9_]+",
 )

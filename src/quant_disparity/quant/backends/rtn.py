@@ -32,8 +32,9 @@ class RTN(Scheme):
         return f"w{self.bits}{gran}{'' if self.symmetric else '-asym'}"
 
     def _fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
-        return rtn.fake_quantize(w2d, self.bits, group_size=self.group_size, per_tensor=self.per_tensor,
-                                 symmetric=self.symmetric)
+        return rtn.fake_quantize(
+            w2d, self.bits, group_size=self.group_size, per_tensor=self.per_tensor, symmetric=self.symmetric
+        )
 
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         groups = rtn.n_groups(shape, self.group_size, self.per_tensor)
@@ -50,18 +51,21 @@ def _parse(text: str) -> RTN | None:
         raise UserError(f"bits must be 2-8, got {bits}", f"write {KIND.syntax}")
     group = int(m.group(2)) if m.group(2) else None
     if group is not None and not 1 <= group <= rtn.MAX_GROUP_SIZE:
-        raise UserError(f"group size must be 1..{rtn.MAX_GROUP_SIZE}, got {group}",
-                        "e.g. w4g128; w4-channel is one group per row")
+        raise UserError(
+            f"group size must be 1..{rtn.MAX_GROUP_SIZE}, got {group}", "e.g. w4g128; w4-channel is one group per row"
+        )
     return RTN(bits=bits, group_size=group, per_tensor=m.group(3) == "tensor", symmetric=m.group(4) != "-asym")
 
 
 KIND = SchemeKind(
     name="rtn",
     syntax="wBgG, wB-channel or wB-tensor with B bits 2-8, optionally -asym (e.g. w4g128, w8-channel-asym)",
-    examples=(("w4g128", "4-bit RTN, groups of 128 inputs, symmetric, fp16 scales"),
-              ("w4g128-asym", "the same with an integer zero point per group"),
-              ("w3g64", "3-bit RTN, groups of 64"),
-              ("w8-channel", "8-bit, one scale per output channel"),
-              ("w4-tensor", "4-bit, one scale per tensor (the original log's quantizer)")),
+    examples=(
+        ("w4g128", "4-bit RTN, groups of 128 inputs, symmetric, fp16 scales"),
+        ("w4g128-asym", "the same with an integer zero point per group"),
+        ("w3g64", "3-bit RTN, groups of 64"),
+        ("w8-channel", "8-bit, one scale per output channel"),
+        ("w4-tensor", "4-bit, one scale per tensor (the original log's quantizer)"),
+    ),
     parse=_parse,
 )
