@@ -75,8 +75,8 @@ def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random
         if cls is not None:
             groups[lang] = "low" if cls <= config.lr_max_class else "high"
     rel = {s.lang: s.estimates["rel_delta_bpb"].value for s in per_lang}  # None: undefined (never 0.0)
-    worst = max(per_lang, key=lambda s: -np.inf if rel[s.lang] is None else rel[s.lang])
-    best = min(per_lang, key=lambda s: np.inf if rel[s.lang] is None else rel[s.lang])
+    worst = max(per_lang, key=lambda s: -np.inf if (v := rel[s.lang]) is None else v)
+    best = min(per_lang, key=lambda s: np.inf if (v := rel[s.lang]) is None else v)
     measure = {lang: info.resources.get(config.resource_measure) for lang, info in infos.items()}
     return {
         "worst_language": {
@@ -140,6 +140,12 @@ def run_audit(
         if progress:
             progress(done, prepared.total_pred)
 
+    def use_reference() -> None:
+        engine.restore_()
+
+    def use_model() -> None:
+        engine.assign_(assignment)
+
     try:
         t_q = time.perf_counter()
         engine.assign_(assignment)  # quantize once up front (cached), so the timing below is evaluation only
@@ -148,14 +154,16 @@ def run_audit(
         scores = score_documents(
             forward,
             prepared,
-            use_reference=engine.restore_,
-            use_model=lambda: engine.assign_(assignment),
+            use_reference=use_reference,
+            use_model=use_model,
             vocab_chunk=config.eval.vocab_chunk,
             progress=tick,
         )
     finally:
         engine.restore_()
     t_done = time.perf_counter()
+    # scored against the reference: every comparison column is there
+    assert scores.nll_ref is not None and scores.kl is not None and scores.top1 is not None
 
     rng = np.random.default_rng(config.seed)
     per_lang: list[LanguageStats] = []

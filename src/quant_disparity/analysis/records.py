@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -180,7 +180,7 @@ class UnitResult:
     rank: int | None = None  # 1 = largest effect; none for a unit that is only part of a pair
 
     def to_dict(self) -> dict:
-        out = _dicts(self.metrics)
+        out: dict[str, Any] = _dicts(self.metrics)
         if self.share_of_damage_recovered is not None:
             out["share_of_damage_recovered"] = self.share_of_damage_recovered.to_dict()
         out["effect"] = self.effect.to_dict()
@@ -259,7 +259,7 @@ class LocateLanguage:
 
 def rank_units(units: Mapping[str, UnitResult]) -> tuple[dict[str, UnitResult], list[str]]:
     """``units`` with their ranks set (1 = largest effect), and their names in that order."""
-    ranked = sorted(units, key=lambda u: -units[u].effect.value)
+    ranked = sorted(units, key=lambda u: -cast(float, units[u].effect.value))
     ranks = {u: i for i, u in enumerate(ranked, 1)}
     return {u: replace(r, rank=ranks[u]) for u, r in units.items()}, ranked
 
@@ -365,7 +365,7 @@ class DocumentColumns:
     @classmethod
     def of(cls, cols: DocumentColumns | Mapping[str, np.ndarray]) -> DocumentColumns:
         """``cols`` itself, or the record of a mapping with the same keys."""
-        return cols if isinstance(cols, cls) else cls(*(cols[k] for k in cls.COLUMNS))
+        return cols if isinstance(cols, DocumentColumns) else cls(*(cols[k] for k in cls.COLUMNS))
 
     @property
     def n_docs(self) -> int:
@@ -439,9 +439,9 @@ class TrialResult:
     def from_dict(cls, data: Mapping) -> TrialResult:
         return cls(
             data["name"],
-            data.get("model"),
-            data.get("scheme"),
-            data.get("plan_name"),
+            cast(str, data.get("model")),
+            cast(str, data.get("scheme")),
+            cast(str, data.get("plan_name")),
             data.get("plan"),
             data.get("key"),
             data.get("cost", {}),
@@ -492,13 +492,16 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Verdict:
+        left, right, difference = (Estimate.from_dict(data[k]) for k in ("left", "right", "difference"))
         return cls(
             data["id"],
             data.get("text"),
             data["expr"],
             data.get("instance", {}),
             data.get("trials", []),
-            *(Estimate.from_dict(data[k]) for k in ("left", "right", "difference")),
+            left,
+            right,
+            difference,
             data["verdict"],
             data.get("basis", ""),
             data.get("p_value"),

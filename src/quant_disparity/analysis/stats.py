@@ -16,6 +16,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -75,7 +76,7 @@ class Estimate:
     note: str | None = None  # why a value is undefined
 
     def to_dict(self) -> dict:
-        d = {"value": self.value, "ci95": None if self.lo is None else [self.lo, self.hi]}
+        d: dict[str, Any] = {"value": self.value, "ci95": None if self.lo is None else [self.lo, self.hi]}
         if self.note:
             d["note"] = self.note
         return d
@@ -83,11 +84,15 @@ class Estimate:
     @classmethod
     def from_dict(cls, data: Mapping) -> Estimate:
         ci = data.get("ci95")
-        return cls(data.get("value"), *(ci if ci else (None, None)), note=data.get("note"))
+        lo, hi = ci if ci else (None, None)
+        return cls(data.get("value"), lo, hi, note=data.get("note"))
 
     @property
     def excludes_zero(self) -> bool:
-        return self.lo is not None and (self.lo > 0 or self.hi < 0)
+        if self.lo is None:
+            return False
+        assert self.hi is not None  # an interval has both bounds
+        return self.lo > 0 or self.hi < 0
 
 
 def interval(point: float, reps: np.ndarray, no_interval: str | None = None) -> Estimate:
@@ -108,7 +113,10 @@ def may_be_zero(denominator: Estimate) -> bool:
     """The rule for ratios: a ratio is undefined when its denominator may be zero, i.e. when the denominator has
     no interval or its 95% interval includes zero. Dividing by a quantity that may be zero gives meaningless or
     infinite ratios (the original log's "214x")."""
-    return denominator.lo is None or denominator.lo <= 0 <= denominator.hi
+    if denominator.lo is None:
+        return True
+    assert denominator.hi is not None  # an interval has both bounds
+    return denominator.lo <= 0 <= denominator.hi
 
 
 def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -205,7 +213,7 @@ def disparity(per_lang: Sequence[LanguageStats], groups: Mapping[str, str], metr
     """
     low = [s for s in per_lang if groups.get(s.lang) == "low"]
     high = [s for s in per_lang if groups.get(s.lang) == "high"]
-    out = {"metric": metric, "low": [s.lang for s in low], "high": [s.lang for s in high]}
+    out: dict[str, Any] = {"metric": metric, "low": [s.lang for s in low], "high": [s.lang for s in high]}
     if not low or not high:
         note = "needs at least one low- and one high-resource language"
         for k in ("low_mean", "high_mean", "difference", "ratio"):

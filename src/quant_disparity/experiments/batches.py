@@ -77,6 +77,7 @@ def group_rows(docs, ref_nll, scores: dict) -> dict[str, list[tuple]]:
     for name, sc in scores.items():
         totals = DocTotals(n_docs)
         totals.add(docs, sc)
+        assert totals.kl is not None and totals.top1 is not None  # compared=True
         results[name] = [
             (doc, float(totals.nll[doc]), float(ref.nll[doc]), float(totals.kl[doc]), float(totals.top1[doc]))
             for doc in present

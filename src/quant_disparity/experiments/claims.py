@@ -42,8 +42,9 @@ import hashlib
 import itertools
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -63,6 +64,9 @@ from ..analysis.stats import (
     warn_too_few_documents,
 )
 from ..errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from .spec import TrialSpec
 
 LANG_METRICS = {
     "bpb": "bpb_q",
@@ -159,7 +163,7 @@ def _matches(trial, filters: dict[str, str]) -> bool:
     return True
 
 
-def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, object]]]:
+def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, TrialSpec]]]:
     """Expand a claim over the dimensions it leaves open; for each instance, the trial of every call."""
     _, _, _, calls = parse_expr(claim.expr, claim.id)
     where = dict(claim.where)
@@ -171,7 +175,7 @@ def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, object]]]:
         inst = dict(zip(open_dims, combo))
         if not any(_matches(t, {**where, **inst}) for t in spec.trials):
             continue  # e.g. a scheme the spec runs on one model only: no such instance, not an error
-        chosen = {}
+        chosen: dict[Call, TrialSpec] = {}
         for call in calls:
             filters = {**where, **inst, **{k: v for k, v in call.kw().items() if k in FILTERS}}
             hits = [t for t in spec.trials if _matches(t, filters)]
@@ -230,12 +234,16 @@ class Value:
         """The value with its 95% interval (:func:`..analysis.stats.interval`), and its note."""
         if not self.defined:
             return Estimate(None, note=self.note or None)
+        assert self.point is not None  # defined
         est = interval(self.point, NO_REPLICATES if self.reps is None else self.reps)
         return Estimate(self.point, est.lo, est.hi, self.note or None)
 
     def ci(self) -> list[float] | None:
         est = self.estimate()
-        return None if est.lo is None else [est.lo, est.hi]
+        if est.lo is None:
+            return None
+        assert est.hi is not None  # an interval has both bounds
+        return [est.lo, est.hi]
 
     def to_dict(self) -> dict:
         return self.estimate().to_dict()
@@ -259,7 +267,7 @@ class Evaluator:
     (model, language) pair, so every trial of a model shares the same resamples: comparisons are paired.
     """
 
-    def __init__(self, spec, rows_by_trial: dict[str, dict[str, DocumentColumns | dict[str, np.ndarray]]]):
+    def __init__(self, spec, rows_by_trial: Mapping[str, Mapping[str, DocumentColumns | Mapping[str, np.ndarray]]]):
         self.spec = spec
         # trial name -> lang -> the documents' columns (a record, or a mapping of the same columns)
         self.rows = {
@@ -400,10 +408,14 @@ class Evaluator:
 
     def evaluate(self, node, chosen) -> Value:
         if isinstance(node, ast.Constant):
-            return Value(float(node.value), np.full(self.spec.n_boot, float(node.value)))
+            value = cast(float, node.value)  # parse_expr admits numeric constants only
+            return Value(float(value), np.full(self.spec.n_boot, float(value)))
         if isinstance(node, ast.UnaryOp):
             v = self.evaluate(node.operand, chosen)
-            return Value(-v.point, None if v.reps is None else -v.reps, v.note) if v.defined else v
+            if not v.defined:
+                return v
+            assert v.point is not None  # defined
+            return Value(-v.point, None if v.reps is None else -v.reps, v.note)
         if isinstance(node, ast.BinOp):
             return _combine(self.evaluate(node.left, chosen), self.evaluate(node.right, chosen), _ARITH[type(node.op)])
         call = Call(node.func.id, tuple((k.arg, k.value.value) for k in node.keywords))
@@ -417,6 +429,7 @@ def verdict(diff: Value, op: str, points: bool = False) -> str:
     want_negative = op in ("<", "<=")
     if points:
         d = diff.point
+        assert d is not None  # defined
         if d == 0:
             return "inconclusive"
         return "supported" if (d < 0) == want_negative else "refuted"
@@ -455,6 +468,7 @@ def bootstrap_z_p(diff: Value) -> float | None:
     se = float(np.std(r, ddof=1))
     if se == 0:
         return 0.0 if diff.point != 0 else 1.0
+    assert diff.point is not None  # defined
     return float(math.erfc(abs(diff.point) / se / math.sqrt(2)))
 
 

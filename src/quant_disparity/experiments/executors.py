@@ -53,6 +53,7 @@ def run_locally(
             f"{mp.prepared.total_pred} tokens each"
         )
 
+        assert mp.lm is not None  # plan_model loads the model
         for i, results, n_tokens in iter_batches(
             mp.lm,
             mp.prepared,
@@ -125,7 +126,7 @@ def run_with_ray(
         ready, pending = ray.wait(pending, num_returns=1)
         for gen in ready:
             try:
-                ref = next(gen)
+                ref = next(gen)  # type: ignore[arg-type]  # a generator task's ref is an ObjectRefGenerator; ray's stubs say ObjectRef
             except StopIteration:
                 continue
             batch, results, n_tokens = ray.get(ref)

@@ -122,6 +122,7 @@ def selection_record(spec: ExperimentSpec, chosen: Selection) -> dict:
 def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Selection, computed_on: str) -> dict:
     """The key, assignment and stored record of trial ``t`` on the planned model."""
     lm, prepared = mp.lm, mp.prepared
+    assert lm is not None and mp.modmap is not None  # plan_model plans with the model loaded and mapped
     try:
         resolved = Plan.parse(t.plan).resolve(mp.modmap)
     except UserError as e:

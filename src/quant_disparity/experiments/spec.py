@@ -224,6 +224,7 @@ def _check_expr(node, claim_id: str) -> None:
             names = [k.arg for k in n.keywords]
             dup = next((k for k in names if names.count(k) > 1), None)
             if dup:
+                assert isinstance(n.func, ast.Name)  # parse_expr admits calls of metric names only
                 raise UserError(f"claim {claim_id}: {n.func.id}() is given {dup}= twice")
 
 

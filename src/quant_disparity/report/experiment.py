@@ -12,6 +12,7 @@ import html
 import io
 import re
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 
@@ -30,8 +31,8 @@ def _pct(est: Estimate) -> float:
     return np.nan if est.value is None else 100 * est.value
 
 
-def _rel_delta(t: TrialResult, lang: str) -> Estimate:
-    return t.languages[lang].estimates["rel_delta_bpb"]
+def _rel_delta(t: TrialResult, lang: str | None) -> Estimate:
+    return t.languages[cast(str, lang)].estimates["rel_delta_bpb"]
 
 
 def trial_rows(result: StudyResult | Mapping) -> list[list[str]]:
@@ -114,11 +115,12 @@ def verdict_rows(result: StudyResult | Mapping, digits: int = 3) -> list[list[st
 
 def short_languages(result: StudyResult | Mapping) -> list[str]:
     """``"lang (n docs)"`` for languages with too few documents for an interval in some trial."""
-    out = {}
+    out: dict[str, int] = {}
     for t in _study(result).trials:
         for lang, v in t.languages.items():
-            if v.n_docs < MIN_DOCS_FOR_INTERVAL:
-                out.setdefault(lang, v.n_docs)
+            n_docs = cast(int, v.n_docs)  # a study's results record every language's documents
+            if n_docs < MIN_DOCS_FOR_INTERVAL:
+                out.setdefault(lang, n_docs)
     return [f"{lang} ({n} docs)" for lang, n in out.items()]
 
 
@@ -296,7 +298,10 @@ def figure_bars(result: StudyResult | Mapping, max_trials: int = 6):
     for i, t in enumerate(trials):
         vals = np.array([_pct(_rel_delta(t, x)) for x in langs])
         ci = np.array(
-            [[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * e.hi] for e in (_rel_delta(t, x) for x in langs)]
+            [
+                [np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * cast(float, e.hi)]
+                for e in (_rel_delta(t, x) for x in langs)
+            ]
         )
         ax.bar(
             np.arange(len(langs)) + i * width,
@@ -337,17 +342,17 @@ def layer_sweeps(result: StudyResult | Mapping) -> list[tuple[str, list[str], li
     for t in result.trials:
         groups.setdefault((t.model, t.scheme), []).append(t)
     for (model, scheme), trials in groups.items():
-        base = [t for t in trials if t.cost.get("kept_params", 1) == 0]
-        if not base:
+        bases = [t for t in trials if t.cost.get("kept_params", 1) == 0]
+        if not bases:
             continue
-        base = max(base, key=lambda t: t.cost.get("quantized_params", 0))
+        base = max(bases, key=lambda t: t.cost.get("quantized_params", 0))
         layer_trials = [(t.protected_layer, t) for t in trials if t.protected_layer is not None]
         if len(layer_trials) < 2:
             continue
         layer_trials.sort(key=lambda x: x[0])
 
         def bpb(t: TrialResult, lang: str, metric: str) -> float:
-            return t.languages[lang].estimates[metric].value
+            return cast(float, t.languages[lang].estimates[metric].value)
 
         m = np.array(
             [
@@ -468,7 +473,7 @@ def html_report(result: StudyResult | Mapping, environment: dict, store_info: di
     spec = result.spec
     figs = figures(result)
     verdicts = "".join(
-        f"<tr><td>{html.escape(v.id)}: <code>{html.escape(v.expr)}</code><br><small>{html.escape(v.text)}"
+        f"<tr><td>{html.escape(v.id)}: <code>{html.escape(v.expr)}</code><br><small>{html.escape(cast(str, v.text))}"
         f"</small></td><td>{html.escape(', '.join(f'{k}={x}' for k, x in v.instance.items()) or '—')}</td>"
         f"<td>{html.escape(fmt(v.left, 3))}</td><td>{html.escape(fmt(v.right, 3))}</td>"
         f"<td>{html.escape(fmt(v.difference, 3, sign=True))}</td>"

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from collections.abc import Mapping
+from typing import cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -96,7 +97,7 @@ def locate_figures(data: LocateResult | Mapping) -> dict[str, object]:
     groups = {}
     for j, lang in enumerate(lang_ids):
         effects = [res.results[lang].units[u].effect for u in units]
-        ci = np.array([[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * e.hi] for e in effects])
+        ci = np.array([[np.nan, np.nan] if e.lo is None else [100 * e.lo, 100 * cast(float, e.hi)] for e in effects])
         groups[lang] = (units, m[:, j], ci[:, 0], ci[:, 1])
     bars = bars_by_group(groups, f"damage {verb} each unit (95% CI)", "% of ref. bpb")
     return {"heatmap.png": heat, "bars.png": bars}

@@ -7,6 +7,7 @@ The functions take a result as its JSON mapping (audit.json, locate.json) and re
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from ..analysis.records import LanguageRow, LocateResult
 from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, Estimate
@@ -47,6 +48,7 @@ def fmt(est: Estimate | Mapping | None, digits: int = 3, pct: bool = False, sign
     spec = f"{'+' if sign else ''}.{digits}f"
     text = format(est.value * k, spec) + ("%" if pct else "")
     if est.lo is not None:
+        assert est.hi is not None  # an interval has both bounds
         text += f" [{format(est.lo * k, f'.{digits}f')}, {format(est.hi * k, f'.{digits}f')}]"
     elif lacks_interval(est):
         text += f" {NO_CI}"
@@ -57,7 +59,7 @@ def by_damage(row, key: str = "rel_delta_bpb") -> tuple[bool, float]:
     """Sort key: largest ``key`` first, undefined values last (an exact 0.0 is a value, not a missing one).
 
     ``row``: a record with ``estimates`` (a language of an audit or of a trial), or its mapping."""
-    v = _estimate(row[key] if isinstance(row, Mapping) else row.estimates[key]).value
+    v = cast(Estimate, _estimate(row[key] if isinstance(row, Mapping) else row.estimates[key])).value
     return (v is None, 0.0 if v is None else -v)
 
 
@@ -111,7 +113,7 @@ def audit_rows(result: Mapping) -> list[list[str]]:
     return rows
 
 
-def audit_summary_lines(result: dict) -> list[str]:
+def audit_summary_lines(result: Mapping) -> list[str]:
     s = result["summary"]
     d = s["disparity"]
     c = s["correlation"]
