@@ -231,6 +231,7 @@ class OutputDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
+                assert self._stage is not None, "OutputDir used outside its with block"
                 names = sorted((p.name for p in self._stage.iterdir()), key=lambda n: n == self.marker)
                 for name in names:  # os.replace: each file appears whole; the marker appears last
                     os.replace(self._stage / name, self.target / name)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import tomli_w
 
@@ -90,10 +91,16 @@ class FlatConfig:
 
     KEYS: ClassVar[dict[str, tuple[str, str] | None]]
     NAME: ClassVar[str]  # how errors name the config, e.g. "audit config"
+    if TYPE_CHECKING:  # set by @dataclass on each subclass
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __init__(self, **values: Any):
         for f in fields(self):
-            object.__setattr__(self, f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            object.__setattr__(
+                self,
+                f.name,
+                f.default if f.default is not dataclasses.MISSING else cast(Callable[[], Any], f.default_factory)(),
+            )
         changes: dict[str, dict[str, Any]] = {}
         for key, value in values.items():
             if key not in self.KEYS:

@@ -56,6 +56,7 @@ def load_inputs(
     own_model = lm is None
     if own_model:
         lm = load_model(runtime.model, device=runtime.device, dtype=runtime.dtype, log=log)
+    assert lm is not None  # given or loaded above
     loaded_at = time.perf_counter()
     modmap = build_module_map(lm.model)
     chosen = select_documents(corpus, selection, functools.partial(tokenize, lm.tokenizer))

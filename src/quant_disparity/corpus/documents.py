@@ -133,7 +133,8 @@ def take_until_tokens(
         raise UserError(f"min_docs must be >= 1, got {min_docs}")
     if max_tokens is None:
         return list(docs)
-    out, total = [], 0
+    out: list[Document] = []
+    total = 0
     for d in docs:
         if total >= max_tokens and len(out) >= min_docs:
             break

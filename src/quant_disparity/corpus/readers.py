@@ -203,6 +203,12 @@ class CorpusReader:
     recognises: Callable[[Path], bool] | None = None
 
 
+def _given(path: Path | None) -> Path:
+    """The path of a reader with a ``path_kind``: :func:`load_corpus` always passes one."""
+    assert path is not None, "a reader with a path_kind is called with a path"
+    return path
+
+
 def _hint(registry: Registry[CorpusReader]) -> str:
     return f"give {', '.join(r.syntax for r in registry.values())}"
 
@@ -215,20 +221,20 @@ for _reader in (
     CorpusReader(
         "jsonl",
         "a .jsonl file (jsonl:PATH)",
-        lambda path, options: read_jsonl(path),
+        lambda path, options: read_jsonl(_given(path)),
         path_kind="file",
         recognises=Path.is_file,
     ),
     CorpusReader(
         "txt",
         "a directory of <lang>.txt files (txt:DIR)",
-        lambda path, options: read_txt_dir(path),
+        lambda path, options: read_txt_dir(_given(path)),
         recognises=lambda path: path.is_dir() and any(path.glob("*.txt")),
     ),
     CorpusReader(
         "flores",
         "a FLORES-style directory (flores:DIR)",
-        lambda path, options: read_flores_dir(path, options.flores_split, options.sentences_per_doc),
+        lambda path, options: read_flores_dir(_given(path), options.flores_split, options.sentences_per_doc),
         recognises=Path.is_dir,
     ),
 ):

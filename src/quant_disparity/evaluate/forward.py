@@ -7,6 +7,8 @@ forward pass, with the same statistics.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from .scoring import LMHead, head_of, score_tokens
@@ -21,7 +23,7 @@ PROBE_TOLERANCE_16BIT = 5e-2
 PROBE_SHAPE = (2, 12)
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+def _base_model(model: torch.nn.Module) -> torch.nn.Module | None:
     prefix = getattr(model, "base_model_prefix", None)
     base = getattr(model, prefix, None) if prefix else None
     return base if isinstance(base, torch.nn.Module) and base is not model else None
@@ -34,7 +36,9 @@ def pack_batch(
     L = max(len(w.input_ids) for w in batch)
     ids = torch.zeros(len(batch), L, dtype=torch.long)
     mask = torch.zeros(len(batch), L, dtype=torch.long)
-    flat, targets, docs = [], [], []
+    flat: list[int] = []
+    targets: list[int] = []
+    docs: list[int] = []
     for b, w in enumerate(batch):
         n = len(w.input_ids)
         ids[b, :n] = torch.tensor(w.input_ids)
@@ -54,7 +58,7 @@ class Forward:
         self.model = model
         self.base = _base_model(model)
         self.device = next(model.parameters()).device
-        self.split = self.base is not None and model.get_output_embeddings() is not None
+        self.split = self.base is not None and model.get_output_embeddings() is not None  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
         if self.split:
             self.split = self._split_matches()
 
@@ -62,12 +66,13 @@ class Forward:
         """The head as it is now (call after switching weights: a quantized LM head is picked up)."""
         if self.split:
             return head_of(self.model)
-        return LMHead(weight=None, vocab=self.model.get_output_embeddings().weight.shape[0])
+        return LMHead(weight=None, vocab=self.model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
 
     @torch.inference_mode()
     def rows(self, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, mask, flat, targets, docs = pack_batch(batch, self.device)
         if self.split:
+            assert self.base is not None  # split implies a base model
             h = self.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         else:
             h = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
@@ -78,15 +83,16 @@ class Forward:
         parts = [self.rows(b) for b in batches]
         if len(parts) == 1:
             return parts[0]
-        return tuple(torch.cat(x) for x in zip(*parts))
+        return cast("tuple[torch.Tensor, torch.Tensor, torch.Tensor]", tuple(torch.cat(x) for x in zip(*parts)))
 
     @torch.inference_mode()
     def _split_matches(self) -> bool:
         """Does base model + :func:`head_of` reproduce the model's own log-probabilities on a probe?"""
         gen = torch.Generator().manual_seed(0)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        vocab = self.model.get_output_embeddings().weight.shape[0]  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
         ids = torch.randint(0, vocab, PROBE_SHAPE, generator=gen).to(self.device)
         mask = torch.ones_like(ids)
+        assert self.base is not None  # only probed when there is a base model
         ref = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
         h = self.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         targets = ids[:, 1:].reshape(-1)

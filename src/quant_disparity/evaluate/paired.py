@@ -45,6 +45,7 @@ def score_documents(
     reference = DocTotals(n_docs, compared=False)
     for group in prepared.groups:
         if paired:
+            assert use_reference is not None and use_model is not None, "use_reference and use_model go together"
             use_reference()
             h_ref, targets, docs = forward.rows_of(prepared.batches[i] for i in group)
             head_ref = forward.head()
@@ -62,6 +63,7 @@ def score_documents(
         docs = docs.cpu()
         model.add(docs, s)
         if paired:
+            assert s.nll_ref is not None  # scored against h_ref
             reference.add_nll(docs, s.nll_ref)
         if progress:
             progress(int(targets.numel()))

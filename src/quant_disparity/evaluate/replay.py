@@ -11,6 +11,7 @@ checked on a probe before a sweep relies on it.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ class _Replay(nn.Module):
 
 class BlockReplay:
     def __init__(self, model: nn.Module, blocks_path: str):
-        self.blocks: nn.ModuleList = model.get_submodule(blocks_path)
+        self.blocks = cast(nn.ModuleList, model.get_submodule(blocks_path))  # blocks_path names the ModuleList
         self.n = len(self.blocks)
 
     @contextmanager

@@ -11,6 +11,7 @@ vocabulary-chunked head with these statistics on CPU; it avoids allocating a ``t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,7 +29,10 @@ class LMHead:
 
     @property
     def vocab_size(self) -> int:
-        return self.vocab if self.weight is None else self.weight.shape[0]
+        if self.weight is None:
+            assert self.vocab is not None, "an LMHead without weight carries its vocab"
+            return self.vocab
+        return self.weight.shape[0]
 
     def logits(self, h: torch.Tensor, v0: int, v1: int, out: torch.Tensor | None = None) -> torch.Tensor:
         if self.weight is None:  # precomputed logits (fallback path): already transformed
@@ -45,8 +49,8 @@ class LMHead:
 
 def head_of(model: torch.nn.Module) -> LMHead:
     """A snapshot of the model's output head (its current tensors) and logit transform, read from its config."""
-    head = model.get_output_embeddings()
-    cfg = model.config
+    head = model.get_output_embeddings()  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
+    cfg: Any = model.config  # a transformers PretrainedConfig
     scale = getattr(cfg, "logit_scale", None)
     if getattr(cfg, "logits_scaling", None):
         scale = 1.0 / cfg.logits_scaling

@@ -13,7 +13,7 @@ Loop order is batch-outer, configuration-inner:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,7 +77,7 @@ class Sweeper:
         engine: QuantEngine,
         configs: Mapping[str, Mapping[str, Scheme]],
         *,
-        bases: list[str] = (),
+        bases: Sequence[str] = (),
         reuse: bool = True,
         vocab_chunk: int = 4096,
         probe=None,
@@ -180,7 +180,7 @@ def sweep(
     engine: QuantEngine,
     configs: Mapping[str, Mapping[str, Scheme]],
     *,
-    bases: list[str] = (),
+    bases: Sequence[str] = (),
     reuse: bool = True,
     vocab_chunk: int = 4096,
     progress: Callable[[int], None] | None = None,
@@ -214,7 +214,9 @@ def sweep(
     out = SweepScores(nll_ref=reference.nll.numpy(), n_pred=np.asarray(prepared.n_pred, dtype=np.int64))
     for name in names:
         out.nll[name] = totals[name].nll.numpy()
-        out.kl[name] = totals[name].kl.numpy()
-        out.top1[name] = totals[name].top1.numpy()
+        kl, top1 = totals[name].kl, totals[name].top1
+        assert kl is not None and top1 is not None  # DocTotals(n_docs) compares
+        out.kl[name] = kl.numpy()
+        out.top1[name] = top1.numpy()
     out.stats = sweeper.stats
     return out

@@ -25,6 +25,8 @@ class DocTotals:
         """Add per-token ``scores`` of the documents ``docs`` (a CPU index per token)."""
         self.add_nll(docs, scores.nll)
         if self.kl is not None:
+            assert self.top1 is not None  # set together with kl
+            assert scores.kl is not None and scores.top1_agree is not None, "compared totals need compared scores"
             self.kl.index_add_(0, docs, scores.kl.cpu())
             self.top1.index_add_(0, docs, scores.top1_agree.cpu().double())
 

@@ -216,7 +216,7 @@ def remove_stale_temporaries(models_dir: Path | None = None) -> list[Path]:
     """Remove ``<key>.tmp-PID`` directories left in the model cache by a dequantization that was killed
     (its process is gone); a temporary of a running process is kept. Returns what was removed."""
     models_dir = Path(models_dir) if models_dir is not None else cache_root() / "models"
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(models_dir.iterdir())
     except OSError:

@@ -10,6 +10,7 @@ vocabulary shared by all architectures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -102,6 +103,8 @@ class ModuleMap:
     n_layers: int
     params: tuple[ParamInfo, ...]
     notes: tuple[str, ...] = field(default=())
+    if TYPE_CHECKING:  # set in __post_init__; at run time not a dataclass field
+        _by_name: dict[str, ParamInfo] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
@@ -211,7 +214,7 @@ def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str,
             hooks.append(module.register_forward_pre_hook(on_call(name)))
         hooks.append(blocks[0].register_forward_pre_hook(on_block_start))
         hooks.append(blocks[-1].register_forward_hook(on_block_end))
-        vocab = model.get_input_embeddings().weight.shape[0]
+        vocab = model.get_input_embeddings().weight.shape[0]  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
         ids = (torch.arange(PROBE_TOKENS) % vocab).reshape(1, PROBE_TOKENS).to(params[0].device)
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
@@ -231,8 +234,8 @@ def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str,
 def build_module_map(model: nn.Module) -> ModuleMap:
     """Classify every weight of ``model``; raises :class:`UserError` when no blocks or projections are found."""
     blocks_path, blocks = _find_blocks(model)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
     module_of = _owning_modules(model)
     outside = {mname: module for name, (mname, module) in module_of.items() if not _in_blocks(mname, blocks_path)}
     stages = execution_stages(model, blocks, outside)
@@ -316,6 +319,7 @@ def _param_info(names: list[str], t: torch.Tensor, module_of, blocks_path: str, 
     primary = names[0]
     if "embed.token" in comps:  # the embedding's own name first, the head as an alias
         primary = next(n for n in names if module_of[n][1] is emb)
+    stage: str | None
     if layer is not None:
         stage = "block"
     else:

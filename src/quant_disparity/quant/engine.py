@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -50,7 +51,7 @@ class QuantEngine:
         orig = self._original[name]
         with torch.no_grad():
             w2d = weight_2d(orig, info)
-            scheme.check_shape(tuple(w2d.shape), name)
+            scheme.check_shape(cast("tuple[int, int]", tuple(w2d.shape)), name)  # weight_2d: 2-D
             q = from_2d(scheme.fake_quantize(w2d), info)
         self._cache[key] = q
         return q
@@ -85,7 +86,7 @@ def cost(modmap: ModuleMap, assignment: Mapping[str, Scheme]) -> dict:
     block_bits = 0.0
     for p in modmap.params:
         scheme = assignment.get(p.name, NONE)
-        shape = tuple(weight_2d(torch.empty(p.shape, device="meta"), p).shape)
+        shape = cast("tuple[int, int]", tuple(weight_2d(torch.empty(p.shape, device="meta"), p).shape))
         bits = scheme.storage_bits(shape, p.bits)
         total_bits += bits
         if not scheme.is_identity:

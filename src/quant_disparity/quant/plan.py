@@ -24,6 +24,7 @@ import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
+from typing import cast
 
 import tomli_w
 
@@ -304,16 +305,17 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
     decisions = []
     for p in params:
         rule_i, action = decided.get(p.name, (None, "none"))
-        scheme = NONE
+        scheme: Scheme = NONE
         if action not in (KEEP, "none"):
             scheme = parse_scheme(action)
             for j, r in outlier_rules:
                 if _selects(r.selectors[0], p, modmap, ""):
-                    scheme = scheme.with_outliers(r.selectors[0].outliers)
+                    fraction = r.selectors[0].outliers
+                    assert fraction is not None  # an outlier rule's one selector
+                    scheme = scheme.with_outliers(fraction)
                     used.add(j)
                     break
-            shape = tuple(weight_2d_shape(p))
-            scheme.check_shape(shape, p.name)
+            scheme.check_shape(weight_2d_shape(p), p.name)
             schemes[p.name] = scheme
         shape = weight_2d_shape(p)
         decisions.append(
@@ -339,7 +341,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
 def weight_2d_shape(p: ParamInfo) -> tuple[int, int]:
     import torch
 
-    return tuple(weight_2d(torch.empty(p.shape, device="meta"), p).shape)
+    return cast("tuple[int, int]", tuple(weight_2d(torch.empty(p.shape, device="meta"), p).shape))  # 2-D
 
 
 def load_plan(text: str) -> Plan:

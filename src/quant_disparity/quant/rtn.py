@@ -19,6 +19,7 @@ Conventions (written down because quantizers differ):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -112,7 +113,7 @@ def quantize(
         codes=codes.to(torch.int16),
         scale=scale,
         zero=None if zero is None else zero.to(torch.int16),
-        shape=tuple(w.shape),
+        shape=cast("tuple[int, int]", tuple(w.shape)),  # 2-D: checked by _check
         bits=bits,
     )
 
@@ -143,13 +144,14 @@ def fake_quantize(
     _check(w, bits, group_size)
     out = torch.empty_like(w)
     rows = max(1, chunk_elems // max(1, w.shape[1]))
-    fixed = None
+    fixed: tuple[torch.Tensor, torch.Tensor | None] | None = None
     if per_tensor:
         flat = w.float().reshape(1, 1, -1)
         fixed = _params(flat, bits, symmetric)
     for r0 in range(0, w.shape[0], rows):
         part = w[r0 : r0 + rows].float()
         if per_tensor:
+            assert fixed is not None  # set above when per_tensor
             scale, zero = fixed
             x = part.reshape(1, 1, -1)
         else:
