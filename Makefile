@@ -29,10 +29,11 @@ audit: setup
 
 LINTED := src tests benchmarks experiments scripts
 
-# The linter and the formatter's check (ruff, configured in pyproject.toml), then the suite.
+# The linter and the formatter's check (ruff), the type check (mypy; both configured in pyproject.toml), the suite.
 test: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 $(VENV)/.bench: $(VENV)/.installed $(LOCK)
