@@ -58,7 +58,7 @@ def _resolve_user_lang(raw: str, texts: list[str], where: str) -> str:
         raise UserError(f"{where}: {e.message}", e.hint) from None
 
 
-def _finish(name: str, raw_docs: dict[str, list[tuple[str, str]]], where: dict[str, str]) -> Corpus:
+def _corpus_from(name: str, raw_docs: dict[str, list[tuple[str, str]]], where: dict[str, str]) -> Corpus:
     """Resolve raw language labels to ids and build the corpus (merging labels that mean the same id)."""
     if not raw_docs:
         raise UserError(f"corpus {name} holds no documents", "check the path and the file format")
@@ -114,7 +114,7 @@ def read_jsonl(path: Path) -> Corpus:
         lang = obj["lang"].strip()
         raw[lang].append((doc_id, obj["text"]))
         where.setdefault(lang, loc)
-    return _finish(str(path), raw, where)
+    return _corpus_from(str(path), raw, where)
 
 
 def _check_unicode(text: str, where: str) -> None:
@@ -141,7 +141,7 @@ def read_txt_dir(path: Path) -> Corpus:
             raise UserError(f"{f}: empty file", "put documents in it, separated by blank lines")
         raw[f.stem] = [(f"{i:04d}", b) for i, b in enumerate(blocks)]
         where[f.stem] = str(f)
-    return _finish(str(path), raw, where)
+    return _corpus_from(str(path), raw, where)
 
 
 def read_flores_dir(path: Path, split: str = "devtest", sentences_per_doc: int = 10) -> Corpus:
@@ -172,7 +172,7 @@ def read_flores_dir(path: Path, split: str = "devtest", sentences_per_doc: int =
             f"{nb}), so documents would not be aligned across languages",
             "FLORES files hold the same sentences in the same order: one per line in every file",
         )
-    return _finish(str(path), raw, where)
+    return _corpus_from(str(path), raw, where)
 
 
 def _read_text(f: Path) -> str:

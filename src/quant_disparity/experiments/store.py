@@ -79,6 +79,19 @@ ROW_COLUMNS = ResultRow._fields
 _KEYS_PER_QUERY = 500
 
 
+#: SQLite's primary result codes that the store turns into user errors (the extended codes carry them in their low
+#: byte): https://www.sqlite.org/rescode.html
+_SQLITE_BUSY_OR_LOCKED = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
+
+
+def _sqlite_code(e: sqlite3.Error) -> int | None:
+    """The primary SQLite result code of an error raised by SQLite (None for errors of the sqlite3 module itself)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 class Store:
     """Open (or create) a store. Raises :class:`UserError` for a read-only, locked, corrupt or newer store."""
 
@@ -114,7 +127,7 @@ class Store:
         try:
             return self._connect(self._uri(self.path, mode="ro"), timeout, uri=True, quiet=True)
         except sqlite3.OperationalError as e:
-            if "unable to open" not in str(e) and "readonly" not in str(e):
+            if _sqlite_code(e) not in (_SQLITE_CANTOPEN, _SQLITE_READONLY):
                 return self._connect(self._uri(self.path, mode="ro"), timeout, uri=True)  # the usual message
         wal = self.path.with_name(self.path.name + "-wal")
         if not wal.exists() or wal.stat().st_size == 0:
@@ -138,9 +151,9 @@ class Store:
             if quiet and isinstance(e, sqlite3.OperationalError):
                 raise
             msg = str(e)
-            if "locked" in msg or "busy" in msg:
+            if _sqlite_code(e) in _SQLITE_BUSY_OR_LOCKED:
                 raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
-            if "readonly" in msg or "read-only" in msg:
+            if _sqlite_code(e) == _SQLITE_READONLY:
                 raise UserError(f"store {self.path} is read-only", "make it writable or choose another --out") from None
             raise UserError(
                 f"store {self.path} is not a usable SQLite database ({msg})", "point --out at a fresh directory"
@@ -181,7 +194,7 @@ class Store:
         except sqlite3.OperationalError as e:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            if "locked" in str(e) or "busy" in str(e):
+            if _sqlite_code(e) in _SQLITE_BUSY_OR_LOCKED:
                 raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
             raise
 
@@ -207,9 +220,9 @@ class Store:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
+            if _sqlite_code(e) in _SQLITE_BUSY_OR_LOCKED:
                 raise UserError(f"store {self.path} is locked by another run", "wait for it to finish") from None
-            if "readonly" in str(e):
+            if _sqlite_code(e) == _SQLITE_READONLY:
                 raise UserError(f"store {self.path} is read-only", "make it writable") from None
             raise
         try:
@@ -284,12 +297,12 @@ class Store:
                 (n_batches,) = db.execute("SELECT n_batches FROM trials WHERE trial_key = ?", (key,)).fetchone()
                 (n_done,) = db.execute("SELECT count(*) FROM batches_done WHERE trial_key = ?", (key,)).fetchone()
                 if n_done == n_batches:
-                    self._finish(db, key, finished_at)
+                    self._mark_finished(db, key, finished_at)
                     finished.append(key)
         return finished
 
     @staticmethod
-    def _finish(db: sqlite3.Connection, key: str, finished_at: str) -> None:
+    def _mark_finished(db: sqlite3.Connection, key: str, finished_at: str) -> None:
         sums: dict[int, list[list[float]]] = {}
         for doc, nll, nll_ref, kl, top1 in db.execute(
             "SELECT doc, nll, nll_ref, kl, top1 FROM partials WHERE trial_key = ?", (key,)

@@ -149,11 +149,6 @@ class Plan:
             raise UserError("empty plan", "write e.g. keep:layer:0,layer:-1; w4g128:*")
         return cls(tuple(_parse_rule(p, i) for i, p in enumerate(parts)))
 
-    @classmethod
-    def uniform(cls, scheme: Scheme | str, selector: str = "*") -> Plan:
-        name = scheme if isinstance(scheme, str) else scheme.name
-        return cls.parse(f"{name}:{selector}")
-
     def __str__(self) -> str:
         return "; ".join(str(r) for r in self.rules)
 
