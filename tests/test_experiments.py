@@ -543,3 +543,13 @@ def test_a_document_minimum_takes_more_documents_and_keeps_keys_where_it_does_no
     assert all("min_docs" not in t["meta"]["selection"] for t in base.trials.values())
     with pytest.raises(UserError, match=r"s.toml:\d+: min_docs must be >= 1"):
         parse_spec(spec_text(model_dir).replace("max_tokens = 160", "max_tokens = 160\nmin_docs = 0"), "s.toml")
+
+
+def test_a_claim_error_points_at_that_claims_expr(model_dir):
+    text = spec_text(model_dir).replace("lang='heb'", "lang='fra'")  # only claim B names a language
+    lines = text.splitlines()
+    b_expr = next(i for i, line in enumerate(lines) if line.startswith("expr") and "delta_bpb(lang=" in line) + 1
+    a_expr = next(i for i, line in enumerate(lines) if line.startswith("expr")) + 1
+    assert a_expr < b_expr
+    with pytest.raises(UserError, match=rf"^s\.toml:{b_expr}: claim B: .*names a language the spec does not evaluate"):
+        parse_spec(text, "s.toml")

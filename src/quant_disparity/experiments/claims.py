@@ -190,11 +190,12 @@ def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, TrialSpec]]]
     return out
 
 
-def validate_claims(spec) -> None:
+def validate_claims(spec, claims=None) -> None:
+    """Check ``claims`` (default: all of the spec's) without any result: syntax, languages, groups, measures."""
     from ..corpus import load_corpus
 
     corpus = None
-    for claim in spec.claims:
+    for claim in spec.claims if claims is None else claims:
         _, _, _, calls = parse_expr(claim.expr, claim.id)
         for call in calls:
             kw = call.kw()

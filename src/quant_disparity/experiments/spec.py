@@ -519,19 +519,19 @@ def _check_claim_instances(spec: ExperimentSpec, path: str, text: str) -> None:
     """Every claim's metric calls name what the spec evaluates, and its where matches a trial."""
     from .claims import instances, validate_claims
 
-    line_after = {c.id: (_line_of(text, "claims") or 1) - 1 for c in spec.claims}
-    try:
-        validate_claims(spec)
-        for c in spec.claims:
+    after = (_line_of(text, "claims") or 1) - 1
+    for c in spec.claims:  # one claim at a time, so that an error points at that claim's expr
+        try:
+            validate_claims(spec, [c])
             if not instances(spec, c):
                 raise UserError(
                     f"claim {c.id}: no trial of the spec matches where {dict(c.where)}",
                     "name a model, scheme and plan combination the spec runs",
                 )
-    except UserError as e:
-        m = re.match(r"claim (\S+):", e.message)  # claims.py names the claim first: point at its expr
-        line = _line_of(text, "expr", line_after.get(m.group(1), 0)) if m else None
-        raise SpecError(f"{path}:{line}: {e.message}" if line else f"{path}: {e.message}", e.hint) from None
+        except UserError as e:
+            line = _line_of(text, "expr", after)
+            raise SpecError(f"{path}:{line}: {e.message}" if line else f"{path}: {e.message}", e.hint) from None
+        after = _line_of(text, "expr", after) or after
 
 
 def _validate_groups(groups, corpus: CorpusSelection, loaded, path: str, text: str):
