@@ -44,7 +44,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -64,9 +64,6 @@ from ..analysis.stats import (
     warn_too_few_documents,
 )
 from ..errors import UserError, did_you_mean
-
-if TYPE_CHECKING:
-    from .spec import TrialSpec
 
 LANG_METRICS = {
     "bpb": "bpb_q",
@@ -163,8 +160,9 @@ def _matches(trial, filters: dict[str, str]) -> bool:
     return True
 
 
-def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, TrialSpec]]]:
-    """Expand a claim over the dimensions it leaves open; for each instance, the trial of every call."""
+def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, Any]]]:
+    """Expand a claim over the dimensions it leaves open; for each instance, the trial of every call (the spec's
+    ``TrialSpec``, typed ``Any``: claims imports nothing from spec, so the import graph stays one-way)."""
     _, _, _, calls = parse_expr(claim.expr, claim.id)
     where = dict(claim.where)
     values = {d: sorted({getattr(t, d) for t in spec.trials} - {""}) for d in FILTERS if d != "plan"}
@@ -175,7 +173,7 @@ def instances(spec, claim) -> list[tuple[dict[str, str], dict[Call, TrialSpec]]]
         inst = dict(zip(open_dims, combo))
         if not any(_matches(t, {**where, **inst}) for t in spec.trials):
             continue  # e.g. a scheme the spec runs on one model only: no such instance, not an error
-        chosen: dict[Call, TrialSpec] = {}
+        chosen: dict[Call, Any] = {}
         for call in calls:
             filters = {**where, **inst, **{k: v for k, v in call.kw().items() if k in FILTERS}}
             hits = [t for t in spec.trials if _matches(t, filters)]
