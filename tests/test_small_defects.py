@@ -148,3 +148,27 @@ def test_audit_without_prefix_divides_by_the_predicted_texts_bytes(tokenizer):
     lang = r["languages"][0]
     nll = sum(row["nll_fp"] for row in docs)
     assert lang["bpb_fp"]["value"] == pytest.approx(nll / math.log(2) / sum(row["bytes"] for row in docs))
+
+
+def test_modified_benchmark_results_do_not_make_the_revision_dirty(tmp_path):
+    """A benchmark run that has written some results still measures the committed code; a changed source
+    file does make the revision dirty."""
+    import subprocess
+
+    from quant_disparity.provenance import _revision_of
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True)
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text("{}")
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    sub = tmp_path / "src"
+    assert _revision_of(sub) == head
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text('{"x": 1}')
+    assert _revision_of(sub) == head
+    (tmp_path / "src" / "m.py").write_text("x = 2\n")
+    assert _revision_of(sub) == head + "+dirty"

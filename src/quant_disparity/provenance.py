@@ -21,16 +21,34 @@ def lib_version(name: str) -> str | None:
         return None
 
 
+# Paths whose changes say nothing about the code that computed a result: the benchmark results themselves (a
+# benchmark run that has written some of its results is still measuring the committed code).
+NOT_CODE = ("benchmarks/results",)
+
+
 @functools.cache
 def git_revision() -> str | None:
     """Commit of the quant-disparity source tree (with ``+dirty`` when modified), if it is a git checkout."""
-    root = Path(__file__).resolve().parent
+    return _revision_of(Path(__file__).resolve().parent)
+
+
+def _revision_of(root: Path) -> str | None:
+    """HEAD of the checkout holding ``root``, with ``+dirty`` when a tracked file outside ``NOT_CODE`` is
+    modified."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                *(f":(top,exclude){p}" for p in NOT_CODE),
+            ],
             cwd=root,
             capture_output=True,
             text=True,
