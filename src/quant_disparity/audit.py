@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .analysis import LanguageStats, correlation, disparity, language_stats
+from .analysis.fertility import FERTILITY_STREAM, Fertility, fertility_summary, language_fertility
 from .analysis.records import AuditResult, DocumentRow, LanguageRow
 from .config import AuditConfig
 from .corpus import Corpus, language_info
@@ -168,11 +169,15 @@ def run_audit(
     rng = np.random.default_rng(config.seed)
     per_lang: list[LanguageStats] = []
     doc_rows: list[DocumentRow] = []
+    fertility: dict[str, Fertility] = {}
     offset = 0
     for lang in langs:
         n = len(selection.docs[lang])
         sl = slice(offset, offset + n)
         offset += n
+        fertility[lang] = language_fertility(
+            language_info(base_language(lang)).script, [d.text for d in selection.docs[lang]], prepared.n_tokens[sl]
+        )
         arrays = {
             "nll": scores.nll[sl],
             "nll_ref": scores.nll_ref[sl],
@@ -197,8 +202,14 @@ def run_audit(
                     top1_agree=int(arrays["top1"][i]),
                 )
             )
-    lang_rows = tuple(LanguageRow.from_stats(s, language_info(base_language(s.lang)).to_dict()) for s in per_lang)
+    lang_rows = tuple(
+        LanguageRow.from_stats(s, language_info(base_language(s.lang)).to_dict(), fertility[s.lang].to_dict())
+        for s in per_lang
+    )
     summary = summarize(per_lang, config, rng)
+    summary["fertility"] = fertility_summary(
+        per_lang, fertility, np.random.default_rng((config.seed, FERTILITY_STREAM))
+    )
     return AuditResult(
         config=config,
         model={**lm.info.to_dict(), "module_map": modmap.summary()},

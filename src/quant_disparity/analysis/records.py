@@ -46,9 +46,13 @@ class LanguageRow:
     n_bytes: int | None
     n_pred: int | None
     estimates: Mapping[str, Estimate]  # per metric of LANG_METRICS
+    #: tokenizer fertility on the scored documents (``analysis.fertility.Fertility.to_dict``); None in older files
+    fertility: Mapping[str, Any] | None = None
 
     @classmethod
-    def from_stats(cls, stats: LanguageStats, info: Mapping[str, Any]) -> LanguageRow:
+    def from_stats(
+        cls, stats: LanguageStats, info: Mapping[str, Any], fertility: Mapping[str, Any] | None = None
+    ) -> LanguageRow:
         return cls(
             stats.lang,
             {k: v for k, v in info.items() if k != "id"},
@@ -56,6 +60,7 @@ class LanguageRow:
             stats.n_bytes,
             stats.n_pred,
             dict(stats.estimates),
+            fertility,
         )
 
     @property
@@ -75,11 +80,12 @@ class LanguageRow:
             "n_bytes": self.n_bytes,
             "n_predicted_tokens": self.n_pred,
             **_dicts(self.estimates),
+            **({"fertility": dict(self.fertility)} if self.fertility is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LanguageRow:
-        own = {"id", "lang", "n_docs", "n_bytes", "n_predicted_tokens", *LANG_METRICS}
+        own = {"id", "lang", "n_docs", "n_bytes", "n_predicted_tokens", "fertility", *LANG_METRICS}
         return cls(
             data.get("id", data.get("lang")),
             {k: v for k, v in data.items() if k not in own},
@@ -87,6 +93,7 @@ class LanguageRow:
             data.get("n_bytes"),
             data.get("n_predicted_tokens"),
             _estimates(data, LANG_METRICS),
+            data.get("fertility"),
         )
 
 
@@ -122,7 +129,7 @@ class AuditResult:
     scheme: dict
     corpus: dict
     languages: tuple[LanguageRow, ...]
-    summary: dict  # worst/best language, groups, disparity (analysis.stats.disparity), correlation
+    summary: dict  # worst/best language, groups, disparity (analysis.stats.disparity), correlation, fertility
     documents: tuple[DocumentRow, ...]
     environment: dict
     timing: dict

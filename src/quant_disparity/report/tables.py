@@ -11,6 +11,7 @@ from typing import cast
 
 from ..analysis.records import LanguageRow, LocateResult
 from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, Estimate
+from . import fertility
 
 #: Marks a value shown without an interval because of too few documents (see ``no_interval_footnote``).
 NO_CI = "†"
@@ -129,6 +130,7 @@ def audit_summary_lines(result: Mapping) -> list[str]:
         + (f" ({c['spearman']['note']})" if c["spearman"].get("note") else "")
         + ".",
     ]
+    lines += fertility.summary_lines(result, fmt)
     return lines
 
 
@@ -167,6 +169,7 @@ def audit_markdown(result: Mapping) -> str:
         *([no_interval_footnote(short), ""] if short else []),
         *[f"- {line}" for line in audit_summary_lines(result)],
         "",
+        *fertility.markdown_section(result, sorted(language_rows(result), key=by_damage), markdown_table),
         f"Environment: quant-disparity {result['environment']['quant_disparity']} "
         f"(git {result['environment']['git_revision'] or 'unknown'}), torch "
         f"{result['environment']['libraries']['torch']}, transformers "
@@ -189,7 +192,9 @@ def audit_rich_table(result: Mapping):
         caption=no_interval_footnote(short) if short else None,
         caption_justify="left",
     )
-    cols = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
+    cols: tuple[str, ...] = ("language", "docs", "Joshi", "bpb FP", "bpb Q", "Δbpb", "rel. Δbpb", "KL bits", "top-1")
+    with_fertility = fertility.has_fertility(result)
+    cols += fertility.COLUMNS if with_fertility else ()
     for i, col in enumerate(cols):
         t.add_column(col, justify="left" if i == 0 else "right")
     for r in langs:
@@ -204,6 +209,7 @@ def audit_rich_table(result: Mapping):
             fmt(e["rel_delta_bpb"], 1, pct=True, sign=True),
             fmt(e["kl_bits"], 2),
             fmt(e["top1_agreement"], 0, pct=True).split(" [")[0],
+            *(fertility.cells(r) if with_fertility else ()),
         )
     return t
 
