@@ -324,6 +324,82 @@ def locate(
     out.print(f"wrote {target / 'locate.json'}, locate.md, heatmap.png, bars.png")
 
 
+@app.group()
+def inspect() -> None:
+    """Look inside a model's layers: super weights, outlier structure of its weight tensors."""
+
+
+@inspect.command("super-weights")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option(
+    "--prompt", help="The text of the forward pass (default: the paper's 'Apple Inc. is a worldwide tech company.')."
+)
+@click.option(
+    "--ratio", type=float, help="Massive: |activation| at least this many times the block's median (default 100)."
+)
+@click.option(
+    "--min-share", type=float, help="The one weight's product must make this share of the output (default 0.5)."
+)
+@click.option("--rounds", type=int, help="Passes, each after zeroing the super weights found so far (default 3).")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/super-weights-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing super_weights.json in --out.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+def inspect_super_weights(model, prompt, ratio, min_share, rounds, out_dir, overwrite, device, dtype) -> None:
+    """Find super weights data-free (Yu et al. 2024): massive down-projection activations and the weight making each."""
+    from ._io import OutputDir
+    from .inspect import DEFAULT_PROMPT, Thresholds
+    from .inspect.command import super_weights
+    from .models import classify_source, load_model, parse_device, parse_dtype
+    from .report.inspect_tables import super_weights_markdown
+
+    given = {"ratio": ratio, "min_share": min_share, "rounds": rounds}
+    thresholds = Thresholds(**{k: v for k, v in given.items() if v is not None})
+    prompt = DEFAULT_PROMPT if prompt is None else prompt
+    if not prompt.strip():
+        raise UserError("--prompt is empty", f"give a short text, e.g. the default: {DEFAULT_PROMPT}")
+    parse_device(device)
+    parse_dtype(dtype)
+    classify_source(model)
+    with OutputDir(out_dir or _default_out("super-weights"), "super_weights.json", overwrite) as staged:
+        lm = load_model(model, device=device, dtype=dtype, log=lambda m: err.print(m))
+        data = super_weights(lm, prompt, thresholds).to_dict()
+        md = super_weights_markdown(data)
+        staged.write_text("super_weights.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        staged.write_text("super_weights.md", md)
+    out.print(md, markup=False)
+    out.print(f"wrote {staged.target / 'super_weights.json'} and super_weights.md")
+
+
+@inspect.command("outliers")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/outliers-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing outliers.json in --out.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Tensors shown here.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+def inspect_outliers(model, out_dir, overwrite, top, device, dtype) -> None:
+    """Dense vs sparse outliers: per weight tensor, shares beyond 3 and 6 sd, kurtosis, max/mean |w|."""
+    from ._io import OutputDir
+    from .inspect.command import outliers
+    from .models import classify_source, load_model, parse_device, parse_dtype
+    from .report.inspect_tables import OUTLIER_COLUMNS, outliers_markdown, outliers_rows, outliers_summary_lines
+    from .report.tables import markdown_table
+
+    parse_device(device)
+    parse_dtype(dtype)
+    classify_source(model)
+    with OutputDir(out_dir or _default_out("outliers"), "outliers.json", overwrite) as staged:
+        lm = load_model(model, device=device, dtype=dtype, log=lambda m: err.print(m))
+        data = outliers(lm)
+        staged.write_text("outliers.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        staged.write_text("outliers.md", outliers_markdown(data))
+    for line in outliers_summary_lines(data):
+        out.print(line, markup=False)
+    out.print(markdown_table(list(OUTLIER_COLUMNS), outliers_rows(data, top), "lllrrrrrr"), markup=False)
+    out.print(f"wrote {staged.target / 'outliers.json'} (every tensor) and outliers.md")
+
+
 @app.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
