@@ -126,7 +126,13 @@ class SuperWeightResult:
             "prompt": self.prompt,
             "n_tokens": self.n_tokens,
             "thresholds": self.thresholds.to_dict(),
-            "method": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
+            "method": (
+                "Yu et al. 2024 (arXiv 2411.07191): in each MLP down-projection y = W x, the largest |y| (token t, "
+                "output channel = row) and on that token the largest |x| (input channel = column); W[row, column] "
+                f"is a super weight when |y[t, row]| and |x[t, column]| are at least {self.thresholds.ratio:g} x the "
+                f"block's median |y| and |x| and W[row, column] x[t, column] is at least {self.thresholds.min_share:g} "
+                f"of y[t, row]; found ones are zeroed and the pass repeated (at most {self.thresholds.rounds} passes)"
+            ),
             "super_weights": [s.to_dict() for s in self.super_weights],
             "layers": [p.to_dict() for p in self.layers],
         }
