@@ -544,6 +544,31 @@ def schemes() -> None:
     out.print(t)
 
 
+@app.command("export")
+@click.argument("plan")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--to", "target", required=True, help="llmcompressor, gptqmodel, transformers, torchao or llamacpp.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), help="Write to this new file (default: stdout).")
+def export_cmd(plan, model, target, out_file) -> None:
+    """Write PLAN (compact or .toml) as the configuration of another quantizer, for this model's modules."""
+    from .export import TARGETS, export, resolve_export
+    from .models import load_model
+    from .models.modules import build_module_map
+    from .quant.plan import load_plan
+
+    entry = TARGETS.get(target)  # an unknown target is an error before anything loads
+    parsed = load_plan(plan)
+    if out_file is not None and (out_file.exists() or out_file.is_dir()):
+        raise UserError(f"--out {out_file} already exists", "choose a new file name")
+    lm = load_model(model, log=lambda m: err.print(m))
+    text = export(resolve_export(parsed, lm.model, build_module_map(lm.model)), entry)
+    if out_file is None:
+        click.echo(text, nl=False)
+    else:
+        out_file.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out_file}", markup=False)
+
+
 class Interrupted(Exception):
     """Ctrl-C, with the one line to print about what was kept (that depends on the command)."""
 
