@@ -24,7 +24,7 @@ def quantization_config(resolved: ResolvedExport) -> dict:
         )
     for name, scheme in schemes.items():
         if name != "w8-channel":
-            raise cannot(NAME, scheme, "bitsandbytes' int8 is LLM.int8 per output row", FIX)
+            raise cannot(NAME, scheme, "bitsandbytes quantizes to LLM.int8 per output row or to NF4/FP4 floats", FIX)
     skip = [m.name for m in resolved.unquantized_modules()]
     return {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_skip_modules": skip}
 
