@@ -620,6 +620,79 @@ def schemes() -> None:
     out.print(t)
 
 
+@app.command("scores")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--scheme", default="w4g128", show_default=True, help="Scheme whose quantization error is scored.")
+@click.option("--granularity", default="layer", show_default=True, help="tensor, component or layer.")
+@click.option("--scores", "names", help="Comma-separated scores (default: all; see the README).")
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the random baseline.")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/scores-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing scores.json in --out.")
+def scores_cmd(model, scheme, granularity, names, seed, out_dir, overwrite) -> None:
+    """Weight-only sensitivity scores per unit (statistics, quantization error, baselines): scores.json, scores.md."""
+    import numpy as np
+
+    from ._io import OutputDir
+    from .models import load_model
+    from .models.modules import build_module_map
+    from .protect import SCORES, compute_scores
+    from .protect.weights import GRANULARITIES, to_markdown
+    from .quant import parse_scheme
+
+    parsed = parse_scheme(scheme)
+    chosen = list(_csv(names)) or SCORES.names()
+    for n in chosen:
+        SCORES.get(n)
+    if granularity not in GRANULARITIES:
+        raise UserError(f"unknown granularity {granularity!r}", f"use {', '.join(GRANULARITIES)}")
+    lm = load_model(model, log=lambda m: err.print(m))
+    units = compute_scores(lm.model, build_module_map(lm.model), parsed, granularity, chosen, seed)
+    data = {
+        "model": model,
+        "scheme": parsed.name,
+        "granularity": granularity,
+        "seed": seed,
+        "units": [
+            {
+                "unit": u.unit,
+                "n_params": u.n_params,
+                "tensors": list(u.tensors),
+                "scores": {k: v if np.isfinite(v) else None for k, v in u.scores.items()},
+            }
+            for u in units
+        ],
+    }
+    with OutputDir(out_dir or _default_out("scores"), "scores.json", overwrite) as staged:
+        staged.write_text("scores.md", to_markdown(units, f"scores: {model}, {parsed.name}, {granularity}"))
+        staged.write_text("scores.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    out.print(to_markdown(units, "scores"), markup=False)
+
+
+@app.command("export")
+@click.argument("plan")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--to", "target", required=True, help="llmcompressor, gptqmodel, transformers, torchao or llamacpp.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), help="Write to this new file (default: stdout).")
+def export_cmd(plan, model, target, out_file) -> None:
+    """Write PLAN (compact or .toml) as the configuration of another quantizer, for this model's modules."""
+    from .export import TARGETS, export, resolve_export
+    from .models import load_model
+    from .models.modules import build_module_map
+    from .quant.plan import load_plan
+
+    entry = TARGETS.get(target)  # an unknown target is an error before anything loads
+    parsed = load_plan(plan)
+    if out_file is not None and (out_file.exists() or out_file.is_dir()):
+        raise UserError(f"--out {out_file} already exists", "choose a new file name")
+    lm = load_model(model, log=lambda m: err.print(m))
+    text = export(resolve_export(parsed, lm.model, build_module_map(lm.model)), entry)
+    if out_file is None:
+        click.echo(text, nl=False)
+    else:
+        out_file.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out_file}", markup=False)
+
+
 class Interrupted(Exception):
     """Ctrl-C, with the one line to print about what was kept (that depends on the command)."""
 
