@@ -126,3 +126,11 @@ def test_a_language_without_items_is_refused():
     (task,) = parse_tasks("cloze", TaskSettings())
     with pytest.raises(UserError, match="no items in heb_Hebr"):
         task.check(corpus, ["eng_Latn", "heb_Hebr"])
+
+
+def test_audit_with_an_unknown_task_exits_2_before_making_output(tmp_path, capsys):
+    from conftest import run_cli
+
+    code, _, err = run_cli(["audit", "--tasks", "clozee", "--langs", "eng", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "did you mean 'cloze'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
