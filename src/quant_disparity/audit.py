@@ -18,7 +18,7 @@ from .errors import UserError, did_you_mean
 from .evaluate import Forward, score_documents
 from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
-from .models.modules import ModuleMap
+from .models.modules import ModuleMap, build_module_map
 from .provenance import environment
 from .quant import QuantEngine, Scheme, cost, parse_scheme
 from .quant.plan import load_plan
@@ -241,3 +241,44 @@ def run_audit(
             "predicted_tokens": prepared.total_pred,
         },
     )
+
+
+def run_audit_with_tasks(
+    config: AuditConfig,
+    tasks: str,
+    settings: object,
+    *,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """An audit followed by ``tasks`` (e.g. ``"cloze,generate"``) on the same model and scheme: audit.json's
+    dict with a ``tasks`` section (:mod:`quant_disparity.tasks`). Task names and languages are checked first."""
+    from .models import load_model
+    from .tasks import TaskSettings, parse_tasks, run_tasks
+
+    assert isinstance(settings, TaskSettings)
+    chosen = parse_tasks(tasks, settings)
+    scheme, corpus, langs = validate(config)
+    for task in chosen:
+        task.check(corpus, langs)
+    lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
+    result = run_audit(config, lm=lm, log=log, progress=progress)
+    modmap = build_module_map(lm.model)
+    if config.plan:
+        assignment = load_plan(config.plan).resolve(modmap).assignment()
+    else:
+        assignment = {name: scheme for name in quantization_targets(modmap, config.include)}
+    data = result.to_dict()
+    data["tasks"] = run_tasks(
+        chosen,
+        lm,
+        QuantEngine(lm.model, modmap),
+        assignment,
+        corpus,
+        langs,
+        settings,
+        data["documents"],
+        n_boot=config.n_boot,
+        log=log,
+    )
+    return data

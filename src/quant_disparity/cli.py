@@ -99,6 +99,12 @@ def _default_out(kind: str) -> Path:
 @click.option("--context", type=int, help="Context tokens carried into later windows of long documents.")
 @click.option("--batch-tokens", type=int, help="Padded tokens per batch.")
 @click.option("--config", type=click.Path(path_type=Path), help="An audit config TOML; options given here override it.")
+@click.option(
+    "--tasks", "tasks", help="Also run tasks on the same model and scheme: cloze, generate (comma-separated)."
+)
+@click.option(
+    "--gen-tokens", type=int, default=32, show_default=True, help="Tokens per greedy continuation (generate)."
+)
 def audit(
     model,
     scheme,
@@ -119,6 +125,8 @@ def audit(
     context,
     batch_tokens,
     config,
+    tasks,
+    gen_tokens,
 ) -> None:
     """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
     from ._io import OutputDir
@@ -155,11 +163,30 @@ def audit(
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = AuditConfig.from_dict(base)
     validate(cfg)
+    task_settings = None
+    if tasks is not None:
+        from .audit import run_audit_with_tasks
+        from .corpus.selection import open_corpus, resolve_langs
+        from .tasks import TaskSettings, parse_tasks
+
+        task_settings = TaskSettings(seed=cfg.seed, gen_tokens=gen_tokens, batch_tokens=cfg.eval.batch_tokens)
+        corpus_ = open_corpus(cfg.selection)
+        for task in parse_tasks(tasks, task_settings):  # before any output directory is made
+            task.check(corpus_, resolve_langs(corpus_, cfg.selection.langs))
     with OutputDir(out_dir or _default_out("audit"), "audit.json", overwrite) as staged:
-        result = _run_with_progress(lambda log, prog: run_audit(cfg, log=log, progress=prog))
-        data = result.to_dict()
+        if task_settings is not None:
+            data = _run_with_progress(
+                lambda log, prog: run_audit_with_tasks(cfg, tasks, task_settings, log=log, progress=prog)
+            )
+        else:
+            data = _run_with_progress(lambda log, prog: run_audit(cfg, log=log, progress=prog)).to_dict()
         staged.write_text("audit.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-        staged.write_text("audit.md", audit_markdown(data))
+        md = audit_markdown(data)
+        if "tasks" in data:
+            from .tasks import tasks_markdown
+
+            md += tasks_markdown(data["tasks"])
+        staged.write_text("audit.md", md)
         staged.write_text("config.toml", cfg.to_toml())
         table = audit_rich_table(data)
     target = staged.target

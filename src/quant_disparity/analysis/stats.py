@@ -263,12 +263,17 @@ def spearman_undefined(measure: np.ndarray) -> str | None:
 
 
 def spearman_replicates(
-    x: np.ndarray, y: np.ndarray, y_reps: np.ndarray, rng: np.random.Generator
+    x: np.ndarray,
+    y: np.ndarray,
+    y_reps: np.ndarray,
+    rng: np.random.Generator,
+    x_reps: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Spearman correlation of ``x`` and ``y`` across languages, and its two-stage bootstrap replicates.
 
     ``y_reps [n_lang, n_boot]`` are each language's own document-level replicates; replicate ``b`` also
-    resamples the languages with replacement.
+    resamples the languages with replacement. ``x_reps`` (same shape), when ``x`` is itself measured (e.g. a
+    task's Δaccuracy against Δbpb), resamples that side too; without it ``x`` is fixed (a resource measure).
 
     A replicate where either side is constant (e.g. every resampled language has the same Joshi class; with
     six languages of which five share a class that is a third of the replicates) has no rank correlation.
@@ -284,7 +289,9 @@ def spearman_replicates(
     n, n_boot = len(x), y_reps.shape[1]
     # one [n_boot, n] draw: the same random stream as drawing replicate by replicate (tested)
     picks = rng.integers(0, n, (n_boot, n))
-    xb, yb = x[picks], y_reps[picks, np.arange(n_boot)[:, None]]
+    cols = np.arange(n_boot)[:, None]
+    xb = x[picks] if x_reps is None else x_reps[picks, cols]
+    yb = y_reps[picks, cols]
     # Spearman = Pearson correlation of average ranks, for all replicates at once (scipy's spearmanr per
     # replicate gives the same numbers but dominated the runtime of an experiment's analysis)
     rx, ry = sps.rankdata(xb, axis=1), sps.rankdata(yb, axis=1)

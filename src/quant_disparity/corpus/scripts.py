@@ -34,3 +34,24 @@ def detect_script(texts: Iterable[str], max_chars: int = 20000) -> str:
     if counts["Hang"] and counts["Hang"] >= counts["Hani"]:
         return "Hang"
     return counts.most_common(1)[0][0]
+
+
+#: Scripts whose text legitimately mixes in others: Japanese writes Han and kana, Korean may write Han.
+_SCRIPT_FAMILY = {"Jpan": frozenset({"Hani", "Hira", "Kana"}), "Hang": frozenset({"Hang", "Hani"})}
+
+
+def script_share(text: str, script: str) -> tuple[int, int]:
+    """``(letters of text in script, letters)``, letters counted as :func:`detect_script` counts them.
+
+    ``script`` is an ISO 15924 code as :func:`detect_script` returns it (``Jpan`` counts Han and kana,
+    ``Hang`` counts Hangul and Han)."""
+    family = _SCRIPT_FAMILY.get(script, frozenset({script}))
+    inside = letters = 0
+    for ch in text:
+        if ch.isalpha() or "\u3040" <= ch <= "\u30ff":
+            s = fut.script(ch)
+            if s in ("Zyyy", "Zinh", "Zzzz"):
+                continue
+            letters += 1
+            inside += s in family
+    return inside, letters
