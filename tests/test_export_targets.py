@@ -12,7 +12,7 @@ import shlex
 import pytest
 import torch
 import yaml
-from conftest import skip_unless_ci, tiny_model
+from conftest import run_cli, skip_unless_ci, tiny_model
 
 from quant_disparity.cli import main
 from quant_disparity.errors import UserError
@@ -215,22 +215,16 @@ def test_inexpressible_scheme_is_an_error(target, plan, words):
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
-def _cli(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr()
-
-
 def test_cli_exports_and_refuses_bad_input(saved_model, tmp_path, capsys):
     d = str(saved_model("llama"))
     out = tmp_path / "r.yaml"
     main(["export", PLAN, "--model", d, "--to", "llmcompressor", "--out", str(out)])
     assert "QuantizationModifier" in out.read_text()
     before = out.read_text()
-    code, cap = _cli(capsys, "export", PLAN, "--model", d, "--to", "llmcompressor", "--out", str(out))
-    assert code == 2 and "already exists" in cap.err and out.read_text() == before
-    code, cap = _cli(capsys, "export", PLAN, "--model", d, "--to", "llmcompresor")
-    assert code == 2 and "unknown export target" in cap.err and "llmcompressor" in cap.err
-    code, cap = _cli(capsys, "export", "w4g128:*", "--model", d, "--to", "transformers")
-    errors = [line for line in cap.err.splitlines() if line.startswith("error:")]
+    code, _, err = run_cli(["export", PLAN, "--model", d, "--to", "llmcompressor", "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err and out.read_text() == before
+    code, _, err = run_cli(["export", PLAN, "--model", d, "--to", "llmcompresor"], capsys)
+    assert code == 2 and "unknown export target" in err and "llmcompressor" in err
+    code, _, err = run_cli(["export", "w4g128:*", "--model", d, "--to", "transformers"], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "transformers" in errors[0] and "w4g128" in errors[0]

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import run_cli, tiny_model
 
 from quant_disparity.cli import main
 from quant_disparity.models.modules import build_module_map
@@ -64,12 +64,6 @@ def test_deterministic_given_the_seed():
     assert len(a) == 21 and set(SCORES.names()) == set(a[0].scores)
 
 
-def _cli(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr()
-
-
 def test_cli_writes_json_and_markdown_and_refuses_bad_input(saved_model, tmp_path, capsys):
     d = str(saved_model("llama"))
     out = tmp_path / "s"
@@ -78,8 +72,8 @@ def test_cli_writes_json_and_markdown_and_refuses_bad_input(saved_model, tmp_pat
     assert [u["unit"] for u in data["units"]] == ["L0", "L1", "L2"] and data["seed"] == 1
     assert "| L0 |" in (out / "scores.md").read_text()
     before = (out / "scores.json").read_text()
-    code, cap = _cli(capsys, "scores", "--model", d, "--out", str(out))
-    assert code == 2 and "already holds scores.json" in cap.err and (out / "scores.json").read_text() == before
+    code, _, err = run_cli(["scores", "--model", d, "--out", str(out)], capsys)
+    assert code == 2 and "already holds scores.json" in err and (out / "scores.json").read_text() == before
     for bad, words in (("--scores=varience", "variance"), ("--granularity=block", "granularity")):
-        code, cap = _cli(capsys, "scores", "--model", d, bad, "--out", str(tmp_path / "t"))
-        assert code == 2 and words in cap.err and not (tmp_path / "t").exists()
+        code, _, err = run_cli(["scores", "--model", d, bad, "--out", str(tmp_path / "t")], capsys)
+        assert code == 2 and words in err and not (tmp_path / "t").exists()
