@@ -97,6 +97,19 @@ def table() -> list[str]:
                     f"{mem['fp32_weight_bytes'] / 2**30:.2f} GiB fp32 weights)",
                 )
             )
+    est = load("estimate")
+    if est:
+        for r in est["rows"]:
+            rows.append(
+                (
+                    f"dry-run prediction vs a real run: {r['model']} {r['command']} {r['dtype']} (`bench_estimate.py`)",
+                    "peak within 25 %; time reported",
+                    rev("estimate"),
+                    f"peak {r['predicted_peak_bytes'] / 2**30:.2f} / {r['measured_peak_bytes'] / 2**30:.2f} GiB "
+                    f"({r['peak_ratio']:.2f}×); time {r['predicted_s']:.1f} / {r['measured_s']:.1f} s "
+                    f"({r['time_ratio']:.2f}×; load average {r['load_average_before']:.1f})",
+                )
+            )
     r = load("runner")
     if r:
         rows.append(

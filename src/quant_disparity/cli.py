@@ -105,6 +105,12 @@ def _default_out(kind: str) -> Path:
 @click.option(
     "--gen-tokens", type=int, default=32, show_default=True, help="Tokens per greedy continuation (generate)."
 )
+@click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
+@click.option(
+    "--estimate-device",
+    help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
+)
+@click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
 def audit(
     model,
     scheme,
@@ -127,6 +133,9 @@ def audit(
     config,
     tasks,
     gen_tokens,
+    dry_run,
+    estimate_device,
+    force,
 ) -> None:
     """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
     from ._io import OutputDir
@@ -173,6 +182,8 @@ def audit(
         corpus_ = open_corpus(cfg.selection)
         for task in parse_tasks(tasks, task_settings):  # before any output directory is made
             task.check(corpus_, resolve_langs(corpus_, cfg.selection.langs))
+    if _estimate_first("audit", cfg, dry_run, estimate_device, force):
+        return
     with OutputDir(out_dir or _default_out("audit"), "audit.json", overwrite) as staged:
         if task_settings is not None:
             data = _run_with_progress(
@@ -194,6 +205,106 @@ def audit(
     for line in audit_summary_lines(data):
         out.print(line, markup=False)
     out.print(f"wrote {target / 'audit.json'} and audit.md")
+
+
+def _check_estimate_options(dry_run: bool, estimate_device: str | None, dtype: str) -> str:
+    from .estimate import gpu_profile
+
+    if estimate_device is None or estimate_device == "cpu":
+        return "cpu"
+    if not dry_run:
+        raise UserError("--estimate-device only applies to --dry-run", "add --dry-run, or drop --estimate-device")
+    gpu_profile(estimate_device, dtype)  # an unknown device, or a dtype it cannot run: one line
+    return estimate_device
+
+
+def _print_estimates(kind: str, estimates, extra=None) -> None:
+    from .estimate import summary_lines
+
+    for line in summary_lines(kind, estimates, extra):
+        out.print(line, markup=False)
+
+
+def _estimate_first(kind: str, cfg, dry_run: bool, estimate_device: str | None, force: bool) -> bool:
+    """``--dry-run``: print the estimate and return True. Otherwise refuse a job that does not fit (one line)
+    before anything is loaded, unless ``--force``."""
+    from . import estimate
+
+    target = _check_estimate_options(dry_run, estimate_device, cfg.dtype)
+    if dry_run:
+        job = estimate.audit_job if kind == "audit" else estimate.locate_job
+        _print_estimates(kind, [job(cfg, target, log=lambda m: err.print(m))])
+        return True
+    if kind == "audit":
+        from .audit import quantization_targets
+        from .quant import parse_scheme
+        from .quant.plan import load_plan
+
+        def jobs(modmap):
+            assignment = estimate._audit_assignment(
+                cfg, modmap, parse_scheme(cfg.scheme), quantization_targets, load_plan
+            )
+            return [({"quantized": assignment}, [], False)]
+    else:
+
+        def jobs(modmap):
+            configs, bases = estimate.locate_configs(cfg, modmap)
+            return [(configs, bases, cfg.reuse)]
+
+    warning = estimate.precheck(
+        cfg.model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        force=force,
+        jobs=jobs,
+        batch_tokens=cfg.eval.batch_tokens,
+        score_rows=cfg.eval.score_rows,
+        window=cfg.eval.window,
+    )
+    if warning:
+        err.print(f"warning: {warning}", markup=False)
+    return False
+
+
+def _estimate_run(spec, out_dir, device: str, dtype: str, dry_run: bool, estimate_device, force: bool) -> bool:
+    from . import estimate
+    from .experiments.batches import MAX_CONFIGS_PER_SWEEP, pick_bases
+    from .experiments.spec import load_spec
+    from .quant.plan import Plan
+
+    target = _check_estimate_options(dry_run, estimate_device, dtype)
+    if dry_run:
+        estimates, lines = estimate.run_job(
+            spec, out_dir, device=device, dtype=dtype, target=target, log=lambda m: err.print(m)
+        )
+        _print_estimates("run", estimates, lines)
+        return True
+    parsed = load_spec(spec)
+    for model in parsed.models:
+        trials = [t for t in parsed.trials if t.model == model]
+
+        def jobs(modmap, trials=trials):
+            assignments = {t.name: Plan.parse(t.plan).resolve(modmap).assignment() for t in trials}
+            names = list(assignments)
+            out_jobs = []
+            for start in range(0, len(names), MAX_CONFIGS_PER_SWEEP):
+                group = {n: assignments[n] for n in names[start : start + MAX_CONFIGS_PER_SWEEP]}
+                out_jobs.append((group, pick_bases(group), True))
+            return out_jobs
+
+        warning = estimate.precheck(
+            model,
+            dtype=dtype,
+            device=device,
+            force=force,
+            jobs=jobs,
+            batch_tokens=parsed.eval.batch_tokens,
+            score_rows=parsed.eval.score_rows,
+            window=parsed.eval.window,
+        )
+        if warning:
+            err.print(f"warning: {model}: {warning}", markup=False)
+    return False
 
 
 def apply_eval_options(ev: dict, window: int | None, context: int | None, batch_tokens: int | None) -> None:
@@ -280,6 +391,12 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--window", type=int)
 @click.option("--context", type=int)
 @click.option("--batch-tokens", type=int)
+@click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
+@click.option(
+    "--estimate-device",
+    help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
+)
+@click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
 def locate(
     model,
     scheme,
@@ -302,6 +419,9 @@ def locate(
     window,
     context,
     batch_tokens,
+    dry_run,
+    estimate_device,
+    force,
 ) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
@@ -338,6 +458,8 @@ def locate(
             f"locate --scheme {cfg.scheme} quantizes nothing, so there is no damage to locate",
             "give a quantizing scheme, e.g. --scheme w4g128 (audit --scheme none compares the reference with itself)",
         )
+    if _estimate_first("locate", cfg, dry_run, estimate_device, force):
+        return
     with OutputDir(out_dir or _default_out("locate"), "locate.json", overwrite) as staged:
         result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
         data = result.to_dict()
@@ -434,7 +556,13 @@ def inspect_outliers(model, out_dir, overwrite, top, device, dtype) -> None:
 @click.option("--out", "out_dir", callback=_out_path, help="Run directory (default runs/<spec name>).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
-def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
+@click.option(
+    "--estimate-device",
+    help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
+)
+@click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
+def run(spec, executor, ray_address, out_dir, device, dtype, dry_run, estimate_device, force) -> None:
     """Run (or resume) an experiment spec: every missing trial, then the claims' verdicts."""
     from .experiments import run_experiment
     from .experiments.spec import load_spec
@@ -443,6 +571,8 @@ def run(spec, executor, ray_address, out_dir, device, dtype) -> None:
     parse_device(device)
     parse_dtype(dtype)
     load_spec(spec)  # a bad spec is one line, before any progress bar
+    if _estimate_run(spec, out_dir, device, dtype, dry_run, estimate_device, force):
+        return
     try:
         result = _run_with_progress(
             lambda log, prog: run_experiment(

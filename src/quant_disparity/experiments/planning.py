@@ -67,12 +67,13 @@ def plan_model(
     device: str = "cpu",
     dtype: str = "float32",
     compute_device: str | None = None,
+    modmap: ModuleMap | None = None,
 ) -> ModelPlan:
     """Documents, batches, resolved plans and keys of ``trials`` on ``model``.
 
     ``compute_device``: where the trials will be scored when that is not where they are planned (the Ray
     driver plans on the CPU for workers on ``--device cuda``); it goes into the keys and the records, since
-    numbers differ slightly across devices.
+    numbers differ slightly across devices. ``modmap``: ``lm``'s module map, when the caller has it.
     """
     if lm is None:
         lm = load_model(model, log=log, device=device, dtype=dtype)
@@ -93,7 +94,7 @@ def plan_model(
         }
         for i, d in enumerate(docs)
     ]
-    modmap = build_module_map(lm.model)
+    modmap = modmap or build_module_map(lm.model)
     out = ModelPlan(model=model, lm=lm, prepared=prepared, docs_meta=docs_meta, trials={}, modmap=modmap)
     for t in trials:
         out.trials[t.name] = plan_trial(spec, t, out, chosen, compute_device or lm.info.device)

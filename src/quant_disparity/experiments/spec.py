@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN, check_eval, shown
@@ -120,6 +120,8 @@ class ExperimentSpec:
     verdict_basis: str = "intervals"  # "points": verdicts compare point values (labelled so), no intervals
     source: str = ""  # the TOML text, stored with every run
     path: str = ""
+    #: model -> a config.json (or its directory) that ``run --dry-run`` reads when the model is not at hand
+    model_configs: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def trial(self, name: str) -> TrialSpec:
         for t in self.trials:
@@ -146,6 +148,7 @@ _TOP = {
     "lr_max_class",
     "version",
     "verdict_basis",
+    "model_configs",
 }
 
 
@@ -253,6 +256,32 @@ def _zero_divisor(node) -> bool:
     return False
 
 
+def _model_configs(table, trials, path: str, text: str) -> dict[str, str]:
+    """``[model_configs]``: model name -> the path of its config.json, relative to the spec's directory."""
+    if not isinstance(table, dict):
+        raise _err(path, text, "model_configs", "model_configs must be a table", 'e.g. "org/model" = "configs/m.json"')
+    models = {t.model for t in trials}
+    out = {}
+    for model, where in table.items():
+        if model not in models:
+            raise _err(
+                path,
+                text,
+                model,
+                f"[model_configs] names {model!r}, which no trial uses",
+                f"the spec's models: {', '.join(sorted(models))}",
+            )
+        if not isinstance(where, str) or not where:
+            raise _err(path, text, model, f"[model_configs] {model!r} must be a path string")
+        p = Path(where) if Path(where).is_absolute() else Path(path).parent / where
+        if not p.exists():
+            raise _err(
+                path, text, model, f"[model_configs] {model!r}: {where} not found", "give the path of a config.json"
+            )
+        out[model] = str(p)
+    return out
+
+
 def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     """Parse and validate a spec (everything that can be checked without loading a model)."""
     data = _read_toml(text, path)
@@ -265,7 +294,9 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     if groups is not None:
         groups = _validate_groups(groups, corpus, loaded, path, text)
     claims = _claims(data.get("claims", []), trials, path, text)
+    model_configs = _model_configs(data.get("model_configs", {}), trials, path, text)
     spec = ExperimentSpec(
+        model_configs=model_configs,
         corpus=corpus,
         eval=eval_settings,
         trials=tuple(trials),

@@ -231,14 +231,18 @@ def execution_stages(model: nn.Module, blocks: nn.ModuleList, modules: dict[str,
     }
 
 
-def build_module_map(model: nn.Module) -> ModuleMap:
-    """Classify every weight of ``model``; raises :class:`UserError` when no blocks or projections are found."""
+def build_module_map(model: nn.Module, stages: dict[str, str] | None = None) -> ModuleMap:
+    """Classify every weight of ``model``; raises :class:`UserError` when no blocks or projections are found.
+
+    ``stages``: the execution stage of each module outside the blocks, when the caller probed it on another
+    instance of the same architecture (a model on the meta device cannot run a probe itself)."""
     blocks_path, blocks = _find_blocks(model)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
     module_of = _owning_modules(model)
     outside = {mname: module for name, (mname, module) in module_of.items() if not _in_blocks(mname, blocks_path)}
-    stages = execution_stages(model, blocks, outside)
+    if stages is None:
+        stages = execution_stages(model, blocks, outside)
     notes = []
     if stages is None:
         notes.append(
