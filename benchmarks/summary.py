@@ -107,6 +107,19 @@ def table() -> list[str]:
                 f"{100 * r['overhead']:+.1f} % ({r['trials']} trials, {r['model']})",
             )
         )
+    tk = load("tasks")
+    if tk:
+        ratio = tk["ratio_to_bpb"]
+        rows.append(
+            (
+                "task cost vs the bits-per-byte audit, same documents (`bench_tasks.py`)",
+                "report",
+                rev("tasks"),
+                f"cloze {ratio['cloze']:.2f}×, generate {ratio['generate']:.2f}× ({tk['gen_tokens']} tokens), "
+                f"lm-eval multiple choice on the cloze items {ratio['lmeval']:.2f}× ({tk['model']}, "
+                f"{len(tk['langs'])} languages × {tk['items_per_language']} articles, both arms each)",
+            )
+        )
     out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out

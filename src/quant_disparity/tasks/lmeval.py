@@ -20,9 +20,10 @@ Intervals are then the same paired bootstrap over items as every task's (:mod:`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,20 @@ def task_manager(include: str) -> Any:
     lm_eval = import_lm_eval()
     if include and not Path(include).is_dir():
         raise UserError(f"--lmeval-include {include} is not a folder", "give the folder holding the task YAMLs")
-    return lm_eval.tasks.TaskManager(include_path=include or None)
+    with quiet_lm_eval():
+        return lm_eval.tasks.TaskManager(include_path=include or None)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """lm-eval's log at ERROR while it runs (its per-task notes on default aggregations are not the user's)."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _code_matches(code: str) -> Any:
@@ -116,7 +130,8 @@ class LmEval(Task):
                 "run `lm_eval ls tasks` to list them, or give --lmeval-include DIR for your own YAMLs",
             )
         try:
-            loaded = tm.load([self.task])
+            with quiet_lm_eval():
+                loaded = tm.load([self.task])
         except Exception as e:  # a dataset lm-eval cannot load (missing, offline) is the user's to fix
             msg = " ".join(str(e).split())[:300]
             raise UserError(
@@ -171,14 +186,10 @@ class LmEval(Task):
         kwargs: dict[str, Any] = {"batch_size": LM_EVAL_BATCH}
         if ctx.lm.info.max_length:
             kwargs["max_length"] = ctx.lm.info.max_length
-        level = logging.getLogger("lm_eval").level
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        try:
+        ctx.log(f"lm-eval: {', '.join(leaves)}")
+        with quiet_lm_eval():
             hflm = HFLM(pretrained=ctx.lm.model, tokenizer=ctx.lm.tokenizer, **kwargs)
-            ctx.log(f"lm-eval: {', '.join(leaves)}")
             results = ctx.arms.each(lambda: self._evaluate(hflm, leaves))
-        finally:
-            logging.getLogger("lm_eval").setLevel(level)
         out = [self._language(lang, plan[lang], results) for lang in ctx.langs]
         shared = [m for m in out[0].metrics if all(m in it.metrics for it in out)] if out else []
         if not shared:
