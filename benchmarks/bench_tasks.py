@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def main() -> None:
     engine.assign_(assignment)  # quantized tensors cached before any span
     engine.restore_()
     settings = EvalSettings()
+    load_before = os.getloadavg()[0]
 
     def bpb() -> None:
         tokens = tokenize(lm.tokenizer, docs)
@@ -140,6 +142,8 @@ def main() -> None:
         "seconds": {"bpb": bpb_s, "bpb_runs": bpb_runs, **seconds},
         "ratio_to_bpb": {k: v / bpb_s for k, v in seconds.items()},
         "accuracy": accuracy,
+        "cloze_equals_lm_eval_acc_bytes": accuracy.get("cloze accuracy") == accuracy.get(f"lmeval:{tag} acc_bytes"),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "machine": machine(),
     }
     path = save("tasks", result)
