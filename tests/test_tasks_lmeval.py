@@ -52,6 +52,13 @@ def include(tmp_path_factory):
             f"metric_list:\n  - metric: acc\n  - metric: acc_norm\n{meta}",
             encoding="utf-8",
         )
+    # a third language whose data file is missing: built only when deu_Latn is audited
+    (d / "qdmc_deu_Latn.yaml").write_text(
+        f"tag: qdmc\ntask: qdmc_deu_Latn\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {d / 'missing.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{question}}'\ndoc_to_choice: choices\ndoc_to_target: label\n",
+        encoding="utf-8",
+    )
     return str(d)
 
 
@@ -160,12 +167,19 @@ def test_unknown_lmeval_task_is_one_line(include, tmp_path, capsys):
 
 def test_lmeval_task_without_the_language_is_refused(include, tmp_path, capsys):
     (task,) = parse_tasks("lmeval:qdmc", TaskSettings(lmeval_include=include))
-    with pytest.raises(UserError, match="has no subtask in amh_Ethi \\(its languages: eng_Latn, he\\)"):
+    with pytest.raises(UserError, match="has no subtask in amh_Ethi \\(its languages: deu_Latn, eng_Latn, he\\)"):
         task.check(load_udhr(), ["eng_Latn", "amh_Ethi"])
     argv = ["audit", "--tasks", "lmeval:qdmc", "--lmeval-include", include, "--langs", "eng,amh"]
     code, _, err = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "no subtask in amh_Ethi" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_dataset_lm_eval_cannot_load_is_one_line(include):
+    (task,) = parse_tasks("lmeval:qdmc", TaskSettings(lmeval_include=include))
+    task.check(load_udhr(), LANGS)  # the German task is not built for English and Hebrew
+    with pytest.raises(UserError, match="lm-eval cannot load task 'qdmc'"):
+        task.check(load_udhr(), ["eng_Latn", "deu_Latn"])
 
 
 def test_missing_lm_eval_names_the_install_command(monkeypatch, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 ``TASK`` is anything lm-eval's :class:`~lm_eval.tasks.TaskManager` knows by name (a task, a group or a tag;
 with ``--lmeval-include DIR`` also the task YAMLs in ``DIR``, lm-eval's ``--include_path``). The name expands
-to lm-eval's leaf tasks; each leaf task has one language:
+to lm-eval's leaf tasks (read from lm-eval's task index, so only the leaf tasks that run are built and load
+their datasets); each leaf task has one language:
 
 - ``metadata: {language: ID}`` in its YAML when given (any language id or alias the project accepts), else
 - the suffix of its name: the last two ``_``-parts when they form an id such as ``eng_Latn``
@@ -61,6 +62,32 @@ def task_manager(include: str) -> Any:
         raise UserError(f"--lmeval-include {include} is not a folder", "give the folder holding the task YAMLs")
     with quiet_lm_eval():
         return lm_eval.tasks.TaskManager(include_path=include or None)
+
+
+def index_leaves(tm: Any, name: str, depth: int = 0) -> dict[str, Any] | None:
+    """Leaf task name -> its YAML's ``metadata``, for a task, group or tag, read from lm-eval's index without
+    building any task (so no dataset loads for languages not run); None when the index cannot tell."""
+    entry = tm.task_index.get(name)
+    if entry is None or depth > 20:
+        return None
+    kind = entry.kind.name
+    if kind in ("TASK", "PY_TASK"):
+        return {name: (entry.cfg or {}).get("metadata")}
+    if kind == "TAG":
+        members = [n for n, e in tm.task_index.items() if name in e.tags]
+    elif kind == "GROUP":
+        members = (entry.cfg or {}).get("task") or []
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            return None  # inline task configs: left to lm-eval to build
+    else:
+        return None
+    out: dict[str, Any] = {}
+    for member in members:
+        sub = index_leaves(tm, member, depth + 1)
+        if sub is None:
+            return None
+        out.update(sub)
+    return out
 
 
 @contextlib.contextmanager
@@ -129,34 +156,42 @@ class LmEval(Task):
                 f"unknown lm-eval task {self.task!r}{did_you_mean(self.task, tm.all_tasks)}",
                 "run `lm_eval ls tasks` to list them, or give --lmeval-include DIR for your own YAMLs",
             )
-        try:
-            with quiet_lm_eval():
-                loaded = tm.load([self.task])
-        except Exception as e:  # a dataset lm-eval cannot load (missing, offline) is the user's to fix
-            msg = " ".join(str(e).split())[:300]
-            raise UserError(
-                f"lm-eval cannot load task {self.task!r}: {type(e).__name__}: {msg}",
-                "check that its dataset is available",
-            ) from None
         found: dict[str, Any] = {}
-        for leaf, obj in loaded["tasks"].items():
-            named = task_language(leaf, getattr(obj.config, "metadata", None))
+        leaves = index_leaves(tm, self.task)
+        if leaves is None:  # the index cannot tell the leaf tasks: build them (their datasets load)
+            leaves = {leaf: getattr(obj.config, "metadata", None) for leaf, obj in self._load(tm, [self.task]).items()}
+        for leaf, metadata in leaves.items():
+            named = task_language(leaf, metadata)
             if named is not None:
                 found[leaf] = named
         out: dict[str, list[str]] = {}
         for lang in langs:
-            leaves = [leaf for leaf, (_, match) in found.items() if match(lang)]
-            if not leaves:
-                have = sorted({code for code, _ in found.values()})
+            chosen = [leaf for leaf, (_, match) in found.items() if match(lang)]
+            if not chosen:
+                codes = sorted({code for code, _ in found.values()})
+                have = codes[:12] + ([f"... {len(codes)} in all"] if len(codes) > 12 else [])
                 raise UserError(
                     f"lm-eval task {self.task!r} has no subtask in {lang}"
                     + (f" (its languages: {', '.join(have)})" if have else " (no subtask names a language)"),
                     "leave that language out of --langs, or name the language in the task (suffix _xx or"
                     " metadata: {language: xx})",
                 )
-            out[lang] = sorted(leaves)
+            out[lang] = sorted(chosen)
+        self._load(tm, sorted({leaf for ls in out.values() for leaf in ls}))  # only the languages run
         self._plans[key] = out
         return out
+
+    def _load(self, tm: Any, names: list[str]) -> dict[str, Any]:
+        """lm-eval's leaf tasks of ``names``, built (their datasets loaded): a UserError when one cannot be."""
+        try:
+            with quiet_lm_eval():
+                return dict(tm.load(names)["tasks"])
+        except Exception as e:  # a dataset lm-eval cannot load (missing, offline) is the user's to fix
+            msg = " ".join(str(e).split())[:300]
+            raise UserError(
+                f"lm-eval cannot load task {self.task!r}: {type(e).__name__}: {msg}",
+                "check that its dataset is available",
+            ) from None
 
     def check(self, corpus: Corpus, langs: Sequence[str]) -> None:
         self.plan(langs)
