@@ -120,6 +120,19 @@ def table() -> list[str]:
                 f"{100 * r['overhead']:+.1f} % ({r['trials']} trials, {r['model']})",
             )
         )
+    tk = load("tasks")
+    if tk:
+        ratio = tk["ratio_to_bpb"]
+        rows.append(
+            (
+                "task cost vs the bits-per-byte audit, same documents (`bench_tasks.py`)",
+                "report",
+                rev("tasks"),
+                f"cloze {ratio['cloze']:.2f}×, generate {ratio['generate']:.2f}× ({tk['gen_tokens']} tokens), "
+                f"lm-eval multiple choice on the cloze items {ratio['lmeval']:.2f}× ({tk['model']}, "
+                f"{len(tk['langs'])} languages × {tk['items_per_language']} articles, both arms each)",
+            )
+        )
     out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out
@@ -194,6 +207,23 @@ def prose() -> list[str]:
             f"{len(lm['seconds']['lm_eval_runs'])} alternating runs each: {lm['seconds']['ours']:.1f} s vs "
             f"{lm['seconds']['lm_eval']:.1f} s)."
         )
+    tk = load("tasks")
+    if tk:
+        runs = tk["seconds"]["bpb_runs"]
+        text = (
+            f"The task row times each task once, over one span each: {tk['timed_span']}; the bits-per-byte span ran "
+            f"first and last ({runs[0]:.1f} s and {runs[-1]:.1f} s; the ratios divide by the faster)"
+        )
+        if "load_average_1min" in tk:
+            text += (
+                f", on a machine at load average {tk['load_average_1min'][0]:.1f} to {tk['load_average_1min'][1]:.1f}"
+            )
+        if tk.get("cloze_equals_lm_eval_acc_bytes"):
+            text += (
+                ". lm-eval's `acc_bytes` on the cloze items (the same per-byte normalisation) gives the cloze "
+                "task's per-language accuracy in both arms"
+            )
+        out.append(text + ".")
     out.append(f"Measured at revision(s) {revisions()}.")
     return out
 

@@ -100,10 +100,17 @@ def _default_out(kind: str) -> Path:
 @click.option("--batch-tokens", type=int, help="Padded tokens per batch.")
 @click.option("--config", type=click.Path(path_type=Path), help="An audit config TOML; options given here override it.")
 @click.option(
-    "--tasks", "tasks", help="Also run tasks on the same model and scheme: cloze, generate (comma-separated)."
+    "--tasks",
+    "tasks",
+    help="Also run tasks on the same model and scheme: cloze, generate, lmeval:TASK (comma-separated).",
 )
 @click.option(
     "--gen-tokens", type=int, default=32, show_default=True, help="Tokens per greedy continuation (generate)."
+)
+@click.option(
+    "--lmeval-include",
+    type=click.Path(path_type=Path),
+    help="A folder of lm-eval task YAMLs for lmeval:TASK (lm-eval's --include_path).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
 @click.option(
@@ -133,6 +140,7 @@ def audit(
     config,
     tasks,
     gen_tokens,
+    lmeval_include,
     dry_run,
     estimate_device,
     force,
@@ -178,7 +186,12 @@ def audit(
         from .corpus.selection import open_corpus, resolve_langs
         from .tasks import TaskSettings, parse_tasks
 
-        task_settings = TaskSettings(seed=cfg.seed, gen_tokens=gen_tokens, batch_tokens=cfg.eval.batch_tokens)
+        task_settings = TaskSettings(
+            seed=cfg.seed,
+            gen_tokens=gen_tokens,
+            batch_tokens=cfg.eval.batch_tokens,
+            lmeval_include=str(lmeval_include.resolve()) if lmeval_include else "",
+        )
         corpus_ = open_corpus(cfg.selection)
         for task in parse_tasks(tasks, task_settings):  # before any output directory is made
             task.check(corpus_, resolve_langs(corpus_, cfg.selection.langs))

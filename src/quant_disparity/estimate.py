@@ -386,6 +386,7 @@ def _time_quantize(scheme_name: str) -> float:
     if scheme.is_identity:
         return 0.0
     w = torch.randn(1024, 4096, generator=torch.Generator().manual_seed(0))
+
     def once() -> None:
         scheme.fake_quantize(w)
 
