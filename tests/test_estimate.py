@@ -186,22 +186,23 @@ def _measured_peak(argv: list[str], env_cache: Path) -> int:
 
 @pytest.mark.parametrize(
     ("command", "dtype"),
-    [("audit", "float32"), ("audit", "bfloat16"), ("locate", "float32"), ("locate", "bfloat16")],
+    [("audit", "float32"), ("audit", "bfloat16"), ("locate", "float32")],
 )
 def test_predicted_peak_memory_matches_a_measured_run_of_the_bundled_model(command, dtype, tmp_path):
     """SmolLM2-135M (bundled): the dry run's peak against the peak resident size of the same command run in a
-    fresh interpreter (the libraries' resident size is part of both)."""
+    fresh interpreter (the libraries' resident size is part of both). The locate sweep in bfloat16 and the
+    default model are in benchmarks/bench_estimate.py (too slow for the suite on a 2-core CPU)."""
     from quant_disparity.audit import AuditConfig
     from quant_disparity.estimate import audit_job, locate_job
     from quant_disparity.locate import LocateConfig
 
-    langs = ("eng_Latn", "heb_Hebr", "cmn_Hans")
-    common = {"model": "smollm2-135m", "langs": langs, "max_tokens": 256, "dtype": dtype}
+    langs = ("eng_Latn", "heb_Hebr")
+    common = {"model": "smollm2-135m", "langs": langs, "max_tokens": 128, "dtype": dtype}
     if command == "audit":
         predicted = audit_job(AuditConfig(**common)).memory["peak"]
     else:
         predicted = locate_job(LocateConfig(**common, n_boot=50)).memory["peak"]
-    argv = [command, "--model", "smollm2-135m", "--langs", ",".join(langs), "--max-tokens", "256"]
+    argv = [command, "--model", "smollm2-135m", "--langs", ",".join(langs), "--max-tokens", "128"]
     argv += ["--dtype", dtype, "--out", str(tmp_path / "o"), "--n-boot", "50"]
     measured = _measured_peak(argv, tmp_path)
     assert predicted == pytest.approx(measured, rel=MEMORY_TOLERANCE), (predicted / 2**30, measured / 2**30)
@@ -212,7 +213,7 @@ def test_the_scale_specs_estimate_offline_from_their_configs(capsys, no_weights)
     specs = sorted((ROOT / "experiments" / "scale").glob("*.toml"))
     assert len(specs) == 3
     for spec in specs:
-        code, stdout, stderr = run_cli(["run", str(spec), "--dry-run", "--dtype", "bfloat16"], capsys)
+        code, stdout, stderr = run_cli(["run", str(spec), "--dry-run"], capsys)
         assert code == 0, stderr
         assert "B parameters" in stdout and "predicted peak memory" in stdout
     # Llama-2-7B's published size, from the formula (the shipped config is the NousResearch one)
