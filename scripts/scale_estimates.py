@@ -23,6 +23,8 @@ END = "<!-- end of the scale estimates -->"
 
 
 def _h(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min"
 
 

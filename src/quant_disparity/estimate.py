@@ -397,13 +397,14 @@ def calibration(shape: Shape, dtype: str, schemes: list[str], log: Callable[[str
     """This machine's measured rates for ``shape`` in ``dtype`` (cached; measured on first use, ~seconds)."""
     path = calibration_path()
     try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-        if cache.get("version") != CALIBRATION_VERSION or cache.get("machine") != machine_key():
-            cache = {}
+        whole = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(whole, dict) or whole.get("version") != CALIBRATION_VERSION:
+            whole = {}
     except (OSError, ValueError):
-        cache = {}
-    cache.setdefault("version", CALIBRATION_VERSION)
-    cache.setdefault("machine", machine_key())
+        whole = {}
+    whole["version"] = CALIBRATION_VERSION
+    machines = whole.setdefault("machines", {})  # one entry per CPU, thread count and torch version
+    cache = machines.setdefault(machine_key(), {"machine": machine_key()})
     entries = cache.setdefault("entries", {})
     changed = False
     if "baseline_rss" not in cache:
@@ -426,7 +427,7 @@ def calibration(shape: Shape, dtype: str, schemes: list[str], log: Callable[[str
         from ._io import atomic_write_text
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(whole, indent=1) + "\n")
     return {
         "machine": cache["machine"],
         "baseline_rss": cache["baseline_rss"],
