@@ -364,3 +364,42 @@ def test_heads_that_cannot_be_separated_are_named(tiny_lm):
     with pytest.raises(UserError, match="cannot be separated"):
         Plan.parse("keep:head:1.0; w4g16:*").resolve(mm)
     assert make_units(mm, mm.default_targets(), f"neurons:{NEURONS}")  # neurons do not need heads
+
+
+# -- plans: files, round trips, exports ------------------------------------------------------------------------------
+def test_neuron_lists_from_a_file_are_read_into_the_plan(tmp_path):
+    mm = build_module_map(tiny_model("llama"))
+    f = tmp_path / "neurons.txt"
+    f.write_text("# language-specific neurons\n1:32-63\n\n2:5  # one more\n", encoding="utf-8")
+    from_file = Plan.parse(f"keep:neurons:@{f}; {SCHEME}:*")
+    assert str(from_file) == f"keep:neurons:1:32-63,2:5; {SCHEME}:*"  # self-contained: the file is not needed again
+    inline = Plan.parse(f"keep:neurons:1:32-63,2:5; {SCHEME}:*")
+    assert from_file.resolve(mm).assignment() == inline.resolve(mm).assignment()
+    assert Plan.from_toml(from_file.to_toml()) == from_file
+    f.write_text("1:32-63\nthree:4\n", encoding="utf-8")
+    with pytest.raises(UserError, match="entry 2 .*'three:4'.* is not LAYER:FIRST-LAST"):
+        Plan.parse(f"keep:neurons:@{f}; {SCHEME}:*")
+    with pytest.raises(UserError, match="not found"):
+        Plan.parse(f"keep:neurons:@{tmp_path / 'missing.txt'}; {SCHEME}:*")
+
+
+@pytest.mark.parametrize(
+    "text", ["keep:head:1.0-1,2.3; w4g16:*", "keep:kvhead:-1.0; keep:head:1.1&component:attn.o; w4g16:*"]
+)
+def test_head_plans_round_trip_through_text_and_toml(text):
+    plan = Plan.parse(text)
+    assert Plan.parse(str(plan)) == plan and Plan.from_toml(plan.to_toml()) == plan
+
+
+def test_every_export_target_refuses_partly_kept_tensors():
+    from quant_disparity.export import TARGETS, export, resolve_export
+
+    model = tiny_model("llama")
+    mm = build_module_map(model)
+    with pytest.raises(UserError, match=r"multiple of 32 elements; .*o_proj.weight \(the \[64, 48\] left after"):
+        Plan.parse("keep:head:1.1; gguf:q4_0:*").resolve(mm)  # 16 of 64 columns kept: 48 left, not 32-blocks
+    for scheme, heads in (("w4g16", "1.1"), ("w8-channel", "1.1"), ("gguf:q4_0", "1.0-1")):
+        resolved = resolve_export(Plan.parse(f"keep:head:{heads}; {scheme}:*"), model, mm)
+        for target in TARGETS.names():
+            with pytest.raises(UserError, match="cannot be expressed"):
+                export(resolved, target)

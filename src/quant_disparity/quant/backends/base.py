@@ -134,6 +134,7 @@ class Scheme(ABC):
             if not rows or not cols:
                 return
             shape = (len(rows), len(cols))
+            where = f"{where} (the [{shape[0]}, {shape[1]}] left after its kept rows and columns)"
         self._check_shape(shape, where)
 
     def _check_shape(self, shape: tuple[int, int], where: str) -> None:
