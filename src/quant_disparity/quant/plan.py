@@ -8,7 +8,9 @@ Compact form, rules separated by ``;``, selectors of one rule by ``,``::
 Precedence (tested): **the first rule that selects a tensor decides it**; tensors no rule selects are left as
 they are. ``keep:outliers:P%`` rules are element-level modifiers: they decide nothing, and every tensor that
 ends up quantized and is selected by one keeps its P % largest-magnitude weights in float16 (the first
-matching outlier rule counts). Mistakes are errors, not silent no-ops: a selector that matches nothing, a
+matching outlier rule counts). ``keep:head:L.H``, ``keep:kvhead:L.G`` and ``keep:neurons:L:A-B`` rules are
+element-level too: they decide nothing, and every such rule that touches a quantized tensor adds its rows or
+columns to the ones the tensor keeps at reference precision (:attr:`.backends.base.Scheme.keep_rows`). Mistakes are errors, not silent no-ops: a selector that matches nothing, a
 layer out of range, a rule every tensor of which an earlier rule already decided (shadowed), and a ``keep``
 that keeps nothing a later rule would have quantized.
 
