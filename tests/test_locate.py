@@ -214,7 +214,8 @@ def test_locate_cli_writes_json_markdown_and_figures(model_dir, tmp_path, capsys
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--granularity", "block"], "Invalid value for '--granularity'"),
+        (["--granularity", "block"], "unknown granularity"),
+        (["--granularity", "neurons:x"], "neurons takes a group size"),
         (["--mode", "protect-all"], "Invalid value for '--mode'"),
         (["--pairs", "L0"], "--pairs needs at least two units"),
         (["--scheme", "w4x"], "unknown scheme"),

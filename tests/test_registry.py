@@ -81,7 +81,7 @@ def test_selector_help_lists_exactly_the_registered_selectors():
         Plan.parse("keep:nothing; w4g32:*")
     listed = e.value.hint.removeprefix("selectors: ").split(", ")
     assert listed == [s.syntax for s in SELECTORS.values()]
-    assert "layer:N" in listed and "*" in listed and len(listed) == 13
+    assert "layer:N" in listed and "*" in listed and "head:L.H" in listed and len(listed) == 16
 
 
 def test_scheme_help_lists_every_kind():

@@ -379,8 +379,8 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--scheme", help="Quantization scheme of the swept universe (default w4g128).")
 @click.option(
     "--granularity",
-    type=click.Choice(["layer", "component", "layer×component", "layerxcomponent"]),
-    help="Units: decoder layers, components across layers, or both (default layer).",
+    help="Units: layer (default), component, layer×component (or layerxcomponent), head (attention heads; a "
+    "shared key/value head is a unit of its own) or neurons:N (MLP channels in groups of N).",
 )
 @click.option(
     "--mode",

@@ -41,11 +41,12 @@ from .evaluate import EvalSettings, Forward
 from .evaluate.sweep import sweep
 from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
-from .models.modules import COMPONENTS, ModuleMap
+from .models.modules import COMPONENTS, ModuleMap, head_elements, mlp_width, neuron_elements
 from .provenance import environment
 from .quant import QuantEngine, Scheme, cost, parse_scheme
+from .quant.plan import weight_2d_shape
 
-GRANULARITIES = ("layer", "component", "layer×component")
+GRANULARITIES = ("layer", "component", "layer×component", "head", "neurons:N")
 MODES = ("protect-one", "quantize-only")
 
 
@@ -100,7 +101,14 @@ class LocateConfig(FlatConfig):
             "layer*component": "layer×component",
         }.get(self.granularity, self.granularity)
         object.__setattr__(self, "granularity", g)
-        if g not in GRANULARITIES:
+        if g.startswith("neurons"):
+            m = re.fullmatch(r"neurons:(\d+)", g)
+            if not m or int(m.group(1)) < 1:
+                raise UserError(
+                    f"granularity {g!r}: neurons takes a group size, a positive whole number",
+                    "e.g. --granularity neurons:256",
+                )
+        elif g not in GRANULARITIES:
             raise UserError(f"unknown granularity {self.granularity!r}", f"use {', '.join(GRANULARITIES)}")
         if self.mode not in MODES:
             raise UserError(f"unknown mode {self.mode!r}{did_you_mean(self.mode, MODES)}", f"use {', '.join(MODES)}")
@@ -113,13 +121,89 @@ class LocateConfig(FlatConfig):
 # -- units ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Unit:
+    """Whole tensors, or (``parts``: tensor, rows, columns of its ``[out, in]`` view) elements of them."""
+
     name: str
     tensors: tuple[str, ...]
-    n_params: int
+    n_params: int  # elements
+    parts: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+
+
+def _element_unit(name: str, modmap: ModuleMap, parts: list[tuple[str, list[int], list[int]]]) -> Unit | None:
+    parts = [(t, r, c) for t, r, c in parts if r or c]
+    if not parts:
+        return None
+    n = 0
+    for t, r, c in parts:
+        out_f, in_f = weight_2d_shape(modmap[t])
+        n += len(r) * in_f + len(c) * out_f - len(r) * len(c)
+    return Unit(name, tuple(t for t, _, _ in parts), n, tuple((t, tuple(r), tuple(c)) for t, r, c in parts))
+
+
+def _head_units(modmap: ModuleMap, universe: list[str]) -> list[Unit]:
+    """One unit per query head (its q rows and o columns, and its own k/v rows when nobody shares them); under
+    grouped-query or multi-query attention one more per key/value head (its k and v rows), counted once."""
+    layout = modmap.attention
+    if layout is None:
+        raise UserError(
+            f"--granularity head: the attention heads of this model cannot be separated ({modmap.attention_note})",
+            "use --granularity layer×component for its attention projections",
+        )
+    units: list[Unit] = []
+    for layer in range(modmap.n_layers):
+        mine = [modmap[t] for t in universe if modmap[t].layer == layer]
+        for h in range(layout.n_heads):
+            own_kv = set() if layout.shared_kv else {h}
+            u = _element_unit(
+                f"L{layer}.h{h}", modmap, [(p.name, *head_elements(p, layout, {h}, own_kv)) for p in mine]
+            )
+            units += [u] if u else []
+        if layout.shared_kv:
+            for g in range(layout.n_kv_heads):
+                u = _element_unit(
+                    f"L{layer}.kv{g}", modmap, [(p.name, *head_elements(p, layout, set(), {g})) for p in mine]
+                )
+                units += [u] if u else []
+    return units
+
+
+def _neuron_units(modmap: ModuleMap, universe: list[str], size: int) -> list[Unit]:
+    """MLP intermediate channels in groups of ``size`` (refused unless it divides every block's MLP width)."""
+    units: list[Unit] = []
+    for layer in range(modmap.n_layers):
+        width = mlp_width(modmap, layer)
+        if width is None:
+            continue
+        if width % size:
+            divisors = [d for d in (32, 64, 128, 256, 512) if width % d == 0 and d <= width]
+            raise UserError(
+                f"--granularity neurons:{size}: {size} does not divide the MLP width of layer {layer} ({width})",
+                f"use a divisor of {width}" + (f", e.g. neurons:{divisors[-1]}" if divisors else ""),
+            )
+        mine = [modmap[t] for t in universe if modmap[t].layer == layer]
+        for start in range(0, width, size):
+            ch = list(range(start, start + size))
+            u = _element_unit(
+                f"L{layer}.n{start}-{start + size - 1}",
+                modmap,
+                [(p.name, *neuron_elements(p, ch, width)) for p in mine],
+            )
+            units += [u] if u else []
+    return units
 
 
 def make_units(modmap: ModuleMap, universe: list[str], granularity: str) -> list[Unit]:
+    """Units of a sweep. ``head`` and ``neurons:N`` units hold rows and columns of the block tensors (tensors
+    outside the blocks, when included, stay units by component); block tensors that are neither attention
+    projections (for ``head``) nor MLP projections (for ``neurons``) belong to no unit and are quantized in
+    every protect-one configuration, left as they are in every quantize-only one."""
     info = {p.name: p for p in modmap.params}
+    if granularity == "head" or granularity.startswith("neurons:"):
+        outside = make_units(modmap, [t for t in universe if info[t].layer is None], "component")
+        inside = [t for t in universe if info[t].layer is not None]
+        if granularity == "head":
+            return _head_units(modmap, inside) + outside
+        return _neuron_units(modmap, inside, int(granularity.split(":")[1])) + outside
     groups: dict[str, list[str]] = {}
     for name in universe:
         p = info[name]
@@ -150,11 +234,41 @@ def make_units(modmap: ModuleMap, universe: list[str], granularity: str) -> list
 
 
 def parse_unit(text: str, modmap: ModuleMap, universe: list[str]) -> Unit:
-    """``L0``, ``L-1``, ``mlp``, ``attn.q``, ``L3.mlp.down``, ``embed.token``: the universe tensors it names."""
+    """``L0``, ``L-1``, ``mlp``, ``attn.q``, ``L3.mlp.down``, ``embed.token``: the universe tensors it names;
+    ``L3.h5``, ``L3.kv0``, ``L3.n0-255``: a head, a shared key/value head, MLP channels 0..255 of block 3."""
     text = text.strip()
     info = {p.name: p for p in modmap.params}
-    m = re.fullmatch(r"L(-?\d+)(?:\.(.+))?", text)
     n = modmap.n_layers
+    e = re.fullmatch(r"L(-?\d+)\.(h\d+|kv\d+|n\d+-\d+)", text)
+    if e:  # a head, key/value head or neuron group
+        at = int(e.group(1))
+        if not -n <= at < n:
+            raise UserError(f"unit {text!r}: layer {at} is out of range", f"the model has layers 0..{n - 1}")
+        name = f"L{at % n}.{e.group(2)}"
+        if e.group(2).startswith("n"):
+            a, b = map(int, e.group(2)[1:].split("-"))
+            width = mlp_width(modmap, at % n)
+            if width is None or b < a or b >= width:
+                raise UserError(
+                    f"unit {text!r}: neurons {a}-{b} are not a range of this layer's MLP channels",
+                    f"layer {at % n} has {width or 0} channels",
+                )
+            mine = [info[t] for t in universe if info[t].layer == at % n]
+            u = _element_unit(name, modmap, [(p.name, *neuron_elements(p, list(range(a, b + 1)), width)) for p in mine])
+        else:
+            inside = [t for t in universe if info[t].layer is not None]
+            u = next((x for x in _head_units(modmap, inside) if x.name == name), None)
+            if u is None and modmap.attention is not None:
+                lay = modmap.attention
+                raise UserError(
+                    f"unit {text!r} names no head of this model",
+                    f"{lay.n_heads} query heads (h0..h{lay.n_heads - 1})"
+                    + (f" and {lay.n_kv_heads} key/value heads (kv0..kv{lay.n_kv_heads - 1})" if lay.shared_kv else ""),
+                )
+        if u is None:
+            raise UserError(f"unit {text!r} names no quantized tensor")
+        return u
+    m = re.fullmatch(r"L(-?\d+)(?:\.(.+))?", text)
     if m:
         layer = int(m.group(1))
         if not -n <= layer < n:
@@ -275,24 +389,67 @@ def analyse(
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
-def build_configs(
-    universe: list[str], units: list[Unit], pairs: list[tuple[Unit, Unit]], scheme: Scheme, mode: str
-) -> dict[str, dict[str, Scheme]]:
-    full = {t: scheme for t in universe}
-    configs = {"all": full}
+def unit_config(
+    universe: list[str], units: list[Unit], scheme: Scheme, mode: str, modmap: ModuleMap | None = None
+) -> dict[str, Scheme]:
+    """The assignment that protects (protect-one) or alone quantizes (quantize-only) the union of ``units``.
 
-    def config(tensors: set[str]) -> dict[str, Scheme]:
-        if mode == "protect-one":
-            return {t: s for t, s in full.items() if t not in tensors}
-        return {t: scheme for t in universe if t in tensors}
+    Element units (heads, neurons) keep rows / columns: protect-one keeps the unit's, quantize-only keeps all
+    the others of each tensor the unit touches (``modmap`` gives their shapes)."""
+    whole: set[str] = set()
+    rows: dict[str, set[int]] = {}
+    cols: dict[str, set[int]] = {}
+    for u in units:
+        if not u.parts:
+            whole.update(u.tensors)
+        for t, r, c in u.parts:
+            rows.setdefault(t, set()).update(r)
+            cols.setdefault(t, set()).update(c)
+    if mode == "protect-one":
+        return {t: scheme.with_kept(rows[t], cols[t]) if t in rows else scheme for t in universe if t not in whole}
+    out = {t: scheme for t in universe if t in whole}
+    for t in rows:
+        if t in whole:
+            continue
+        assert modmap is not None, "quantize-only element units need the module map for the tensor shapes"
+        out_f, in_f = weight_2d_shape(modmap[t])
+        if rows[t] and cols[t]:  # never from head or neuron units: q/k/v give rows, o/down columns
+            raise UserError(f"quantize-only: cannot quantize both rows and columns of {t} alone")
+        keep_r = [i for i in range(out_f) if rows[t] and i not in rows[t]]
+        keep_c = [j for j in range(in_f) if cols[t] and j not in cols[t]]
+        out[t] = scheme.with_kept(keep_r, keep_c)
+    return out
+
+
+def build_configs(
+    universe: list[str],
+    units: list[Unit],
+    pairs: list[tuple[Unit, Unit]],
+    scheme: Scheme,
+    mode: str,
+    modmap: ModuleMap | None = None,
+) -> dict[str, dict[str, Scheme]]:
+    configs = {"all": {t: scheme for t in universe}}
+
+    def config(*us: Unit) -> dict[str, Scheme]:
+        return unit_config(universe, list(us), scheme, mode, modmap)
 
     for u in units:
-        configs[u.name] = config(set(u.tensors))
+        configs[u.name] = config(u)
     for a, b in pairs:
-        configs.setdefault(a.name, config(set(a.tensors)))
-        configs.setdefault(b.name, config(set(b.tensors)))
-        configs[f"{a.name}+{b.name}"] = config(set(a.tensors) | set(b.tensors))
+        configs.setdefault(a.name, config(a))
+        configs.setdefault(b.name, config(b))
+        configs[f"{a.name}+{b.name}"] = config(a, b)
     return configs
+
+
+def _unit_record(u: Unit, modmap: ModuleMap) -> dict:
+    out: dict = {"name": u.name, "tensors": len(u.tensors), "params": u.n_params}
+    m = re.fullmatch(r"L(\d+)\.kv(\d+)", u.name)
+    if m and modmap.attention is not None:  # a shared key/value head: one unit, counted once
+        g, layer = modmap.attention.group, m.group(1)
+        out["shared_by"] = [f"L{layer}.h{h}" for h in range(int(m.group(2)) * g, (int(m.group(2)) + 1) * g)]
+    return out
 
 
 def validate(config: LocateConfig) -> tuple[Scheme, Corpus, list[str]]:
@@ -318,8 +475,15 @@ def run_locate(
     if len(set(names)) != len(names):
         raise UserError(f"--pairs names a unit twice ({', '.join(names)})")
     pairs = list(itertools.combinations(pair_units, 2))
-    configs = build_configs(universe, units, pairs, scheme, config.mode)
+    configs = build_configs(universe, units, pairs, scheme, config.mode, modmap)
     total = prepared.total_pred * len(configs)
+    if config.granularity == "head" and modmap.attention is not None and modmap.attention.shared_kv:
+        lay = modmap.attention
+        log(
+            f"{lay.n_heads} query heads share {lay.n_kv_heads} key/value head(s) per layer: each key/value head "
+            "is a unit of its own (L<i>.kv<g>, its k and v rows), counted once; a query head's unit holds its q "
+            "rows and o columns"
+        )
     log(
         f"{len(units)} units, {len(configs)} configurations, {len(prepared.docs)} documents, "
         f"{prepared.total_pred} tokens per configuration"
@@ -386,7 +550,7 @@ def run_locate(
             if config.mode == "protect-one"
             else "relative Δbpb caused by quantizing the unit alone"
         ),
-        units=[{"name": u.name, "tensors": len(u.tensors), "params": u.n_params} for u in units],
+        units=[_unit_record(u, modmap) for u in units],
         languages=[
             {
                 **language_info(base_language(lang)).to_dict(),

@@ -282,7 +282,7 @@ class LocateResult:
     mode: str
     granularity: str
     effect: str  # what the effect measures, in words
-    units: list[dict]  # name, tensors, params
+    units: list[dict]  # name, tensors, params (elements); shared_by for a shared key/value head
     languages: list[dict]  # language description with id, n_docs, n_bytes
     results: Mapping[str, LocateLanguage]
     pairs: list[list[str]]

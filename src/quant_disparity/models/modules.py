@@ -98,11 +98,152 @@ class ParamInfo:
 
 
 @dataclass(frozen=True)
+class AttnLayout:
+    """How the attention projections of every block split into heads, in the ``[out, in]`` view.
+
+    q (and o's columns) have ``n_heads`` slices of ``head_dim``; k and v have ``n_kv_heads`` (grouped-query
+    attention: query head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)``; multi-query: one).
+    A fused qkv matrix is laid out either ``"blocks"`` ([all q | all k | all v]: GPT-2's ``c_attn``, Phi-3,
+    Falcon's multi-query layout) or ``"grouped"`` (per key/value head: its query heads, then its k, then its v:
+    GPT-NeoX and BLOOM, where each group is one head, and Falcon's new decoder architecture).
+    """
+
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    fused: str = "blocks"
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def shared_kv(self) -> bool:
+        """Whether a key/value head serves more than one query head (grouped-query or multi-query)."""
+        return self.group > 1
+
+    def _span(self, start: int) -> list[int]:
+        return list(range(start * self.head_dim, (start + 1) * self.head_dim))
+
+    def rows(self, component: str, q_heads: set[int], kv_heads: set[int]) -> list[int]:
+        """Rows of a q, k, v or fused qkv matrix that belong to the query heads and key/value heads given."""
+        d, nh, nkv, g = self.head_dim, self.n_heads, self.n_kv_heads, self.group
+        if component == "attn.q":
+            return [r for h in sorted(q_heads) for r in self._span(h)]
+        if component in ("attn.k", "attn.v"):
+            return [r for k in sorted(kv_heads) for r in self._span(k)]
+        if component != "attn.qkv":
+            return []
+        out: list[int] = []
+        if self.fused == "blocks":
+            out += [r for h in sorted(q_heads) for r in self._span(h)]
+            out += [nh * d + r for k in sorted(kv_heads) for r in self._span(k)]
+            out += [(nh + nkv) * d + r for k in sorted(kv_heads) for r in self._span(k)]
+        else:  # grouped: [kv head k: q heads k*g .. k*g+g-1 | k | v], each head_dim rows
+            for h in sorted(q_heads):
+                out += [(h // g) * (g + 2) * d + r for r in self._span(h % g)]
+            for k in sorted(kv_heads):
+                out += [k * (g + 2) * d + r for r in self._span(g)] + [k * (g + 2) * d + r for r in self._span(g + 1)]
+        return sorted(out)
+
+    def cols(self, component: str, q_heads: set[int]) -> list[int]:
+        """Columns of the output projection that read the query heads given."""
+        return [c for h in sorted(q_heads) for c in self._span(h)] if component == "attn.o" else []
+
+
+#: Fused qkv layouts known per ``model_type`` (see :class:`AttnLayout`); Falcon is decided by its config.
+_FUSED_LAYOUT = {"gpt2": "blocks", "phi3": "blocks", "gpt_neox": "grouped", "bloom": "grouped"}
+
+
+def attention_layout(model: nn.Module, entries: list[ParamInfo]) -> tuple[AttnLayout | None, str]:
+    """The head layout of ``model``'s attention from its config, checked against every block's tensor shapes;
+    (None, why) when its heads cannot be separated."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None, f"{type(model).__name__} has no config giving its number of attention heads"
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kind = getattr(cfg, "model_type", type(model).__name__)
+    n_heads = getattr(cfg, "num_attention_heads", None)
+    if not isinstance(n_heads, int) or n_heads < 1:
+        return None, f"the {kind} config names no number of attention heads"
+    if kind == "falcon":
+        new = bool(getattr(cfg, "new_decoder_architecture", False))
+        n_kv = int(cfg.num_kv_heads) if new else 1 if getattr(cfg, "multi_query", False) else n_heads
+    else:
+        n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    if n_heads % n_kv:
+        return None, f"{kind}: {n_heads} query heads do not split into {n_kv} key/value groups"
+    fused = "grouped" if kind == "falcon" and getattr(cfg, "new_decoder_architecture", False) else "blocks"
+    fused = _FUSED_LAYOUT.get(kind, fused)
+    layout = AttnLayout(n_heads, n_kv, head_dim, fused)
+    want = {
+        "attn.q": (n_heads * head_dim, None),
+        "attn.k": (n_kv * head_dim, None),
+        "attn.v": (n_kv * head_dim, None),
+        "attn.qkv": ((n_heads + 2 * n_kv) * head_dim, None),
+        "attn.o": (None, n_heads * head_dim),
+    }
+    for p in entries:
+        if p.role != "matrix" or p.layer is None or p.component not in want:
+            continue
+        if p.component == "attn.qkv" and kind not in _FUSED_LAYOUT and kind != "falcon":
+            return None, f"{kind}: the layout of its fused qkv projection ({p.name}) is not known"
+        out_f, in_f = p.shape[::-1] if p.transposed else p.shape[:2]
+        rows, cols = want[p.component]
+        if (rows is not None and out_f != rows) or (cols is not None and in_f != cols):
+            return None, (
+                f"{kind}: {p.name} has shape [{out_f}, {in_f}], not what {n_heads} query / {n_kv} key-value heads "
+                f"of dimension {head_dim} give"
+            )
+    if not any(p.component.startswith("attn.") and p.layer is not None for p in entries):
+        return None, f"{kind}: no attention projections recognised in the blocks"
+    return layout, ""
+
+
+_NEURON_ROWS = ("mlp.gate", "mlp.up", "mlp.gate_up")
+
+
+def mlp_width(modmap: ModuleMap, layer: int) -> int | None:
+    """The MLP intermediate size of a block: the columns of its down projection (None without one)."""
+    for p in modmap.params:
+        if p.layer == layer and p.role == "matrix" and p.component == "mlp.down":
+            return p.shape[0] if p.transposed else p.shape[1]
+    return None
+
+
+def neuron_elements(p: ParamInfo, channels: list[int], width: int) -> tuple[list[int], list[int]]:
+    """Rows and columns of ``p``'s ``[out, in]`` view that belong to the MLP channels given: rows of gate/up
+    (both halves of a fused gate_up), columns of down."""
+    if p.role != "matrix":
+        return [], []
+    if p.component in ("mlp.gate", "mlp.up"):
+        return list(channels), []
+    if p.component == "mlp.gate_up":
+        return [*channels, *(width + c for c in channels)], []
+    if p.component == "mlp.down":
+        return [], list(channels)
+    return [], []
+
+
+def head_elements(
+    p: ParamInfo, layout: AttnLayout, q_heads: set[int], kv_heads: set[int]
+) -> tuple[list[int], list[int]]:
+    """Rows and columns of ``p``'s ``[out, in]`` view that belong to the heads given (see :class:`AttnLayout`)."""
+    if p.role != "matrix":
+        return [], []
+    return layout.rows(p.component, q_heads, kv_heads), layout.cols(p.component, q_heads)
+
+
+@dataclass(frozen=True)
 class ModuleMap:
     blocks_path: str
     n_layers: int
     params: tuple[ParamInfo, ...]
     notes: tuple[str, ...] = field(default=())
+    attention: AttnLayout | None = None  # how attention splits into heads; None: see attention_note
+    attention_note: str = ""
     if TYPE_CHECKING:  # set in __post_init__; at run time not a dataclass field
         _by_name: dict[str, ParamInfo] = field(init=False, repr=False, compare=False)
 
@@ -256,7 +397,15 @@ def build_module_map(model: nn.Module, stages: dict[str, str] | None = None) -> 
         if len(entry.components) > 1:
             notes.append(f"{entry.name} is tied to {', '.join(entry.aliases)}: protecting one protects both")
     _check_projections(entries, blocks, blocks_path)
-    return ModuleMap(blocks_path=blocks_path, n_layers=len(blocks), params=tuple(entries), notes=tuple(notes))
+    layout, why = attention_layout(model, entries)
+    return ModuleMap(
+        blocks_path=blocks_path,
+        n_layers=len(blocks),
+        params=tuple(entries),
+        notes=tuple(notes),
+        attention=layout,
+        attention_note=why,
+    )
 
 
 def _in_blocks(mname: str, blocks_path: str) -> bool:

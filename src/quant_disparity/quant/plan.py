@@ -8,7 +8,9 @@ Compact form, rules separated by ``;``, selectors of one rule by ``,``::
 Precedence (tested): **the first rule that selects a tensor decides it**; tensors no rule selects are left as
 they are. ``keep:outliers:P%`` rules are element-level modifiers: they decide nothing, and every tensor that
 ends up quantized and is selected by one keeps its P % largest-magnitude weights in float16 (the first
-matching outlier rule counts). Mistakes are errors, not silent no-ops: a selector that matches nothing, a
+matching outlier rule counts). ``keep:head:L.H``, ``keep:kvhead:L.G`` and ``keep:neurons:L:A-B`` rules are
+element-level too: they decide nothing, and every such rule that touches a quantized tensor adds its rows or
+columns to the ones the tensor keeps at reference precision (:attr:`.backends.base.Scheme.keep_rows`). Mistakes are errors, not silent no-ops: a selector that matches nothing, a
 layer out of range, a rule every tensor of which an earlier rule already decided (shadowed), and a ``keep``
 that keeps nothing a later rule would have quantized.
 
@@ -59,6 +61,24 @@ class Selector:
                 return parse_outlier_fraction(a.arg, f"selector {self}")
         return None
 
+    @property
+    def element_atoms(self) -> tuple[Atom, ...]:
+        """The atoms that select rows and columns inside tensors (heads, neurons)."""
+        return tuple(a for a in self.atoms if SELECTORS.get(a.kind).elements is not None)
+
+    def elements(self, p: ParamInfo, modmap: ModuleMap, where: str) -> tuple[set[int], set[int]]:
+        """Rows and columns of ``p`` an element selector keeps (empty unless every atom selects ``p``)."""
+        if not _selects(self, p, modmap, where):
+            return set(), set()
+        rows, cols = set(), set()
+        for a in self.element_atoms:
+            elements = SELECTORS.get(a.kind).elements
+            assert elements is not None  # an element atom
+            r, c = elements(a.arg, p, modmap, where)
+            rows.update(r)
+            cols.update(c)
+        return rows, cols
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -73,6 +93,11 @@ class Rule:
         return any(s.outliers is not None for s in self.selectors)
 
     @property
+    def is_element_rule(self) -> bool:
+        """A keep rule of heads or neurons: it decides no tensor, it keeps rows / columns of quantized ones."""
+        return any(s.element_atoms for s in self.selectors)
+
+    @property
     def scheme(self) -> Scheme | None:
         return None if self.action == KEEP else parse_scheme(self.action)
 
@@ -85,8 +110,9 @@ def _parse_atom(text: str, where: str) -> Atom:
     kind, sep, arg = text.partition(":")
     entry = SELECTORS.lookup(kind)
     if entry is not None and entry.check is not None and sep and arg.strip():
-        entry.check(arg.strip(), where)
-        return Atom(kind, arg.strip())
+        arg = entry.expand(arg.strip(), where) if entry.expand else arg.strip()
+        entry.check(arg, where)
+        return Atom(kind, arg)
     raise SELECTORS.unknown(text, near=kind, where=where)
 
 
@@ -134,6 +160,19 @@ def _parse_rule(text: str, index: int) -> Rule:
             raise UserError(f"{where}: outliers:P% belongs in a keep rule", "write keep:outliers:0.5%")
         if len(selectors) != 1:
             raise UserError(f"{where}: an outlier rule takes one selector", "e.g. keep:outliers:1%&component:mlp")
+    if rule.is_element_rule:
+        if action != KEEP:
+            raise UserError(
+                f"{where}: head, kvhead and neurons selectors belong in a keep rule",
+                "write e.g. keep:head:3.5; w4g128:*",
+            )
+        for sel in selectors:
+            if len(sel.element_atoms) != 1 or sel.outliers is not None:
+                raise UserError(
+                    f"{where}: every selector of a head or neuron rule needs exactly one head, kvhead or neurons "
+                    f"part ({sel} has {len(sel.element_atoms)})",
+                    "put whole-tensor selectors in a rule of their own; & narrows, e.g. head:3.5&component:attn.q",
+                )
     return rule
 
 
@@ -204,6 +243,7 @@ class Decision:
     action: str  # "keep", "none" (no rule) or the scheme name (outliers included)
     rule: int | None  # index of the deciding rule
     bits: float  # storage bits under this plan
+    kept_elements: int = 0  # of a quantized tensor: elements kept at full width by head / neuron rules
 
     @property
     def quantized(self) -> bool:
@@ -226,6 +266,8 @@ class ResolvedPlan:
         kept = sum(d.numel for d in self.decisions if d.action == KEEP)
         bits = sum(d.bits for d in self.decisions)
         qbits = sum(d.bits for d in self.decisions if d.quantized)
+        partly = sum(d.kept_elements for d in self.decisions)
+        extra = {"kept_elements_of_quantized_tensors": partly} if partly else {}
         return {
             "total_params": total,
             "quantized_params": quant,
@@ -235,6 +277,7 @@ class ResolvedPlan:
             "bits_per_weight": bits / total if total else 0.0,
             "bits_per_quantized_weight": qbits / quant if quant else None,
             "total_bytes": bits / 8,
+            **extra,
         }
 
     def to_dict(self) -> dict:
@@ -251,6 +294,7 @@ class ResolvedPlan:
                     "action": d.action,
                     "rule": d.rule,
                     "bytes": d.bits / 8,
+                    **({"kept_elements": d.kept_elements} if d.kept_elements else {}),
                 }
                 for d in self.decisions
             ],
@@ -271,7 +315,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                     "`quant-disparity modules --model ...` shows what the model has",
                 )
             matched.extend(hits)
-        if rule.is_outlier_rule:
+        if rule.is_outlier_rule or rule.is_element_rule:
             continue
         new = [p for p in dict.fromkeys(matched) if p.name not in decided]
         if not new:
@@ -285,7 +329,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
             decided[p.name] = (i, rule.action)
     # A keep must keep something that a later rule would otherwise have quantized.
     for i, rule in enumerate(plan.rules):
-        if rule.action != KEEP or rule.is_outlier_rule:
+        if rule.action != KEEP or rule.is_outlier_rule or rule.is_element_rule:
             continue
         mine = [p for p in params if decided.get(p.name, (None,))[0] == i]
         later = [r for r in plan.rules[i + 1 :] if r.action != KEEP]
@@ -295,6 +339,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                 "rules are first-match: put keep rules before the rules they protect from",
             )
     outlier_rules = [(i, r) for i, r in enumerate(plan.rules) if r.is_outlier_rule]
+    element_rules = [(i, r) for i, r in enumerate(plan.rules) if r.is_element_rule]
     used = set()
     schemes: dict[str, Scheme] = {}
     decisions = []
@@ -310,6 +355,12 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                     scheme = scheme.with_outliers(fraction)
                     used.add(j)
                     break
+            for j, r in element_rules:  # every head / neuron rule adds its rows and columns
+                for sel in r.selectors:
+                    rows, cols = sel.elements(p, modmap, f"plan rule {j + 1} ({r})")
+                    if rows or cols:
+                        scheme = scheme.with_kept(rows, cols)
+                        used.add(j)
             scheme.check_shape(weight_2d_shape(p), p.name)
             schemes[p.name] = scheme
         shape = weight_2d_shape(p)
@@ -322,13 +373,14 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                 action=scheme.name if action not in (KEEP, "none") else action,
                 rule=rule_i,
                 bits=scheme.storage_bits(shape, p.bits),
+                kept_elements=scheme.kept_elements(shape),
             )
         )
-    for j, r in outlier_rules:
+    for j, r in outlier_rules + element_rules:
         if j not in used:
             raise UserError(
                 f"plan rule {j + 1} ({r}) applies to no quantized tensor",
-                "outlier rules only act on tensors that a scheme rule quantizes",
+                "outlier, head and neuron rules only act on tensors that a scheme rule quantizes",
             )
     return ResolvedPlan(plan=plan, decisions=tuple(decisions), _schemes=schemes)
 

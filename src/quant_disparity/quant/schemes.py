@@ -15,7 +15,7 @@ import re
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
 from .backends import cast, gguf, identity, rtn
-from .backends.base import Scheme, SchemeKind, n_outliers
+from .backends.base import Scheme, SchemeKind, n_outliers, parse_ranges, range_indices
 
 __all__ = [
     "GGUF_TYPES",
@@ -32,6 +32,7 @@ __all__ = [
 GGUF_TYPES = gguf.TYPES
 NONE = identity.NONE
 _OUTLIER_RE = re.compile(r"^(.*)\+outliers(-inscale)?:([0-9.]+)%$")
+_KEEP_RE = re.compile(r"^(.*)\+keep-(rows|cols):([0-9.-]+)$")
 
 
 def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
@@ -55,6 +56,14 @@ def parse_scheme(text: str) -> Scheme:
     """Parse a scheme name: the first registered kind whose syntax it is in makes it; raises
     :class:`UserError` with the grammar otherwise."""
     raw = text.strip().lower()
+    k = _KEEP_RE.match(raw)
+    if k:  # kept rows / columns (written by plans' head and neuron selectors), outermost in the name
+        ranges = parse_ranges(k.group(3))
+        base = parse_scheme(k.group(1))
+        if ranges is None or base.is_identity:
+            raise UserError(f"scheme {text!r}: bad kept rows or columns", "write e.g. w4g128+keep-rows:0-15.32-47")
+        idx = list(range_indices(ranges))
+        return base.with_kept(rows=idx) if k.group(2) == "rows" else base.with_kept(cols=idx)
     m = _OUTLIER_RE.match(raw)
     if m:
         base = parse_scheme(m.group(1))

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError, did_you_mean
-from ..models.modules import COMPONENTS, ModuleMap, ParamInfo
+from ..models.modules import COMPONENTS, AttnLayout, ModuleMap, ParamInfo, head_elements, mlp_width, neuron_elements
 from ..registry import Registry
 from .schemes import parse_outlier_fraction
 
 #: (argument, tensor, model, where) -> does the selector select the tensor?
 Match = Callable[[str, ParamInfo, ModuleMap, str], bool]
+#: (argument, tensor, model, where) -> (rows, columns) of the tensor's [out, in] view
+Elements = Callable[[str, ParamInfo, ModuleMap, str], tuple[list[int], list[int]]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class SelectorKind:
     matches: Match
     check: Callable[[str, str], None] | None = None
     list_item: str | None = None  # regex of an item after a comma that continues the argument (layers:0,11)
+    #: Element-level selectors (heads, neurons): (argument, tensor, model, where) -> the rows and columns of
+    #: the tensor's ``[out, in]`` view they select. Such selectors only appear in keep rules.
+    elements: Elements | None = None
+    #: Rewrites the argument when the plan is parsed (e.g. reads a neuron list from a file into the plan).
+    expand: Callable[[str, str], str] | None = None
 
 
 def _hint(registry: Registry[SelectorKind]) -> str:
@@ -108,6 +115,111 @@ def _check_outliers(arg: str, where: str) -> None:
     parse_outlier_fraction(arg, where)
 
 
+# -- heads and neurons (element-level) --------------------------------------------------------------------------------
+_HEAD_ITEM = r"-?\d+\.\d+(-\d+)?"
+_NEURON_ITEM = r"-?\d+:\d+(-\d+)?"
+
+
+def _check_items(kind: str, item: str, example: str) -> Callable[[str, str], None]:
+    def check(arg: str, where: str) -> None:
+        if not re.fullmatch(rf"{item}(,{item})*", arg):
+            raise UserError(f"{where}: {kind}:{arg} is not a {kind} list", f"write e.g. {kind}:{example}")
+
+    return check
+
+
+def _items(arg: str, sep: str, n_layers: int, where: str) -> dict[int, list[tuple[int, int]]]:
+    """``3.5,3.0-1`` (sep ".") or ``3:0-255`` (sep ":") -> {layer: [(first, last), ...]}, layers checked."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for part in arg.split(","):
+        layer, _, rng = part.partition(sep)
+        a, _, b = rng.partition("-")
+        first, last = int(a), int(b or a)
+        if last < first:
+            raise UserError(f"{where}: range {rng} runs backwards", f"write the smaller index first: {b}-{a}")
+        out.setdefault(_layer_index(layer, n_layers, where), []).append((first, last))
+    return out
+
+
+def _layout(modmap: ModuleMap, where: str) -> AttnLayout:
+    if modmap.attention is None:
+        raise UserError(
+            f"{where}: the attention heads of this model cannot be separated ({modmap.attention_note})",
+            "select whole tensors instead (component:attn.q, layer:N ...)",
+        )
+    return modmap.attention
+
+
+def _heads(arg: str, p: ParamInfo, modmap: ModuleMap, where: str, kv: bool) -> tuple[list[int], list[int]]:
+    layout = _layout(modmap, where)
+    n = layout.n_kv_heads if kv else layout.n_heads
+    wanted: set[int] = set()
+    for first, last in _items(arg, ".", modmap.n_layers, where).get(p.layer if p.layer is not None else -1, []):
+        if last >= n:
+            what = "key/value head" if kv else "head"
+            raise UserError(
+                f"{where}: {what} {last} is out of range",
+                f"each layer has {n} {what}s: 0..{n - 1}"
+                + (f" ({layout.n_heads} query heads share them)" if kv and layout.shared_kv else ""),
+            )
+        wanted.update(range(first, last + 1))
+    if p.layer is None or not wanted:
+        return [], []
+    if kv:
+        return head_elements(p, layout, set(), wanted)
+    # A key/value head of its own (no sharing) goes with its query head; shared ones only with kvhead:.
+    return head_elements(p, layout, wanted, set() if layout.shared_kv else wanted)
+
+
+def _neurons(arg: str, p: ParamInfo, modmap: ModuleMap, where: str) -> tuple[list[int], list[int]]:
+    ranges = _items(arg, ":", modmap.n_layers, where).get(p.layer if p.layer is not None else -1, [])
+    if not ranges or p.layer is None:
+        return [], []
+    width = mlp_width(modmap, p.layer)
+    if width is None:
+        raise UserError(f"{where}: layer {p.layer} has no MLP down projection to find its neurons by")
+    channels: set[int] = set()
+    for first, last in ranges:
+        if last >= width:
+            raise UserError(
+                f"{where}: neuron {last} of layer {p.layer} is out of range",
+                f"the MLP has {width} intermediate channels: 0..{width - 1}",
+            )
+        channels.update(range(first, last + 1))
+    return neuron_elements(p, sorted(channels), width)
+
+
+def _expand_neurons(arg: str, where: str) -> str:
+    """``@FILE``: a neuron list, one ``LAYER:FIRST-LAST`` (or ``LAYER:INDEX``) per line, ``#`` comments."""
+    if not arg.startswith("@"):
+        return arg
+    from pathlib import Path
+
+    path = Path(arg[1:])
+    if not path.is_file():
+        raise UserError(f"{where}: neuron list {path} not found", "write neurons:@FILE with one LAYER:RANGE per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: neuron list {path} is not UTF-8 text") from None
+    items = [ln.split("#", 1)[0].strip() for ln in lines]
+    items = [i for i in items if i]
+    for i, item in enumerate(items):
+        if not re.fullmatch(_NEURON_ITEM, item):
+            raise UserError(f"{where}: {path}: entry {i + 1} ({item!r}) is not LAYER:FIRST-LAST", "e.g. 3:0-255")
+    if not items:
+        raise UserError(f"{where}: neuron list {path} is empty")
+    return ",".join(items)
+
+
+def _element_kind(name: str, syntax: str, help: str, elements: Elements, **kw) -> SelectorKind:
+    def matches(arg: str, p: ParamInfo, modmap: ModuleMap, where: str) -> bool:
+        rows, cols = elements(arg, p, modmap, where)
+        return bool(rows or cols)
+
+    return SelectorKind(name, syntax, help, matches, elements=elements, **kw)
+
+
 def _has_component(name: str, help: str) -> SelectorKind:
     return SelectorKind(name, name, help, lambda arg, p, modmap, where: name in p.components)
 
@@ -169,6 +281,34 @@ for _entry in (
         "element-level, in keep rules only: keep the P % largest-magnitude weights of each quantized tensor",
         lambda arg, p, modmap, where: True,
         check=_check_outliers,
+    ),
+    _element_kind(
+        "head",
+        "head:L.H",
+        "element-level, in keep rules only: attention head H of block L (its q rows and o columns, and its own "
+        "k/v rows when no other head shares them); head:3.0-3 and head:3.5,4.1 select several",
+        lambda arg, p, modmap, where: _heads(arg, p, modmap, where, kv=False),
+        check=_check_items("head", _HEAD_ITEM, "3.5"),
+        list_item=_HEAD_ITEM,
+    ),
+    _element_kind(
+        "kvhead",
+        "kvhead:L.G",
+        "element-level, in keep rules only: key/value head G of block L (its k and v rows; under grouped-query "
+        "attention shared by several query heads)",
+        lambda arg, p, modmap, where: _heads(arg, p, modmap, where, kv=True),
+        check=_check_items("kvhead", _HEAD_ITEM, "3.0"),
+        list_item=_HEAD_ITEM,
+    ),
+    _element_kind(
+        "neurons",
+        "neurons:L:A-B",
+        "element-level, in keep rules only: MLP intermediate channels A..B of block L (rows of gate/up or fc1, "
+        "columns of down or fc2); neurons:3:0-255,4:7 or neurons:@FILE (one LAYER:A-B per line)",
+        _neurons,
+        check=_check_items("neurons", _NEURON_ITEM, "3:0-255"),
+        list_item=_NEURON_ITEM,
+        expand=_expand_neurons,
     ),
 ):
     SELECTORS.register(_entry)

@@ -214,6 +214,17 @@ def audit_rich_table(result: Mapping):
     return t
 
 
+def _shared_kv_note(units) -> list[str]:
+    shared = [u for u in units if u.get("shared_by")]
+    if not shared:
+        return []
+    return [
+        f"- Grouped-query attention: each key/value head is a unit of its own (its k and v rows), counted once; "
+        f"e.g. {shared[0]['name']} serves {', '.join(shared[0]['shared_by'])}. A query head's unit holds its q rows "
+        "and o columns."
+    ]
+
+
 def locate_markdown(data: Mapping) -> str:
     res = LocateResult.from_dict(data)
     units, langs, m = res.effect_matrix()
@@ -234,6 +245,7 @@ def locate_markdown(data: Mapping) -> str:
         f"- {res.timing['configurations']} configurations x {res.timing['tokens_per_configuration']:,} tokens "
         f"in {res.timing['evaluate_s']:.0f} s; block replay saved "
         f"{100 * res.timing['block_work_saved']:.0f}% of decoder-block work.",
+        *_shared_kv_note(res.units),
         "",
         "## Damage with everything quantized",
         "",

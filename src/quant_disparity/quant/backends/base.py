@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+
+from ...errors import UserError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,11 +24,19 @@ class Scheme(ABC):
     Element-level protection, common to every quantizing scheme: this fraction of the largest-magnitude
     weights of the tensor is kept in float16 as a sparse part. By default the scale is computed on the
     remaining weights; ``outliers_in_scale`` reproduces the original log's flaw (kept outliers still set it).
+
+    Structured protection (attention heads, MLP neurons): ``keep_rows`` / ``keep_cols`` name rows and columns
+    of the ``[out, in]`` view (sorted, disjoint, half-open ranges) that stay at the reference precision. The
+    scheme quantizes the remaining rows and columns as one compact ``[out - r, in - c]`` matrix (its groups and
+    scales formed from those weights alone), which is also what its bit cost counts; the kept elements cost
+    their reference width each (the ranges themselves follow from the plan: no per-element index).
     """
 
     is_identity: ClassVar[bool] = False
     outliers: float = 0.0
     outliers_in_scale: bool = False
+    keep_rows: tuple[tuple[int, int], ...] = ()
+    keep_cols: tuple[tuple[int, int], ...] = ()
 
     @property
     @abstractmethod
@@ -34,9 +45,19 @@ class Scheme(ABC):
 
     @property
     def name(self) -> str:
-        if not self.outliers:
-            return self.base_name
-        return f"{self.base_name}+outliers{'-inscale' if self.outliers_in_scale else ''}:{100 * self.outliers:g}%"
+        name = self.base_name
+        if self.outliers:
+            name += f"+outliers{'-inscale' if self.outliers_in_scale else ''}:{100 * self.outliers:g}%"
+        if self.keep_rows:
+            name += f"+keep-rows:{format_ranges(self.keep_rows)}"
+        if self.keep_cols:
+            name += f"+keep-cols:{format_ranges(self.keep_cols)}"
+        return name
+
+    @property
+    def partial(self) -> bool:
+        """Whether whole rows or columns of the tensor are kept (see the class docstring)."""
+        return bool(self.keep_rows or self.keep_cols)
 
     def __str__(self) -> str:
         return self.name
@@ -44,9 +65,43 @@ class Scheme(ABC):
     def with_outliers(self, fraction: float, in_scale: bool = False) -> Scheme:
         return dataclasses.replace(self, outliers=fraction, outliers_in_scale=in_scale)
 
+    def with_kept(self, rows: Iterable[int] = (), cols: Iterable[int] = ()) -> Scheme:
+        """This scheme with the given rows and columns (indices of the ``[out, in]`` view) kept as well."""
+        if self.is_identity:
+            return self
+        return dataclasses.replace(
+            self,
+            keep_rows=to_ranges(set(range_indices(self.keep_rows)) | set(rows)),
+            keep_cols=to_ranges(set(range_indices(self.keep_cols)) | set(cols)),
+        )
+
+    def kept_elements(self, shape: tuple[int, int]) -> int:
+        """How many elements of a ``[out, in]`` tensor the kept rows and columns hold."""
+        if not self.partial or self.is_identity:
+            return 0
+        rows, cols = self._rest(shape)
+        return shape[0] * shape[1] - len(rows) * len(cols)
+
+    def _rest(self, shape: tuple[int, int]) -> tuple[list[int], list[int]]:
+        """The rows and columns that are quantized (not kept)."""
+        kr, kc = set(range_indices(self.keep_rows)), set(range_indices(self.keep_cols))
+        return [i for i in range(shape[0]) if i not in kr], [j for j in range(shape[1]) if j not in kc]
+
     # -- the transform -------------------------------------------------------------------------
     def fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
         """Quantize and dequantize a 2-D ``[out, in]`` weight; returns a new tensor of the same dtype."""
+        if self.partial and not self.is_identity:
+            rows, cols = self._rest(tuple(w2d.shape))  # type: ignore[arg-type]  # 2-D
+            out = w2d.clone()
+            if rows and cols:
+                r = torch.tensor(rows, device=w2d.device)
+                c = torch.tensor(cols, device=w2d.device)
+                sub = w2d.index_select(0, r).index_select(1, c).contiguous()
+                out[r[:, None], c[None, :]] = self._whole(sub)
+            return out
+        return self._whole(w2d)
+
+    def _whole(self, w2d: torch.Tensor) -> torch.Tensor:
         if self.outliers and not self.is_identity:
             return self._with_outliers(w2d)
         return self._fake_quantize(w2d)
@@ -65,12 +120,39 @@ class Scheme(ABC):
         """The kind's own transform of a 2-D ``[out, in]`` weight (a new tensor of the same dtype)."""
 
     def check_shape(self, shape: tuple[int, int], where: str) -> None:
-        """Raise a :class:`UserError` when the scheme cannot quantize a ``[out, in]`` tensor (default: any can)."""
+        """Raise a :class:`UserError` when the scheme cannot quantize a ``[out, in]`` tensor: kept rows or
+        columns outside it, or a (remaining) shape the kind cannot quantize."""
+        if self.partial:
+            for axis, ranges in (("row", self.keep_rows), ("column", self.keep_cols)):
+                n = shape[0] if axis == "row" else shape[1]
+                if ranges and ranges[-1][1] > n:
+                    raise UserError(
+                        f"{where}: kept {axis} {ranges[-1][1] - 1} is out of range (the tensor has {n} {axis}s)",
+                        "kept rows and columns must lie inside the tensor",
+                    )
+            rows, cols = self._rest(shape)
+            if not rows or not cols:
+                return
+            shape = (len(rows), len(cols))
+            where = f"{where} (the [{shape[0]}, {shape[1]}] left after its kept rows and columns)"
+        self._check_shape(shape, where)
+
+    def _check_shape(self, shape: tuple[int, int], where: str) -> None:
+        """The kind's own check of a ``[out, in]`` shape (default: any can be quantized)."""
 
     # -- cost ----------------------------------------------------------------------------------
     def storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        """Bits needed to store a ``[out, in]`` tensor in this scheme: scales, zero points, and for kept
-        outliers a float16 value plus an int32 index each (a COO sparse part)."""
+        """Bits needed to store a ``[out, in]`` tensor in this scheme: scales, zero points, for kept
+        outliers a float16 value plus an int32 index each (a COO sparse part), and for kept rows and columns
+        their elements at ``orig_bits`` plus the compact remaining matrix in the scheme."""
+        if self.partial and not self.is_identity:
+            rows, cols = self._rest(shape)
+            kept = self.kept_elements(shape)
+            rest = (len(rows), len(cols))
+            return kept * orig_bits + (self._whole_bits(rest, orig_bits) if rows and cols else 0.0)
+        return self._whole_bits(shape, orig_bits)
+
+    def _whole_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         extra = 0.0
         if self.outliers and not self.is_identity:
             extra = n_outliers(shape[0] * shape[1], self.outliers) * (16 + 32)
@@ -79,6 +161,41 @@ class Scheme(ABC):
     @abstractmethod
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         """Bits of the kind's own storage of a ``[out, in]`` tensor whose weights have ``orig_bits`` each."""
+
+
+def to_ranges(indices: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted indices as disjoint half-open ranges: {0, 1, 2, 5} -> ((0, 3), (5, 6))."""
+    out: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return tuple((a, b) for a, b in out)
+
+
+def range_indices(ranges: Iterable[tuple[int, int]]) -> Iterator[int]:
+    for a, b in ranges:
+        yield from range(a, b)
+
+
+def format_ranges(ranges: Iterable[tuple[int, int]]) -> str:
+    """((0, 3), (5, 6)) -> "0-2.5" (inclusive ranges joined by dots: names stay free of commas and semicolons)."""
+    return ".".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in ranges)
+
+
+def parse_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
+    """Inverse of :func:`format_ranges`; None when ``text`` is not written that way."""
+    out: list[int] = []
+    for part in text.split("."):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            return None
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            return None
+        out.extend(range(a, b + 1))
+    return to_ranges(out)
 
 
 def n_outliers(numel: int, fraction: float) -> int:

@@ -31,7 +31,7 @@ class GGUF(Scheme):
         out = quants.dequantize(quants.quantize(np.ascontiguousarray(data), qtype), qtype)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(device=w2d.device, dtype=w2d.dtype)
 
-    def check_shape(self, shape: tuple[int, int], where: str) -> None:
+    def _check_shape(self, shape: tuple[int, int], where: str) -> None:
         if shape[1] % BLOCK:
             raise UserError(
                 f"{self.name} needs rows that are a multiple of {BLOCK} elements; {where} has {shape[1]}",
