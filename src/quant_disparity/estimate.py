@@ -803,17 +803,10 @@ def _audit_assignment(config, modmap, scheme, quantization_targets, load_plan) -
 
 def locate_configs(config, modmap) -> tuple[dict, list[str]]:
     """The configurations of a locate sweep and its replay bases (as :func:`..locate.run_locate` builds them)."""
-    import itertools
-
-    from .audit import quantization_targets
-    from .locate import build_configs, make_units, parse_unit
+    from .locate import sweep_configs
     from .quant import parse_scheme
 
-    universe = quantization_targets(modmap, config.include)
-    units = make_units(modmap, universe, config.granularity)
-    pair_units = [parse_unit(u, modmap, universe) for u in config.pairs]
-    pairs = list(itertools.combinations(pair_units, 2))
-    configs = build_configs(universe, units, pairs, parse_scheme(config.scheme), config.mode)
+    _universe, _units, _pairs, configs = sweep_configs(config, modmap, parse_scheme(config.scheme))
     return configs, (["all"] if config.mode == "protect-one" else [])
 
 

@@ -452,6 +452,21 @@ def _unit_record(u: Unit, modmap: ModuleMap) -> dict:
     return out
 
 
+def sweep_configs(
+    config: LocateConfig, modmap: ModuleMap, scheme: Scheme
+) -> tuple[list[str], list[Unit], list[tuple[Unit, Unit]], dict[str, dict[str, Scheme]]]:
+    """The universe, units, pairs and configurations of ``config``'s sweep on ``modmap`` (also what
+    ``--dry-run`` counts)."""
+    universe = quantization_targets(modmap, config.include)
+    units = make_units(modmap, universe, config.granularity)
+    pair_units = [parse_unit(u, modmap, universe) for u in config.pairs]
+    names = [u.name for u in pair_units]
+    if len(set(names)) != len(names):
+        raise UserError(f"--pairs names a unit twice ({', '.join(names)})")
+    pairs = list(itertools.combinations(pair_units, 2))
+    return universe, units, pairs, build_configs(universe, units, pairs, scheme, config.mode, modmap)
+
+
 def validate(config: LocateConfig) -> tuple[Scheme, Corpus, list[str]]:
     """Everything that can be checked before a model is loaded; raises :class:`UserError`."""
     return parse_scheme(config.scheme), *check_model_and_corpus(config.runtime, config.selection)
@@ -468,14 +483,7 @@ def run_locate(
     scheme, corpus, langs = validate(config)
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
-    universe = quantization_targets(modmap, config.include)
-    units = make_units(modmap, universe, config.granularity)
-    pair_units = [parse_unit(u, modmap, universe) for u in config.pairs]
-    names = [u.name for u in pair_units]
-    if len(set(names)) != len(names):
-        raise UserError(f"--pairs names a unit twice ({', '.join(names)})")
-    pairs = list(itertools.combinations(pair_units, 2))
-    configs = build_configs(universe, units, pairs, scheme, config.mode, modmap)
+    universe, units, pairs, configs = sweep_configs(config, modmap, scheme)
     total = prepared.total_pred * len(configs)
     if config.granularity == "head" and modmap.attention is not None and modmap.attention.shared_kv:
         lay = modmap.attention
