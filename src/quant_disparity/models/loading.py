@@ -490,4 +490,5 @@ def load_model(
     lm.prefix = prefix
     if src.source != "hf-hub" and any(Path(src.path).glob("*.safetensors")):
         lm.checkpoint = src.path
+    release_memory()  # buffers of the conversion to ``dtype``, freed, go back to the OS
     return lm

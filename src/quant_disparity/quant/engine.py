@@ -143,10 +143,23 @@ class QuantEngine:
             del q
             manifest.changed[name] = ((current or NONE).name, scheme.name)
             self._active[name] = scheme
+        if not self.cache and manifest.changed:
+            _trim_heap()  # the freed per-tensor buffers go back to the OS instead of fragmenting the heap
         return manifest
 
     def restore_(self) -> Manifest:
         return self.assign_({})
+
+
+def _trim_heap() -> None:
+    """glibc ``malloc_trim``: return free heap pages to the OS (a no-op elsewhere). Without it, tensors freed and
+    re-made one at a time leave the heap fragmented and the resident size grows past one copy of the weights."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _available_bytes(device: torch.device) -> int | None:
