@@ -123,6 +123,7 @@ def bf16_study(args) -> None:
             f"{m['load_peak_rss'] / 2**30:.2f} GiB; {m['seconds']} s",
             flush=True,
         )
+        save(f"memory-bf16-{args.model}", {"model": args.model, "runs": got, "complete": False})  # so far
     fp, bf = got["audit-float32-fast"]["bpb"], got["audit-bfloat16-lean"]["bpb"]
     agreement = {
         lang: {
@@ -137,6 +138,7 @@ def bf16_study(args) -> None:
     }
     result = {
         "model": args.model,
+        "complete": True,
         "runs": got,
         "bpb_agreement_bf16_vs_fp32": agreement,
         "max_abs_rel_diff_reference": max(abs(a["rel_diff_reference"]) for a in agreement.values()),

@@ -66,7 +66,7 @@ def table() -> list[str]:
         )
     for model in ("gemma-3-270m", "smollm2-135m"):
         b = load(f"memory-bf16-{model}")
-        if not b:
+        if not b or not b.get("complete"):
             continue
         runs = b["runs"]
         for kind in ("audit", "locate"):
