@@ -6,6 +6,18 @@ the weights' pages. The child also reports the resident size of the bare interpr
 transformers imported, so the part that is the libraries' and not the audit's can be seen.
 
     python benchmarks/bench_memory.py [--model gemma-3-270m] [--max-tokens 2048]
+
+With ``--bf16`` it runs the bfloat16 study instead (``results/memory-bf16-<model>.json``): an audit and a
+per-layer locate sweep in bfloat16, each in its own child process, in the engine's lean mode (originals re-read
+from the checkpoint, nothing cached) and for comparison its fast mode, plus the same audit in float32. Each
+child loads the model, records its peak resident size, resets the peak (``/proc/self/clear_refs``) and runs
+the job, so the load and the run each have their own peak; the run's ratio to the weights' bytes is
+``(job peak - resident size of the interpreter with torch and transformers) / weight bytes`` (goal for
+bfloat16: at most 1.3 plus activations), and ``job_over_weights`` is what the job added to the loaded model. The
+bits-per-byte agreement is the bfloat16 audit's reference and quantized bpb against the float32 audit's, per
+language: a bfloat16 reference is a different reference, and this says how different.
+
+    python benchmarks/bench_memory.py --bf16 --model smollm2-135m
 """
 
 from __future__ import annotations
@@ -37,11 +49,123 @@ print(json.dumps({"peak_rss": peak, "baseline_rss": base, "fp32_weight_bytes": w
 """
 
 
+STUDY_CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+job = json.loads(sys.argv[1])
+os.environ["QUANT_DISPARITY_MEMORY"] = job["memory"]
+sys.path.insert(0, sys.argv[2])
+from common import peak_rss_bytes
+import torch, transformers  # noqa: F401
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+base = peak_rss_bytes()
+from quant_disparity.models import load_model
+cfg = job["config"]
+lm = load_model(cfg["model"], dtype=cfg["dtype"], log=lambda m: None)
+load_peak = peak_rss_bytes()
+params = {id(p): p for p in lm.model.parameters()}
+weights = sum(p.numel() * p.element_size() for p in params.values())
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak: the job's own from here
+before = rss()
+t = time.perf_counter()
+if job["kind"] == "audit":
+    from quant_disparity.audit import run_audit
+    from quant_disparity.config import AuditConfig
+    d = run_audit(AuditConfig(**cfg), lm=lm).to_dict()
+    extra = {"bpb": {r["id"]: [r["bpb_fp"]["value"], r["bpb_q"]["value"]] for r in d["languages"]},
+             "predicted_tokens": d["timing"]["predicted_tokens"]}
+else:
+    from quant_disparity.locate import LocateConfig, run_locate
+    d = run_locate(LocateConfig(**cfg), lm=lm).to_dict()
+    extra = {"configurations": d["timing"]["configurations"]}
+seconds = time.perf_counter() - t
+print(json.dumps({"baseline_rss": base, "load_peak_rss": load_peak, "rss_before_job": before,
+                  "job_peak_rss": peak_rss_bytes(), "weight_bytes": weights, "seconds": round(seconds, 1),
+                  "engine": job["memory"], **extra}))
+"""
+
+
+def _child(job: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", STUDY_CHILD, json.dumps(job), str(Path(__file__).resolve().parent)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    m["job_over_weights"] = (m["job_peak_rss"] - m["rss_before_job"]) / m["weight_bytes"]
+    m["peak_above_libraries_over_weights"] = (m["job_peak_rss"] - m["baseline_rss"]) / m["weight_bytes"]
+    m["job_peak_over_weights"] = m["job_peak_rss"] / m["weight_bytes"]
+    return m
+
+
+def bf16_study(args) -> None:
+    langs = ["eng_Latn", "heb_Hebr", "cmn_Hans", "amh_Ethi"]
+    audit = {"model": args.model, "langs": langs, "max_tokens": args.max_tokens, "n_boot": 200}
+    locate = {"model": args.model, "langs": langs, "max_tokens": args.locate_tokens, "n_boot": 200}
+    runs = {
+        "audit-float32-fast": ("audit", {**audit, "dtype": "float32"}, "fast"),
+        "audit-bfloat16-fast": ("audit", {**audit, "dtype": "bfloat16"}, "fast"),
+        "audit-bfloat16-lean": ("audit", {**audit, "dtype": "bfloat16"}, "lean"),
+        "locate-bfloat16-lean": ("locate", {**locate, "dtype": "bfloat16"}, "lean"),
+        "locate-bfloat16-fast": ("locate", {**locate, "dtype": "bfloat16"}, "fast"),
+    }
+    got = {}
+    for name, (kind, cfg, mode) in runs.items():
+        got[name] = m = _child({"kind": kind, "config": cfg, "memory": mode})
+        print(
+            f"{name}: job peak {m['job_peak_rss'] / 2**30:.2f} GiB = libraries {m['baseline_rss'] / 2**30:.2f} GiB + "
+            f"{m['peak_above_libraries_over_weights']:.2f}x the {m['weight_bytes'] / 2**30:.2f} GiB weights "
+            f"(beyond the loaded model: {m['job_over_weights']:.2f}x); load peak "
+            f"{m['load_peak_rss'] / 2**30:.2f} GiB; {m['seconds']} s",
+            flush=True,
+        )
+        save(f"memory-bf16-{args.model}", {"model": args.model, "runs": got, "complete": False})  # so far
+    fp, bf = got["audit-float32-fast"]["bpb"], got["audit-bfloat16-lean"]["bpb"]
+    agreement = {
+        lang: {
+            "bpb_fp32": fp[lang][0],
+            "bpb_bf16": bf[lang][0],
+            "rel_diff_reference": bf[lang][0] / fp[lang][0] - 1,
+            "rel_diff_quantized": bf[lang][1] / fp[lang][1] - 1,
+            "delta_bpb_fp32": fp[lang][1] - fp[lang][0],
+            "delta_bpb_bf16": bf[lang][1] - bf[lang][0],
+        }
+        for lang in fp
+    }
+    result = {
+        "model": args.model,
+        "complete": True,
+        "runs": got,
+        "bpb_agreement_bf16_vs_fp32": agreement,
+        "max_abs_rel_diff_reference": max(abs(a["rel_diff_reference"]) for a in agreement.values()),
+        **{
+            f"{name.replace('-', '_')}_peak_over_weights": got[name]["peak_above_libraries_over_weights"]
+            for name in got
+        },
+    }
+    path = save(f"memory-bf16-{args.model}", result)
+    for lang, a in agreement.items():
+        print(
+            f"{lang}: bpb fp32 {a['bpb_fp32']:.4f}, bf16 {a['bpb_bf16']:.4f} ({100 * a['rel_diff_reference']:+.2f} %); "
+            f"delta bpb fp32 {a['delta_bpb_fp32']:+.4f}, bf16 {a['delta_bpb_bf16']:+.4f}"
+        )
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--bf16", action="store_true", help="run the bfloat16 study (see the module docstring)")
+    ap.add_argument("--locate-tokens", type=int, default=256, help="tokens per language of the --bf16 locate sweep")
     args = ap.parse_args()
+    if args.bf16:
+        bf16_study(args)
+        return
     cfg = {"model": args.model, "max_tokens": args.max_tokens}
     with tempfile.TemporaryDirectory():
         out = subprocess.run(

@@ -65,6 +65,37 @@ def table() -> list[str]:
             )
         )
     for model in ("gemma-3-270m", "smollm2-135m"):
+        b = load(f"memory-bf16-{model}")
+        if not b or not b.get("complete"):
+            continue
+        runs = b["runs"]
+        for kind in ("audit", "locate"):
+            lean, fast = runs[f"{kind}-bfloat16-lean"], runs[f"{kind}-bfloat16-fast"]
+            rows.append(
+                (
+                    f"peak memory of {'an audit' if kind == 'audit' else 'a locate sweep'} in bfloat16, {model} "
+                    "(`bench_memory.py --bf16`)",
+                    "≤ 1.3 × bf16 weights + activations",
+                    rev(f"memory-bf16-{model}"),
+                    f"lean engine {lean['peak_above_libraries_over_weights']:.2f}×, fast "
+                    f"{fast['peak_above_libraries_over_weights']:.2f}× ({lean['job_peak_rss'] / 2**30:.2f} / "
+                    f"{fast['job_peak_rss'] / 2**30:.2f} GiB peak RSS less {lean['baseline_rss'] / 2**30:.2f} GiB "
+                    f"interpreter and libraries, {lean['weight_bytes'] / 2**30:.2f} GiB weights; "
+                    f"{lean['seconds']:.0f} s vs {fast['seconds']:.0f} s)",
+                )
+            )
+        agree = b["bpb_agreement_bf16_vs_fp32"]
+        rows.append(
+            (
+                f"bits per byte, bfloat16 vs float32 reference, {model}",
+                "report",
+                rev(f"memory-bf16-{model}"),
+                f"max relative difference {b['max_abs_rel_diff_reference']:.1e} over {len(agree)} languages; "
+                "Δbpb fp32 / bf16: "
+                + ", ".join(f"{k} {a['delta_bpb_fp32']:+.3f} / {a['delta_bpb_bf16']:+.3f}" for k, a in agree.items()),
+            )
+        )
+    for model in ("gemma-3-270m", "smollm2-135m"):
         loc = load(f"locate-{model}")
         if loc:
             # The targets are for the default model; the contrast model's rows are for comparison.
@@ -139,7 +170,9 @@ def table() -> list[str]:
 
 
 def revisions() -> str:
-    revs = sorted({load(p.stem)["machine"]["git_revision"] for p in RESULTS.glob("*.json")})
+    revs = sorted(
+        {d["machine"]["git_revision"] for p in RESULTS.glob("*.json") if "machine" in (d := load(p.stem) or {})}
+    )
     short = [r[:7] + ("+dirty" if r.endswith("+dirty") else "") for r in revs]
     return ", ".join(f"`{r}`" for r in short)
 

@@ -20,7 +20,7 @@ from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
 from .models.modules import ModuleMap, build_module_map
 from .provenance import environment
-from .quant import QuantEngine, Scheme, cost, parse_scheme
+from .quant import Scheme, cost, engine_for, parse_scheme
 from .quant.plan import load_plan
 
 
@@ -131,7 +131,7 @@ def run_audit(
         f"in {len(prepared.groups)} scoring groups"
     )
 
-    engine = QuantEngine(lm.model, modmap)
+    engine = engine_for(lm, modmap)
     forward = Forward(lm.model)
     done = 0
 
@@ -149,8 +149,9 @@ def run_audit(
 
     try:
         t_q = time.perf_counter()
-        engine.assign_(assignment)  # quantize once up front (cached), so the timing below is evaluation only
-        engine.restore_()
+        if engine.cache:  # quantize once up front (cached), so the timing below is evaluation only
+            engine.assign_(assignment)
+            engine.restore_()
         t_eval = time.perf_counter()
         scores = score_documents(
             forward,
@@ -272,7 +273,7 @@ def run_audit_with_tasks(
     data["tasks"] = run_tasks(
         chosen,
         lm,
-        QuantEngine(lm.model, modmap),
+        engine_for(lm, modmap),
         assignment,
         corpus,
         langs,

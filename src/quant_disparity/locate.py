@@ -43,7 +43,7 @@ from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
 from .models.modules import COMPONENTS, ModuleMap, head_elements, mlp_width, neuron_elements
 from .provenance import environment
-from .quant import QuantEngine, Scheme, cost, parse_scheme
+from .quant import Scheme, cost, engine_for, parse_scheme
 from .quant.plan import weight_2d_shape
 
 GRANULARITIES = ("layer", "component", "layer×component", "head", "neurons:N")
@@ -497,11 +497,12 @@ def run_locate(
         f"{prepared.total_pred} tokens per configuration"
     )
 
-    engine = QuantEngine(lm.model, modmap)
+    engine = engine_for(lm, modmap)
     t_q = time.perf_counter()
-    for cfg in configs.values():  # fill the quantization cache once (each tensor x scheme is quantized once)
-        engine.assign_(cfg)
-    engine.restore_()
+    if engine.cache:  # fill the quantization cache once (each tensor x scheme is quantized once)
+        for cfg in configs.values():
+            engine.assign_(cfg)
+        engine.restore_()
     t_eval = time.perf_counter()
     done = 0
 

@@ -11,7 +11,7 @@ from ..evaluate import DocTotals, Forward, Prepared
 from ..evaluate.sweep import Sweeper
 from ..models import LoadedModel
 from ..models.modules import ModuleMap, build_module_map
-from ..quant import QuantEngine
+from ..quant import engine_for
 
 #: Trials scored in one sweep. A sweep holds the hidden rows of every one of its trials for a whole scoring
 #: group, and the Ray executor sends one task per sweep, so this bounds a sweep's memory and a task's length
@@ -46,7 +46,7 @@ def iter_batches(
     (:func:`..evaluate.batching.score_groups`); the caller commits each before the next is computed.
     """
     modmap = modmap or build_module_map(lm.model)
-    engine = QuantEngine(lm.model, modmap)
+    engine = engine_for(lm, modmap)
     forward = Forward(lm.model)
     names = [n for n in configs if missing.get(n)]
     for start in range(0, len(names), MAX_CONFIGS_PER_SWEEP):

@@ -65,6 +65,9 @@ class LoadedModel:
     tokenizer: object | None  # None when loaded with with_tokenizer=False
     info: ModelInfo
     prefix: int | None = None  # recorded at load time, so it survives dropping the tokenizer
+    #: the directory of safetensors files the weights were read from (None for in-memory and Hub models): the
+    #: quantization engine can re-read originals from it instead of holding a second copy in memory
+    checkpoint: str | None = None
 
     @property
     def prefix_token_id(self) -> int | None:
@@ -462,10 +465,10 @@ def load_model(
     src = spec if isinstance(spec, ModelSource) else resolve_source(spec, log)
     from transformers import AutoModelForCausalLM
 
-    # GGUF checkpoints are stored in fp32; Hub/dir models load in the requested dtype directly.
-    load_dtype = torch.float32 if src.source in ("bundled", "gguf") else torch_dtype
+    # Every checkpoint (GGUF ones are cached as fp32 safetensors) loads in the requested dtype directly: tensor by
+    # tensor from the memory-mapped files, shards included, so no full copy in another dtype is ever made.
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=load_dtype)
+        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype)
     except _load_errors() as e:
         raise _load_error(src, e) from None
     tok = tokenizer if tokenizer is not None else load_tokenizer(src)
@@ -485,4 +488,7 @@ def load_model(
         extra=dict(src.extra),
     )
     lm.prefix = prefix
+    if src.source != "hf-hub" and any(Path(src.path).glob("*.safetensors")):
+        lm.checkpoint = src.path
+    release_memory()  # buffers of the conversion to ``dtype``, freed, go back to the OS
     return lm
