@@ -172,13 +172,13 @@ def model_shell(
         p = Path(config_path).expanduser()
         cfg = _read_config(str(p.parent if p.name == "config.json" else p), f"{spec} ({config_path})")
         source, digest = "config", None
-        stored = dtype
+        stored = _file_dtype(cfg, dtype)
     else:
         kind = classify_source(spec)
         src = resolve_source(spec, log) if kind in ("bundled", "gguf", "hf-dir") else None
         cfg = _read_config(src.path if src else spec, repr(spec))
         source, digest = kind, (src.digest if src else None)
-        stored = "float32" if kind in ("bundled", "gguf") else dtype
+        stored = "float32" if kind in ("bundled", "gguf") else _file_dtype(cfg, dtype)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
@@ -252,6 +252,13 @@ def probe_stages(cfg) -> dict[str, str] | None:
         return execution_stages(tiny, blocks, outside)
     except Exception:  # any failure leaves the stages unknown, as for an unprobed model
         return None
+
+
+def _file_dtype(cfg, default: str) -> str:
+    """The dtype a checkpoint's config says its weights are stored in (``torch_dtype``), else ``default``."""
+    value = getattr(cfg, "torch_dtype", None) or getattr(cfg, "dtype", None)
+    name = str(value).removeprefix("torch.") if value is not None else ""
+    return name if name in ("float32", "bfloat16", "float16") else default
 
 
 def parse_device_for_estimate(device: str) -> None:
@@ -546,16 +553,32 @@ def merge_work(parts: list[Work]) -> Work:
 
 
 # -- memory and time -----------------------------------------------------------------------------------------------
-def memory_terms(shape: Shape, work: Work, dtype: str, stored_dtype: str, baseline: int) -> dict[str, int]:
-    """Peak resident bytes, term by term (see the module docstring), and their ``peak``."""
+def predicted_mode(weight_bytes: int, available: int) -> str:
+    """The engine's memory mode for a model of ``weight_bytes`` with ``available`` bytes free before loading:
+    :func:`..quant.engine.engine_for`'s rule (``lean`` when a second copy would not fit in what the loaded model
+    leaves free), or what ``QUANT_DISPARITY_MEMORY`` forces."""
+    from .quant.engine import memory_mode
+
+    mode = memory_mode()
+    if mode != "auto":
+        return mode
+    return "lean" if weight_bytes > 0.8 * max(0, available - weight_bytes) else "fast"
+
+
+def memory_terms(
+    shape: Shape, work: Work, dtype: str, stored_dtype: str, baseline: int, mode: str = "fast"
+) -> dict[str, int]:
+    """Peak resident bytes, term by term (see the module docstring), and their ``peak``. ``mode``: the engine's
+    memory mode (``lean`` caches no quantized tensors: each replaces its original, which is re-read from the
+    checkpoint to restore it)."""
     b = _bytes(dtype)
     weights = shape.n_params * b
     stored = shape.n_params * _bytes(stored_dtype)
     tokenizer = shape.vocab * TOKENIZER_BYTES_PER_ENTRY
-    # Converting the stored weights to the run's dtype: tensor by tensor, the converted ones joining the
-    # stored ones still held until each is replaced.
-    load_phase = stored + tokenizer + (weights if stored_dtype != dtype else 0) // 2
-    cache = work.cache_elements * b
+    # Loading into another dtype than the file's: the file's pages (memory-mapped, read once) and the converted
+    # tensors are both resident at the end of the load.
+    load_phase = stored + tokenizer + (weights if stored_dtype != dtype else 0)
+    cache = work.cache_elements * b if mode == "fast" else 0
     quantize_tmp = work.largest_quantized * 4 * QUANTIZE_WORKING_COPIES
     t = work.batch_tokens
     acts = t * (6 * shape.hidden + 3 * shape.intermediate) * 4  # one block's transients, float32 or smaller
@@ -675,7 +698,13 @@ def estimate_model(
     notes = list(shell.notes)
     if target == "cpu":
         cal = calibration(shape, dtype, work.schemes, log)
-        mem = memory_terms(shape, work, dtype, shell.stored_dtype, cal["baseline_rss"])
+        mode = predicted_mode(shape.n_params * _bytes(dtype), available_memory())
+        mem = memory_terms(shape, work, dtype, shell.stored_dtype, cal["baseline_rss"], mode)
+        if mode == "lean":
+            notes.append(
+                "lean memory mode (a second copy of the weights does not fit here): no quantized copies are "
+                "kept, each switch re-quantizes and re-reads what it changes (slower than predicted)"
+            )
         tm = cpu_time(shape, work, cal)
         basis = (
             f"this CPU ({cal['machine']}), throughput of one decoder layer of this width measured "
@@ -925,7 +954,8 @@ def precheck(
     work = merge_work(parts)
     union = _shape_only_work(shell.modmap, every, [], False, batch_tokens, score_rows, seq)
     work.quantized_elements = work.cache_elements = union.cache_elements  # one engine, one cache, all sweeps
-    mem = memory_terms(shell.shape, work, dtype, shell.stored_dtype, 0)
+    mode = predicted_mode(shell.shape.n_params * _bytes(dtype), available_memory(device))
+    mem = memory_terms(shell.shape, work, dtype, shell.stored_dtype, 0, mode)
     return check_fits(mem["peak"], 0, device, fix_hint(dtype), force)
 
 
