@@ -84,7 +84,8 @@ def main() -> None:
                     f"{measured_s:.1f} s ({row['time_ratio']:.2f}); load {load_before:.1f}",
                     flush=True,
                 )
-    path = save("estimate", {"langs": list(LANGS), "max_tokens": args.max_tokens, "rows": rows})
+                # saved after every job: a long run stopped part-way keeps what it measured
+                path = save("estimate", {"langs": list(LANGS), "max_tokens": args.max_tokens, "rows": rows})
     print(f"wrote {path}")
 
 
