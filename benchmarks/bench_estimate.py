@@ -21,16 +21,7 @@ from pathlib import Path
 
 from common import LANGS, save
 
-CHILD = r"""
-import json, sys
-from quant_disparity.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    assert not e.code, e.code
-hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
-print(json.dumps({"peak": int(hwm.split()[1]) * 1024}))
-"""
+from quant_disparity.estimate import MEASURE_CHILD as CHILD  # reports VmHWM, not ru_maxrss
 
 
 def main() -> None:

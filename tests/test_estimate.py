@@ -160,17 +160,7 @@ def test_locate_dry_run_counts_the_block_passes_a_real_sweep_runs(saved_model, t
             assert real["blocks_run"] < real["blocks_without_replay"]  # replay saved something
 
 
-#: The child reports its own peak resident size (VmHWM: ru_maxrss of a vfork-ed child can be its parent's).
-CHILD = r"""
-import json, sys
-from quant_disparity.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    assert not e.code, e.code
-hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
-print(json.dumps({"peak": int(hwm.split()[1]) * 1024}))
-"""
+from quant_disparity.estimate import MEASURE_CHILD as CHILD  # noqa: E402  # reports VmHWM, not ru_maxrss
 
 
 def _measured_peak(argv: list[str], env_cache: Path) -> int:

@@ -264,19 +264,27 @@ def _estimate_first(kind: str, cfg, dry_run: bool, estimate_device: str | None, 
             configs, bases = estimate.locate_configs(cfg, modmap)
             return [(configs, bases, cfg.reuse)]
 
+    _memory_check(cfg.model, cfg.dtype, cfg.device, force, jobs, cfg.eval)
+    return False
+
+
+def _memory_check(model: str, dtype: str, device: str, force: bool, jobs, ev, label: str = "") -> None:
+    """The memory check before loading (:func:`.estimate.precheck`): one line and exit 2 when the job does not
+    fit; a warning when ``--force`` lets it go on."""
+    from . import estimate
+
     warning = estimate.precheck(
-        cfg.model,
-        dtype=cfg.dtype,
-        device=cfg.device,
+        model,
+        dtype=dtype,
+        device=device,
         force=force,
         jobs=jobs,
-        batch_tokens=cfg.eval.batch_tokens,
-        score_rows=cfg.eval.score_rows,
-        window=cfg.eval.window,
+        batch_tokens=ev.batch_tokens,
+        score_rows=ev.score_rows,
+        window=ev.window,
     )
     if warning:
-        err.print(f"warning: {warning}", markup=False)
-    return False
+        err.print(f"warning: {label}{warning}", markup=False)
 
 
 def _estimate_run(spec, out_dir, device: str, dtype: str, dry_run: bool, estimate_device, force: bool) -> bool:
@@ -305,18 +313,7 @@ def _estimate_run(spec, out_dir, device: str, dtype: str, dry_run: bool, estimat
                 out_jobs.append((group, pick_bases(group), True))
             return out_jobs
 
-        warning = estimate.precheck(
-            model,
-            dtype=dtype,
-            device=device,
-            force=force,
-            jobs=jobs,
-            batch_tokens=parsed.eval.batch_tokens,
-            score_rows=parsed.eval.score_rows,
-            window=parsed.eval.window,
-        )
-        if warning:
-            err.print(f"warning: {model}: {warning}", markup=False)
+        _memory_check(model, dtype, device, force, jobs, parsed.eval, f"{model}: ")
     return False
 
 

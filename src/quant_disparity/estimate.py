@@ -322,6 +322,19 @@ _BASELINE_CHILD = (
 )
 
 
+#: A fresh interpreter running one CLI command (its arguments) and printing its own peak resident size as JSON
+#: ``{"peak": bytes}``: how tests and benchmarks measure what an estimate predicts.
+MEASURE_CHILD = (
+    _PEAK_RSS + "import json, sys\n"
+    "from quant_disparity.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "except SystemExit as e:\n"
+    "    assert not e.code, e.code\n"
+    "print(json.dumps({'peak': _peak()}))\n"
+)
+
+
 def _measure_baseline() -> int:
     """Peak resident bytes of a fresh interpreter with the libraries a run imports (before any model)."""
     out = subprocess.run([sys.executable, "-c", _BASELINE_CHILD], capture_output=True, text=True, check=True)
