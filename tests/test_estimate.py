@@ -74,6 +74,8 @@ def test_dry_run_of_a_7b_config_reads_only_the_config(config_dir, tmp_path, caps
     assert f"{_llama_params(LLAMA_7B) / 1e9:.3f} B parameters" in stdout  # 6.738 B, as published
     assert "32 layers" in stdout and "vocabulary 32000" in stdout
     assert "tokenizer" in stdout  # no tokenizer in the directory: it says whose counted the tokens
+    tokens = int(stdout.split(" documents, ")[1].split(" predicted tokens")[0])
+    assert tokens > 100  # counted with the stand-in tokenizer, not an empty one built from the config
     # 6.74 B float32 weights alone are 25.1 GiB; the peak is at least that
     peak = float(stdout.split("predicted peak memory: ")[1].split(" GiB")[0])
     assert peak > _llama_params(LLAMA_7B) * 4 / 1024**3

@@ -192,7 +192,9 @@ def model_shell(
     try:
         if want_tokenizer and config_path is None:
             tok = load_tokenizer(src if src is not None else spec)
-    except (UserError, ValueError, OSError):  # no tokenizer files (a config-only directory), or unreadable ones
+            if not tok("The quick brown fox.", add_special_tokens=False)["input_ids"]:  # type: ignore[operator]  # a tokenizer
+                tok = None  # an empty tokenizer built from the config alone (no vocabulary files)
+    except (UserError, ValueError, OSError, TypeError):  # no tokenizer files (a config-only directory)
         tok = None
     if want_tokenizer and tok is None:
         tok = load_tokenizer(DEFAULT_MODEL)
@@ -236,6 +238,7 @@ def probe_stages(cfg) -> dict[str, str] | None:
     instance of the same architecture: the names of those modules do not depend on the model's size, and a
     model on the meta device cannot run a forward pass. None when the architecture will not shrink."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from .models.modules import _find_blocks, _in_blocks, _owning_modules, execution_stages
 
@@ -243,6 +246,11 @@ def probe_stages(cfg) -> dict[str, str] | None:
     for key, value in _PROBE_SIZES.items():
         if key in data or key in getattr(cfg, "attribute_map", {}):
             data[key] = value
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids beyond the probe's small vocabulary
+        if isinstance(data.get(key), int) and data[key] >= _PROBE_SIZES["vocab_size"]:
+            data[key] = None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the probe instance is not the user's model: its config notes are noise
     try:
         small = type(cfg)(**data)
         with torch.device("cpu"):
@@ -252,11 +260,13 @@ def probe_stages(cfg) -> dict[str, str] | None:
         return execution_stages(tiny, blocks, outside)
     except Exception:  # any failure leaves the stages unknown, as for an unprobed model
         return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _file_dtype(cfg, default: str) -> str:
     """The dtype a checkpoint's config says its weights are stored in (``torch_dtype``), else ``default``."""
-    value = getattr(cfg, "torch_dtype", None) or getattr(cfg, "dtype", None)
+    value = getattr(cfg, "dtype", None)  # (not ``torch_dtype``: reading that alias prints a deprecation line)
     name = str(value).removeprefix("torch.") if value is not None else ""
     return name if name in ("float32", "bfloat16", "float16") else default
 
