@@ -160,12 +160,12 @@ def model_shell(
     """
     from transformers import AutoModelForCausalLM
 
-    from .models import DEFAULT_MODEL, classify_source, load_tokenizer, parse_dtype, resolve_source
+    from .models import DEFAULT_MODEL, classify_source, load_tokenizer, parse_device, parse_dtype, resolve_source
     from .models.loading import LoadedModel, ModelInfo, max_length_of, prefix_token_of
     from .models.modules import build_module_map
 
     torch_dtype = parse_dtype(dtype)
-    parse_device_for_estimate(device)
+    parse_device(device)
     notes: list[str] = []
     src = None
     if config_path is not None:
@@ -269,13 +269,6 @@ def _file_dtype(cfg, default: str) -> str:
     value = getattr(cfg, "dtype", None)  # (not ``torch_dtype``: reading that alias prints a deprecation line)
     name = str(value).removeprefix("torch.") if value is not None else ""
     return name if name in ("float32", "bfloat16", "float16") else default
-
-
-def parse_device_for_estimate(device: str) -> None:
-    """The device of a real run must exist here; :func:`gpu_profile` covers devices that are not here."""
-    from .models import parse_device
-
-    parse_device(device)
 
 
 def gpu_profile(name: str, dtype: str) -> dict:
@@ -628,7 +621,7 @@ def memory_terms(
 def flops(shape: Shape, work: Work) -> dict[str, float]:
     """Multiply-adds x 2 of the decoder blocks (per layer: its Linear weights, and attention scores and
     values over every pair of positions) and of the output layer over the predicted tokens."""
-    per_layer = 2 * shape.layer_linear_params + 0  # per token
+    per_layer = 2 * shape.layer_linear_params  # per token
     layer_pairs = work.attention_token_pairs * (work.block_passes / max(1, work.padded_tokens * shape.n_layers))
     blocks = work.block_passes * per_layer + 4 * layer_pairs * shape.n_heads * shape.head_dim * shape.n_layers
     head = 2 * work.head_passes * shape.hidden * shape.vocab
@@ -647,7 +640,7 @@ def cpu_time(shape: Shape, work: Work, cal: dict) -> dict[str, float]:
     }
 
 
-def gpu_time(fl: dict, work: Work, prof: dict, cal_quantize: dict) -> dict[str, float]:
+def gpu_time(fl: dict, prof: dict) -> dict[str, float]:
     rate = prof["tflops"] * 1e12 * GPU_UTILIZATION
     evaluate = fl["total"] / rate
     return {"evaluate_s": evaluate, "total_s": evaluate}
@@ -744,7 +737,7 @@ def estimate_model(
             + mem["quantized_cache"]
             + max(mem["quantize_working"], mem["activations"] + mem["rows_and_replay"] + mem["head_slices"])
         )
-        tm = gpu_time(fl, work, prof, {})
+        tm = gpu_time(fl, prof)
         basis = (
             f"computed, not measured: FLOPs at {GPU_UTILIZATION:.0%} of the {prof['name']}'s dense {dtype} peak "
             f"({prof['tflops']:.0f} TFLOP/s); device memory {prof['memory_gib']} GiB; model loading and "
