@@ -897,6 +897,10 @@ def run_job(
     out = Path(out_dir) if out_dir else default_out(spec)
     store = Store(out / STORE_NAME, readonly=True) if (out / STORE_NAME).exists() else None
     lines = [f"spec {spec.name}: {len(spec.trials)} trials over {len(spec.models)} models"]
+    if spec.tasks:
+        lines.append(
+            f"tasks {', '.join(spec.tasks)} run on every trial after its bits per byte: not included in the estimate"
+        )
     estimates = []
     try:
         for model in spec.models:

@@ -528,6 +528,8 @@ class StudyResult:
     trials: list[TrialResult]
     verdicts: list[Verdict]
     run: Mapping[str, Any] | None = None  # the invocation (counts, executor, store), when run just now
+    #: per trial and task of a spec with [tasks]: per-language values with intervals, correlation with Δbpb
+    tasks: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = {
@@ -537,6 +539,8 @@ class StudyResult:
             "trials": [t.to_dict() for t in self.trials],
             "verdicts": [v.to_dict() for v in self.verdicts],
         }
+        if self.tasks:
+            out["tasks"] = self.tasks
         if self.run is not None:
             out["run"] = self.run
         return out
@@ -550,6 +554,7 @@ class StudyResult:
             [TrialResult.from_dict(t) for t in data.get("trials", [])],
             [Verdict.from_dict(v) for v in data.get("verdicts", [])],
             data.get("run"),
+            list(data.get("tasks", [])),
         )
 
     @property

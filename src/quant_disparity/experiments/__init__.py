@@ -21,6 +21,7 @@ from .results import analyse
 from .run import load_results, run_spec
 from .spec import ExperimentSpec, load_spec, parse_spec
 from .store import Store
+from .tasks import check_spec_tasks
 
 STORE_NAME = "store.sqlite"
 
@@ -99,6 +100,7 @@ def run_experiment(
     if executor not in ("local", "ray"):
         raise UserError(f"unknown executor {executor!r}", "use local or ray")
     spec = load_spec(spec_path)
+    check_spec_tasks(spec)  # before anything is written: a task without items for a language, lm-eval missing ...
     out = Path(out) if out else default_out(spec)
     created = not out.exists()
     store, inv, lock = open_run_dir(out, spec)

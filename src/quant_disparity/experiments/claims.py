@@ -14,6 +14,15 @@ ratio of mean token-perplexity degradation %), ``mean_rel_delta(group=)``, ``mea
 ``spearman(measure=)`` (relative Δbpb vs a resource measure). Trial filters: ``model``, ``scheme``, ``plan``;
 dimensions a claim leaves open give one verdict per value.
 
+Task metrics (a spec with ``[tasks]``; ``task=`` names one of them, ``metric=`` one of its metrics, by default its
+first headline metric, e.g. ``accuracy``): per language ``task_q`` (the quantized model's value), ``task_fp`` (the
+reference's) and ``task_delta`` (q - fp; for metrics that exist under both arms); across languages
+``mean_task_delta(group=)`` and ``task_spearman`` (Spearman of Δbpb with the task's Δ, or with its value for a
+metric that compares q with fp already, such as chrF), e.g.
+``task_delta(task='cloze', lang='heb', plan='none') < task_delta(task='cloze', lang='eng', plan='none')``. Their
+intervals resample the task's items (the same resample for every trial of a model: paired), as bits per byte
+resample documents.
+
 Verdict, from the 95% interval of (left - right): **supported** when it lies wholly on the claimed side,
 **refuted** when wholly on the other side, **inconclusive** when it contains zero or a side is undefined or
 has no interval (a language with fewer than ``MIN_DOCS_FOR_INTERVAL`` documents, or a group statistic with
@@ -42,7 +51,7 @@ import hashlib
 import itertools
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -64,6 +73,8 @@ from ..analysis.stats import (
     warn_too_few_documents,
 )
 from ..errors import UserError, did_you_mean
+from ..tasks.base import LanguageItems
+from ..tasks.stats import TaskLanguageStats, task_language_stats
 
 LANG_METRICS = {
     "bpb": "bpb_q",
@@ -76,6 +87,10 @@ LANG_METRICS = {
     "log_degradation": "log_degradation_pct",
 }
 GROUP_METRICS = {"disparity", "gap", "log_disparity", "mean_rel_delta", "mean_log_degradation", "spearman"}
+#: Task metrics per language (function -> the arm it reads) and across languages.
+TASK_LANG_METRICS = {"task_q": "q", "task_fp": "fp", "task_delta": "delta"}
+TASK_GROUP_METRICS = {"mean_task_delta", "task_spearman"}
+_FUNCTIONS = [*LANG_METRICS, *TASK_LANG_METRICS, *sorted(GROUP_METRICS | TASK_GROUP_METRICS)]
 FILTERS = ("model", "scheme", "plan")
 _OPS = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">="}
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -118,27 +133,31 @@ def parse_expr(expr: str, claim_id: str) -> tuple[ast.AST, str, ast.AST, list[Ca
             pass
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             name = node.func.id
-            if name not in LANG_METRICS and name not in GROUP_METRICS:
+            if name not in _FUNCTIONS:
                 raise UserError(
-                    f"{where}: unknown function {name!r}{did_you_mean(name, [*LANG_METRICS, *GROUP_METRICS])}",
-                    f"functions: {', '.join([*LANG_METRICS, *sorted(GROUP_METRICS)])}",
+                    f"{where}: unknown function {name!r}{did_you_mean(name, _FUNCTIONS)}",
+                    f"functions: {', '.join(_FUNCTIONS)}",
                 )
+            per_lang = name in LANG_METRICS or name in TASK_LANG_METRICS
             if node.args:
                 raise UserError(f"{where}: {name}() takes keyword arguments only, e.g. {name}(plan='none')")
             kws = []
             for k in node.keywords:
                 if not isinstance(k.value, ast.Constant) or not isinstance(k.value.value, str):
                     raise UserError(f"{where}: {name}({k.arg}=...) must be a quoted string")
-                allowed = set(FILTERS) | ({"lang"} if name in LANG_METRICS else set())
-                allowed |= {"group"} if name in ("mean_rel_delta", "mean_log_degradation") else set()
+                allowed = set(FILTERS) | ({"lang"} if per_lang else set())
+                allowed |= {"group"} if name in ("mean_rel_delta", "mean_log_degradation", "mean_task_delta") else set()
                 allowed |= {"measure"} if name == "spearman" else set()
+                allowed |= {"task", "metric"} if name in TASK_LANG_METRICS or name in TASK_GROUP_METRICS else set()
                 if k.arg not in allowed:
                     raise UserError(
                         f"{where}: {name}() has no argument {k.arg!r}", f"it takes {', '.join(sorted(allowed))}"
                     )
                 kws.append((k.arg, k.value.value))
-            if name in LANG_METRICS and "lang" not in dict(kws):
+            if per_lang and "lang" not in dict(kws):
                 raise UserError(f"{where}: {name}() needs lang=", f"e.g. {name}(lang='heb', plan='none')")
+            if (name in TASK_LANG_METRICS or name in TASK_GROUP_METRICS) and "task" not in dict(kws):
+                raise UserError(f"{where}: {name}() needs task=", f"e.g. {name}(task='cloze', ...)")
             calls.append(Call(name, tuple(kws)))
         else:
             raise UserError(
@@ -208,6 +227,8 @@ def validate_claims(spec, claims=None) -> None:
                     raise UserError(f"claim {claim.id}: {call} names a language the spec does not evaluate")
             if kw.get("group", "low") not in ("low", "high", "all"):
                 raise UserError(f"claim {claim.id}: group must be low, high or all")
+            if "task" in kw:
+                task_metric(spec, call, claim.id)
             if "measure" in kw:
                 from ..corpus.resources import MEASURES
 
@@ -216,6 +237,36 @@ def validate_claims(spec, claims=None) -> None:
                         f"claim {claim.id}: unknown measure {kw['measure']!r}", f"use {', '.join(MEASURES)}"
                     )
         instances(spec, claim)
+
+
+def task_metric(spec, call: Call, claim_id: str) -> str:
+    """The metric a task call reads (``metric=``, else the task's first headline metric), checked against the
+    spec's ``[tasks]`` and, where the task knows its metrics before running, against those and their arms."""
+    from ..tasks import parse_tasks
+
+    kw = call.kw()
+    names = list(getattr(spec, "tasks", ()))
+    if kw["task"] not in names:
+        raise UserError(
+            f"claim {claim_id}: {call} names task {kw['task']!r}, which the spec does not run"
+            f"{did_you_mean(kw['task'], names)}",
+            f"add it to [tasks] names (the spec runs: {', '.join(names) or 'no tasks'})",
+        )
+    (task,) = parse_tasks([kw["task"]], spec.task_settings())
+    metric = kw.get("metric", task.headline[0])
+    if task.metric_arms:
+        if metric not in task.metric_arms:
+            raise UserError(
+                f"claim {claim_id}: task {task.name} has no metric {metric!r}{did_you_mean(metric, task.metric_arms)}",
+                f"its metrics: {', '.join(task.metric_arms)}",
+            )
+        if call.fn in ("task_fp", "task_delta", "mean_task_delta") and "fp" not in task.metric_arms[metric]:
+            raise UserError(
+                f"claim {claim_id}: {task.name}'s {metric} compares the quantized model with the reference already "
+                f"(no reference value, no Δ)",
+                f"use task_q(task={task.name!r}, metric={metric!r}, ...)",
+            )
+    return metric
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
@@ -266,8 +317,19 @@ class Evaluator:
     (model, language) pair, so every trial of a model shares the same resamples: comparisons are paired.
     """
 
-    def __init__(self, spec, rows_by_trial: Mapping[str, Mapping[str, DocumentColumns | Mapping[str, np.ndarray]]]):
+    def __init__(
+        self,
+        spec,
+        rows_by_trial: Mapping[str, Mapping[str, DocumentColumns | Mapping[str, np.ndarray]]],
+        task_items: Mapping[str, Mapping[str, Sequence[LanguageItems]]] | None = None,
+    ):
         self.spec = spec
+        # trial name -> task name -> its per-language items (a spec with [tasks])
+        self.task_items = {
+            t: {task: {it.lang: it for it in items} for task, items in tasks.items()}
+            for t, tasks in (task_items or {}).items()
+        }
+        self._task_stats: dict[tuple[str, str, str], TaskLanguageStats] = {}
         # trial name -> lang -> the documents' columns (a record, or a mapping of the same columns)
         self.rows = {
             t: {lang: DocumentColumns.of(cols) for lang, cols in langs.items()} for t, langs in rows_by_trial.items()
@@ -352,8 +414,101 @@ class Evaluator:
             return Value(point, None, no_interval_note(short))
         return Value(point, np.mean([r[metric] for r in reps], axis=0))
 
+    def task_stats(self, trial, task: str, lang: str) -> TaskLanguageStats:
+        """One language's task statistics in ``trial``; its item resample is seeded by the spec's seed and the
+        (model, language, task), so every trial of a model shares it (comparisons are paired)."""
+        key = (trial.name, task, lang)
+        if key not in self._task_stats:
+            try:
+                items = self.task_items[trial.name][task][lang]
+            except KeyError:
+                raise UserError(
+                    f"no stored result of task {task} for {lang} in trial {trial.name}",
+                    "run the spec first: quant-disparity run SPEC",
+                ) from None
+            h = int.from_bytes(hashlib.sha256(f"task\0{trial.model}\0{lang}\0{task}".encode()).digest()[:8], "big")
+            rng = np.random.default_rng([self.spec.seed, h])
+            self._task_stats[key] = task_language_stats(items, self.spec.n_boot, rng)
+        return self._task_stats[key]
+
+    def _task_value(self, trial, task: str, lang: str, metric: str, arm: str) -> Value:
+        s = self.task_stats(trial, task, lang)
+        if metric not in s.estimates:
+            raise UserError(
+                f"task {task} has no metric {metric!r}{did_you_mean(metric, list(s.estimates))}",
+                f"its metrics: {', '.join(s.estimates)}",
+            )
+        if arm not in s.estimates[metric]:
+            raise UserError(
+                f"task {task}'s {metric} has no {arm} value", f"use task_q(task={task!r}, metric={metric!r})"
+            )
+        point = s.estimates[metric][arm].value
+        if point is None:
+            return Value(None, None, f"{lang}: {task} {metric} undefined")
+        if self.points:
+            return Value(point, None)
+        if s.interval_note:
+            return Value(point, None, f"{lang}: {s.interval_note}")
+        return Value(point, s.arm_replicates[metric][arm])
+
+    def _task_call(self, call: Call, trial) -> Value:
+        kw = call.kw()
+        task = kw["task"]
+        metric = task_metric(self.spec, call, "")
+        if call.fn in TASK_LANG_METRICS:
+            return self._task_value(trial, task, self.corpus.resolve(kw["lang"]), metric, TASK_LANG_METRICS[call.fn])
+        if call.fn == "mean_task_delta":
+            low, high = self.groups()
+            group = {"low": low, "high": high, "all": self.languages()}[kw.get("group", "all")]
+            if not group:
+                return Value(None, None, "empty group")
+            values = [self._task_value(trial, task, lang, metric, "delta") for lang in group]
+            if not all(v.defined for v in values):
+                return Value(None, None, next(v.note for v in values if not v.defined))
+            point = float(np.mean([cast(float, v.point) for v in values]))
+            if self.points or any(v.reps is None for v in values):
+                return Value(point, None, next((v.note for v in values if v.note), ""))
+            return Value(point, np.mean([cast(np.ndarray, v.reps) for v in values], axis=0))
+        return self._task_spearman(trial, task, metric)
+
+    def _task_spearman(self, trial, task: str, metric: str) -> Value:
+        """Spearman correlation across languages of Δbpb with the task's Δ (its value for a q-only metric)."""
+        xs: list[float] = []
+        ys: list[float] = []
+        x_reps: list[np.ndarray] = []
+        y_reps: list[np.ndarray] = []
+        short: list[str] = []
+        for lang in self.languages():
+            s = self.task_stats(trial, task, lang)
+            arm = "delta" if "delta" in s.estimates[metric] else "q"
+            value = s.estimates[metric][arm].value
+            p, r = self.lang_metrics(trial, lang)
+            if value is None or not np.isfinite(p["delta_bpb"]):
+                continue
+            xs.append(float(p["delta_bpb"]))
+            x_reps.append(r["delta_bpb"])
+            ys.append(value)
+            y_reps.append(s.arm_replicates[metric][arm])
+            if s.interval_note or self.interval_note(trial, lang):
+                short.append(lang)
+        x, y = np.array(xs), np.array(ys)
+        undefined = spearman_undefined(x) or (
+            spearman_undefined(y) and f"{task} {metric} is the same in every language"
+        )
+        if undefined:
+            return Value(None, None, undefined)
+        h = int.from_bytes(hashlib.sha256(f"task_spearman\0{trial.model}\0{task}".encode()).digest()[:8], "big")
+        point, out = spearman_replicates(
+            x, y, np.array(y_reps), np.random.default_rng([self.spec.seed, h]), np.array(x_reps)
+        )
+        if self.points:
+            return Value(point, None)
+        return Value(point, None, no_interval_note(short)) if short else Value(point, out)
+
     def call(self, call: Call, trial) -> Value:
         kw = call.kw()
+        if call.fn in TASK_LANG_METRICS or call.fn in TASK_GROUP_METRICS:
+            return self._task_call(call, trial)
         if call.fn in LANG_METRICS:
             lang = self.corpus.resolve(kw["lang"])
             p, r = self.lang_metrics(trial, lang)

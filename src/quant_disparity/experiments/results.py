@@ -13,6 +13,7 @@ from .claims import Call, Evaluator, claim_verdicts
 from .run import load_results
 from .spec import ExperimentSpec
 from .store import Store
+from .tasks import load_task_results
 
 #: The cross-language statistics of every trial: (name in results.json, the claim call that computes it).
 SUMMARY_CALLS = (
@@ -38,7 +39,8 @@ def protected_layer(resolved: Mapping) -> int | None:
 def study_results(spec: ExperimentSpec, store: Store) -> StudyResult:
     """Everything a report shows, computed from the store (no number is typed in anywhere)."""
     rows = load_results(spec, store)
-    ev = Evaluator(spec, rows)
+    stored_tasks = load_task_results(spec, store)
+    ev = Evaluator(spec, rows, {t: {k: items for k, (_, items) in tasks.items()} for t, tasks in stored_tasks.items()})
     names = store.spec_trials(spec.name)
     low, high = ev.groups()
     trials = []
@@ -86,7 +88,36 @@ def study_results(spec: ExperimentSpec, store: Store) -> StudyResult:
         languages=[{**language_info(base_language(x)).to_dict(), "id": x} for x in langs],
         trials=trials,
         verdicts=claim_verdicts(spec, ev),
+        tasks=task_results(spec, ev, stored_tasks),
     )
+
+
+def task_results(spec: ExperimentSpec, ev: Evaluator, stored: Mapping[str, Mapping[str, tuple]]) -> list[dict]:
+    """Per trial and task: per language fp / q / Δ of every metric with paired intervals over items, and the
+    Spearman correlation of Δbpb with each headline metric across languages (the claims' own numbers)."""
+    out = []
+    for t in spec.trials:
+        for task, (run, items) in stored.get(t.name, {}).items():
+            info = run["info"]
+            languages = [ev.task_stats(t, task, it.lang).to_dict() for it in items]
+            correlation = {
+                m: ev.call(Call("task_spearman", (("task", task), ("metric", m))), t).estimate().to_dict()
+                for m in info.get("headline", [])
+            }
+            out.append(
+                {
+                    "trial": t.name,
+                    "task": task,
+                    "description": info.get("description", ""),
+                    "chance": info.get("chance"),
+                    "headline": info.get("headline", []),
+                    "metrics": info.get("metrics", {}),
+                    "settings": run["settings"],
+                    "languages": languages,
+                    "spearman_with_delta_bpb": correlation,
+                }
+            )
+    return out
 
 
 def analyse(spec: ExperimentSpec, store: Store) -> dict:

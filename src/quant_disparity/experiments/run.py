@@ -23,6 +23,7 @@ from ..errors import UserError
 from .executors import run_locally, run_with_ray
 from .spec import ExperimentSpec, TrialSpec
 from .store import ResultRow, Store
+from .tasks import run_spec_tasks
 
 
 def run_spec(
@@ -36,16 +37,21 @@ def run_spec(
     log: Callable[[str], None] = lambda m: None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Compute every missing trial of ``spec`` into ``store``. Returns counts and timing."""
+    """Compute every missing trial of ``spec`` into ``store``, then every missing task run of its ``[tasks]``
+    (in this process, also with the Ray executor). Returns counts and timing."""
     by_model: dict[str, list[TrialSpec]] = {}
     for t in spec.trials:
         by_model.setdefault(t.model, []).append(t)
-    summary = {"trials": len(spec.trials), "already_stored": 0, "computed": 0, "models": list(by_model)}
+    summary: dict = {"trials": len(spec.trials), "already_stored": 0, "computed": 0, "models": list(by_model)}
     if executor == "ray":
-        return run_with_ray(
+        summary = run_with_ray(
             spec, store, by_model, summary, address=ray_address, device=device, dtype=dtype, log=log, progress=progress
         )
-    return run_locally(spec, store, by_model, summary, device=device, dtype=dtype, log=log, progress=progress)
+    else:
+        summary = run_locally(spec, store, by_model, summary, device=device, dtype=dtype, log=log, progress=progress)
+    if spec.tasks:
+        summary["tasks"] = run_spec_tasks(spec, store, device=device, dtype=dtype, log=log)
+    return summary
 
 
 def load_results(spec: ExperimentSpec, store: Store) -> dict[str, dict[str, DocumentColumns]]:

@@ -37,6 +37,11 @@ model = "gemma-3-270m"
 scheme = "w4g128"
 plan = "w8g128:layer:0,layer:-1; w4g128:*"
 
+[tasks]                               # optional: tasks beyond bits per byte on every trial (as audit --tasks)
+names = ["cloze", "generate"]         # cloze, generate, lmeval:TASK
+gen_tokens = 32                       # tokens per greedy continuation (generate)
+lmeval_include = ""                   # a folder of lm-eval task YAMLs, relative to the spec
+
 [[claims]]                            # evaluated from the stored results with bootstrap intervals
 id = "C06"
 text = "Keeping layer 0 and the last layer reduces the disparity"
@@ -122,6 +127,16 @@ class ExperimentSpec:
     path: str = ""
     #: model -> a config.json (or its directory) that ``run --dry-run`` reads when the model is not at hand
     model_configs: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    #: ``[tasks]``: task names (as ``audit --tasks`` takes them), run on every trial after its bits per byte
+    tasks: tuple[str, ...] = ()
+    gen_tokens: int = 32
+    lmeval_include: str = ""  # resolved against the spec's directory
+
+    def task_settings(self):
+        """The :class:`~quant_disparity.tasks.TaskSettings` of ``[tasks]`` (the item draw uses the spec's seed)."""
+        from ..tasks import TaskSettings
+
+        return TaskSettings(seed=self.seed, gen_tokens=self.gen_tokens, lmeval_include=self.lmeval_include)
 
     def trial(self, name: str) -> TrialSpec:
         for t in self.trials:
@@ -149,6 +164,7 @@ _TOP = {
     "version",
     "verdict_basis",
     "model_configs",
+    "tasks",
 }
 
 
@@ -282,6 +298,33 @@ def _model_configs(table, trials, path: str, text: str) -> dict[str, str]:
     return out
 
 
+def _tasks(raw, path: str, text: str) -> dict:
+    """``[tasks]``: names (required, as ``audit --tasks`` takes them), gen_tokens, lmeval_include (a folder,
+    relative to the spec). Names are checked here; languages and data when the run starts."""
+    from ..tasks import TaskSettings, parse_tasks
+
+    if not isinstance(raw, dict):
+        raise _err(path, text, "tasks", "tasks must be a table", 'write [tasks] with names = ["cloze"]')
+    _check_keys(raw, {"names", "gen_tokens", "lmeval_include"}, "[tasks]", path, text)
+    after = (_line_of(text, "tasks") or 1) - 1
+    if "names" not in raw:
+        raise _err(path, text, "tasks", "[tasks] needs names", 'e.g. names = ["cloze", "generate"]')
+    names = _typed(raw["names"], "list[str]", "names", path, text, after=after)
+    if not [n for n in names if n.strip()]:
+        raise _err(path, text, "names", "[tasks] names is empty", 'e.g. names = ["cloze", "generate"]', after=after)
+    gen_tokens = _typed(raw.get("gen_tokens", 32), "int", "gen_tokens", path, text, after=after)
+    include = _typed(raw.get("lmeval_include", ""), "str", "lmeval_include", path, text, after=after)
+    if include and not Path(include).is_absolute():
+        include = str(Path(path).parent / include)
+    try:
+        settings = TaskSettings(gen_tokens=gen_tokens, lmeval_include=include)
+        tasks = parse_tasks(list(names), settings)
+    except UserError as e:
+        key = "gen_tokens" if "gen-tokens" in e.message else "names"
+        raise _err(path, text, key, f"[tasks]: {e.message}", e.hint, after=after) from None
+    return {"tasks": tuple(t.name for t in tasks), "gen_tokens": gen_tokens, "lmeval_include": include}
+
+
 def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     """Parse and validate a spec (everything that can be checked without loading a model)."""
     data = _read_toml(text, path)
@@ -295,8 +338,10 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         groups = _validate_groups(groups, corpus, loaded, path, text)
     claims = _claims(data.get("claims", []), trials, path, text)
     model_configs = _model_configs(data.get("model_configs", {}), trials, path, text)
+    tasks = _tasks(data["tasks"], path, text) if "tasks" in data else {}
     spec = ExperimentSpec(
         model_configs=model_configs,
+        **tasks,
         corpus=corpus,
         eval=eval_settings,
         trials=tuple(trials),
@@ -356,7 +401,7 @@ def _header(data: dict, path: str, text: str) -> dict:
     lr_max_class = _typed(data.get("lr_max_class", 3), "int", "lr_max_class", path, text)
     if lr_max_class not in JOSHI_CLASSES:
         raise _err(path, text, "lr_max_class", f"lr_max_class must be a Joshi class (0-5), got {lr_max_class}")
-    for section in ("corpus", "eval", "groups", "grid"):
+    for section in ("corpus", "eval", "groups", "grid", "tasks"):
         if section in data:
             _typed(data[section], "table", section, path, text)
     for section in ("trials", "claims"):

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from ..errors import UserError
 
 SCHEMA_VERSION = 1
@@ -54,6 +56,23 @@ CREATE TABLE IF NOT EXISTS rows (
 );
 CREATE TABLE IF NOT EXISTS spec_trials (spec TEXT NOT NULL, trial_name TEXT NOT NULL, trial_key TEXT NOT NULL,
     PRIMARY KEY (spec, trial_name));
+"""
+
+
+#: Task results (``run`` with a ``[tasks]`` section), added to a store when its first task result is committed, so
+#: stores without tasks are unchanged. A task run is keyed by its trial's key and the task's content
+#: (:func:`quant_disparity.experiments.tasks.task_key`); ``task_items`` holds one value per (language, item,
+#: metric, arm): the item's ``num`` and ``den`` (a language's value is Σ num / Σ den).
+_TASK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS task_runs (
+    task_key TEXT PRIMARY KEY, trial_key TEXT NOT NULL, task TEXT NOT NULL, settings TEXT NOT NULL,
+    info TEXT NOT NULL, created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_items (
+    task_key TEXT NOT NULL, lang TEXT NOT NULL, item INTEGER NOT NULL, item_id TEXT NOT NULL,
+    metric TEXT NOT NULL, arm TEXT NOT NULL, num REAL NOT NULL, den REAL NOT NULL,
+    PRIMARY KEY (task_key, lang, item, metric, arm)
+);
 """
 
 
@@ -322,6 +341,77 @@ class Store:
         db.executemany(f"INSERT INTO rows VALUES ({','.join('?' * len(ROW_COLUMNS))})", rows)
         db.execute("DELETE FROM partials WHERE trial_key = ?", (key,))
         db.execute("UPDATE trials SET status = 'done', finished = ? WHERE trial_key = ?", (finished_at, key))
+
+    # -- task results ------------------------------------------------------------------------------------
+    def _has_task_tables(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'task_runs'").fetchone() is not None
+
+    def task_done(self, task_key: str) -> bool:
+        if not self._has_task_tables():
+            return False
+        return self.db.execute("SELECT 1 FROM task_runs WHERE task_key = ?", (task_key,)).fetchone() is not None
+
+    def commit_task(
+        self,
+        task_key: str,
+        trial_key: str,
+        task: str,
+        settings: dict,
+        info: dict,
+        items: list[tuple[str, int, str, str, str, float, float]],
+        created: str,
+    ) -> bool:
+        """Store one task run of one trial, all or nothing: ``items`` = [(lang, item, item_id, metric, arm, num,
+        den)]. A run already stored is kept (never duplicated or replaced); returns whether this call stored it."""
+        if not self._has_task_tables():
+            with self.transaction() as db:
+                for statement in _TASK_SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM task_runs WHERE task_key = ?", (task_key,)).fetchone():
+                return False
+            db.executemany("INSERT INTO task_items VALUES (?,?,?,?,?,?,?,?)", [(task_key, *it) for it in items])
+            db.execute(
+                "INSERT INTO task_runs VALUES (?,?,?,?,?,?)",
+                (task_key, trial_key, task, json.dumps(settings, sort_keys=True), json.dumps(info), created),
+            )
+        return True
+
+    def task_run(self, task_key: str) -> dict | None:
+        """A stored task run: its record and its items as ``{lang: {"item_ids": [...], "values": {(metric, arm):
+        (num array, den array)}}}`` in item order; None when it is not stored."""
+        if not self.task_done(task_key):
+            return None
+        trial_key, task, settings, info, created = self.db.execute(
+            "SELECT trial_key, task, settings, info, created FROM task_runs WHERE task_key = ?", (task_key,)
+        ).fetchone()
+        langs: dict[str, dict] = {}
+        for lang, item, item_id, metric, arm, num, den in self.db.execute(
+            "SELECT lang, item, item_id, metric, arm, num, den FROM task_items WHERE task_key = ? ORDER BY rowid",
+            (task_key,),
+        ):
+            entry = langs.setdefault(lang, {"items": {}, "values": {}})
+            entry["items"][item] = item_id
+            entry["values"].setdefault((metric, arm), {})[item] = (num, den)
+        out = {}
+        for lang, entry in langs.items():
+            order = sorted(entry["items"])
+            out[lang] = {
+                "item_ids": [entry["items"][i] for i in order],
+                "values": {
+                    k: tuple(np.array([v[i][j] for i in order], dtype=np.float64) for j in (0, 1))
+                    for k, v in entry["values"].items()
+                },
+            }
+        return {
+            "trial_key": trial_key,
+            "task": task,
+            "settings": json.loads(settings),
+            "info": json.loads(info),
+            "created": created,
+            "languages": out,
+        }
 
     # -- reading -------------------------------------------------------------------------------------------
     def spec_trials(self, spec: str) -> dict[str, str]:

@@ -147,6 +147,34 @@ def method_notes(result: StudyResult | Mapping) -> list[str]:
     return notes
 
 
+def task_tables(result: StudyResult | Mapping) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per task and headline metric of a spec with [tasks]: (caption, headers, rows); a row per trial, a column per
+    language (the metric's Δ, q - fp, or its value for a metric that compares q with fp already), and the
+    Spearman correlation of Δbpb with it across languages."""
+    result = _study(result)
+    langs = result.language_ids
+    out = []
+    tasks = list(dict.fromkeys(t["task"] for t in result.tasks))
+    for task in tasks:
+        runs = [t for t in result.tasks if t["task"] == task]
+        for metric in runs[0]["headline"]:
+            first = runs[0]["languages"][0][metric]
+            delta = "delta" in first
+            rows = []
+            for run in runs:
+                by_lang = {x["lang"]: x for x in run["languages"]}
+                cells = [
+                    fmt(by_lang[x][metric]["delta" if delta else "q"], 3, sign=delta) if x in by_lang else "—"
+                    for x in langs
+                ]
+                rows.append([run["trial"], *cells, fmt(run["spearman_with_delta_bpb"].get(metric), 2, sign=True)])
+            chance = f"; chance {runs[0]['chance']:.0%}" if runs[0].get("chance") else ""
+            what = f"Δ{metric} (quantized − reference)" if delta else f"{metric} (quantized against reference)"
+            caption = f"{task}: {what}, 95% paired bootstrap intervals over items{chance}"
+            out.append((caption, ["trial", *langs, "ρ(Δbpb, ·)"], rows))
+    return out
+
+
 def summary_markdown(result: StudyResult | Mapping) -> str:
     result = _study(result)
     spec = result.spec
@@ -172,6 +200,11 @@ def summary_markdown(result: StudyResult | Mapping) -> str:
     ]
     if result.verdicts:
         lines += ["## Claims", "", markdown_table(VERDICT_HEADERS, verdict_rows(result), "llrrrll"), ""]
+    tables = task_tables(result)
+    if tables:
+        lines += ["## Tasks", ""]
+        for caption, headers, rows in tables:
+            lines += [f"{caption}:", "", markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)), ""]
     notes = method_notes(result)
     if notes:
         lines += [*(f"- {n}" for n in notes), ""]
@@ -272,6 +305,10 @@ def latex_report(result: StudyResult | Mapping) -> str:
         )
     elif notes:
         parts.append(f"% {notes}")
+    for i, (caption, headers, rows) in enumerate(task_tables(result)):
+        parts.append(
+            latex_table(headers, rows, "l" + "r" * (len(headers) - 1), f"{name}: {caption}.", f"tab:{label}-task{i}")
+        )
     return "\n".join(parts)
 
 
@@ -509,6 +546,7 @@ low-resource: {html.escape(", ".join(g["low"]) or "—")}; high-resource: {html.
 ({spec["n_boot"]} replicates, seed {spec["seed"]}).</p>
 <h2>Claims</h2>{verdict_table}{"".join(f"<p>{html.escape(n)}</p>" for n in method_notes(result))}
 <h2>Trials</h2>{_html_table(TRIAL_HEADERS, trial_rows(result))}
+{"".join(f"<h2>Task: {html.escape(c)}</h2>{_html_table(h, r)}" for c, h, r in task_tables(result))}
 <h2>Figures</h2>{fig_html}
 <h2>Environment and provenance</h2>{_html_table(["item", "value"], env_rows)}
 </body></html>

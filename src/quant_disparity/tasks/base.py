@@ -122,6 +122,11 @@ class Task:
     headline: tuple[str, ...] = ()
     chance: float | None = None  # accuracy of a random guess, when the task has one
     description: str = ""
+    #: the metrics known before the task runs, each with its arms (("fp", "q"), or ("q",) for a metric that
+    #: compares q with fp already); empty when they are known only after it ran (an lm-eval task's)
+    metric_arms: Mapping[str, tuple[str, ...]] = {}
+    #: the :class:`TaskSettings` fields its results depend on (what a stored run's key holds)
+    settings_used: tuple[str, ...] = ("seed", "gen_tokens", "lmeval_include")
 
     def check(self, corpus: Corpus, langs: Sequence[str]) -> None:
         """Raise :class:`UserError` for what is wrong before a model is loaded (a language the task lacks)."""

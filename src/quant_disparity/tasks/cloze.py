@@ -23,7 +23,7 @@ import numpy as np
 from ..corpus import Corpus, Document
 from ..evaluate import Forward, Prepared, Window, batch_windows, score_documents
 from ..evaluate.batching import score_groups
-from .base import TASKS, LanguageItems, Metric, Task, TaskContext, TaskKind, TaskSettings
+from .base import ARMS, TASKS, LanguageItems, Metric, Task, TaskContext, TaskKind, TaskSettings
 from .items import halves, heldout_items
 
 #: Distractor continuations per item (chance = 1 / (DISTRACTORS + 1)).
@@ -44,6 +44,8 @@ def draw_items(items: Sequence[str], seed: int) -> dict[str, list[str]]:
 class Cloze(Task):
     name = "cloze"
     headline = ("accuracy",)
+    settings_used = ("seed",)
+    metric_arms = {"accuracy": ARMS}
     chance = 1 / (DISTRACTORS + 1)
     description = (
         "UDHR article cloze: first half of a held-out article, its true third quarter among "

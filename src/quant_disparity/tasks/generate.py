@@ -22,7 +22,7 @@ import torch
 from ..corpus import Corpus
 from ..corpus.scripts import detect_script, script_share
 from ..errors import UserError
-from .base import TASKS, LanguageItems, Metric, Task, TaskContext, TaskKind, TaskSettings
+from .base import ARMS, TASKS, LanguageItems, Metric, Task, TaskContext, TaskKind, TaskSettings
 from .items import halves, heldout_items
 
 SACREBLEU_INSTALL = "pip install 'quant-disparity[tasks]'"
@@ -82,6 +82,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Generate(Task):
     name = "generate"
     headline = ("fidelity", "chrf", "prefix_match")
+    settings_used = ("gen_tokens",)
+    metric_arms = {"fidelity": ARMS, "chrf": ("q",), "prefix_match": ("q",)}
     description = (
         "greedy continuations of held-out article first halves: shared token prefix and chrF of the quantized "
         "continuation against the reference's, and the share of generated letters in the prompt's script"

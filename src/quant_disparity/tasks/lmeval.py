@@ -135,6 +135,7 @@ def task_language(name: str, metadata: Mapping | None) -> tuple[str, Any] | None
 
 class LmEval(Task):
     headline = ("accuracy",)
+    settings_used = ("seed", "lmeval_include")
     chance = None
 
     def __init__(self, task: str, settings: TaskSettings):

@@ -15,7 +15,7 @@ correlation (:func:`~quant_disparity.analysis.stats.spearman_replicates`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class TaskLanguageStats:
     estimates: dict[str, dict[str, Estimate]]  # metric -> fp / q / delta (or q alone)
     replicates: dict[str, np.ndarray]  # metric -> [n_boot] replicates of its headline number (delta, or q)
     interval_note: str | None
+    #: metric -> fp / q / delta (those it has) -> [n_boot] replicates, every one from the same item resample
+    arm_replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out: dict = {"lang": self.lang, "n_items": self.n_items}
@@ -60,6 +62,7 @@ def task_language_stats(items: LanguageItems, n_boot: int, rng: np.random.Genera
     note = note.replace("documents", "items") if note else None
     estimates: dict[str, dict[str, Estimate]] = {}
     replicates: dict[str, np.ndarray] = {}
+    arm_replicates: dict[str, dict[str, np.ndarray]] = {}
     for name, m in items.metrics.items():
         point: dict[str, float] = {}
         reps: dict[str, np.ndarray] = {}
@@ -70,12 +73,14 @@ def task_language_stats(items: LanguageItems, n_boot: int, rng: np.random.Genera
             reps[arm] = _ratio(weights @ num, weights @ den)
         ests = {arm: interval(point[arm], reps[arm], note) for arm in m.arms}
         if len(m.arms) == 2:
-            ests["delta"] = interval(point["q"] - point["fp"], reps["q"] - reps["fp"], note)
-            replicates[name] = reps["q"] - reps["fp"]
+            reps["delta"] = reps["q"] - reps["fp"]
+            ests["delta"] = interval(point["q"] - point["fp"], reps["delta"], note)
+            replicates[name] = reps["delta"]
         else:
             replicates[name] = reps["q"]
         estimates[name] = ests
-    return TaskLanguageStats(items.lang, n, estimates, replicates, note)
+        arm_replicates[name] = reps
+    return TaskLanguageStats(items.lang, n, estimates, replicates, note, arm_replicates)
 
 
 def headline_value(stats: TaskLanguageStats, metric: str) -> Estimate:
