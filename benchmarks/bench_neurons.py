@@ -19,17 +19,17 @@ the medians. The machine is shared: the 1-minute load average before and after i
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 
 from common import interleaved, median, save
 
-from quant_disparity.corpus import CorpusSelection, load_udhr, select_documents
+from quant_disparity.config import ModelRuntime
+from quant_disparity.corpus import CorpusSelection, load_udhr
 from quant_disparity.corpus.selection import DEFAULT_PANEL
-from quant_disparity.evaluate import EvalSettings, Forward, prepare, score_documents, tokenize
+from quant_disparity.evaluate import EvalSettings, Forward, score_documents
+from quant_disparity.inputs import load_inputs
 from quant_disparity.inspect.neurons import count_firing
 from quant_disparity.models import load_model
-from quant_disparity.models.modules import build_module_map
 
 
 def main() -> None:
@@ -40,18 +40,9 @@ def main() -> None:
     args = ap.parse_args()
 
     lm = load_model(args.model, log=lambda m: None)
-    modmap = build_module_map(lm.model)
     selection = CorpusSelection(split="select", langs=DEFAULT_PANEL, max_tokens=args.max_tokens)
-    chosen = select_documents(load_udhr(), selection, functools.partial(tokenize, lm.tokenizer))
-    settings = EvalSettings(batch_tokens=2048)
-    prepared = prepare(
-        chosen.documents(),
-        chosen.all_tokens(),
-        lm.prefix_token_id,
-        settings,
-        lm.info.max_length,
-        tokenizer=lm.tokenizer,
-    )
+    inputs = load_inputs(ModelRuntime(args.model), load_udhr(), selection, EvalSettings(batch_tokens=2048), lm=lm)
+    modmap, chosen, prepared = inputs.modmap, inputs.selection, inputs.prepared
     lang_of_doc = [i for i, lang in enumerate(chosen.langs) for _ in chosen.docs[lang]]
     forward = Forward(lm.model)
     got = {}

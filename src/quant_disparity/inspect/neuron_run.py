@@ -110,6 +110,19 @@ class NeuronsConfig(FlatConfig):
         )
 
 
+def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """``tick(n)``: n more units done, reported to ``progress(done, total)``."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    return tick
+
+
 def validate(config: NeuronsConfig) -> tuple[list[str], list[str], list[str]]:
     """Checks before a model is loaded: scheme, model name, corpus, languages (each with selection documents,
     and held-out ones when the experiment runs). Returns the languages, the protected and the evaluated ones."""
@@ -156,14 +169,7 @@ def run_neurons(
     sites = mlp_sites(lm.model, modmap)  # a model without a recognised MLP fails here, before any work
     lang_of_doc = [i for i, lang in enumerate(langs) for _ in selection.docs[lang]]
     n_counted = sum(n for n in prepared.n_pred)
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, n_counted)
-
+    tick = _ticker(progress, n_counted)
     log(f"counting firing on {n_counted} selection tokens of {len(langs)} languages, {len(sites)} blocks")
     t_count = time.perf_counter()
     counts = count_firing(lm.model, modmap, prepared, lang_of_doc, len(langs), progress=tick)
@@ -311,15 +317,7 @@ def _protect(config, lm, corpus, langs, rows, eval_langs, own, ent, share, layer
         configs[p.name] = p.assignment
     log(f"protection: {len(configs)} configurations x {prepared.total_pred} held-out tokens")
     engine = engine_for(lm, modmap)
-    total = prepared.total_pred * len(configs)
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    tick = _ticker(progress, prepared.total_pred * len(configs))
     t_eval = time.perf_counter()
     scores = sweep(
         Forward(lm.model),
