@@ -321,9 +321,35 @@ def test_run_writes_plans_of_equal_bits_and_neuron_files(tiny_lm, tmp_path, monk
         assert len({p["total_bytes"] for p in ps}) == 1 and len({tuple(p["by_layer"]) for p in ps}) == 1
         own = next(lang for lang in data["languages"] if lang["id"] == row)
         assert ps[0]["by_layer"] == own["own_by_layer"]
-    # the neuron file, read through neurons:@FILE, keeps exactly the plan file's elements
-    modmap = build_module_map(lm.model)
+    # the recovered damage equals separate full forward passes of the two plans, one document at a time
+    from quant_disparity.corpus import load_udhr, select_documents
+    from quant_disparity.evaluate import tokenize
+    from quant_disparity.quant import engine_for
+
     row = next(iter(by_row))
+    modmap = build_module_map(lm.model)
+    chosen = select_documents(load_udhr(), cfg.heldout(), lambda docs: tokenize(lm.tokenizer, docs))
+    engine = engine_for(lm, modmap)
+
+    def bpb(plan_text: str, lang: str) -> float:
+        engine.assign_(Plan.parse(plan_text).resolve(modmap).assignment())
+        try:
+            nats = 0.0
+            for toks in chosen.tokens[lang]:
+                ids = torch.tensor([[lm.prefix_token_id, *toks]])
+                with torch.no_grad():
+                    logp = torch.log_softmax(lm.model(input_ids=ids).logits[0, :-1].double(), -1)
+                nats -= float(logp.gather(1, ids[0, 1:, None]).sum())
+        finally:
+            engine.restore_()
+        return nats / (math.log(2) * sum(d.n_bytes for d in chosen.docs[lang]))
+
+    for lang in (row, next(c for c in prot["evaluated"] if c != row)):
+        expected = bpb("w4g128:*", lang) - bpb(files[f"plan-{row}.txt"].strip(), lang)
+        got = prot["languages"][lang]["recovered"][f"own:{row}"]["value"]
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+    # the neuron file, read through neurons:@FILE, keeps exactly the plan file's elements
     monkeypatch.chdir(tmp_path)
     (tmp_path / "n.txt").write_text(files[f"neurons-{row}.txt"])
     via_file = Plan.parse("keep:neurons:@n.txt; w4g128:*").resolve(modmap)
