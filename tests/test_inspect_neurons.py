@@ -401,3 +401,15 @@ def test_a_model_without_a_recognised_mlp_is_refused():
     )
     with pytest.raises(UserError, match="no MLP"):
         mlp_sites(model, no_mlp)
+
+
+def test_a_model_without_an_mlp_stops_the_command_before_any_work(tokenizer):
+    from quant_disparity.inspect.neuron_run import NeuronsConfig, run_neurons
+    from quant_disparity.models import wrap_model
+
+    model = tiny_model("llama")
+    for layer in model.model.layers:
+        layer.mlp = torch.nn.Identity()  # blocks of attention only
+    lm = wrap_model(model, tokenizer, name="tiny-no-mlp")
+    with pytest.raises(UserError, match="no MLP with a down projection"):
+        run_neurons(NeuronsConfig(langs=("eng_Latn", "heb_Hebr"), max_tokens=50), lm=lm)
