@@ -161,7 +161,23 @@ def neuron_figures(data: Mapping) -> dict[str, object]:
     names = [_short(lang["id"]) for lang in data["languages"]]
     layers = [f"L{x}" for x in data["layers"]]
     by_layer = plots.heatmap(
-        counts_matrix(data), layers, names, "language-specific neurons per layer (LAPE)", "neurons", annotate=True
+        counts_matrix(data),
+        layers,
+        names,
+        "language-specific neurons per layer (LAPE)",
+        "neurons",
+        annotate=True,
+        sequential=True,
+        value_format=".0f",
     )
-    overlap = plots.heatmap(jaccard_matrix(data), names, names, "overlap of own-neuron sets", "Jaccard", annotate=False)
+    overlap = plots.heatmap(
+        jaccard_matrix(data),
+        names,
+        names,
+        "overlap of own-neuron sets",
+        "Jaccard",
+        annotate=True,
+        sequential=True,
+        value_format=".2f",
+    )
     return {"neurons_by_layer.png": by_layer, "overlap.png": overlap}
