@@ -164,6 +164,17 @@ def table() -> list[str]:
                 f"{len(tk['langs'])} languages × {tk['items_per_language']} articles, both arms each)",
             )
         )
+    nr = load("neurons")
+    if nr:
+        rows.append(
+            (
+                "neuron firing statistics vs one evaluation, same documents (`bench_neurons.py`)",
+                "report",
+                rev("neurons"),
+                f"{nr['ratio_neurons_to_evaluation']:.2f}× ({nr['model']}, {len(nr['langs'])} languages, "
+                f"{nr['predicted_tokens']} tokens; load average {nr['load_average_1min'][0]:.1f})",
+            )
+        )
     out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out

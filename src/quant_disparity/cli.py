@@ -485,7 +485,7 @@ def locate(
 
 @app.group()
 def inspect() -> None:
-    """Look inside a model's layers: super weights, outlier structure of its weight tensors."""
+    """Look inside a model's layers: super weights, outlier structure of its weight tensors, language-specific neurons."""
 
 
 @inspect.command("super-weights")
@@ -557,6 +557,93 @@ def inspect_outliers(model, out_dir, overwrite, top, device, dtype) -> None:
         out.print(line, markup=False)
     out.print(markdown_table(list(OUTLIER_COLUMNS), outliers_rows(data, top), "lllrrrrrr"), markup=False)
     out.print(f"wrote {staged.target / 'outliers.json'} (every tensor) and outliers.md")
+
+
+@inspect.command("neurons")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--corpus", help="udhr (default), a JSONL file, or a directory.")
+@click.option("--max-tokens", type=int, help="Selection tokens per language (default 0 = every selection document).")
+@click.option("--top-rate", type=float, help="Share of all neurons selected by lowest entropy (default 0.01, LAPE's).")
+@click.option(
+    "--activation-quantile", type=float, help="Quantile of all firing probabilities a language must exceed (0.95)."
+)
+@click.option(
+    "--protect",
+    callback=_nonempty_list,
+    help="Protection experiment for these languages' own neurons (comma-separated, or 'all'); held-out split.",
+)
+@click.option(
+    "--protect-eval", callback=_nonempty_list, help="Languages --protect evaluates (default: every language)."
+)
+@click.option("--heldout-max-tokens", type=int, help="Held-out tokens per language for --protect (default 1024).")
+@click.option("--min-docs", type=int, help="At least this many documents per language in each split (default 1).")
+@click.option("--scheme", help="Scheme of the protection experiment (default w4g128).")
+@click.option("--seed", type=_SEED, help="Seed of the random neurons and of the bootstrap (>= 0).")
+@click.option("--n-boot", type=_n_boot_range(), help="Bootstrap replicates (50-100000).")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/neurons-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing neurons.json in --out.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+def inspect_neurons(
+    model,
+    langs,
+    corpus,
+    max_tokens,
+    top_rate,
+    activation_quantile,
+    protect,
+    protect_eval,
+    heldout_max_tokens,
+    min_docs,
+    scheme,
+    seed,
+    n_boot,
+    out_dir,
+    overwrite,
+    device,
+    dtype,
+) -> None:
+    """Language-specific neurons (LAPE, Tang et al. 2024) and, with --protect, what keeping them recovers."""
+    from ._io import OutputDir
+    from .inspect.neuron_run import NeuronsConfig, run_neurons, validate
+    from .report import plots
+    from .report.neuron_tables import neuron_figures, neurons_markdown
+
+    base = NeuronsConfig().to_dict()
+    overrides = {
+        "model": model,
+        "langs": list(_csv(langs)) or None,
+        "corpus": corpus,
+        "max_tokens": max_tokens,
+        "top_rate": top_rate,
+        "activation_quantile": activation_quantile,
+        "protect": list(_csv(protect)) or None,
+        "protect_eval": list(_csv(protect_eval)) or None,
+        "heldout_max_tokens": heldout_max_tokens,
+        "min_docs": min_docs,
+        "scheme": scheme,
+        "seed": seed,
+        "n_boot": n_boot,
+        "device": device,
+        "dtype": dtype,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = NeuronsConfig.from_dict(base)
+    validate(cfg)
+    with OutputDir(out_dir or _default_out("neurons"), "neurons.json", overwrite) as staged:
+        data, files = _run_with_progress(lambda log, prog: run_neurons(cfg, log=log, progress=prog), "tokens")
+        for name, fig in neuron_figures(data).items():
+            plots.save(fig, staged.path(name))
+        for name, text in files.items():
+            staged.write_text(name, text)
+        md = neurons_markdown(data)
+        staged.write_text("neurons.md", md)
+        staged.write_text("neurons.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    out.print(md, markup=False)
+    out.print(
+        f"wrote {staged.target / 'neurons.json'}, neurons.md, neurons_by_layer.png, overlap.png, neuron lists and plans"
+    )
 
 
 @app.command()

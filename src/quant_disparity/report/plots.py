@@ -16,15 +16,25 @@ from ..analysis.records import LocateResult
 
 
 def heatmap(
-    matrix: np.ndarray, rows: list[str], cols: list[str], title: str, cbar_label: str, annotate: bool | None = None
+    matrix: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    title: str,
+    cbar_label: str,
+    annotate: bool | None = None,
+    *,
+    sequential: bool = False,
+    value_format: str = ".1f",
 ):
-    """Rows x columns heat map with a diverging colour scale centred on zero."""
+    """Rows x columns heat map with a diverging colour scale centred on zero (``sequential``: from zero up, for
+    non-negative values such as counts; cells annotated with ``value_format``)."""
     h = max(3.0, 0.32 * len(rows) + 1.6)
     w = max(4.5, 0.75 * len(cols) + 2.2)
     fig, ax = plt.subplots(figsize=(w, h), layout="constrained")
     finite = matrix[np.isfinite(matrix)]
     lim = float(np.max(np.abs(finite))) if finite.size else 1.0
-    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    cmap, vmin = ("Reds", 0.0) if sequential else ("RdBu_r", -lim)
+    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=lim, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_title(title, fontsize=10)
@@ -37,7 +47,7 @@ def heatmap(
                     ax.text(
                         j,
                         i,
-                        f"{v:.1f}",
+                        format(v, value_format),
                         ha="center",
                         va="center",
                         fontsize=6,
