@@ -124,7 +124,7 @@ expr = "task_delta(task='cloze', lang='heb', plan='none') <= task_delta(task='cl
     assert {t["task"] for t in r4["tasks"]} == {"cloze", "generate"}
     summary = sorted((tmp_path / "run").glob("*/summary.md"))[-1].read_text()
     assert "## Tasks" in summary and "cloze: Δaccuracy" in summary and "generate: chrf" in summary
-    for fmt, want in (("html", "<h2>Task: cloze: Δaccuracy"), ("latex", "tasks-study: cloze: Δaccuracy")):
+    for fmt, want in (("html", "<h2>Task: cloze: Δaccuracy"), ("latex", r"tasks-study: cloze: $\Delta$accuracy")):
         target = tmp_path / f"report.{fmt}"
         code, _, err = run_cli(["report", str(tmp_path / "run"), "--format", fmt, "--out", str(target)], capsys)
         assert code == 0, err
