@@ -192,3 +192,32 @@ def test_bad_input_is_one_line_and_writes_nothing(saved_model, tmp_path, capsys)
         lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("error")]
         assert len(lines) == 1 and words in lines[0], (extra, err)
         assert not target.exists()
+
+
+def test_c13_plans_keep_at_most_the_structural_plans_weights():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / "origin" / "rows_scores.py"
+    spec = importlib.util.spec_from_file_location("rows_scores", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    units = [
+        {"unit": f"model.layers.{i}.{c}.weight", "n_params": int(n), "scores": {"magnitude": float(m)}}
+        for i in range(6)
+        for c, n, m in zip(("q", "k", "up"), rng.integers(10, 100, 3), rng.random(3))
+    ]
+    size = {u["unit"]: u["n_params"] for u in units}
+    plans = mod.c13_plans({"units": units})
+    structural = [u["unit"] for u in units if ".layers.0." in u["unit"] or ".layers.5." in u["unit"]]
+    assert plans["keep_L0_last"] == structural
+    budget = sum(size[t] for t in structural)
+    assert set(plans) == {"keep_L0_last", "keep_random_0", "keep_random_1", "keep_random_2", "keep_magnitude"}
+    for name, kept in plans.items():
+        assert sum(size[t] for t in kept) <= budget and len(set(kept)) == len(kept), name
+    # magnitude: taken in order of mean |w| while they fit; the largest always fits first
+    by_mag = sorted(units, key=lambda u: -u["scores"]["magnitude"])
+    assert plans["keep_magnitude"][0] == by_mag[0]["unit"]
+    assert plans["keep_random_0"] != plans["keep_random_1"] and mod.c13_plans({"units": units}) == plans

@@ -43,7 +43,8 @@ TOKEN_CHUNK = 128
 
 
 def _act(dw: torch.Tensor, g: torch.Tensor) -> float:
-    return float(((dw @ g) * dw).sum())
+    d = dw.float()  # the product in float32 (the costly step), the sum in float64
+    return float(((d @ g.float()).double() * dw).sum())
 
 
 def _hdiag(dw: torch.Tensor, g: torch.Tensor) -> float:
@@ -149,11 +150,16 @@ def language_stats(
     fish: dict[str, torch.Tensor] = {}
     hooks = []
 
+    last: list = [None, None]  # (input tensor, its X^T X): q/k/v (and gate/up) read the same input
+
     def gram_hook(name: str) -> Callable:
         def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            x = args[0].detach()
+            if last[0] is not x:  # float32 product per window, float64 sums across windows
+                x2 = x.reshape(-1, x.shape[-1]).float()
+                last[0], last[1] = x, (x2.T @ x2).double()
             acc = grams.get(name)
-            grams[name] = x.T @ x if acc is None else acc.add_(x.T @ x)
+            grams[name] = last[1].clone() if acc is None else acc.add_(last[1])
 
         return hook
 
@@ -173,23 +179,23 @@ def language_stats(
         for w in windows:
             n_pos += len(w.input_ids)
             n_pred += w.n_scored
-            if not fisher:
+            if not fisher:  # the blocks only: the Gram matrices need no logits
                 with torch.no_grad():
-                    model(
-                        input_ids=torch.tensor([w.input_ids], device=next(model.parameters()).device), use_cache=False
-                    )
+                    ids = torch.tensor([w.input_ids], device=next(model.parameters()).device)
+                    (_base_model(model) or model)(input_ids=ids, use_cache=False)
                 continue
             with torch.enable_grad():
                 _window_nll(model, w, token_chunk)
             for t in targets:
                 g = params[t].grad
                 assert g is not None, f"no gradient reached {t}"
-                g2 = weight_2d(g.detach(), modmap[t]).double() ** 2
-                fish[t] = g2 if t not in fish else fish[t].add_(g2)
+                g2 = weight_2d(g.detach(), modmap[t]).float() ** 2
+                fish[t] = g2.double() if t not in fish else fish[t].add_(g2)
                 params[t].grad = None
     finally:
         for hk in hooks:
             hk.remove()
+        last.clear()
         for k, p in params.items():
             p.requires_grad_(flags[k])
         model.train(was_training)
@@ -209,9 +215,11 @@ def language_scores(
     granularity: str = "layer",
     targets: list[str] | None = None,
     token_chunk: int = TOKEN_CHUNK,
+    errors: dict[str, torch.Tensor] | None = None,
 ) -> list[UnitScores]:
     """The per-language scores ``names`` (``gram`` and ``fisher`` kinds) of every unit, on one language's
-    ``windows``; units in model order, as :func:`.weights.compute_scores` groups them."""
+    ``windows``; units in model order, as :func:`.weights.compute_scores` groups them. ``errors`` (tensor ->
+    ``W - Q(W)`` in float32), filled on first use, saves quantizing again for the next language."""
     kinds = [SCORES.get(n) for n in names]
     bad = [k.name for k in kinds if k.needs not in ("gram", "fisher")]
     if bad:
@@ -232,9 +240,14 @@ def language_scores(
         sums = dict.fromkeys(names, 0.0)
         n = 0
         for t in tensors:
-            with torch.no_grad():
-                w2d = weight_2d(params[t].detach(), modmap[t])
-                dw = (w2d.double() - scheme.fake_quantize(w2d).double()).cpu()
+            if errors is None or t not in errors:
+                with torch.no_grad():
+                    w2d = weight_2d(params[t].detach(), modmap[t])
+                    dw = (w2d.double() - scheme.fake_quantize(w2d).double()).cpu()
+                if errors is not None:
+                    errors[t] = dw.float()
+            if errors is not None:
+                dw = errors[t].double()
             n += dw.numel()
             for k in kinds:
                 stat = (stats.gram if k.needs == "gram" else stats.fisher)[t]
