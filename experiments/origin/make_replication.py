@@ -62,7 +62,8 @@ LOG = {
     "C18": ("Recommended plan: L0+L11+ln_f+biases", "11.46% overhead -> 3.4x"),
 }
 PENDING = {
-    "C13": "needs random and magnitude-ranked tensor selection (selection scores, not yet in quant-disparity)",
+    "C13": "needs the held-out run of scores_c13.toml (rows_scores.py --write-spec, quant-disparity run, "
+    "rows_scores.py --export-run)",
     "C14": "needs per-layer weight statistics as a predictor (selection scores, not yet in quant-disparity)",
     "C15": "needs gradient-based importance scores (not yet in quant-disparity)",
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """REPLICATION.md rows C13, C14 and C15 (the log's claims about choosing what to protect), from committed exports.
 
-- ``results/scores-MODEL.json``: ``quant-disparity scores`` per layer on the 12 languages (selection split),
-  with ``--from-locate results/locate-MODEL.json`` (the measured per-layer protect-one effect, selection split).
-  C14: the Spearman correlation of each layer's weight ``variance`` with its mean measured effect.
-- ``results/scores-MODEL-tensor.json``: the same per tensor, with ``magnitude`` (mean |w|) and ``grad_sq`` (the
-  tensor's squared NLL gradients, mean over the languages). C15: the overlap of the two top-10 selections.
+- ``results/scores-MODEL.json``: ``quant-disparity scores --from-locate results/locate-MODEL.json``: the
+  weight-only scores per layer and the measured per-layer protect-one effect on the locate output's 12 languages
+  (selection split). C14: the Spearman correlation of each layer's weight ``variance`` with its mean effect.
+- ``results/scores-MODEL-tensor.json``: ``magnitude`` (mean |w|) and ``grad_sq`` (the tensor's squared NLL
+  gradients on each language's selection documents) per tensor. C15: the overlap of the two top-10 selections
+  (the gradients averaged over the languages).
 - ``results/origin-scores-c13.*``: the run of ``scores_c13.toml`` (held-out split), written from the tensor
   export by ``--write-spec``: layer 0 + last kept against random tensors and the tensors of largest mean |w|,
   each kept up to the same number of weights. C13: its claims, decided by their 95% paired bootstrap intervals.
@@ -106,7 +107,8 @@ def c13_spec(tensor_scores: dict) -> str:
     all_plans = {"all": f"{C13_SCHEME}:*"}
     for name, kept in plans.items():
         rx = "^(?:" + "|".join(re.escape(t) for t in kept) + ")$"
-        all_plans[name] = f"keep:re:{rx}; {C13_SCHEME}:*"
+        keep = "layer:0,layer:-1" if name == "keep_L0_last" else f"re:{rx}"
+        all_plans[name] = f"keep:{keep}; {C13_SCHEME}:*"
     for name, plan in all_plans.items():
         lines += ["[[trials]]", f'model = "{C13_MODEL}"', f'scheme = "{C13_SCHEME}"', f'plan_name = "{name}"']
         lines += [f"plan = {_q(plan)}", ""]

@@ -108,10 +108,9 @@ def run_scores_command(
         inputs = load_inputs(runtime, corpus, selection, EvalSettings(), lm=lm, log=log)
         docs = [(g, len(inputs.selection.docs[g])) for g in corpus_keys]
         windows = windows_by_language(inputs.prepared.batches, docs)
-        errors: dict = {}  # W - Q(W) per tensor, shared by the languages
         for lang in corpus_keys:
             t1 = time.perf_counter()
-            rows = language_scores(lm.model, modmap, parsed, windows[lang], data_names, granularity, errors=errors)
+            rows = language_scores(lm.model, modmap, parsed, windows[lang], data_names, granularity)
             seconds[lang] = round(time.perf_counter() - t1, 3)
             per_lang[lang] = {n: {u.unit: u.scores[n] for u in rows} for n in data_names}
             tokens[lang] = {

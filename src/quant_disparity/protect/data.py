@@ -2,11 +2,13 @@
 
 For each language the full-precision model runs over the language's windows one at a time (no padding):
 
-- forward pre-hooks on every target Linear add ``X^T X`` of its inputs (float64; activations are never stored)
-  to the tensor's Gram matrix ``G``, divided at the end by the number of positions ``n``;
+- forward pre-hooks on every target Linear add ``X^T X`` of its inputs (float32; activations are never stored)
+  to the Gram matrix ``G`` of that input (one for q/k/v, one for gate/up), divided at the end by the number of
+  positions ``n``;
 - with a per-language gradient score asked for, each window's summed NLL (nats) is back-propagated to the
-  target weights only (everything else has ``requires_grad`` off) and ``g**2`` is added to the tensor's
-  squared-gradient sum ``F`` (float64), divided at the end by the predicted tokens: an empirical Fisher
+  target weights only (everything else has ``requires_grad`` off); as soon as a tensor's gradient is complete
+  a hook adds ``g**2`` to its squared-gradient sum ``F`` (float32) and frees the gradient, so the gradients of
+  all blocks never exist at once. ``F`` is divided at the end by the predicted tokens: an empirical Fisher
   diagonal with one sample per window (a document, when it fits one window).
 
 The output layer's loss is computed in chunks of :data:`TOKEN_CHUNK` positions from detached final hidden
@@ -102,8 +104,8 @@ def per_language(names: Sequence[str]) -> list[str]:
 class LanguageStats:
     n_positions: int  # positions the Gram matrices sum over
     n_predicted: int  # predicted tokens the squared gradients sum over
-    gram: dict[str, torch.Tensor]  # tensor -> [in, in] float64, X^T X / n_positions
-    fisher: dict[str, torch.Tensor]  # tensor -> [out, in] float64, sum over windows of g^2 / n_predicted
+    gram: dict[str, torch.Tensor]  # tensor -> [in, in] float32, X^T X / n_positions (shared by tensors of one input)
+    fisher: dict[str, torch.Tensor]  # tensor -> [out, in] float32, sum over windows of g^2 / n_predicted
 
 
 def _window_nll(model: torch.nn.Module, w: Window, token_chunk: int) -> torch.Tensor | None:
@@ -146,26 +148,37 @@ def language_stats(
     """Gram matrices and/or squared gradients of ``targets`` over ``windows`` (one forward each, fp weights).
     The model's ``requires_grad`` flags and training mode are restored afterwards."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    grams: dict[str, torch.Tensor] = {}
+    grams: dict[str, torch.Tensor] = {}  # one per distinct input: keyed by the first tensor reading it
+    group: dict[str, str] = {}  # tensor -> the key of its input's Gram matrix
     fish: dict[str, torch.Tensor] = {}
-    hooks = []
-
-    last: list = [None, None]  # (input tensor, its X^T X): q/k/v (and gate/up) read the same input
+    hooks: list = []
+    last: list = [None, None]  # (input tensor, key): q/k/v (and gate/up) read the same input
 
     def gram_hook(name: str) -> Callable:
         def hook(module, args):
             x = args[0].detach()
-            if last[0] is not x:  # float32 product per window, float64 sums across windows
+            if last[0] is not x:
                 x2 = x.reshape(-1, x.shape[-1]).float()
-                last[0], last[1] = x, (x2.T @ x2).double()
-            acc = grams.get(name)
-            grams[name] = last[1].clone() if acc is None else acc.add_(last[1])
+                last[0], last[1] = x, name
+                grams[name] = x2.T @ x2 if name not in grams else grams[name].addmm_(x2.T, x2)
+            group[name] = last[1]
+
+        return hook
+
+    def fisher_hook(name: str) -> Callable:
+        def hook(p):  # as soon as the gradient of this tensor is complete: square, add, free it
+            g2 = weight_2d(p.grad.detach(), modmap[name]).float() ** 2
+            fish[name] = g2 if name not in fish else fish[name].add_(g2)
+            p.grad = None
 
         return hook
 
     if gram:
         for t in targets:
             hooks.append(model.get_submodule(modmap[t].module).register_forward_pre_hook(gram_hook(t)))
+    if fisher:
+        for t in targets:
+            hooks.append(params[t].register_post_accumulate_grad_hook(fisher_hook(t)))
     flags = {k: p.requires_grad for k, p in params.items()}
     was_training = model.training
     model.eval()
@@ -186,12 +199,7 @@ def language_stats(
                 continue
             with torch.enable_grad():
                 _window_nll(model, w, token_chunk)
-            for t in targets:
-                g = params[t].grad
-                assert g is not None, f"no gradient reached {t}"
-                g2 = weight_2d(g.detach(), modmap[t]).float() ** 2
-                fish[t] = g2.double() if t not in fish else fish[t].add_(g2)
-                params[t].grad = None
+            last[0] = None
     finally:
         for hk in hooks:
             hk.remove()
@@ -199,11 +207,13 @@ def language_stats(
         for k, p in params.items():
             p.requires_grad_(flags[k])
         model.train(was_training)
-    if gram and n_pos:
-        grams = {t: g.div_(n_pos) for t, g in grams.items()}
-    if fisher and n_pred:
-        fish = {t: f.div_(n_pred) for t, f in fish.items()}
-    return LanguageStats(n_pos, n_pred, grams, fish)
+    missing = [t for t in targets if fisher and windows and t not in fish]
+    assert not missing, f"no gradient reached {missing[:3]}"
+    for g in grams.values():
+        g.div_(max(1, n_pos))
+    for f in fish.values():
+        f.div_(max(1, n_pred))
+    return LanguageStats(n_pos, n_pred, {t: grams[group[t]] for t in group}, fish)
 
 
 def language_scores(
@@ -215,11 +225,9 @@ def language_scores(
     granularity: str = "layer",
     targets: list[str] | None = None,
     token_chunk: int = TOKEN_CHUNK,
-    errors: dict[str, torch.Tensor] | None = None,
 ) -> list[UnitScores]:
     """The per-language scores ``names`` (``gram`` and ``fisher`` kinds) of every unit, on one language's
-    ``windows``; units in model order, as :func:`.weights.compute_scores` groups them. ``errors`` (tensor ->
-    ``W - Q(W)`` in float32), filled on first use, saves quantizing again for the next language."""
+    ``windows``; units in model order, as :func:`.weights.compute_scores` groups them."""
     kinds = [SCORES.get(n) for n in names]
     bad = [k.name for k in kinds if k.needs not in ("gram", "fisher")]
     if bad:
@@ -240,14 +248,9 @@ def language_scores(
         sums = dict.fromkeys(names, 0.0)
         n = 0
         for t in tensors:
-            if errors is None or t not in errors:
-                with torch.no_grad():
-                    w2d = weight_2d(params[t].detach(), modmap[t])
-                    dw = (w2d.double() - scheme.fake_quantize(w2d).double()).cpu()
-                if errors is not None:
-                    errors[t] = dw.float()
-            if errors is not None:
-                dw = errors[t].double()
+            with torch.no_grad():  # quantized again per language: no copy of every tensor's error is kept
+                w2d = weight_2d(params[t].detach(), modmap[t])
+                dw = (w2d.double() - scheme.fake_quantize(w2d).double()).cpu()
             n += dw.numel()
             for k in kinds:
                 stat = (stats.gram if k.needs == "gram" else stats.fisher)[t]
