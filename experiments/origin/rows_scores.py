@@ -157,7 +157,8 @@ def c14(data: dict) -> tuple[str, str]:
     else:
         verdict = "inconclusive"
     cell = (
-        f"{data['model']}: Spearman(layer variance, mean effect over {len(langs)} languages) = "
+        f"{data['model']}: Spearman(layer variance, mean {data['locate']['mode']} effect over {len(langs)} "
+        f"languages, locate on the {data['locate']['split']} split) = "
         f"{_spearman_cell(est)} over {row['all']['n_units']} layers; per language, interval below zero in "
         f"{neg}, above in {pos} of {len(langs)} → **{verdict}**"
     )
