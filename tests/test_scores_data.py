@@ -185,9 +185,15 @@ def test_bad_input_is_one_line_and_writes_nothing(saved_model, tmp_path, capsys)
         (["--from-locate", str(tmp_path / "none.json")], "no such file"),
         (["--langs", "heb", "--scores", "measured", "--from-locate", str(loc / "locate.json")], "no results for heb"),
     ]
+    same = ["--model", other, "--from-locate", str(loc / "locate.json")]  # the locate's own model
+    cases += [
+        ([*same, "--granularity", "component"], "has 'layer' units"),
+        ([*same, "--scheme", "w8g32"], "measured scheme 'w4g128'"),
+    ]
     for extra, words in cases:
         target = tmp_path / "t"
-        code, _, err = run_cli(["scores", "--model", d, *extra, "--out", str(target)], capsys)
+        model = [] if "--model" in extra else ["--model", d]
+        code, _, err = run_cli(["scores", *model, *extra, "--out", str(target)], capsys)
         assert code == 2, (extra, err)
         lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("error")]
         assert len(lines) == 1 and words in lines[0], (extra, err)
