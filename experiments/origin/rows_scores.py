@@ -170,10 +170,12 @@ def c15(data: dict) -> tuple[str, str]:
     share = len(top(mag) & top(grad)) / TOP_K
     per_lang = [len(top(mag) & top({u["unit"]: u["by_language"][g]["grad_sq"] for u in units})) / TOP_K for g in langs]
     verdict = "supported" if share < C15_DIFFER_BELOW else "refuted"
+    docs = data["documents"]
     cell = (
-        f"{data['model']}: {len(units)} tensors; top-{TOP_K} by squared NLL gradients (mean over {len(langs)} "
-        f"languages) vs by mean \\|w\\|: {share:.0%} shared (per language {min(per_lang):.0%}–{max(per_lang):.0%}; "
-        f"random selections share {TOP_K / len(units):.0%} on average) → **{verdict}**"
+        f"{data['model']}: {len(units)} tensors; top-{TOP_K} by squared NLL gradients (mean over "
+        f"{', '.join(langs)}; {docs['split']} split, up to {docs['max_tokens']} tokens each) vs by mean |w|: "
+        f"{share:.0%} shared (per language {min(per_lang):.0%}–{max(per_lang):.0%}; two random selections share "
+        f"{TOP_K / len(units):.0%} on average) → **{verdict}**"
     )
     return cell, verdict
 
