@@ -26,7 +26,9 @@ from quant_disparity.estimate import MEASURE_CHILD, _measure_baseline
 
 
 def peak(args: list[str]) -> int:
-    out = subprocess.run([sys.executable, "-c", MEASURE_CHILD, *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", MEASURE_CHILD, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
 
 

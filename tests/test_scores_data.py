@@ -101,6 +101,7 @@ def test_fisher_matches_autograd_on_a_float64_copy(arch):
 
 def test_chunking_the_head_changes_nothing_and_runs_are_deterministic():
     model = tiny_model("llama")
+    model.requires_grad_(False)  # as a loaded model comes: the gradient scores switch on only what they need
     mm = build_module_map(model)
     scheme = parse_scheme("w4g32")
     wins = _windows(2)
@@ -108,6 +109,7 @@ def test_chunking_the_head_changes_nothing_and_runs_are_deterministic():
     b = language_scores(model, mm, scheme, wins, ["fisher", "act_error"], "layer", token_chunk=4096)
     c = language_scores(model, mm, scheme, wins, ["fisher", "act_error"], "layer", token_chunk=1)
     assert a == c
+    assert not any(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     for x, y in zip(a, b, strict=True):
         assert x.scores["fisher"] == pytest.approx(y.scores["fisher"], rel=1e-4)
         assert x.scores["act_error"] == y.scores["act_error"]

@@ -176,9 +176,6 @@ def language_stats(
     if gram:
         for t in targets:
             hooks.append(model.get_submodule(modmap[t].module).register_forward_pre_hook(gram_hook(t)))
-    if fisher:
-        for t in targets:
-            hooks.append(params[t].register_post_accumulate_grad_hook(fisher_hook(t)))
     flags = {k: p.requires_grad for k, p in params.items()}
     was_training = model.training
     model.eval()
@@ -186,9 +183,10 @@ def language_stats(
     try:
         for p in params.values():
             p.requires_grad_(False)
-        if fisher:
+        if fisher:  # a hook needs the parameter to require a gradient first
             for t in targets:
                 params[t].requires_grad_(True)
+                hooks.append(params[t].register_post_accumulate_grad_hook(fisher_hook(t)))
         for w in windows:
             n_pos += len(w.input_ids)
             n_pred += w.n_scored
