@@ -10,7 +10,8 @@ from conftest import run_cli, tiny_model
 
 from quant_disparity.cli import main
 from quant_disparity.models.modules import build_module_map
-from quant_disparity.protect import SCORES, compute_scores
+from quant_disparity.protect import compute_scores
+from quant_disparity.protect.weights import weight_score_names
 from quant_disparity.quant import parse_scheme
 
 
@@ -61,7 +62,7 @@ def test_deterministic_given_the_seed():
     assert a == b
     assert [u.scores["random"] for u in a] != [u.scores["random"] for u in c]
     assert [u.scores["variance"] for u in a] == [u.scores["variance"] for u in c]
-    assert len(a) == 21 and set(SCORES.names()) == set(a[0].scores)
+    assert len(a) == 21 and set(weight_score_names()) == set(a[0].scores)
 
 
 def test_cli_writes_json_and_markdown_and_refuses_bad_input(saved_model, tmp_path, capsys):

@@ -18,12 +18,16 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from quant_disparity.experiments import analyse, load_run
 from quant_disparity.experiments.export import export_run, load_frozen_run
 from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.report.tables import NO_CI, fmt, lacks_interval, markdown_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rows_scores import score_rows
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -58,7 +62,8 @@ LOG = {
     "C18": ("Recommended plan: L0+L11+ln_f+biases", "11.46% overhead -> 3.4x"),
 }
 PENDING = {
-    "C13": "needs random and magnitude-ranked tensor selection (selection scores, not yet in quant-disparity)",
+    "C13": "needs the held-out run of scores_c13.toml (rows_scores.py --write-spec, quant-disparity run, "
+    "rows_scores.py --export-run)",
     "C14": "needs per-layer weight statistics as a predictor (selection scores, not yet in quant-disparity)",
     "C15": "needs gradient-based importance scores (not yet in quant-disparity)",
 }
@@ -238,8 +243,15 @@ def main() -> None:
     log, sound = results["log"], results["sound"]
     rows = []
     tally, tally_fw = {}, {}
+    scored = score_rows(EXPORT, claim_cells, verdict_summary)  # C13-C15: rows_scores.py
+    pending = {c: why for c, why in PENDING.items() if c not in scored}
     for cid, (statement, numbers) in LOG.items():
-        if cid in PENDING:
+        if cid in scored:
+            tally[cid], fw = scored[cid][2], scored[cid][3]
+            tally_fw.update({cid: fw} if fw != "—" else {})
+            rows.append([cid, statement, numbers, *scored[cid]])
+            continue
+        if cid in pending:
             rows.append([cid, statement, numbers, "pending", "pending", f"pending: {PENDING[cid]}", "pending"])
             continue
         log_cell, _, _ = claim_cells(log, cid)
@@ -315,7 +327,7 @@ def main() -> None:
     )
     if fw:
         text.append(f"- family-wise (Holm, α = 0.05): {fw}")
-    text.append(f"- pending: {', '.join(PENDING)} (and C19: planned in the log, never run)")
+    text.append(f"- pending: {', '.join(pending) or 'none'} (and C19: planned in the log, never run)")
     text.append("")
     Path(args.out).write_text("\n".join(text))
     print(f"wrote {args.out}")

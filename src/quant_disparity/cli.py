@@ -878,48 +878,39 @@ def schemes() -> None:
 @click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
 @click.option("--scheme", default="w4g128", show_default=True, help="Scheme whose quantization error is scored.")
 @click.option("--granularity", default="layer", show_default=True, help="tensor, component or layer.")
-@click.option("--scores", "names", help="Comma-separated scores (default: all; see the README).")
-@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the random baseline.")
+@click.option("--scores", "names", help="Comma-separated scores (default: all that the options allow; see the README).")
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the random baseline and the intervals.")
+@click.option("--langs", callback=_nonempty_list, help="Languages of the per-language scores (their documents).")
+@click.option("--split", default="select", show_default=True, help="Split of the per-language scores' documents.")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=512, show_default=True, help="Tokens per language.")
+@click.option("--from-locate", "from_locate", type=click.Path(path_type=Path), help="A locate.json: measured scores.")
 @click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/scores-<timestamp>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing scores.json in --out.")
-def scores_cmd(model, scheme, granularity, names, seed, out_dir, overwrite) -> None:
-    """Weight-only sensitivity scores per unit (statistics, quantization error, baselines): scores.json, scores.md."""
-    import numpy as np
+def scores_cmd(
+    model, scheme, granularity, names, seed, langs, split, max_tokens, from_locate, out_dir, overwrite
+) -> None:
+    """Sensitivity scores per unit: weight-only, per language (--langs) and measured (--from-locate), with
+    how well each predicts the measured effect: scores.json, scores.md."""
+    from .protect.command import run_scores_command
 
+    result, markdown = run_scores_command(
+        model=model,
+        scheme=scheme,
+        granularity=granularity,
+        names=list(_csv(names)),
+        seed=seed,
+        langs=_csv(langs),
+        split=split,
+        max_tokens=max_tokens,
+        from_locate=from_locate,
+        log=lambda m: err.print(m, markup=False),
+    )
     from ._io import OutputDir
-    from .models import load_model
-    from .models.modules import build_module_map
-    from .protect import SCORES, compute_scores
-    from .protect.weights import GRANULARITIES, to_markdown
-    from .quant import parse_scheme
 
-    parsed = parse_scheme(scheme)
-    chosen = list(_csv(names)) or SCORES.names()
-    for n in chosen:
-        SCORES.get(n)
-    if granularity not in GRANULARITIES:
-        raise UserError(f"unknown granularity {granularity!r}", f"use {', '.join(GRANULARITIES)}")
-    lm = load_model(model, log=lambda m: err.print(m))
-    units = compute_scores(lm.model, build_module_map(lm.model), parsed, granularity, chosen, seed)
-    data = {
-        "model": model,
-        "scheme": parsed.name,
-        "granularity": granularity,
-        "seed": seed,
-        "units": [
-            {
-                "unit": u.unit,
-                "n_params": u.n_params,
-                "tensors": list(u.tensors),
-                "scores": {k: v if np.isfinite(v) else None for k, v in u.scores.items()},
-            }
-            for u in units
-        ],
-    }
     with OutputDir(out_dir or _default_out("scores"), "scores.json", overwrite) as staged:
-        staged.write_text("scores.md", to_markdown(units, f"scores: {model}, {parsed.name}, {granularity}"))
-        staged.write_text("scores.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    out.print(to_markdown(units, "scores"), markup=False)
+        staged.write_text("scores.md", markdown)
+        staged.write_text("scores.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    out.print(markdown, markup=False)
 
 
 @app.command("export")

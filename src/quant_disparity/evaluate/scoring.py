@@ -38,6 +38,10 @@ class LMHead:
         if self.weight is None:  # precomputed logits (fallback path): already transformed
             return h[:, v0:v1] if out is None else out.copy_(h[:, v0:v1])
         z = torch.matmul(h, self.weight[v0:v1].t(), out=out)
+        if z.requires_grad:  # a gradient through the head (protect.data): no in-place steps autograd would need
+            z = z + self.bias[v0:v1] if self.bias is not None else z
+            z = z * self.scale if self.scale is not None else z
+            return torch.tanh(z / self.softcap) * self.softcap if self.softcap is not None else z
         if self.bias is not None:
             z.add_(self.bias[v0:v1])
         if self.scale is not None:

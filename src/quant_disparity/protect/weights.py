@@ -18,14 +18,26 @@ OUTLIER_SIGMAS = 3.0
 GRANULARITIES = ("tensor", "component", "layer")
 
 
+#: What a score reads: the weights alone, a language's documents (input Gram matrices, squared gradients) or a
+#: ``locate`` output. Only ``weights`` scores are the same for every language.
+NEEDS = ("weights", "gram", "fisher", "locate")
+
+
 @dataclass(frozen=True)
 class ScoreKind:
-    """A registry entry: ``compute(w, q, rng)`` gets a unit's weights ``w`` and their quantized values ``q``
-    (flat float64 arrays) and a generator seeded once per run, and returns the score (higher: more sensitive)."""
+    """A registry entry. A ``weights`` score's ``compute(w, q, rng)`` gets a unit's weights ``w`` and their
+    quantized values ``q`` (flat float64 arrays) and a generator seeded once per run, and returns the score
+    (higher: more sensitive). A ``gram`` or ``fisher`` score's ``tensor(dw, stat)`` gets one tensor's
+    quantization error ``W - Q(W)`` ([out, in], float64) and the language's statistic for it (the input Gram
+    matrix [in, in] or the squared gradients [out, in]); the unit's score is ``finish`` of their sum. A
+    ``locate`` score is read from a locate output (:mod:`.data`)."""
 
     name: str
     help: str
-    compute: Callable[[np.ndarray, np.ndarray, np.random.Generator], float]
+    compute: Callable[[np.ndarray, np.ndarray, np.random.Generator], float] | None = None
+    needs: str = "weights"
+    tensor: Callable[[torch.Tensor, torch.Tensor], float] | None = None
+    finish: Callable[[float], float] | None = None
 
 
 def _kurtosis(w, q, rng) -> float:
@@ -88,6 +100,10 @@ def _units(modmap: ModuleMap, targets: list[str], granularity: str) -> list[tupl
     return list(groups.items())
 
 
+def weight_score_names() -> list[str]:
+    return [n for n in SCORES.names() if SCORES.get(n).needs == "weights"]
+
+
 def compute_scores(
     model: torch.nn.Module,
     modmap: ModuleMap,
@@ -97,9 +113,9 @@ def compute_scores(
     seed: int = 0,
     targets: list[str] | None = None,
 ) -> list[UnitScores]:
-    """Every score in ``names`` (default: all) for each unit of ``targets`` (default: the Linear weight matrices of
+    """Every weight-only score in ``names`` (default: all; per-language ones are skipped) for each unit of ``targets`` (default: the Linear weight matrices of
     the decoder blocks), units in model order. ``random`` draws once per unit from ``numpy.random.default_rng(seed)``."""
-    kinds = [SCORES.get(n) for n in (names or SCORES.names())]
+    kinds = [k for k in (SCORES.get(n) for n in (names or SCORES.names())) if k.needs == "weights"]
     params = dict(model.named_parameters(remove_duplicate=False))
     rng = np.random.default_rng(seed)
     out = []
@@ -111,7 +127,7 @@ def compute_scores(
                 ws.append(w2d.double().reshape(-1).cpu().numpy())
                 qs.append(scheme.fake_quantize(w2d).double().reshape(-1).cpu().numpy())
         w, q = np.concatenate(ws), np.concatenate(qs)
-        scores = {k.name: k.compute(w, q, rng) for k in kinds}
+        scores = {k.name: k.compute(w, q, rng) for k in kinds if k.compute is not None}
         out.append(UnitScores(unit, tuple(tensors), int(w.size), scores))
     return out
 
