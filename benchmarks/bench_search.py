@@ -28,6 +28,7 @@ from quant_disparity.locate import make_units
 from quant_disparity.models import load_model
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.protect.search import SearchConfig, assignment_of, run_search, unit_costs, validate
+from quant_disparity.provenance import git_revision
 from quant_disparity.quant import engine_for, parse_scheme
 from quant_disparity.report.search import search_markdown
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     load_before = os.getloadavg()
+    revision = git_revision()  # the code measured (the tree may move on while this runs)
     lm = load_model(args.model)
     modmap = build_module_map(lm.model)
     mm_universe = quantization_targets(modmap, ())
@@ -91,6 +93,7 @@ def main() -> None:
     load_after = os.getloadavg()
     result = {
         "model": args.model,
+        "measured_revision": revision,
         "languages": list(DEFAULT_PANEL),
         "scheme": "w3g128",
         "protect": "w8g128",

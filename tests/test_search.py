@@ -258,3 +258,44 @@ def test_corpus_split_has_heldout_documents_for_the_panel():
     c = load_udhr()
     for lang in ("eng_Latn", "heb_Hebr", "amh_Ethi"):
         assert sum(split_of(d.id) == "heldout" for d in c.documents(lang)) >= 5
+
+
+@pytest.mark.parametrize("granularity", ["layer", "component", "layer×component"])
+@pytest.mark.parametrize("protect", [None, "w8g16"])
+def test_knapsack_and_greedy_plans_cost_exactly_what_the_accounting_says(granularity, protect):
+    """Unit costs add up to the resolved plan's bits (cost(), an independent per-tensor sum), the chosen set fits
+    the budget, and the written plan protects exactly the chosen units' tensors."""
+    from conftest import tiny_model
+
+    from quant_disparity.locate import make_units
+    from quant_disparity.protect.search import plan_for, unit_costs
+
+    mm = build_module_map(tiny_model("llama"))
+    universe = mm.default_targets()
+    units = make_units(mm, universe, granularity)
+    base = parse_scheme("w2g16")
+    prot = None if protect is None else parse_scheme(protect)
+    costs = unit_costs(mm, universe, units, base, prot)
+    rng = np.random.default_rng(0)
+    n = costs.universe_params
+    for budget in (costs.base_bits_per_weight + 0.4, costs.base_bits_per_weight + 3.0, 12.0):
+        cap = costs.capacity(budget, "bits")
+        gains = rng.uniform(0, 1, len(units))
+        for chosen in (
+            knapsack(gains, costs.unit_bits, cap),
+            greedy(rng.uniform(0, 0.3, 2), rng.uniform(0, 0.05, (len(units), 2)), costs.unit_bits, cap, "worst"),
+        ):
+            picked = [units[i] for i in chosen]
+            resolved = plan_for(mm, universe, picked, base, prot, granularity)
+            bits = cost(mm, resolved.assignment())["bits_per_block_linear_weight"] * n
+            assert bits == pytest.approx(costs.base_bits + costs.unit_bits[chosen].sum(), rel=1e-12)
+            assert bits / n <= budget + 1e-12
+            assignment = Plan.parse(str(resolved.plan)).resolve(mm).assignment()  # the compact form, re-read
+            protected = {t for u in picked for t in u.tensors}
+            for t in universe:
+                expected = prot if t in protected else base
+                assert assignment.get(t) == expected
+    # a parameter budget counts parameters
+    assert list(costs.costs("params")) == [u.n_params for u in units]
+    with pytest.raises(Exception, match="below what the base scheme itself costs"):
+        costs.capacity(costs.base_bits_per_weight - 0.01, "bits")

@@ -268,6 +268,8 @@ def plan_for(
             else ["re:^(" + "|".join(re.escape(t) for u in chosen for t in u.tensors) + ")$"]
         )
         text = (f"{action}:{','.join(sels)}; " if chosen else "") + f"{base.name}:{rest}"
+        if {t for u in chosen for t in u.tensors} >= set(universe):  # everything protected: one rule
+            text = f"{'none' if protect is None else protect.name}:{rest}"
         resolved = Plan.parse(text).resolve(modmap)
         if resolved.assignment() == want:
             return resolved
