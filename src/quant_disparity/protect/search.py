@@ -32,7 +32,6 @@ from ..analysis.stats import (
     Estimate,
     interval,
     language_metrics,
-    may_be_zero,
     no_interval_note,
     resample_counts,
 )
@@ -45,6 +44,7 @@ from ..evaluate import EvalSettings, Forward
 from ..evaluate.sweep import sweep
 from ..inputs import Inputs, check_model_and_corpus, load_inputs
 from ..locate import Unit, make_units
+from ..locate import _ratio as locate_ratio
 from ..models import LoadedModel, load_model
 from ..models.modules import ModuleMap
 from ..provenance import environment
@@ -362,14 +362,10 @@ def _est(point: float, reps: np.ndarray, note: str | None) -> dict:
 
 
 def _ratio(num_p: float, num_r: np.ndarray, den_p: float, den_r: np.ndarray, note: str | None) -> dict:
-    """``num / den`` with its interval; undefined when the denominator's interval may include zero."""
-    den = interval(den_p, den_r, note)
-    if den.value is None or den.value == 0 or (note is None and may_be_zero(den)):
-        return Estimate(None, note="undefined: the 95% interval of the denominator includes zero").to_dict()
+    """``num / den`` with its interval (locate's rule: undefined when the denominator may be zero)."""
     if note is not None:
         return Estimate(None, note=f"undefined: {note}").to_dict()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return interval(num_p / den_p, num_r / den_r).to_dict()
+    return locate_ratio(num_p, num_r, den_p, den_r, "the uniform scheme's worst-language Δbpb").to_dict()
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
