@@ -234,6 +234,7 @@ def test_budget_below_the_base_scheme_is_one_line_and_writes_nothing(saved_model
         (["--budget-bits", "4", "--budget-params", "100"], "exactly one of"),
         ([], "exactly one of"),
         (["--budget-bits", "4", "--granularity", "heads"], "unknown granularity"),
+        (["--budget-bits", "4", "--objective", "disparity", "--langs", "eng,fra"], "low- and one high-resource"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message, saved_model, tmp_path, capsys):
@@ -299,3 +300,25 @@ def test_knapsack_and_greedy_plans_cost_exactly_what_the_accounting_says(granula
     assert list(costs.costs("params")) == [u.n_params for u in units]
     with pytest.raises(Exception, match="below what the base scheme itself costs"):
         costs.capacity(costs.base_bits_per_weight - 0.01, "bits")
+
+
+def test_parameter_budget_with_a_higher_precision_scheme(saved_model, tmp_path, capsys):
+    """--budget-params with --protect w8g16 by component: the plan protects at most that many parameters, at
+    w8g16, and the disparity objective runs (eng high-resource; heb, amh low-resource)."""
+    from transformers import AutoModelForCausalLM
+
+    model = saved_model("llama")
+    mm = build_module_map(AutoModelForCausalLM.from_pretrained(model))
+    mlp = sum(p.numel for p in mm.params if p.name in mm.default_targets() and "mlp" in p.name)
+    out = tmp_path / "p"
+    args = ["search", "--model", str(model), "--budget-params", str(mlp), "--protect", "w8g16"]
+    args += ["--granularity", "component", "--objective", "disparity", *COMMON, "--out", str(out)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    data = _data(out)
+    (p,) = data["points"]
+    assignment = Plan.from_toml((out / "plan.toml").read_text()).resolve(mm).assignment()
+    w8 = [t for t, s in assignment.items() if s == parse_scheme("w8g16")]
+    assert sum(mm[t].numel for t in w8) == p["protected_params"] <= mlp
+    assert set(assignment) == set(mm.default_targets())  # nothing kept: protected means w8g16 here
+    assert data["objective"]["name"] == "disparity"
