@@ -1,13 +1,14 @@
 """search on the default model: the searched plan against the uniform scheme at the same effective bits, and the
 search's wall time against exhaustively evaluating every single-unit and pair protection.
 
-One run: ``quant_disparity.protect.search.run_search`` (base w3g128, protected units at w8g128, layer units, the
-12-language panel, objective ``worst``, a frontier of bit budgets that includes the uniform w4g128's effective
+One run: ``quant_disparity.protect.search.run_search`` (base w3g128, protected units at w8g128, layer units, six
+languages of the panel by default (Latin, Cyrillic, Hebrew, Devanagari, Ethiopic; sized for a loaded 2-core
+machine), objective ``worst``, a frontier of bit budgets that includes the uniform w4g128's effective
 bits), then a sample of pair protections timed with the same sweep machinery on the same selection documents;
 the pairs' total is extrapolated from the sample (said so in the result). The load average is recorded before
 and after, since the machine is shared.
 
-    python benchmarks/bench_search.py [--max-tokens 256] [--heldout-max-tokens 512] [--pair-sample 6]
+    python benchmarks/bench_search.py [--langs ...] [--max-tokens 128] [--heldout-max-tokens 256] [--pair-sample 4]
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 from common import save
 
 from quant_disparity.audit import quantization_targets
-from quant_disparity.corpus import DEFAULT_PANEL
 from quant_disparity.evaluate import Forward
 from quant_disparity.evaluate.sweep import sweep
 from quant_disparity.inputs import load_inputs
@@ -36,10 +36,11 @@ from quant_disparity.report.search import search_markdown
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--heldout-max-tokens", type=int, default=512)
-    ap.add_argument("--pair-sample", type=int, default=6)
-    ap.add_argument("--refine", type=int, default=4)
+    ap.add_argument("--langs", default="eng_Latn,fra_Latn,rus_Cyrl,heb_Hebr,hin_Deva,amh_Ethi")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--heldout-max-tokens", type=int, default=256)
+    ap.add_argument("--pair-sample", type=int, default=4)
+    ap.add_argument("--refine", type=int, default=3)
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -52,7 +53,8 @@ def main() -> None:
     base_cost = unit_costs(modmap, mm_universe, units, w3, w8)
     w4_bits = unit_costs(modmap, mm_universe, units, w4, w8).base_bits_per_weight
     w3_bits = base_cost.base_bits_per_weight
-    frontier = (round(w3_bits + 0.25, 4), round(w3_bits + 0.5, 4), w4_bits, round(w3_bits + 1.75, 4))
+    frontier = (round(w3_bits + 0.5, 4), w4_bits, round(w3_bits + 1.75, 4))
+    langs = tuple(args.langs.split(","))
     cfg = SearchConfig(
         model=args.model,
         scheme="w3g128",
@@ -60,6 +62,7 @@ def main() -> None:
         granularity="layer",
         objective="worst",
         frontier=frontier,
+        langs=langs,
         uniform=("w3g128", "w4g128", "w8g128"),
         refine=args.refine,
         max_tokens=args.max_tokens,
@@ -94,7 +97,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "measured_revision": revision,
-        "languages": list(DEFAULT_PANEL),
+        "languages": list(langs),
         "scheme": "w3g128",
         "protect": "w8g128",
         "granularity": "layer",

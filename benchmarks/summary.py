@@ -183,7 +183,7 @@ def table() -> list[str]:
                 f"worst-language held-out rel. Δbpb ratio searched / uniform {fmt_ci(v['worst_ratio'], 1)}; "
                 f"searched {fmt_ci(a['worst'])} % ({a['worst']['lang']}, protects {', '.join(a['units']) or 'nothing'}, "
                 f"{a['bits_per_universe_weight']:.3f} bits) vs {v['uniform']} ({v['uniform_bits_per_universe_weight']:.3f} bits); "
-                f"{sr['selection_tokens']} selection / {sr['heldout_tokens']} held-out tokens, 12 languages",
+                f"{sr['selection_tokens']} selection / {sr['heldout_tokens']} held-out tokens, {len(sr['languages'])} languages",
             )
         )
         sec = sr["seconds"]
