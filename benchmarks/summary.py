@@ -175,6 +175,42 @@ def table() -> list[str]:
                 f"{nr['predicted_tokens']} tokens; load average {nr['load_average_1min'][0]:.1f})",
             )
         )
+    sr = load("search-gemma-3-270m")
+    if sr:
+        srev = f"`{(sr.get('measured_revision') or sr['machine']['git_revision'])[:7]}`"
+        a = sr["at_w4g128_bits"]
+        v = a["versus_uniform"]
+        fmt_ci = lambda e, k=100: (
+            "undefined"
+            if e["value"] is None
+            else f"{k * e['value']:.3g}" + (f" [{k * e['ci95'][0]:.3g}, {k * e['ci95'][1]:.3g}]" if e["ci95"] else "")
+        )
+        rows.append(
+            (
+                f"searched plan vs uniform w4g128 at its bits, {sr['model']}, base w3g128, protect w8g128 "
+                "(`bench_search.py`)",
+                "report",
+                srev,
+                f"worst-language held-out rel. Δbpb ratio searched / uniform {fmt_ci(v['worst_ratio'], 1)}; "
+                f"searched {fmt_ci(a['worst'])} % ({a['worst']['lang']}, protects {', '.join(a['units']) or 'nothing'}, "
+                f"{a['bits_per_universe_weight']:.3f} bits) vs {v['uniform']} ({v['uniform_bits_per_universe_weight']:.3f} bits); "
+                f"{sr['selection_tokens']} selection / {sr['heldout_tokens']} held-out tokens, {len(sr['languages'])} languages",
+            )
+        )
+        sec = sr["seconds"]
+        ex = sr["exhaustive"]
+        rows.append(
+            (
+                "search wall time vs exhaustively evaluating every single and pair protection",
+                "report",
+                srev,
+                f"exhaustive / search = {sr['exhaustive_over_search']:.2f} (search {sec['search']:.0f} s: "
+                f"{ex['singles']} singles + {sr['refine_configurations']} refined candidates; exhaustive "
+                f"{ex['singles']} singles + {ex['pairs']} pairs ≈ {sec['exhaustive_singles_and_pairs_extrapolated']:.0f} s, "
+                f"pairs extrapolated from {ex['pairs_timed']} timed; load average "
+                f"{sr['load_average']['before'][0]:.1f} → {sr['load_average']['after'][0]:.1f})",
+            )
+        )
     out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out

@@ -913,6 +913,104 @@ def scores_cmd(
     out.print(markdown, markup=False)
 
 
+@app.command("search")
+@click.option("--model", help="Bundled alias, HF id, model dir or .gguf file (default gemma-3-270m).")
+@click.option(
+    "--budget-bits", type=float, help="Effective bits per weight of the quantized universe, all costs counted."
+)
+@click.option("--budget-params", type=click.IntRange(min=1), help="Parameters that may be protected.")
+@click.option("--frontier", help="Several bit budgets, e.g. 3.5,4.25,5 (a Pareto frontier; instead of --budget-bits).")
+@click.option("--objective", default="worst", show_default=True, help="worst, mean or disparity (of relative Δbpb).")
+@click.option("--target", type=float, help="Objective to reach (relative Δbpb, e.g. 0.05); if out of reach, said so.")
+@click.option("--scheme", help="Base scheme of the universe (default w3g128).")
+@click.option("--protect", help="keep (reference precision, default) or a higher-precision scheme, e.g. w8g128.")
+@click.option("--granularity", help="Units: layer (default), component or layer×component.")
+@click.option("--uniform", help="Uniform schemes evaluated beside (default w3g128,w4g128,w8g128).")
+@click.option("--refine", type=click.IntRange(min=1), help="Candidate plans measured per budget (default 6).")
+@click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
+@click.option("--max-tokens", type=int, help="Selection tokens per language (default 512; 0 = all).")
+@click.option("--heldout-max-tokens", type=int, help="Held-out tokens per language (default 1024; 0 = all).")
+@click.option("--seed", type=_SEED)
+@click.option("--n-boot", type=_n_boot_range())
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/search-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing search.json in --out.")
+@click.option("--device")
+@click.option("--dtype")
+def search_cmd(
+    model,
+    budget_bits,
+    budget_params,
+    frontier,
+    objective,
+    target,
+    scheme,
+    protect,
+    granularity,
+    uniform,
+    refine,
+    langs,
+    corpus,
+    max_tokens,
+    heldout_max_tokens,
+    seed,
+    n_boot,
+    out_dir,
+    overwrite,
+    device,
+    dtype,
+) -> None:
+    """The plan that protects what matters most for an objective over languages, within a budget (or a frontier of
+    budgets), chosen on selection documents and evaluated on held-out ones: search.json, search.md, pareto.png,
+    and each plan as TOML."""
+    from ._io import OutputDir
+    from .protect.search import SearchConfig, run_search, validate
+    from .report import plots
+    from .report.search import pareto_figure, search_markdown
+
+    try:
+        budgets = tuple(float(x) for x in _csv(frontier))
+    except ValueError:
+        raise UserError(f"--frontier {frontier!r}: expected numbers, e.g. 3.5,4.25,5") from None
+    if frontier is not None and not budgets:
+        raise UserError("--frontier is empty", "give bit budgets, e.g. 3.5,4.25,5")
+    values = {
+        "model": model,
+        "budget_bits": budget_bits,
+        "budget_params": budget_params,
+        "frontier": budgets or None,
+        "objective": objective,
+        "target": target,
+        "scheme": scheme,
+        "protect": protect,
+        "granularity": granularity,
+        "uniform": _csv(uniform) or None,
+        "refine": refine,
+        "langs": _csv(langs) or None,
+        "corpus": corpus,
+        "max_tokens": max_tokens,
+        "heldout_max_tokens": heldout_max_tokens,
+        "seed": seed,
+        "n_boot": n_boot,
+        "device": device,
+        "dtype": dtype,
+    }
+    cfg = SearchConfig(**{k: v for k, v in values.items() if v is not None})
+    validate(cfg)
+    with OutputDir(out_dir or _default_out("search"), "search.json", overwrite) as staged:
+        data = _run_with_progress(lambda log, prog: run_search(cfg, log=log, progress=None), "searching")
+        for i, p in enumerate(data["points"]):
+            name = "plan.toml" if len(data["points"]) == 1 else f"plan-{i + 1}.toml"
+            staged.write_text(name, p["plan_toml"])
+            p["plan_file"] = name
+        plots.save(pareto_figure(data), staged.path("pareto.png"))
+        md = search_markdown(data)
+        staged.write_text("search.md", md)
+        staged.write_text("search.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    out.print(md, markup=False)
+    out.print(f"wrote {staged.target / 'search.json'}, search.md, pareto.png and the plan TOML")
+
+
 @app.command("export")
 @click.argument("plan")
 @click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
