@@ -210,3 +210,24 @@ def test_super_effect_command_on_a_planted_model(tmp_path, tokenizer, capsys):
     bad = tmp_path / "bad"
     code, _, err = run_cli([*argv, "--scheme", "w4g999x", "--out", str(bad)], capsys)
     assert code == 2 and err.count("\n") == 1 and not bad.exists()
+
+
+def test_head_weight_stats_match_numpy_rows():
+    from quant_disparity.inspect.heads import head_weight_stats
+
+    model = tiny_model("llama")  # grouped-query: several query heads share a key/value head
+    mm = build_module_map(model)
+    lay = mm.attention
+    assert lay is not None and lay.shared_kv
+    got = head_weight_stats(model, mm, "attn.v")
+    assert [r["layer"] for r in got] == list(range(mm.n_layers))
+    for r in got:
+        w = model.get_parameter(r["tensor"]).detach().double().numpy()  # nn.Linear: [out, in]
+        assert r["rms"] == pytest.approx(float(np.sqrt((w**2).mean())), rel=1e-12)
+        assert len(r["heads"]) == lay.n_kv_heads
+        for g, h in enumerate(r["heads"]):
+            block = w[g * lay.head_dim : (g + 1) * lay.head_dim]
+            assert h["rms"] == pytest.approx(float(np.sqrt((block**2).mean())), rel=1e-12)
+            assert h["max_abs"] == pytest.approx(float(np.abs(block).max()), rel=1e-12)
+    with pytest.raises(UserError, match="attn.q, attn.k or attn.v"):
+        head_weight_stats(model, mm, "mlp.down")
