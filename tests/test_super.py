@@ -231,3 +231,12 @@ def test_head_weight_stats_match_numpy_rows():
             assert h["max_abs"] == pytest.approx(float(np.abs(block).max()), rel=1e-12)
     with pytest.raises(UserError, match="attn.q, attn.k or attn.v"):
         head_weight_stats(model, mm, "mlp.down")
+
+
+def test_export_refuses_kept_super_weights():
+    from quant_disparity.export.base import rtn
+
+    with pytest.raises(UserError, match="single elements"):
+        rtn("llmcompressor", parse_scheme("w4g128+keep-at:5x17"))
+    with pytest.raises(UserError, match="single elements"):
+        rtn("llmcompressor", parse_scheme("w4g128+zero-at:5x17"))
