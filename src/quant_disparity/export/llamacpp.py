@@ -55,7 +55,9 @@ def gguf_type(t) -> str:
         raise cannot(NAME, s, "GGUF types keep no float16 outliers")
     if s.partial or s.keep_points or s.zero_points:
         raise cannot(
-            NAME, s, "a GGUF tensor has one type: kept rows, columns or elements (heads, neurons, super weights) cannot be expressed"
+            NAME,
+            s,
+            "a GGUF tensor has one type: kept rows, columns or elements (heads, neurons, super weights) cannot be expressed",
         )
     if isinstance(s, GGUF):
         return s.gguf_type
