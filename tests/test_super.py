@@ -240,3 +240,26 @@ def test_export_refuses_kept_super_weights():
         rtn("llmcompressor", parse_scheme("w4g128+keep-at:5x17"))
     with pytest.raises(UserError, match="single elements"):
         rtn("llmcompressor", parse_scheme("w4g128+zero-at:5x17"))
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_audit_binds_keep_super_once_and_records_it(tmp_path, tokenizer, capsys):
+    model = tiny_model("llama")
+    _plant(model, *PLANT)
+    d = tmp_path / "planted"
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    argv = ["audit", "--model", str(d), "--langs", "eng,fra", "--max-tokens", "120", "--n-boot", "50"]
+    code, _, err = run_cli([*argv, "--plan", "keep:super; w4g128:*", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "a" / "audit.json").read_text())
+    plan = data["scheme"]["plan"]
+    assert plan["plan"] == data["scheme"]["name"] == "keep:super:1.5.17; w4g128:*"
+    assert [(s["layer"], s["row"], s["column"]) for s in plan["super_weights"]["found"]] == [PLANT]
+    down = next(t for t in plan["tensors"] if t["name"] == "model.layers.1.mlp.down_proj.weight")
+    assert down["action"] == "w4g128+keep-at:5x17" and down["kept_elements"] == 1
+    code, _, err = run_cli([*argv, "--plan", "zero:super", "--out", str(tmp_path / "z")], capsys)
+    assert code == 0, err
+    z = json.loads((tmp_path / "z" / "audit.json").read_text())
+    assert [t["name"] for t in z["scheme"]["plan"]["tensors"] if t["action"] not in ("none", "keep")] == [down["name"]]
+    assert all(row["delta_bpb"]["value"] != 0 for row in z["languages"])
