@@ -89,19 +89,24 @@ def naive_nll(model, batches, n_docs) -> np.ndarray:
     return nll
 
 
+def _inputs(model: str, langs, max_tokens: int):
+    """The model, its documents, those prepared in batches of 2048 tokens, and its module map."""
+    lm = load_model(model)
+    docs = documents(lm.tokenizer, langs=langs, max_tokens=max_tokens)
+    settings = EvalSettings(batch_tokens=2048)
+    prepared = prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
+    )
+    return lm, docs, prepared, build_module_map(lm.model)
+
+
 def head_sweep(args) -> None:
     """Head-level protect-one sweep: seconds per configuration relative to one full evaluation, with a layer
     sweep and a no-block configuration (the floor: output layer and scoring) measured in the same run."""
     import os
 
-    lm = load_model(args.model)
     langs = tuple(args.langs.split(",")) if args.langs else LANGS
-    docs = documents(lm.tokenizer, langs=langs, max_tokens=args.max_tokens)
-    settings = EvalSettings(batch_tokens=2048)
-    prepared = prepare(
-        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
-    )
-    mm = build_module_map(lm.model)
+    lm, docs, prepared, mm = _inputs(args.model, langs, args.max_tokens)
     scheme = parse_scheme(args.scheme)
     universe = mm.default_targets()
     engine = QuantEngine(lm.model, mm)
@@ -182,13 +187,7 @@ def main() -> None:
         )
         return
 
-    lm = load_model(args.model)
-    docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
-    settings = EvalSettings(batch_tokens=2048)
-    prepared = prepare(
-        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
-    )
-    mm = build_module_map(lm.model)
+    lm, docs, prepared, mm = _inputs(args.model, LANGS, args.max_tokens)
     scheme = parse_scheme(args.scheme)
     universe = mm.default_targets()
     units = make_units(mm, universe, "layer")

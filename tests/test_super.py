@@ -186,13 +186,18 @@ def test_effect_arithmetic_matches_numpy():
     )
 
 
-@pytest.mark.usefixtures("isolated_cache")
-def test_super_effect_command_on_a_planted_model(tmp_path, tokenizer, capsys):
+def _planted_dir(tmp_path, tokenizer):
     model = tiny_model("llama")
     _plant(model, *PLANT)
     d = tmp_path / "planted"
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_super_effect_command_on_a_planted_model(tmp_path, tokenizer, capsys):
+    d = _planted_dir(tmp_path, tokenizer)
     out = tmp_path / "fx"
     argv = ["inspect", "super-effect", "--model", str(d), "--langs", "eng,fra", "--max-tokens", "200", "--n-boot", "50"]
     code, stdout, err = run_cli([*argv, "--out", str(out)], capsys)
@@ -244,11 +249,7 @@ def test_export_refuses_kept_super_weights():
 
 @pytest.mark.usefixtures("isolated_cache")
 def test_audit_binds_keep_super_once_and_records_it(tmp_path, tokenizer, capsys):
-    model = tiny_model("llama")
-    _plant(model, *PLANT)
-    d = tmp_path / "planted"
-    model.save_pretrained(d)
-    tokenizer.save_pretrained(d)
+    d = _planted_dir(tmp_path, tokenizer)
     argv = ["audit", "--model", str(d), "--langs", "eng,fra", "--max-tokens", "120", "--n-boot", "50"]
     code, _, err = run_cli([*argv, "--plan", "keep:super; w4g128:*", "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err

@@ -21,7 +21,7 @@ from ..config import AuditConfig
 from ..corpus import language_info
 from ..corpus.documents import base_language
 from ..evaluate import Forward
-from ..evaluate.sweep import SweepScores, sweep
+from ..evaluate.sweep import SweepScores, sweep, token_counter
 from ..inputs import check_model_and_corpus, load_inputs
 from ..models import LoadedModel, load_model
 from ..provenance import environment
@@ -107,15 +107,7 @@ def run_super_effect(
     configs = {arm: r.assignment() for arm, r in resolved.items()}
     log(f"{len(found.super_weights)} super weight(s); {len(prepared.docs)} documents, {prepared.total_pred} tokens")
     engine = engine_for(lm, modmap)
-    total = prepared.total_pred * len(configs)
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    tick = token_counter(prepared.total_pred * len(configs), progress)
     t_eval = time.perf_counter()
     scores = sweep(Forward(lm.model), prepared, engine, configs, vocab_chunk=config.eval.vocab_chunk, progress=tick)
     t_done = time.perf_counter()
