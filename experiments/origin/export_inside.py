@@ -130,11 +130,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--super-effect", action="append", default=[], help="MODEL=PATH of an inspect super-effect output")
+    ap.add_argument("--effect-only", action="store_true", help="only add --super-effect to the existing exports")
     args = ap.parse_args()
     effects = dict(item.split("=", 1) for item in args.super_effect)
     for model in args.models.split(","):
-        data = export(model, Path(effects[model]) if model in effects else None)
         path = EXPORT / f"inside-{model}.json"
+        if args.effect_only:  # only the ablation, into the model's existing export
+            data = json.loads(path.read_text())
+            data["super_effect"] = super_effect(Path(effects[model]))
+        else:
+            data = export(model, Path(effects[model]) if model in effects else None)
         path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         print(f"wrote {path}")
 
