@@ -11,6 +11,13 @@ Also reported: ours relative to (configurations x one full evaluation of a singl
 evaluator), and the sweep's peak memory relative to the fp32 weight bytes (a child process, ``ru_maxrss``).
 
     python benchmarks/bench_locate.py [--model gemma-3-270m] [--max-tokens 256]
+
+``--granularity head``: a head-level protect-one sweep instead (one unit per query head, one per key/value
+head), no naive run: its cost per configuration relative to one full evaluation, next to a per-layer sweep and
+a configuration that changes no block (all blocks replayed: what the output layer and scoring alone cost) in the
+same run, which is what bounds a head configuration from below.
+
+    python benchmarks/bench_locate.py --granularity head --langs eng_Latn,heb_Hebr,cmn_Hans --max-tokens 340
 """
 
 from __future__ import annotations
@@ -82,13 +89,92 @@ def naive_nll(model, batches, n_docs) -> np.ndarray:
     return nll
 
 
+def _inputs(model: str, langs, max_tokens: int):
+    """The model, its documents, those prepared in batches of 2048 tokens, and its module map."""
+    lm = load_model(model)
+    docs = documents(lm.tokenizer, langs=langs, max_tokens=max_tokens)
+    settings = EvalSettings(batch_tokens=2048)
+    prepared = prepare(
+        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
+    )
+    return lm, docs, prepared, build_module_map(lm.model)
+
+
+def head_sweep(args) -> None:
+    """Head-level protect-one sweep: seconds per configuration relative to one full evaluation, with a layer
+    sweep and a no-block configuration (the floor: output layer and scoring) measured in the same run."""
+    import os
+
+    langs = tuple(args.langs.split(",")) if args.langs else LANGS
+    lm, docs, prepared, mm = _inputs(args.model, langs, args.max_tokens)
+    scheme = parse_scheme(args.scheme)
+    universe = mm.default_targets()
+    engine = QuantEngine(lm.model, mm)
+    forward = Forward(lm.model)
+    load_before = os.getloadavg()
+    sweeps = {}
+    for granularity in ("head", "layer"):
+        units = make_units(mm, universe, granularity)
+        configs = build_configs(universe, units, [], scheme, "protect-one", mm)
+        for cfg in configs.values():  # fill the tensor cache first, as `locate` does: evaluation timed alone
+            engine.assign_(cfg)
+        engine.restore_()
+        t = time.perf_counter()
+        got = sweep(forward, prepared, engine, configs, bases=["all"])
+        secs = time.perf_counter() - t
+        sweeps[granularity] = {"configurations": len(configs), "seconds": secs, "replay": got.stats}
+        print(f"{granularity}: {len(configs)} configurations in {secs:.1f} s", flush=True)
+    # the floor: a configuration equal to its base changes no block, so only the output layer and scoring run
+    all_q = {t: scheme for t in universe}
+    t = time.perf_counter()
+    sweep(forward, prepared, engine, {"all": all_q}, bases=["all"])
+    base_s = time.perf_counter() - t
+    t = time.perf_counter()
+    sweep(forward, prepared, engine, {"all": all_q, "same": dict(all_q)}, bases=["all"])
+    floor_s = time.perf_counter() - t - base_s
+    engine.assign_(all_q)
+    t = time.perf_counter()
+    score_documents(forward, prepared)
+    one_s = time.perf_counter() - t
+    engine.restore_()
+    load_after = os.getloadavg()
+    per = {g: v["seconds"] / v["configurations"] / one_s for g, v in sweeps.items()}
+    result = {
+        "model": args.model,
+        "scheme": args.scheme,
+        "languages": list(langs),
+        "documents": len(docs),
+        "tokens_per_configuration": prepared.total_pred,
+        "one_full_evaluation_s": one_s,
+        "sweeps": sweeps,
+        "cost_per_configuration_vs_one_evaluation": per,
+        "no_block_configuration_vs_one_evaluation": floor_s / one_s,
+        "params": {
+            "lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
+            "block_linear": sum(mm[t].numel for t in universe),
+        },
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
+    }
+    path = save(f"locate-head-{args.model}", result)
+    print(
+        f"cost per configuration vs one full evaluation ({one_s:.1f} s): head {per['head']:.2f}, layer "
+        f"{per['layer']:.2f}; a configuration changing no block: {result['no_block_configuration_vs_one_evaluation']:.2f}"
+    )
+    print(f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}; wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--scheme", default="w4g128")
     ap.add_argument("--memory-only", action="store_true", help="only re-measure the sweep's peak memory")
+    ap.add_argument("--granularity", choices=("layer", "head"), default="layer")
+    ap.add_argument("--langs", help="comma-separated languages (head sweep; default the benchmark's four)")
     args = ap.parse_args()
+    if args.granularity == "head":
+        head_sweep(args)
+        return
     if args.memory_only:
         path = RESULTS_DIR / f"locate-{args.model}.json"
         result = json.loads(path.read_text())
@@ -101,13 +187,7 @@ def main() -> None:
         )
         return
 
-    lm = load_model(args.model)
-    docs = documents(lm.tokenizer, max_tokens=args.max_tokens)
-    settings = EvalSettings(batch_tokens=2048)
-    prepared = prepare(
-        docs, tokenize(lm.tokenizer, docs), lm.prefix_token_id, settings, lm.info.max_length, tokenizer=lm.tokenizer
-    )
-    mm = build_module_map(lm.model)
+    lm, docs, prepared, mm = _inputs(args.model, LANGS, args.max_tokens)
     scheme = parse_scheme(args.scheme)
     universe = mm.default_targets()
     units = make_units(mm, universe, "layer")

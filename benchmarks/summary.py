@@ -128,6 +128,23 @@ def table() -> list[str]:
                     f"{mem['fp32_weight_bytes'] / 2**30:.2f} GiB fp32 weights)",
                 )
             )
+    hd = load("locate-head-gemma-3-270m")
+    if hd:
+        per, sw = hd["cost_per_configuration_vs_one_evaluation"], hd["sweeps"]
+        load_avg = hd["load_average_1min"]
+        rows.append(
+            (
+                "head-level protect-one sweep: cost per configuration vs one full evaluation, gemma-3-270m "
+                "(`bench_locate.py --granularity head`)",
+                "report",
+                rev("locate-head-gemma-3-270m"),
+                f"head {per['head']:.2f} ({sw['head']['configurations']} configurations), layer {per['layer']:.2f} "
+                f"({sw['layer']['configurations']}); floor, a configuration changing no block (output layer and "
+                f"scoring alone): {hd['no_block_configuration_vs_one_evaluation']:.2f} "
+                f"({hd['tokens_per_configuration']} tokens, {len(hd['languages'])} languages; load average "
+                f"{load_avg['before']:.1f} → {load_avg['after']:.1f} on {hd['machine']['threads']} threads)",
+            )
+        )
     est = load("estimate")
     if est:
         for r in est["rows"]:

@@ -21,6 +21,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from rows_inside import inside_rows
+
 from quant_disparity.experiments import analyse, load_run
 from quant_disparity.experiments.export import export_run, load_frozen_run
 from quant_disparity.experiments.spec import parse_spec
@@ -276,6 +278,7 @@ def main() -> None:
         if verdict_fw != "—":
             tally_fw[cid] = verdict_fw
         rows.append([cid, statement, numbers, log_cell, sound_cell, verdict, verdict_fw])
+    rows += inside_rows(EXPORT)  # heads, outliers, super weights, fertility (rows_inside.py)
     lspec, sspec = log["spec"], sound["spec"]
     text = [
         "# Replication of the original research log",

@@ -21,7 +21,7 @@ from .models import LoadedModel
 from .models.modules import ModuleMap, build_module_map
 from .provenance import environment
 from .quant import Scheme, cost, engine_for, parse_scheme
-from .quant.plan import load_plan
+from .quant.plan import Plan, load_plan
 
 
 def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
@@ -101,6 +101,25 @@ def summarize(per_lang: list[LanguageStats], config: AuditConfig, rng: np.random
     }
 
 
+def _bound_plan(
+    config: AuditConfig, lm: LoadedModel | None, log: Callable[[str], None]
+) -> tuple[Plan, LoadedModel | None, dict | None]:
+    """``config``'s plan, a bare ``super`` in it bound to the super weights found on the reference weights (the
+    model is loaded for that, before anything is quantized, and returned to be used), and the detection's record."""
+    plan = load_plan(config.plan)
+    if not plan.needs_super:
+        return plan, lm, None
+    from .inspect.command import bind_super
+    from .models import load_model
+
+    if lm is None:
+        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
+    bound, found = bind_super(plan, lm)
+    assert found is not None  # the plan needed super
+    log(f"super weights (default thresholds): {len(found['found'])} found; plan: {bound}")
+    return bound, lm, found
+
+
 def run_audit(
     config: AuditConfig,
     *,
@@ -114,14 +133,19 @@ def run_audit(
     """
     t0 = time.perf_counter()
     scheme, corpus, langs = validate(config)
+    plan, found = None, None
+    if config.plan:
+        plan, lm, found = _bound_plan(config, lm, log)
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
     t_load = inputs.loaded_at
-    if config.plan:
-        resolved = load_plan(config.plan).resolve(modmap)
+    if plan is not None:
+        resolved = plan.resolve(modmap)
         assignment = resolved.assignment()
         targets = list(assignment)
         plan_info = resolved.to_dict()
+        if found is not None:
+            plan_info["super_weights"] = found
     else:
         targets = quantization_targets(modmap, config.include)
         assignment = {name: scheme for name in targets}
@@ -215,7 +239,7 @@ def run_audit(
         config=config,
         model={**lm.info.to_dict(), "module_map": modmap.summary()},
         scheme={
-            "name": str(load_plan(config.plan)) if config.plan else scheme.name,
+            "name": str(plan) if plan is not None else scheme.name,
             "quantized": describe_targets(modmap, targets),
             "cost": cost(modmap, assignment),
             "plan": plan_info,
@@ -266,7 +290,7 @@ def run_audit_with_tasks(
     result = run_audit(config, lm=lm, log=log, progress=progress)
     modmap = build_module_map(lm.model)
     if config.plan:
-        assignment = load_plan(config.plan).resolve(modmap).assignment()
+        assignment = _bound_plan(config, lm, log)[0].resolve(modmap).assignment()
     else:
         assignment = {name: scheme for name in quantization_targets(modmap, config.include)}
     data = result.to_dict()

@@ -530,6 +530,57 @@ def inspect_super_weights(model, prompt, ratio, min_share, rounds, out_dir, over
     out.print(f"wrote {staged.target / 'super_weights.json'} and super_weights.md")
 
 
+@inspect.command("super-effect")
+@click.option("--model", help="Bundled alias, HF id, model dir or .gguf file (default gemma-3-270m).")
+@click.option("--scheme", help="The uniform scheme of arms (a) and (b) (default w4g128).")
+@click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
+@click.option("--split", default="heldout", show_default=True, help="select | heldout | all.")
+@click.option("--max-tokens", type=int, help="Tokens per language (whole documents, corpus order); 0 = all.")
+@click.option("--min-docs", type=int, help="At least this many documents per language.")
+@click.option("--seed", type=_SEED, help="Bootstrap seed (>= 0).")
+@click.option("--n-boot", type=_n_boot_range(), help="Bootstrap replicates (50-100000).")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/super-effect-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing super_effect.json in --out.")
+@click.option("--device", help="cpu or cuda.")
+@click.option("--dtype", help="float32 or bfloat16.")
+def inspect_super_effect(
+    model, scheme, langs, corpus, split, max_tokens, min_docs, seed, n_boot, out_dir, overwrite, device, dtype
+) -> None:
+    """Super-weight ablation per language: Δbpb of the uniform scheme, of it with keep:super, and of zero:super."""
+    from ._io import OutputDir
+    from .config import AuditConfig
+    from .inputs import check_model_and_corpus
+    from .inspect.effect import run_super_effect, super_effect_markdown
+    from .quant import parse_scheme
+
+    base = AuditConfig().to_dict()
+    overrides = {
+        "model": model,
+        "scheme": scheme,
+        "langs": list(_csv(langs)) or None,
+        "corpus": corpus,
+        "split": split,
+        "max_tokens": max_tokens,
+        "min_docs": min_docs,
+        "seed": seed,
+        "n_boot": n_boot,
+        "device": device,
+        "dtype": dtype,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = AuditConfig.from_dict(base)
+    parse_scheme(cfg.scheme)
+    check_model_and_corpus(cfg.runtime, cfg.selection)
+    with OutputDir(out_dir or _default_out("super-effect"), "super_effect.json", overwrite) as staged:
+        data = _run_with_progress(lambda log, prog: run_super_effect(cfg, log=log, progress=prog))
+        md = super_effect_markdown(data)
+        staged.write_text("super_effect.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        staged.write_text("super_effect.md", md)
+    out.print(md, markup=False)
+    out.print(f"wrote {staged.target / 'super_effect.json'} and super_effect.md")
+
+
 @inspect.command("outliers")
 @click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
 @click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/outliers-<timestamp>).")

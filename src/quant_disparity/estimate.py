@@ -842,7 +842,9 @@ def audit_job(config, target: str = "cpu", log: Callable[[str], None] = lambda m
 
 def _audit_assignment(config, modmap, scheme, quantization_targets, load_plan) -> dict:
     if config.plan:
-        return load_plan(config.plan).resolve(modmap).assignment()
+        plan = load_plan(config.plan)
+        # super weights are found by a forward pass; a handful of single elements changes no memory figure
+        return (plan.with_super([]) if plan.needs_super else plan).resolve(modmap).assignment()
     return {name: scheme for name in quantization_targets(modmap, config.include)}
 
 

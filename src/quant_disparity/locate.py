@@ -38,7 +38,7 @@ from .corpus import Corpus, CorpusSelection, language_info
 from .corpus.documents import base_language
 from .errors import UserError, did_you_mean
 from .evaluate import EvalSettings, Forward
-from .evaluate.sweep import sweep
+from .evaluate.sweep import sweep, token_counter
 from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
 from .models.modules import COMPONENTS, ModuleMap, head_elements, mlp_width, neuron_elements
@@ -504,14 +504,7 @@ def run_locate(
             engine.assign_(cfg)
         engine.restore_()
     t_eval = time.perf_counter()
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    tick = token_counter(total, progress)
     scores = sweep(
         Forward(lm.model),
         prepared,

@@ -220,3 +220,16 @@ def sweep(
         out.top1[name] = top1.numpy()
     out.stats = sweeper.stats
     return out
+
+
+def token_counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[int], None]:
+    """A ``progress(n)`` callback for :func:`sweep` that reports ``progress(done so far, total)``."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    return tick

@@ -114,8 +114,14 @@ def rtn(target: str, scheme: Scheme, fix: str | None = None) -> RTN:
     """The scheme as integer round-to-nearest, or the error saying the target cannot express it."""
     if scheme.outliers:
         raise cannot(target, scheme, "kept float16 outliers have no equivalent there", fix)
-    if scheme.partial:
-        raise cannot(target, scheme, "kept rows or columns of a tensor (heads, neurons) have no equivalent there", fix)
+    if scheme.partial or scheme.keep_points or scheme.zero_points:
+        raise cannot(
+            target,
+            scheme,
+            "kept rows, columns or single elements of a tensor (heads, neurons, super weights) have no equivalent "
+            "there",
+            fix,
+        )
     if not isinstance(scheme, RTN):
         raise cannot(target, scheme, "the target quantizes to integers with scales (wBgG, wB-channel ...)", fix)
     return scheme

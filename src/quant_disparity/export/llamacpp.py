@@ -53,8 +53,12 @@ def gguf_type(t) -> str:
     s = t.scheme
     if s.outliers:
         raise cannot(NAME, s, "GGUF types keep no float16 outliers")
-    if s.partial:
-        raise cannot(NAME, s, "a GGUF tensor has one type: kept rows or columns (heads, neurons) cannot be expressed")
+    if s.partial or s.keep_points or s.zero_points:
+        raise cannot(
+            NAME,
+            s,
+            "a GGUF tensor has one type: kept rows, columns or elements (heads, neurons, super weights) cannot be expressed",
+        )
     if isinstance(s, GGUF):
         return s.gguf_type
     if isinstance(s, Cast):

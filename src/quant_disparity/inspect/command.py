@@ -7,6 +7,7 @@ import torch
 from ..errors import UserError
 from ..models import LoadedModel
 from ..models.modules import build_module_map
+from ..quant.plan import Plan
 from .outliers import outliers_summary, tensor_outliers
 from .superweights import DEFAULT_PROMPT, SuperWeightResult, Thresholds, detect_super_weights
 
@@ -34,6 +35,24 @@ def super_weights(
     ids, texts = prompt_ids(lm, prompt)
     r = detect_super_weights(lm.model, modmap, ids, thresholds, texts, prompt)
     return SuperWeightResult(r.prompt, r.n_tokens, r.thresholds, r.super_weights, r.layers, lm.info.to_dict())
+
+
+def bind_super(plan: Plan, lm: LoadedModel) -> tuple[Plan, dict | None]:
+    """``plan`` with its bare ``super`` bound to the super weights the detector finds (default prompt and
+    thresholds) on ``lm``'s weights as they are now (the reference: call it before anything is quantized), and
+    the detection's record; ``plan`` itself and None when it has no bare ``super``."""
+    if not plan.needs_super:
+        return plan, None
+    found = super_weights(lm)
+    record = {
+        "thresholds": found.thresholds.to_dict(),
+        "prompt": found.prompt,
+        "found": [
+            {"layer": s.layer, "tensor": s.tensor, "row": s.row, "column": s.column, "value": s.value}
+            for s in found.super_weights
+        ],
+    }
+    return plan.with_super(found.coordinates), record
 
 
 def outliers(lm: LoadedModel) -> dict:

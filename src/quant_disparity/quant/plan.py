@@ -10,7 +10,13 @@ they are. ``keep:outliers:P%`` rules are element-level modifiers: they decide no
 ends up quantized and is selected by one keeps its P % largest-magnitude weights in float16 (the first
 matching outlier rule counts). ``keep:head:L.H``, ``keep:kvhead:L.G`` and ``keep:neurons:L:A-B`` rules are
 element-level too: they decide nothing, and every such rule that touches a quantized tensor adds its rows or
-columns to the ones the tensor keeps at reference precision (:attr:`.backends.base.Scheme.keep_rows`). Mistakes are errors, not silent no-ops: a selector that matches nothing, a
+columns to the ones the tensor keeps at reference precision (:attr:`.backends.base.Scheme.keep_rows`).
+``keep:super`` and ``zero:super`` are point rules: they decide nothing either; ``keep:super`` keeps the single
+super-weight elements of quantized tensors at their reference value (:attr:`.backends.base.Scheme.keep_points`),
+``zero:super`` sets them to 0 in whatever the tensor holds (quantized, or the reference:
+``reference+zero-at:...``). A bare ``super`` is bound to the coordinates the detector finds on the reference
+weights (:meth:`Plan.with_super`) before the plan is resolved; ``super:none`` (nothing found) keeps nothing, and
+the resolved plan says so in its notes. Mistakes are errors, not silent no-ops: a selector that matches nothing, a
 layer out of range, a rule every tensor of which an earlier rule already decided (shadowed), and a ``keep``
 that keeps nothing a later rule would have quantized.
 
@@ -32,10 +38,13 @@ import tomli_w
 
 from ..errors import UserError
 from ..models.modules import ModuleMap, ParamInfo, weight_2d
+from .backends.identity import Reference
 from .schemes import NONE, SCHEMES, Scheme, parse_outlier_fraction, parse_scheme
-from .selectors import SELECTORS
+from .selectors import SELECTORS, SUPER_NONE
 
 KEEP = "keep"
+#: The action of point rules that set single elements to 0 (``zero:super``, an ablation).
+ZERO = "zero"
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,27 @@ class Selector:
     def element_atoms(self) -> tuple[Atom, ...]:
         """The atoms that select rows and columns inside tensors (heads, neurons)."""
         return tuple(a for a in self.atoms if SELECTORS.get(a.kind).elements is not None)
+
+    @property
+    def point_atoms(self) -> tuple[Atom, ...]:
+        """The atoms that select single elements (super weights)."""
+        return tuple(a for a in self.atoms if SELECTORS.get(a.kind).points is not None)
+
+    @property
+    def selects_nothing(self) -> bool:
+        """A bound point selector whose detector found nothing (``super:none``)."""
+        return any(a.arg == SUPER_NONE for a in self.point_atoms)
+
+    def points(self, p: ParamInfo, modmap: ModuleMap, where: str) -> set[tuple[int, int]]:
+        """The single elements of ``p`` a point selector selects (empty unless every atom selects ``p``)."""
+        if self.selects_nothing or not _selects(self, p, modmap, where):
+            return set()
+        out: set[tuple[int, int]] = set()
+        for a in self.point_atoms:
+            points = SELECTORS.get(a.kind).points
+            assert points is not None  # a point atom
+            out.update(points(a.arg, p, modmap, where))
+        return out
 
     def elements(self, p: ParamInfo, modmap: ModuleMap, where: str) -> tuple[set[int], set[int]]:
         """Rows and columns of ``p`` an element selector keeps (empty unless every atom selects ``p``)."""
@@ -98,14 +128,24 @@ class Rule:
         return any(s.element_atoms for s in self.selectors)
 
     @property
+    def is_point_rule(self) -> bool:
+        """A keep or zero rule of single elements (super weights): it decides no tensor."""
+        return any(s.point_atoms for s in self.selectors)
+
+    @property
+    def decides_nothing(self) -> bool:
+        """Outlier, head / neuron and point rules act inside tensors other rules decide."""
+        return self.is_outlier_rule or self.is_element_rule or self.is_point_rule
+
+    @property
     def scheme(self) -> Scheme | None:
-        return None if self.action == KEEP else parse_scheme(self.action)
+        return None if self.action in (KEEP, ZERO) else parse_scheme(self.action)
 
 
 def _parse_atom(text: str, where: str) -> Atom:
     text = text.strip()
     bare = SELECTORS.lookup(text)
-    if bare is not None and bare.check is None:
+    if bare is not None and (bare.check is None or bare.bare):
         return Atom(text)
     kind, sep, arg = text.partition(":")
     entry = SELECTORS.lookup(kind)
@@ -140,7 +180,7 @@ def _action_re(colon_names: tuple[str, ...]) -> re.Pattern:
     """``ACTION:SELECTORS``, split at the first colon that is not inside a scheme name (``gguf:q4_0``)."""
     outliers = r"(?:\+outliers(?:-inscale)?:[0-9.]+%)?"
     with_colon = "".join(f"{name}{outliers}|" for name in colon_names)
-    return re.compile(rf"^(keep|{with_colon}[^:;]+?{outliers}):(.*)$", re.IGNORECASE)
+    return re.compile(rf"^(keep|zero|{with_colon}[^:;]+?{outliers}):(.*)$", re.IGNORECASE)
 
 
 def _parse_rule(text: str, index: int) -> Rule:
@@ -149,12 +189,24 @@ def _parse_rule(text: str, index: int) -> Rule:
     if not m or not m.group(2).strip():
         raise UserError(f"{where}: expected ACTION:SELECTOR[,SELECTOR...]", "e.g. keep:layer:0,layer:-1 or w4g128:*")
     action = m.group(1).strip().lower()
-    if action != KEEP:
+    if action not in (KEEP, ZERO):
         action = parse_scheme(action).name  # validates and canonicalizes
     selectors = tuple(
         Selector(tuple(_parse_atom(a, where) for a in sel.split("&"))) for sel in _split_selectors(m.group(2))
     )
     rule = Rule(action, selectors)
+    if action == ZERO and not (rule.is_point_rule and all(s.point_atoms for s in selectors)):
+        raise UserError(f"{where}: a zero rule takes super-weight selectors only", "write zero:super")
+    if rule.is_point_rule:
+        if action not in (KEEP, ZERO):
+            raise UserError(f"{where}: super belongs in a keep or zero rule", "write keep:super or zero:super")
+        for sel in selectors:
+            if len(sel.point_atoms) != 1 or sel.element_atoms or sel.outliers is not None:
+                raise UserError(
+                    f"{where}: every selector of a super-weight rule needs exactly one super part ({sel})",
+                    "put other selectors in a rule of their own; & narrows, e.g. super&layer:3",
+                )
+        return rule
     if rule.is_outlier_rule:
         if action != KEEP:
             raise UserError(f"{where}: outliers:P% belongs in a keep rule", "write keep:outliers:0.5%")
@@ -227,6 +279,24 @@ class Plan:
     def resolve(self, modmap: ModuleMap) -> ResolvedPlan:
         return resolve(self, modmap)
 
+    @property
+    def needs_super(self) -> bool:
+        """Whether a bare ``super`` waits to be bound to the detector's coordinates (:meth:`with_super`)."""
+        return any(a.kind == "super" and not a.arg for r in self.rules for s in r.selectors for a in s.atoms)
+
+    def with_super(self, coordinates: list[tuple[int, int, int]]) -> Plan:
+        """This plan with every bare ``super`` bound to ``coordinates`` (block, row, column of the MLP
+        down-projection), or to ``super:none`` when there are none. Deterministic: sorted, duplicates dropped."""
+        arg = ",".join(f"{layer}.{r}.{c}" for layer, r, c in sorted(set(coordinates))) or SUPER_NONE
+
+        def bind(a: Atom) -> Atom:
+            return Atom(a.kind, arg) if a.kind == "super" and not a.arg else a
+
+        rules = tuple(
+            Rule(r.action, tuple(Selector(tuple(bind(a) for a in s.atoms)) for s in r.selectors)) for r in self.rules
+        )
+        return Plan(rules, self.version)
+
 
 # -- matching ------------------------------------------------------------------------------------------------------
 def _selects(sel: Selector, p: ParamInfo, modmap: ModuleMap, where: str) -> bool:
@@ -255,6 +325,7 @@ class ResolvedPlan:
     plan: Plan
     decisions: tuple[Decision, ...]
     _schemes: dict = field(default_factory=dict, repr=False, compare=False)
+    notes: tuple[str, ...] = ()  # e.g. a super-weight rule that keeps nothing because none was found
 
     def assignment(self) -> dict[str, Scheme]:
         return dict(self._schemes)
@@ -298,6 +369,7 @@ class ResolvedPlan:
                 }
                 for d in self.decisions
             ],
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 
@@ -308,6 +380,8 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
         where = f"plan rule {i + 1} ({rule})"
         matched: list[ParamInfo] = []
         for sel in rule.selectors:
+            if sel.selects_nothing:
+                continue
             hits = [p for p in params if _selects(sel, p, modmap, where)]
             if not hits:
                 raise UserError(
@@ -315,7 +389,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                     "`quant-disparity modules --model ...` shows what the model has",
                 )
             matched.extend(hits)
-        if rule.is_outlier_rule or rule.is_element_rule:
+        if rule.decides_nothing:
             continue
         new = [p for p in dict.fromkeys(matched) if p.name not in decided]
         if not new:
@@ -329,7 +403,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
             decided[p.name] = (i, rule.action)
     # A keep must keep something that a later rule would otherwise have quantized.
     for i, rule in enumerate(plan.rules):
-        if rule.action != KEEP or rule.is_outlier_rule or rule.is_element_rule:
+        if rule.action != KEEP or rule.decides_nothing:
             continue
         mine = [p for p in params if decided.get(p.name, (None,))[0] == i]
         later = [r for r in plan.rules[i + 1 :] if r.action != KEEP]
@@ -340,7 +414,13 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
             )
     outlier_rules = [(i, r) for i, r in enumerate(plan.rules) if r.is_outlier_rule]
     element_rules = [(i, r) for i, r in enumerate(plan.rules) if r.is_element_rule]
-    used = set()
+    point_rules = [(i, r) for i, r in enumerate(plan.rules) if r.is_point_rule]
+    notes = [
+        f"plan rule {i + 1} ({r}): the detector found no super weight, so it {r.action}s nothing"
+        for i, r in point_rules
+        if all(s.selects_nothing for s in r.selectors)
+    ]
+    used = {i for i, r in point_rules if all(s.selects_nothing for s in r.selectors)}
     schemes: dict[str, Scheme] = {}
     decisions = []
     for p in params:
@@ -361,6 +441,16 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                     if rows or cols:
                         scheme = scheme.with_kept(rows, cols)
                         used.add(j)
+        for j, r in point_rules:  # super weights: kept in quantized tensors, zeroed in any
+            for sel in r.selectors:
+                pts = sel.points(p, modmap, f"plan rule {j + 1} ({r})")
+                if not pts or (r.action == KEEP and scheme.is_identity):
+                    continue
+                base = scheme if not scheme.is_identity else Reference()
+                scheme = base.with_points(keep=pts) if r.action == KEEP else base.with_points(zero=pts)
+                used.add(j)
+        applied = action not in (KEEP, "none") or not scheme.is_identity
+        if applied:
             scheme.check_shape(weight_2d_shape(p), p.name)
             schemes[p.name] = scheme
         shape = weight_2d_shape(p)
@@ -370,19 +460,19 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                 components=p.components,
                 layer=p.layer,
                 numel=p.numel,
-                action=scheme.name if action not in (KEEP, "none") else action,
+                action=scheme.name if applied else action,
                 rule=rule_i,
                 bits=scheme.storage_bits(shape, p.bits),
                 kept_elements=scheme.kept_elements(shape),
             )
         )
-    for j, r in outlier_rules + element_rules:
+    for j, r in outlier_rules + element_rules + point_rules:
         if j not in used:
             raise UserError(
                 f"plan rule {j + 1} ({r}) applies to no quantized tensor",
-                "outlier, head and neuron rules only act on tensors that a scheme rule quantizes",
+                "outlier, head, neuron and super-weight keep rules only act on tensors that a scheme rule quantizes",
             )
-    return ResolvedPlan(plan=plan, decisions=tuple(decisions), _schemes=schemes)
+    return ResolvedPlan(plan=plan, decisions=tuple(decisions), _schemes=schemes, notes=tuple(notes))
 
 
 def weight_2d_shape(p: ParamInfo) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import re
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
 from .backends import cast, gguf, identity, rtn
-from .backends.base import Scheme, SchemeKind, n_outliers, parse_ranges, range_indices
+from .backends.base import Scheme, SchemeKind, n_outliers, parse_points, parse_ranges, range_indices
 
 __all__ = [
     "GGUF_TYPES",
@@ -33,6 +33,7 @@ GGUF_TYPES = gguf.TYPES
 NONE = identity.NONE
 _OUTLIER_RE = re.compile(r"^(.*)\+outliers(-inscale)?:([0-9.]+)%$")
 _KEEP_RE = re.compile(r"^(.*)\+keep-(rows|cols):([0-9.-]+)$")
+_POINTS_RE = re.compile(r"^(.*)\+(keep|zero)-at:([0-9x.]+)$")
 
 
 def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
@@ -41,7 +42,7 @@ def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
 
 
 SCHEMES: Registry[SchemeKind] = Registry("scheme kind", SchemeKind, group="quant_disparity.schemes", hint=scheme_help)
-for _kind in (rtn.KIND, gguf.KIND, cast.KIND, identity.KIND):
+for _kind in (rtn.KIND, gguf.KIND, cast.KIND, identity.KIND, identity.REFERENCE_KIND):
     SCHEMES.register(_kind)
 
 
@@ -56,6 +57,13 @@ def parse_scheme(text: str) -> Scheme:
     """Parse a scheme name: the first registered kind whose syntax it is in makes it; raises
     :class:`UserError` with the grammar otherwise."""
     raw = text.strip().lower()
+    pts = _POINTS_RE.match(raw)
+    if pts:  # kept or zeroed single elements (written by plans' super selector), outermost in the name
+        points = parse_points(pts.group(3))
+        base = parse_scheme(pts.group(1))
+        if points is None or base.is_identity:
+            raise UserError(f"scheme {text!r}: bad kept or zeroed elements", "write e.g. w4g128+keep-at:507x1229")
+        return base.with_points(keep=points) if pts.group(2) == "keep" else base.with_points(zero=points)
     k = _KEEP_RE.match(raw)
     if k:  # kept rows / columns (written by plans' head and neuron selectors), outermost in the name
         ranges = parse_ranges(k.group(3))

@@ -20,6 +20,8 @@ from .schemes import parse_outlier_fraction
 Match = Callable[[str, ParamInfo, ModuleMap, str], bool]
 #: (argument, tensor, model, where) -> (rows, columns) of the tensor's [out, in] view
 Elements = Callable[[str, ParamInfo, ModuleMap, str], tuple[list[int], list[int]]]
+#: (argument, tensor, model, where) -> single elements (row, column) of the tensor's [out, in] view
+Points = Callable[[str, ParamInfo, ModuleMap, str], list[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class SelectorKind:
     elements: Elements | None = None
     #: Rewrites the argument when the plan is parsed (e.g. reads a neuron list from a file into the plan).
     expand: Callable[[str, str], str] | None = None
+    #: Point selectors (super weights): the single elements they select; in keep and zero rules only.
+    points: Points | None = None
+    #: Also written bare (``super``): a placeholder the command binds to explicit coordinates before resolving.
+    bare: bool = False
 
 
 def _hint(registry: Registry[SelectorKind]) -> str:
@@ -212,6 +218,39 @@ def _expand_neurons(arg: str, where: str) -> str:
     return ",".join(items)
 
 
+# -- super weights (single elements) ---------------------------------------------------------------------------------
+_SUPER_ITEM = r"-?\d+\.\d+\.\d+"
+#: ``super:none``: bound, and the detector found nothing; the rule keeps (or zeroes) nothing and says so.
+SUPER_NONE = "none"
+
+
+def _check_super(arg: str, where: str) -> None:
+    if arg != SUPER_NONE and not re.fullmatch(rf"{_SUPER_ITEM}(,{_SUPER_ITEM})*", arg):
+        raise UserError(
+            f"{where}: super:{arg} is not a list of super-weight coordinates",
+            "write super (found by the detector) or super:LAYER.ROW.COLUMN, e.g. super:11.507.1229",
+        )
+
+
+def _super_points(arg: str, p: ParamInfo, modmap: ModuleMap, where: str) -> list[tuple[int, int]]:
+    """The (row, column) elements of ``super:L.R.C,...`` in ``p``: those of its layer, when ``p`` is that layer's
+    MLP down-projection."""
+    if arg == "":
+        raise UserError(
+            f"{where}: `super` stands for the model's super weights, which a forward pass of the reference finds; "
+            "this command does not find them",
+            "use it with audit --plan or inspect super-weights --effect, or write super:LAYER.ROW.COLUMN",
+        )
+    if arg == SUPER_NONE or p.layer is None or "mlp.down" not in p.components or p.role != "matrix":
+        return []
+    out = []
+    for item in arg.split(","):
+        layer, row, col = item.rsplit(".", 2)
+        if _layer_index(layer, modmap.n_layers, where) == p.layer:
+            out.append((int(row), int(col)))
+    return out
+
+
 def _element_kind(name: str, syntax: str, help: str, elements: Elements, **kw) -> SelectorKind:
     def matches(arg: str, p: ParamInfo, modmap: ModuleMap, where: str) -> bool:
         rows, cols = elements(arg, p, modmap, where)
@@ -309,6 +348,18 @@ for _entry in (
         check=_check_items("neurons", _NEURON_ITEM, "3:0-255"),
         list_item=_NEURON_ITEM,
         expand=_expand_neurons,
+    ),
+    SelectorKind(
+        "super",
+        "super",
+        "element-level, in keep and zero rules only: the super weights of the MLP down-projections, found data-free "
+        "on the reference weights (inspect super-weights, default thresholds) when the command starts; "
+        "super:L.R.C,... names them (block, row, column)",
+        lambda arg, p, modmap, where: bool(_super_points(arg, p, modmap, where)),
+        check=_check_super,
+        list_item=_SUPER_ITEM,
+        points=_super_points,
+        bare=True,
     ),
 ):
     SELECTORS.register(_entry)

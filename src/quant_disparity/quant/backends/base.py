@@ -37,6 +37,13 @@ class Scheme(ABC):
     outliers_in_scale: bool = False
     keep_rows: tuple[tuple[int, int], ...] = ()
     keep_cols: tuple[tuple[int, int], ...] = ()
+    #: Single elements ``(row, column)`` of the ``[out, in]`` view kept at their reference value (super weights):
+    #: set to 0 before the rest is quantized (so they set no scale), then put back; each costs its reference
+    #: width plus a 32-bit index, as a sparse part.
+    keep_points: tuple[tuple[int, int], ...] = ()
+    #: Single elements set to 0 (an ablation, e.g. ``zero:super``): 0 before and after quantizing; each costs a
+    #: 32-bit index (the value is implied).
+    zero_points: tuple[tuple[int, int], ...] = ()
 
     @property
     @abstractmethod
@@ -52,6 +59,10 @@ class Scheme(ABC):
             name += f"+keep-rows:{format_ranges(self.keep_rows)}"
         if self.keep_cols:
             name += f"+keep-cols:{format_ranges(self.keep_cols)}"
+        if self.keep_points:
+            name += f"+keep-at:{format_points(self.keep_points)}"
+        if self.zero_points:
+            name += f"+zero-at:{format_points(self.zero_points)}"
         return name
 
     @property
@@ -75,12 +86,30 @@ class Scheme(ABC):
             keep_cols=to_ranges(set(range_indices(self.keep_cols)) | set(cols)),
         )
 
+    def with_points(self, keep: Iterable[tuple[int, int]] = (), zero: Iterable[tuple[int, int]] = ()) -> Scheme:
+        """This scheme with single elements ``(row, column)`` kept at their reference value or set to 0 as well
+        (a point both kept and zeroed is zeroed)."""
+        zero_pts = tuple(sorted(set(self.zero_points) | set(zero)))
+        keep_pts = tuple(sorted((set(self.keep_points) | set(keep)) - set(zero_pts)))
+        return dataclasses.replace(self, keep_points=keep_pts, zero_points=zero_pts)
+
     def kept_elements(self, shape: tuple[int, int]) -> int:
-        """How many elements of a ``[out, in]`` tensor the kept rows and columns hold."""
-        if not self.partial or self.is_identity:
+        """How many elements of a ``[out, in]`` tensor the kept rows, columns and points hold (a point inside
+        a kept row or column counted once)."""
+        if self.is_identity:
+            return 0
+        return self._kept_by_ranges(shape) + len(self._own_points(self.keep_points))
+
+    def _kept_by_ranges(self, shape: tuple[int, int]) -> int:
+        if not self.partial:
             return 0
         rows, cols = self._rest(shape)
         return shape[0] * shape[1] - len(rows) * len(cols)
+
+    def _own_points(self, points: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The points not already inside a kept row or column."""
+        kr, kc = set(range_indices(self.keep_rows)), set(range_indices(self.keep_cols))
+        return [(r, c) for r, c in points if r not in kr and c not in kc]
 
     def _rest(self, shape: tuple[int, int]) -> tuple[list[int], list[int]]:
         """The rows and columns that are quantized (not kept)."""
@@ -90,6 +119,17 @@ class Scheme(ABC):
     # -- the transform -------------------------------------------------------------------------
     def fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
         """Quantize and dequantize a 2-D ``[out, in]`` weight; returns a new tensor of the same dtype."""
+        if self.keep_points or self.zero_points:
+            points = self.keep_points + self.zero_points
+            r = torch.tensor([p[0] for p in points], dtype=torch.long, device=w2d.device)
+            c = torch.tensor([p[1] for p in points], dtype=torch.long, device=w2d.device)
+            src = w2d.clone()
+            src[r, c] = 0  # they set no scale
+            out = dataclasses.replace(self, keep_points=(), zero_points=()).fake_quantize(src)
+            k = len(self.keep_points)
+            out[r[:k], c[:k]] = w2d[r[:k], c[:k]]
+            out[r[k:], c[k:]] = 0
+            return out
         if self.partial and not self.is_identity:
             rows, cols = self._rest(tuple(w2d.shape))  # type: ignore[arg-type]  # 2-D
             out = w2d.clone()
@@ -122,6 +162,12 @@ class Scheme(ABC):
     def check_shape(self, shape: tuple[int, int], where: str) -> None:
         """Raise a :class:`UserError` when the scheme cannot quantize a ``[out, in]`` tensor: kept rows or
         columns outside it, or a (remaining) shape the kind cannot quantize."""
+        for r, c in self.keep_points + self.zero_points:
+            if not (0 <= r < shape[0] and 0 <= c < shape[1]):
+                raise UserError(
+                    f"{where}: element ({r}, {c}) is out of range (the tensor is [{shape[0]}, {shape[1]}])",
+                    "kept or zeroed elements must lie inside the tensor",
+                )
         if self.partial:
             for axis, ranges in (("row", self.keep_rows), ("column", self.keep_cols)):
                 n = shape[0] if axis == "row" else shape[1]
@@ -144,10 +190,17 @@ class Scheme(ABC):
     def storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         """Bits needed to store a ``[out, in]`` tensor in this scheme: scales, zero points, for kept
         outliers a float16 value plus an int32 index each (a COO sparse part), and for kept rows and columns
-        their elements at ``orig_bits`` plus the compact remaining matrix in the scheme."""
+        their elements at ``orig_bits`` plus the compact remaining matrix in the scheme; a kept point outside
+        them ``orig_bits`` plus a 32-bit index, a zeroed point a 32-bit index."""
+        points = 0.0
+        if not self.is_identity:
+            points = len(self._own_points(self.keep_points)) * (orig_bits + 32) + len(self.zero_points) * 32
+        return points + self._ranges_bits(shape, orig_bits)
+
+    def _ranges_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         if self.partial and not self.is_identity:
             rows, cols = self._rest(shape)
-            kept = self.kept_elements(shape)
+            kept = self._kept_by_ranges(shape)
             rest = (len(rows), len(cols))
             return kept * orig_bits + (self._whole_bits(rest, orig_bits) if rows and cols else 0.0)
         return self._whole_bits(shape, orig_bits)
@@ -182,6 +235,22 @@ def range_indices(ranges: Iterable[tuple[int, int]]) -> Iterator[int]:
 def format_ranges(ranges: Iterable[tuple[int, int]]) -> str:
     """((0, 3), (5, 6)) -> "0-2.5" (inclusive ranges joined by dots: names stay free of commas and semicolons)."""
     return ".".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in ranges)
+
+
+def format_points(points: Iterable[tuple[int, int]]) -> str:
+    """((507, 1229), (3, 9)) -> "507x1229.3x9" (no commas or semicolons, like :func:`format_ranges`)."""
+    return ".".join(f"{r}x{c}" for r, c in points)
+
+
+def parse_points(text: str) -> tuple[tuple[int, int], ...] | None:
+    """Inverse of :func:`format_points`; None when ``text`` is not written that way."""
+    out = []
+    for part in text.split("."):
+        m = re.fullmatch(r"(\d+)x(\d+)", part)
+        if not m:
+            return None
+        out.append((int(m.group(1)), int(m.group(2))))
+    return tuple(sorted(set(out)))
 
 
 def parse_ranges(text: str) -> tuple[tuple[int, int], ...] | None:

@@ -1,4 +1,6 @@
-"""``none`` (also ``fp32``, ``identity``): the weight is left as it is."""
+"""``none`` (also ``fp32``, ``identity``): the weight is left as it is. ``reference``: the same transform as a
+scheme that counts as applied, so that element ablations can ride on it (``reference+zero-at:507x1229``, what a
+plan's ``zero:super`` gives a tensor no other rule quantizes)."""
 
 from __future__ import annotations
 
@@ -32,4 +34,21 @@ KIND = SchemeKind(
     syntax="none",
     examples=(("none", "identity"),),
     parse=lambda text: NONE if text in ("none", "fp32", "identity") else None,
+)
+
+
+@dataclass(frozen=True)
+class Reference(Identity):
+    is_identity: ClassVar[bool] = False
+
+    @property
+    def base_name(self) -> str:
+        return "reference"
+
+
+REFERENCE_KIND = SchemeKind(
+    name="reference",
+    syntax="reference",
+    examples=(("reference", "the weight as it is, applied (carries +zero-at: ablations)"),),
+    parse=lambda text: Reference() if text == "reference" else None,
 )
