@@ -2,7 +2,7 @@
 tokenizer fertility), from the committed ``results/inside-MODEL.json`` (written by ``export_inside.py``).
 
 Every number is read from those files; the only typed text is the log's own statements, and the rules that
-turn numbers into verdicts (written in the cells). The claim on language-specific neurons (H5.3c) is not here.
+turn numbers into verdicts (written in the cells). The claim on language-specific neurons (C21, H5.3c) is in rows_neurons.py.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 MODELS = ("gemma-3-270m", "smollm2-135m")
 
 LOG = {
-    "I1": ("Heads: the last layer's V weights are 3x larger (Exp-054)", "L11 V weights 3x larger"),
-    "I2": ("Outliers are dense, not a few super weights (lab journal 2026-01-04)", "dense pattern"),
-    "I3": ("A few super weights do not decide the damage (lab journal 2026-01-04)", "not a few super weights"),
-    "I4": ("Damage follows structure, not token count (Exp-059)", "structure > token count"),
+    "C20": ("Heads: the last layer's V weights are 3x larger (Exp-054)", "L11 V weights 3x larger"),
+    "C22a": ("Outliers are dense, not a few super weights (lab journal 2026-01-04)", "dense pattern"),
+    "C22b": ("A few super weights do not decide the damage (lab journal 2026-01-04)", "not a few super weights"),
+    "C23": ("Damage follows structure, not token count (Exp-059)", "structure > token count"),
 }
-#: I1: the log's factor.
+#: C20: the log's factor.
 V_FACTOR = 3.0
 
 
@@ -50,7 +50,7 @@ def _summary(held: list[bool]) -> str:
 
 
 def heads(data: dict[str, dict]) -> tuple[str, str]:
-    """I1: the last block's V root mean square over the median of the other blocks'; the largest block and head."""
+    """C20: the last block's V root mean square over the median of the other blocks'; the largest block and head."""
     cells, held = [], []
     for m, d in data.items():
         v = d["v_heads"]
@@ -70,7 +70,7 @@ def heads(data: dict[str, dict]) -> tuple[str, str]:
 
 
 def dense(data: dict[str, dict]) -> tuple[str, str]:
-    """I2: tail statistics across tensors against a Gaussian."""
+    """C22a: tail statistics across tensors against a Gaussian."""
     cells, held = [], []
     for m, d in data.items():
         s = d["outliers"]["summary"]
@@ -91,7 +91,7 @@ def dense(data: dict[str, dict]) -> tuple[str, str]:
 
 
 def super_weights(data: dict[str, dict]) -> tuple[str, str]:
-    """I3: super weights found, and what zeroing / keeping them does per language."""
+    """C22b: super weights found, and what zeroing / keeping them does per language."""
     cells, verdicts = [], []
     for m, d in data.items():
         sw = d["super_weights"]
@@ -143,7 +143,7 @@ def super_weights(data: dict[str, dict]) -> tuple[str, str]:
 
 
 def fertility(data: dict[str, dict]) -> tuple[str, str]:
-    """I4: Spearman of relative Δbpb with tokens per byte / per word, next to the resource class."""
+    """C23: Spearman of relative Δbpb with tokens per byte / per word, next to the resource class."""
     cells, linked = [], []
     for m, d in data.items():
         f = d["fertility"]
@@ -171,7 +171,7 @@ def inside_rows(export: Path) -> list[list[str]]:
     family-wise); a claim whose export is missing says so."""
     data = _load(export)
     rows = []
-    for cid, fn in (("I1", heads), ("I2", dense), ("I3", super_weights), ("I4", fertility)):
+    for cid, fn in (("C20", heads), ("C22a", dense), ("C22b", super_weights), ("C23", fertility)):
         statement, numbers = LOG[cid]
         cell, verdict = fn(data) if data else ("not run (needs export_inside.py)", "not run")
         rows.append([cid, statement, numbers, "—", cell, verdict, "—"])
