@@ -19,7 +19,7 @@ from ..corpus.documents import base_language
 from ..corpus.selection import resolve_langs
 from ..errors import UserError
 from ..evaluate import EvalSettings, Forward
-from ..evaluate.sweep import sweep
+from ..evaluate.sweep import sweep, token_counter
 from ..inputs import check_model_and_corpus, load_inputs
 from ..models import LoadedModel, load_model
 from ..provenance import environment
@@ -110,19 +110,6 @@ class NeuronsConfig(FlatConfig):
         )
 
 
-def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
-    """``tick(n)``: n more units done, reported to ``progress(done, total)``."""
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
-    return tick
-
-
 def validate(config: NeuronsConfig) -> tuple[list[str], list[str], list[str]]:
     """Checks before a model is loaded: scheme, model name, corpus, languages (each with selection documents,
     and held-out ones when the experiment runs). Returns the languages, the protected and the evaluated ones."""
@@ -169,7 +156,7 @@ def run_neurons(
     sites = mlp_sites(lm.model, modmap)  # a model without a recognised MLP fails here, before any work
     lang_of_doc = [i for i, lang in enumerate(langs) for _ in selection.docs[lang]]
     n_counted = sum(n for n in prepared.n_pred)
-    tick = _ticker(progress, n_counted)
+    tick = token_counter(n_counted, progress)
     log(f"counting firing on {n_counted} selection tokens of {len(langs)} languages, {len(sites)} blocks")
     t_count = time.perf_counter()
     counts = count_firing(lm.model, modmap, prepared, lang_of_doc, len(langs), progress=tick)
@@ -317,7 +304,7 @@ def _protect(config, lm, corpus, langs, rows, eval_langs, own, ent, share, layer
         configs[p.name] = p.assignment
     log(f"protection: {len(configs)} configurations x {prepared.total_pred} held-out tokens")
     engine = engine_for(lm, modmap)
-    tick = _ticker(progress, prepared.total_pred * len(configs))
+    tick = token_counter(prepared.total_pred * len(configs), progress)
     t_eval = time.perf_counter()
     scores = sweep(
         Forward(lm.model),
