@@ -87,7 +87,9 @@ def verdict_summary(verdicts: list[str]) -> str:
 
 
 def instance_label(v: dict) -> str:
-    return ", ".join(str(x) for x in v["instance"].values()) or "—"
+    """The instance's open dimensions; for a claim with none, the model its trials ran on."""
+    models = sorted({t.split("|")[0] for t in v.get("trials", [])})
+    return ", ".join(str(x) for x in v["instance"].values()) or ", ".join(models) or "—"
 
 
 def digits_for(*ests: dict) -> int:
