@@ -100,6 +100,13 @@ def _inputs(model: str, langs, max_tokens: int):
     return lm, docs, prepared, build_module_map(lm.model)
 
 
+def timed(fn) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all its threads) of ``fn()``."""
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
+
+
 def head_sweep(args) -> None:
     """Head-level protect-one sweep: seconds per configuration relative to one full evaluation, with a layer
     sweep and a no-block configuration (the floor: output layer and scoring) measured in the same run."""
@@ -112,6 +119,18 @@ def head_sweep(args) -> None:
     engine = QuantEngine(lm.model, mm)
     forward = Forward(lm.model)
     load_before = os.getloadavg()
+    all_q = {t: scheme for t in universe}
+
+    def one_evaluation() -> tuple[float, float]:
+        engine.assign_(all_q)
+        got = timed(lambda: score_documents(forward, prepared))
+        engine.restore_()
+        return got
+
+    # One full evaluation is timed before, between and after the sweeps (both sides over the same span), in wall
+    # seconds and in this process's CPU seconds: on a shared machine the CPU-time ratio is the one that load
+    # changes least.
+    one = [one_evaluation()]
     sweeps = {}
     for granularity in ("head", "layer"):
         units = make_units(mm, universe, granularity)
@@ -119,26 +138,26 @@ def head_sweep(args) -> None:
         for cfg in configs.values():  # fill the tensor cache first, as `locate` does: evaluation timed alone
             engine.assign_(cfg)
         engine.restore_()
-        t = time.perf_counter()
-        got = sweep(forward, prepared, engine, configs, bases=["all"])
-        secs = time.perf_counter() - t
-        sweeps[granularity] = {"configurations": len(configs), "seconds": secs, "replay": got.stats}
-        print(f"{granularity}: {len(configs)} configurations in {secs:.1f} s", flush=True)
+        box: dict = {}
+        secs, cpu = timed(
+            lambda configs=configs: box.update(got=sweep(forward, prepared, engine, configs, bases=["all"]))
+        )
+        sweeps[granularity] = {
+            "configurations": len(configs),
+            "seconds": secs,
+            "cpu_seconds": cpu,
+            "replay": box["got"].stats,
+        }
+        print(f"{granularity}: {len(configs)} configurations in {secs:.1f} s ({cpu:.1f} CPU s)", flush=True)
+        one.append(one_evaluation())
     # the floor: a configuration equal to its base changes no block, so only the output layer and scoring run
-    all_q = {t: scheme for t in universe}
-    t = time.perf_counter()
-    sweep(forward, prepared, engine, {"all": all_q}, bases=["all"])
-    base_s = time.perf_counter() - t
-    t = time.perf_counter()
-    sweep(forward, prepared, engine, {"all": all_q, "same": dict(all_q)}, bases=["all"])
-    floor_s = time.perf_counter() - t - base_s
-    engine.assign_(all_q)
-    t = time.perf_counter()
-    score_documents(forward, prepared)
-    one_s = time.perf_counter() - t
-    engine.restore_()
+    base_s, base_c = timed(lambda: sweep(forward, prepared, engine, {"all": all_q}, bases=["all"]))
+    pair_s, pair_c = timed(lambda: sweep(forward, prepared, engine, {"all": all_q, "same": dict(all_q)}, bases=["all"]))
     load_after = os.getloadavg()
+    one_s = sum(w for w, _ in one) / len(one)
+    one_c = sum(c for _, c in one) / len(one)
     per = {g: v["seconds"] / v["configurations"] / one_s for g, v in sweeps.items()}
+    per_cpu = {g: v["cpu_seconds"] / v["configurations"] / one_c for g, v in sweeps.items()}
     result = {
         "model": args.model,
         "scheme": args.scheme,
@@ -146,9 +165,13 @@ def head_sweep(args) -> None:
         "documents": len(docs),
         "tokens_per_configuration": prepared.total_pred,
         "one_full_evaluation_s": one_s,
+        "one_full_evaluation_cpu_s": one_c,
+        "one_full_evaluation_runs": [{"seconds": w, "cpu_seconds": c} for w, c in one],
         "sweeps": sweeps,
         "cost_per_configuration_vs_one_evaluation": per,
-        "no_block_configuration_vs_one_evaluation": floor_s / one_s,
+        "cpu_cost_per_configuration_vs_one_evaluation": per_cpu,
+        "no_block_configuration_vs_one_evaluation": (pair_s - base_s) / one_s,
+        "no_block_configuration_vs_one_evaluation_cpu": (pair_c - base_c) / one_c,
         "params": {
             "lm_head": next(p.numel for p in mm.params if "lm_head" in p.components),
             "block_linear": sum(mm[t].numel for t in universe),
@@ -157,8 +180,9 @@ def head_sweep(args) -> None:
     }
     path = save(f"locate-head-{args.model}", result)
     print(
-        f"cost per configuration vs one full evaluation ({one_s:.1f} s): head {per['head']:.2f}, layer "
-        f"{per['layer']:.2f}; a configuration changing no block: {result['no_block_configuration_vs_one_evaluation']:.2f}"
+        f"cost per configuration vs one full evaluation ({one_s:.1f} s, {one_c:.1f} CPU s): head {per['head']:.2f} "
+        f"(CPU {per_cpu['head']:.2f}), layer {per['layer']:.2f} (CPU {per_cpu['layer']:.2f}); a configuration "
+        f"changing no block: {result['no_block_configuration_vs_one_evaluation']:.2f}"
     )
     print(f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}; wrote {path}")
 
