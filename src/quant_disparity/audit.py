@@ -140,11 +140,10 @@ def run_audit(
     plan, found, artifact = None, None, None
     if config.plan:
         plan, lm, found = _bound_plan(config, lm, log)
-    own_model = lm is None
-    if config.quantized and lm is None:  # loaded here, so that its tokenizer is kept for the artifact's check
-        from .models import load_model
+    if config.quantized:  # before any weights are loaded: a model, the same tokenizer, the same tensors
+        from .models.artifact import check_artifact
 
-        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
+        check_artifact(config.quantized, config.model, log)
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
     t_load = inputs.loaded_at
@@ -152,8 +151,6 @@ def run_audit(
         from .models.artifact import open_artifact
 
         artifact = open_artifact(config.quantized, lm, modmap, log)
-        if own_model:
-            lm.drop_tokenizer()
         assignment = artifact.assignment(modmap)
         targets = list(assignment)
         plan_info = None

@@ -157,12 +157,85 @@ class Artifact:
         }
 
 
+# -- checks before anything is loaded --------------------------------------------------------------------------
+
+
+def check_artifact(spec: str, model: str, log: Callable[[str], None] = _log_default) -> ArtifactSource:
+    """What can be checked before the reference's weights or the artifact's are loaded: a model file, the
+    reference's tokenizer, and every tensor of the reference present with as many elements (a packed tensor's
+    shape is checked when it is unpacked). A one-line :class:`UserError` otherwise."""
+    from .loading import load_tokenizer, resolve_source
+
+    src = classify_artifact(spec)
+    if src.format == "compressed-tensors":
+        _ct_dequantizer()
+    ref_src = resolve_source(model, log)
+    meta = cast("Any", _meta_model(ref_src.path))
+    if src.format == "gguf":
+        sizes: dict[str, int | None] = {k: v[2] for k, v in _gguf_types(Path(src.path), meta).items()}
+    else:
+        sizes = _dir_sizes(Path(src.path))
+    emb = meta.get_input_embeddings()
+    n_vocab = int(emb.weight.shape[0]) if emb is not None else 0
+    check_tokenizer(load_tokenizer(ref_src), _artifact_tokenizer(src, spec), n_vocab, spec)
+    missing, other = [], []
+    params = list(meta.named_parameters())
+    for name, p in params:
+        if name not in sizes:
+            missing.append(name)
+        elif sizes[name] is not None and sizes[name] != p.numel():
+            other.append(name)
+    fix = "an artifact must be a quantization of --model itself (the same architecture)"
+    if missing:
+        raise UserError(
+            f"artifact {spec!r} has a different architecture: {len(missing)} of the reference's {len(params)} "
+            f"tensors are missing (first: {missing[0]})",
+            fix,
+        )
+    if other:
+        raise UserError(
+            f"artifact {spec!r} has a different architecture: {len(other)} tensors have another shape "
+            f"(first: {other[0]})",
+            fix,
+        )
+    return src
+
+
+def _meta_model(path: str) -> torch.nn.Module:
+    """The reference's architecture on the meta device (no weights): its parameter names and shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _dir_sizes(directory: Path) -> dict[str, int | None]:
+    """Tensor -> elements, from the safetensors headers; a packed weight (GPTQ/AWQ ``qweight``,
+    compressed-tensors ``weight_packed``) as ``<module>.weight`` -> None."""
+    from safetensors import SafetensorError, safe_open
+
+    sizes: dict[str, int | None] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    sizes[k] = math.prod(st.get_slice(k).get_shape())
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"artifact {directory}: cannot read {f.name} ({e})", "is the file complete?") from None
+    for k in list(sizes):
+        for packed in (".qweight", ".weight_packed"):
+            if k.endswith(packed):
+                sizes[k.removesuffix(packed) + ".weight"] = None
+    return sizes
+
+
 # -- reading -----------------------------------------------------------------------------------------------
 
 
 def open_artifact(spec: str, lm: LoadedModel, modmap: ModuleMap, log: Callable[[str], None] = _log_default) -> Artifact:
-    """Read ``spec`` against the reference ``lm`` (whose tokenizer must still be loaded); raises
-    :class:`UserError` for a different tokenizer or architecture."""
+    """Read ``spec`` against the reference ``lm``: every tensor dequantized, each of the reference's present with
+    its shape (a one-line :class:`UserError` otherwise). :func:`check_artifact` has checked the rest before."""
     src = classify_artifact(spec)
     path = Path(src.path)
     kinds: dict[str, tuple[str, float]] = {}  # artifact tensor -> (stored type, bits), where not its dtype
@@ -172,13 +245,11 @@ def open_artifact(spec: str, lm: LoadedModel, modmap: ModuleMap, log: Callable[[
             digest = verify_sha256(path, expected, f"artifact {spec!r}", f"the file differs from {path.name}.sha256")
         else:
             digest = sha256_file(path)
-        kinds = _gguf_types(path, lm)  # first: a file the gguf package cannot read stops here
+        kinds = {k: v[:2] for k, v in _gguf_types(path, lm.model).items()}
         ckpt = materialize_gguf(path, digest, log)
-        check_tokenizer(lm, _artifact_tokenizer(ckpt, spec), spec)
         tensors, dtypes = _read_safetensors(ckpt)
     else:
         digest = _dir_digest(path)
-        check_tokenizer(lm, _artifact_tokenizer(path, spec), spec)
         tensors, dtypes = _read_safetensors(path)
         if src.format in ("gptq", "awq", "compressed-tensors"):
             tensors, kinds = _dequantize_dir(src, tensors, dtypes)
@@ -231,23 +302,22 @@ def _read_safetensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, dtypes
 
 
-def _artifact_tokenizer(directory: Path, spec: str):
+def _artifact_tokenizer(src: ArtifactSource, spec: str):
     from transformers import AutoTokenizer
 
+    path = Path(src.path)
     try:
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as e:
+        if src.format == "gguf":  # the tokenizer the file's metadata holds
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"artifact {spec!r} has no readable tokenizer ({first[:120]})", _FIX_TOKENIZER) from None
 
 
-def check_tokenizer(lm: LoadedModel, tokenizer, spec: str) -> None:
-    """The artifact's tokenizer must give every id of the model's vocabulary the reference's token, and the
-    same BOS, EOS, padding and prepended token; a one-line UserError otherwise."""
-    ref = lm.tokenizer
-    if ref is None:  # pragma: no cover - the caller keeps it
-        raise AssertionError("the reference tokenizer was dropped before the artifact was checked")
-    n = lm.info.vocab_size
+def check_tokenizer(ref, tokenizer, n: int, spec: str) -> None:
+    """The artifact's tokenizer must give every id below ``n`` (the model's vocabulary) the reference's token,
+    and the same BOS, EOS, padding and prepended token; a one-line UserError otherwise."""
     ref_ids = {i: t for t, i in cast("Mapping[str, int]", ref.get_vocab()).items() if i < n}  # type: ignore[attr-defined]
     art_ids = {i: t for t, i in tokenizer.get_vocab().items() if i < n}
     bad = sorted(i for i in set(ref_ids) | set(art_ids) if ref_ids.get(i) != art_ids.get(i))
@@ -305,8 +375,10 @@ def _check_architecture(modmap: ModuleMap, tensors: Mapping[str, torch.Tensor], 
 # -- GGUF ----------------------------------------------------------------------------------------------------
 
 
-def _gguf_types(path: Path, lm: LoadedModel) -> dict[str, tuple[str, float]]:
-    """Reference parameter name -> (stored type, bits) for every tensor of the GGUF that maps to one."""
+def _gguf_types(path: Path, model: torch.nn.Module) -> dict[str, tuple[str, float, int]]:
+    """Parameter name of ``model`` (the reference's architecture, on any device) -> (stored type, bits,
+    elements) for every tensor of the GGUF (its own name where none maps); a file the gguf package cannot read
+    is a UserError."""
     import gguf
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
@@ -316,17 +388,17 @@ def _gguf_types(path: Path, lm: LoadedModel) -> dict[str, tuple[str, float]]:
         raise UserError(f"artifact {str(path)!r} is not a readable GGUF file ({type(e).__name__}: {e})") from None
     arch_field = reader.fields.get("general.architecture")
     arch = str(bytes(arch_field.parts[-1]), "utf-8") if arch_field is not None else ""
-    cfg = cast("Any", lm.model).config.to_dict()
+    cfg = cast("Any", model).config.to_dict()
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=cfg)
     try:
-        names = get_gguf_hf_weights_map(lm.model, processor)
+        names = get_gguf_hf_weights_map(model, processor)
     except NotImplementedError:
         names = {}
-    out: dict[str, tuple[str, float]] = {}
+    out: dict[str, tuple[str, float, int]] = {}
     for t in reader.tensors:
         block, type_size = gguf.GGML_QUANT_SIZES[t.tensor_type]
         numel = math.prod(int(x) for x in t.shape)
-        out[names.get(t.name, t.name)] = (t.tensor_type.name.lower(), float(numel // block * type_size * 8))
+        out[names.get(t.name, t.name)] = (t.tensor_type.name.lower(), float(numel // block * type_size * 8), numel)
     return out
 
 
@@ -436,7 +508,8 @@ def _dequantize_dir(
     return out, kinds
 
 
-def _decompress_ct(src: ArtifactSource, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _ct_dequantizer() -> Any:
+    """compressed-tensors' dequantizer class; a one-line UserError naming the extra when it is not installed."""
     try:
         from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
     except ImportError:
@@ -444,8 +517,13 @@ def _decompress_ct(src: ArtifactSource, tensors: dict[str, torch.Tensor]) -> dic
             "reading a compressed-tensors checkpoint needs the compressed-tensors library",
             "run: pip install 'quant-disparity[export]'",
         ) from None
+    return CompressedTensorsDequantizer
+
+
+def _decompress_ct(src: ArtifactSource, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    dequantizer = _ct_dequantizer()
     try:
-        return CompressedTensorsDequantizer(src.path, dtype=torch.float32).process(tensors)
+        return dequantizer(src.path, dtype=torch.float32).process(tensors)
     except (ValueError, KeyError, RuntimeError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(
