@@ -415,3 +415,50 @@ def test_bundled_gguf_audited_against_itself_has_zero_damage(tmp_path, monkeypat
     n = sum(math.prod(int(x) for x in t.shape) for t in reader.tensors)
     assert r["scheme"]["cost"]["bits_per_weight"] == pytest.approx(file_bits / n)
     assert not IN_CI or r["model"]["source"] == "bundled"
+
+
+def test_compressed_tensors_checkpoint_equals_a_model_built_from_its_weights(model_dir, tokenizer, tmp_path):
+    """A pack-quantized (4-bit symmetric, group 32) compressed-tensors checkpoint: random integers and bfloat16
+    scales; the weights they stand for are q * scale, computed in the scales' dtype as the library does."""
+    try:
+        from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    except ImportError:
+        skip_unless_ci("compressed-tensors not installed: pip install 'quant-disparity[export]'")
+    from safetensors.torch import save_file
+
+    model = tiny_model("llama")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    expected = {}
+    gen = torch.Generator().manual_seed(0)
+    names = sorted(k for k in state if k.endswith(".weight") and any(p in k for p in BLOCK_LINEAR))
+    for name in names:
+        n_out, n_in = state.pop(name).shape
+        q = torch.randint(-8, 8, (n_out, n_in), generator=gen)
+        s = (torch.rand(n_out, n_in // 32, generator=gen) * 0.1 + 0.01).to(torch.bfloat16)
+        m = name.removesuffix(".weight")
+        state[f"{m}.weight_packed"] = pack_to_int32(q.to(torch.int8), 4)
+        state[f"{m}.weight_scale"] = s
+        state[f"{m}.weight_shape"] = torch.tensor([n_out, n_in])
+        expected[name] = (q.to(torch.bfloat16) * s.repeat_interleave(32, dim=1)).float()
+    art = tmp_path / "ct"
+    art.mkdir()
+    save_file(state, str(art / "model.safetensors"))
+    cfg = model.config.to_dict()
+    weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32}
+    cfg["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {"group_0": {"targets": ["re:.*_proj$"], "weights": weights, "format": "pack-quantized"}},
+        "ignore": [],
+    }
+    (art / "config.json").write_text(json.dumps(cfg))
+    tokenizer.save_pretrained(art)
+    r = _audit(model_dir, art)
+    a = r["scheme"]["artifact"]
+    assert a["format"] == "compressed-tensors" and a["differing_tensors"] == 21
+    assert a["tensor_types"]["compressed-tensors:pack-quantized"]["tensors"] == 21
+    lin = 3 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128)
+    # 4 bits, a bfloat16 scale per 32 weights, and each matrix's two int64 shape numbers
+    assert r["scheme"]["cost"]["bits_per_block_linear_weight"] == pytest.approx(4 + 16 / 32 + 21 * 128 / lin)
+    _check_documents(r, model_dir, expected)
