@@ -18,6 +18,7 @@ from golden import reference as ref
 
 from quant_disparity.audit import run_audit
 from quant_disparity.config import AuditConfig
+from quant_disparity.errors import UserError
 from quant_disparity.evaluate import EvalSettings
 from quant_disparity.models.artifact import AWQ_REVERSE_ORDER, dequantize_packed
 
@@ -462,3 +463,12 @@ def test_compressed_tensors_checkpoint_equals_a_model_built_from_its_weights(mod
     # 4 bits, a bfloat16 scale per 32 weights, and each matrix's two int64 shape numbers
     assert r["scheme"]["cost"]["bits_per_block_linear_weight"] == pytest.approx(4 + 16 / 32 + 21 * 128 / lin)
     _check_documents(r, model_dir, expected)
+
+
+def test_config_records_the_artifact_only_when_given():
+    cfg = AuditConfig(quantized="model-q4.gguf", langs=("eng",))
+    assert cfg.to_dict()["quantized"] == "model-q4.gguf"
+    assert AuditConfig.from_toml(cfg.to_toml()) == cfg
+    assert "quantized" not in AuditConfig(langs=("eng",)).to_dict()  # earlier configs and results keep their keys
+    with pytest.raises(UserError, match="--quantized does not combine with --plan"):
+        AuditConfig(quantized="model-q4.gguf", plan="w4g128:*")

@@ -271,15 +271,7 @@ def open_artifact(spec: str, lm: LoadedModel, modmap: ModuleMap, log: Callable[[
             stored[p.name], bits[p.name] = "unknown", float(p.numel * p.bits)
     used = set(params.values())
     extra = sorted(k for k in tensors if k not in used and not _is_alias(modmap, k))
-    return Artifact(
-        path=str(path.resolve()),
-        format=src.format,
-        digest=digest,
-        stored=stored,
-        bits=bits,
-        differing=differing,
-        extra=extra,
-    )
+    return Artifact(str(path.resolve()), src.format, digest, stored, bits, differing, extra)
 
 
 def _is_alias(modmap: ModuleMap, name: str) -> bool:
