@@ -472,3 +472,66 @@ def test_config_records_the_artifact_only_when_given():
     assert "quantized" not in AuditConfig(langs=("eng",)).to_dict()  # earlier configs and results keep their keys
     with pytest.raises(UserError, match="--quantized does not combine with --plan"):
         AuditConfig(quantized="model-q4.gguf", plan="w4g128:*")
+
+
+# -- specs: a model / quantized pair -------------------------------------------------------------------------
+
+
+def test_spec_trial_of_an_artifact_matches_the_bit_exact_scheme(model_dir, tokenizer, tmp_path):
+    """A Q8_0 GGUF of the model (every block Linear weight) and the scheme gguf:q8_0 on the same weights are the
+    same tensors: the two trials store the same per-document numbers, under different keys; the artifact's
+    digest is recorded with the trial; a spec pairing quantized with a plan is refused at its line."""
+    from gguf import GGMLQuantizationType as QT
+
+    from quant_disparity._io import sha256_file
+    from quant_disparity.experiments import load_run, run_experiment
+    from quant_disparity.experiments.run import load_results
+    from quant_disparity.experiments.spec import SpecError, parse_spec
+
+    gguf_path = tmp_path / "q8.gguf"
+    write_gguf(tiny_model("llama"), tokenizer, gguf_path, {"self_attn": QT.Q8_0, "mlp": QT.Q8_0})
+    text = f"""
+name = "artifact-study"
+n_boot = 50
+
+[corpus]
+name = "udhr"
+split = "all"
+langs = ["eng", "heb"]
+max_tokens = 120
+
+[eval]
+window = 64
+context = 16
+
+[[trials]]
+plan_name = "scheme"
+model = "{model_dir}"
+scheme = "gguf:q8_0"
+plan = "gguf:q8_0:*"
+
+[[trials]]
+plan_name = "file"
+model = "{model_dir}"
+quantized = "{gguf_path}"
+"""
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(text)
+    run_experiment(spec_file, tmp_path / "run")
+    spec, store = load_run(tmp_path / "run")
+    rows = load_results(spec, store)
+    scheme, art = (f"{model_dir}|gguf:q8_0|scheme", f"{model_dir}|artifact|file")
+    for lang in rows[scheme]:
+        a, b = rows[scheme][lang], rows[art][lang]
+        assert np.array_equal(a.nll_ref, b.nll_ref) and np.allclose(a.nll, b.nll, rtol=1e-6, atol=0)
+        assert not np.allclose(a.nll, a.nll_ref)
+    names = store.spec_trials(spec.name)
+    assert names[scheme] != names[art]
+    meta = store.trial(names[art])
+    resolved = meta["resolved"] if isinstance(meta["resolved"], dict) else json.loads(meta["resolved"])
+    assert resolved["artifact"]["sha256"] == sha256_file(gguf_path)
+    assert resolved["artifact"]["differing_tensors"] == 21
+
+    bad = text.replace('quantized = "', 'plan = "w4g128:*"\nquantized = "')
+    with pytest.raises(SpecError, match="quantized does not combine with plan"):
+        parse_spec(bad, "bad.toml")

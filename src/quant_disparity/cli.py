@@ -314,7 +314,7 @@ def _estimate_run(spec, out_dir, device: str, dtype: str, dry_run: bool, estimat
         trials = [t for t in parsed.trials if t.model == model]
 
         def jobs(modmap, trials=trials):
-            assignments = {t.name: Plan.parse(t.plan).resolve(modmap).assignment() for t in trials}
+            assignments = {t.name: Plan.parse(t.estimate_plan).resolve(modmap).assignment() for t in trials}
             names = list(assignments)
             out_jobs = []
             for start in range(0, len(names), MAX_CONFIGS_PER_SWEEP):
