@@ -21,6 +21,7 @@ from quant_disparity.config import AuditConfig
 from quant_disparity.errors import UserError
 from quant_disparity.evaluate import EvalSettings
 from quant_disparity.models.artifact import AWQ_REVERSE_ORDER, dequantize_packed
+from quant_disparity.report.tables import audit_markdown
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -162,6 +163,9 @@ def test_gguf_artifact_equals_a_model_built_from_its_dequantized_tensors(model_d
     assert r["scheme"]["cost"]["bits_per_weight"] == pytest.approx(total_bits / n)
     attn, mlp = 2 * 64 * 64 + 2 * 32 * 64, 3 * 64 * 128  # per block: q, o [64, 64]; k, v [32, 64]; gate, up, down
     assert r["scheme"]["cost"]["bits_per_block_linear_weight"] == pytest.approx((attn * 8.5 + mlp * 4.5) / (attn + mlp))
+    md = audit_markdown(r)
+    assert "22 of 30 tensors differ from the reference" in md and "embed.token 1/1" in md
+    assert f"{total_bits / n:.3f} bits per weight over the whole model" in md
     _check_documents(r, model_dir, expected)
 
 
