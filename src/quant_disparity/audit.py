@@ -31,6 +31,10 @@ def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
         load_plan(config.plan)
         if config.include:
             raise UserError("--include does not combine with --plan", "name those tensors in the plan instead")
+    if config.quantized:
+        from .models.artifact import classify_artifact
+
+        classify_artifact(config.quantized)
     if config.resource_measure not in MEASURES:
         raise UserError(
             f"unknown resource measure {config.resource_measure!r}{did_you_mean(config.resource_measure, MEASURES)}",
@@ -133,13 +137,25 @@ def run_audit(
     """
     t0 = time.perf_counter()
     scheme, corpus, langs = validate(config)
-    plan, found = None, None
+    plan, found, artifact = None, None, None
     if config.plan:
         plan, lm, found = _bound_plan(config, lm, log)
+    if config.quantized:  # before any weights are loaded: a model, the same tokenizer, the same tensors
+        from .models.artifact import check_artifact
+
+        check_artifact(config.quantized, config.model, log)
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
     t_load = inputs.loaded_at
-    if plan is not None:
+    if config.quantized:
+        from .models.artifact import open_artifact
+
+        artifact = open_artifact(config.quantized, lm, modmap, log)
+        assignment = artifact.assignment(modmap)
+        targets = list(assignment)
+        plan_info = None
+        log(f"artifact: {len(targets)} of {len(modmap.params)} tensors differ from the reference")
+    elif plan is not None:
         resolved = plan.resolve(modmap)
         assignment = resolved.assignment()
         targets = list(assignment)
@@ -235,16 +251,22 @@ def run_audit(
     summary["fertility"] = fertility_summary(
         per_lang, fertility, np.random.default_rng((config.seed, FERTILITY_STREAM))
     )
+    scheme_info = {
+        "name": str(plan) if plan is not None else scheme.name,
+        "quantized": describe_targets(modmap, targets),
+        "cost": cost(modmap, assignment),
+        "plan": plan_info,
+        "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)",
+    }
+    if artifact is not None:
+        scheme_info["name"] = f"artifact:{artifact.format}"
+        # every tensor at the width the artifact stores it, those equal to the reference included
+        scheme_info["cost"] = cost(modmap, artifact.schemes(modmap))
+        scheme_info["artifact"] = artifact.summary(modmap)
     return AuditResult(
         config=config,
         model={**lm.info.to_dict(), "module_map": modmap.summary()},
-        scheme={
-            "name": str(plan) if plan is not None else scheme.name,
-            "quantized": describe_targets(modmap, targets),
-            "cost": cost(modmap, assignment),
-            "plan": plan_info,
-            "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)",
-        },
+        scheme=scheme_info,
         corpus={
             "name": corpus.name,
             "digest": corpus.digest,
@@ -289,7 +311,11 @@ def run_audit_with_tasks(
     lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
     result = run_audit(config, lm=lm, log=log, progress=progress)
     modmap = build_module_map(lm.model)
-    if config.plan:
+    if config.quantized:
+        from .models.artifact import open_artifact
+
+        assignment = open_artifact(config.quantized, lm, modmap, log).assignment(modmap)
+    elif config.plan:
         assignment = _bound_plan(config, lm, log)[0].resolve(modmap).assignment()
     else:
         assignment = {name: scheme for name in quantization_targets(modmap, config.include)}

@@ -81,6 +81,11 @@ def _default_out(kind: str) -> Path:
     "--plan",
     help="A mixed-precision plan instead of --scheme, e.g. 'keep:layer:0,layer:-1; w4g128:*' (or a .toml file).",
 )
+@click.option(
+    "--quantized",
+    help="A pre-quantized artifact of --model to audit instead of a scheme: a .gguf file, or a GPTQ/AWQ, "
+    "compressed-tensors or plain Hugging Face directory.",
+)
 @click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
 @click.option("--corpus", help="udhr (bundled), a .jsonl file, a txt dir or a FLORES-style dir.")
 @click.option("--split", help="all | select | heldout.")
@@ -122,6 +127,7 @@ def audit(
     model,
     scheme,
     plan,
+    quantized,
     langs,
     corpus,
     split,
@@ -161,10 +167,13 @@ def audit(
             raise UserError(f"--config {config} is not UTF-8 text", "save it as UTF-8") from None
     if plan and scheme:
         raise UserError("give either --scheme or --plan, not both", "a plan names its schemes itself")
+    if quantized and scheme:
+        raise UserError("give either --scheme or --quantized, not both", "the artifact's tensors are the quantized arm")
     overrides = {
         "model": model,
         "scheme": scheme,
         "plan": plan,
+        "quantized": quantized,
         "langs": list(_csv(langs)) or None,
         "corpus": corpus,
         "split": split,
@@ -305,7 +314,7 @@ def _estimate_run(spec, out_dir, device: str, dtype: str, dry_run: bool, estimat
         trials = [t for t in parsed.trials if t.model == model]
 
         def jobs(modmap, trials=trials):
-            assignments = {t.name: Plan.parse(t.plan).resolve(modmap).assignment() for t in trials}
+            assignments = {t.name: Plan.parse(t.estimate_plan).resolve(modmap).assignment() for t in trials}
             names = list(assignments)
             out_jobs = []
             for start in range(0, len(names), MAX_CONFIGS_PER_SWEEP):

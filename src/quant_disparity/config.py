@@ -221,6 +221,9 @@ class AuditConfig(FlatConfig):
     seed: int = 0
     n_boot: int = 1000
     lr_max_class: int = 3  # Joshi class <= this is "low-resource"
+    #: a pre-quantized artifact of ``model`` (GGUF file or checkpoint directory); when given, its tensors are the
+    #: quantized arm and it replaces scheme, plan and include
+    quantized: str = ""
     resource_measure: str = "joshi_class"
     eval: EvalSettings = field(default_factory=EvalSettings)
     version: int = 1
@@ -230,6 +233,7 @@ class AuditConfig(FlatConfig):
         "model": ("runtime", "model"),
         "scheme": None,
         "plan": None,
+        "quantized": None,
         "langs": ("selection", "langs"),
         "corpus": ("selection", "name"),
         "split": ("selection", "split"),
@@ -253,6 +257,18 @@ class AuditConfig(FlatConfig):
         if self.lr_max_class not in JOSHI_CLASSES:
             raise UserError(f"lr_max_class must be a Joshi class (0-5), got {self.lr_max_class}")
         check_langs(self.selection)
+        if self.quantized and (self.plan or self.include):
+            raise UserError(
+                f"--quantized does not combine with --{'plan' if self.plan else 'include'}",
+                "the artifact's tensors are the quantized arm",
+            )
+
+    def to_dict(self) -> dict:
+        """Every key, ``quantized`` only when set (configs and results written before it keep their shape)."""
+        data = super().to_dict()
+        if not self.quantized:
+            del data["quantized"]
+        return data
 
 
 INCLUDE_CHOICES = ("embeddings", "lm_head")

@@ -91,6 +91,11 @@ def run_with_ray(
     progress: Callable[[int, int], None] | None,
 ) -> dict:
     """Compute the missing trials of ``by_model`` as Ray tasks of up to :data:`MAX_CONFIGS_PER_SWEEP` trials."""
+    artifact = next((t for trials in by_model.values() for t in trials if t.quantized), None)
+    if artifact is not None:  # workers rebuild schemes from their names; an artifact's tensors are not in a name
+        raise UserError(
+            f"trial {artifact.name} audits an artifact: run it with the local executor", "omit --executor ray"
+        )
     try:
         import ray
     except ImportError:

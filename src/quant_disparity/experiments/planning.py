@@ -120,15 +120,52 @@ def selection_record(spec: ExperimentSpec, chosen: Selection) -> dict:
     }
 
 
+def _on_meta(lm: LoadedModel) -> bool:
+    return any(p.device.type == "meta" for p in lm.model.parameters())
+
+
+def trial_assignment(t: TrialSpec, lm: LoadedModel, modmap: ModuleMap, log: Callable[[str], None] = lambda m: None):
+    """Trial ``t``'s assignment on ``lm`` (parameter -> scheme), with the record of how it was made: the resolved
+    plan, or for a trial of a pre-quantized artifact (read and checked here) the artifact (None before)."""
+    if t.quantized and not _on_meta(lm):
+        from ..models.artifact import check_artifact, open_artifact
+        from ..quant import cost
+
+        try:
+            check_artifact(t.quantized, t.model, log)
+            artifact = open_artifact(t.quantized, lm, modmap, log)
+        except UserError as e:
+            raise UserError(f"trial {t.name}: {e.message}", e.hint) from None
+        resolved = {
+            "plan": f"artifact:{artifact.path}",
+            "rules": [],
+            "totals": cost(modmap, artifact.schemes(modmap)),
+            "tensors": [
+                {
+                    "name": p.name,
+                    "components": list(p.components),
+                    "layer": p.layer,
+                    "numel": p.numel,
+                    "action": "artifact" if p.name in artifact.differing else "equal",
+                    "stored": artifact.stored[p.name],
+                }
+                for p in modmap.params
+            ],
+            "artifact": artifact.summary(modmap),
+        }
+        return artifact.assignment(modmap), resolved, artifact
+    try:  # an artifact on the meta device (a dry run's estimate): as its estimate_plan
+        plan = Plan.parse(t.estimate_plan).resolve(modmap)
+    except UserError as e:
+        raise UserError(f"trial {t.name}: {e.message}", e.hint) from None
+    return plan.assignment(), plan, None
+
+
 def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Selection, computed_on: str) -> dict:
     """The key, assignment and stored record of trial ``t`` on the planned model."""
     lm, prepared = mp.lm, mp.prepared
     assert lm is not None and mp.modmap is not None  # plan_model plans with the model loaded and mapped
-    try:
-        resolved = Plan.parse(t.plan).resolve(mp.modmap)
-    except UserError as e:
-        raise UserError(f"trial {t.name}: {e.message}", e.hint) from None
-    assignment = resolved.assignment()
+    assignment, resolved, artifact = trial_assignment(t, lm, mp.modmap)
     corpus_digest = chosen.corpus.digest
     selection = selection_record(spec, chosen)
     content = {
@@ -143,6 +180,8 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
         "assignment": sorted((k, v.name) for k, v in assignment.items()),
         "results_version": RESULTS_VERSION,
     }
+    if artifact is not None:  # a new key field only where it is set: the keys of every other trial stay as they were
+        content["artifact"] = artifact.digest
     # The key holds the documents chosen, so the rule's minimum is only recorded (a spec that raises it without
     # changing the choice keeps its keys and its stored results).
     recorded = selection if spec.corpus.min_docs == 1 else {**selection, "min_docs": spec.corpus.min_docs}
@@ -150,13 +189,17 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
         "model": mp.model,
         "model_digest": lm.info.digest,
         "scheme": t.scheme,
-        "plan": str(resolved.plan),
-        "resolved": resolved.to_dict(),
+        "plan": resolved["plan"] if isinstance(resolved, dict) else str(resolved.plan),
+        "resolved": resolved if isinstance(resolved, dict) else resolved.to_dict(),
         "corpus_digest": corpus_digest,
         "selection": recorded,
         "eval": spec.eval.to_dict(),
         "code_version": f"{__version__}/results-{RESULTS_VERSION}",
         "n_batches": len(prepared.groups),
-        "info": {"cost": resolved.totals, "device": computed_on, "dtype": lm.info.dtype},
+        "info": {
+            "cost": resolved["totals"] if isinstance(resolved, dict) else resolved.totals,
+            "device": computed_on,
+            "dtype": lm.info.dtype,
+        },
     }
     return {"key": digest_json(content, 32), "assignment": assignment, "meta": meta}

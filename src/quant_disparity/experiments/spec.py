@@ -37,6 +37,11 @@ model = "gemma-3-270m"
 scheme = "w4g128"
 plan = "w8g128:layer:0,layer:-1; w4g128:*"
 
+[[trials]]                            # a pre-quantized artifact of the model (audit --quantized), no plan
+plan_name = "q4_k_m-file"
+model = "gemma-3-270m"
+quantized = "gemma-3-270m-q4_k_m.gguf"  # a .gguf file or a GPTQ/AWQ/compressed-tensors/HF directory
+
 [tasks]                               # optional: tasks beyond bits per byte on every trial (as audit --tasks)
 names = ["cloze", "generate"]         # cloze, generate, lmeval:TASK
 gen_tokens = 32                       # tokens per greedy continuation (generate)
@@ -96,6 +101,15 @@ class TrialSpec:
     scheme: str
     plan_name: str
     plan: str
+    #: a pre-quantized artifact of ``model`` whose tensors are the quantized arm (then ``plan`` is empty and
+    #: ``scheme`` is "artifact")
+    quantized: str = ""
+
+    @property
+    def estimate_plan(self) -> str:
+        """The plan a memory estimate uses: an artifact's trial is estimated as one that replaces every block
+        Linear weight once (what a GGUF or GPTQ artifact replaces; more tensors cost their share more)."""
+        return self.plan or "reference:*"
 
     @property
     def name(self) -> str:
@@ -501,13 +515,26 @@ def _grid_trials(grid: dict, path: str, text: str) -> list[TrialSpec]:
 def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec]:
     trials = []
     for i, t in enumerate(tables):
-        _check_keys(t, {"model", "scheme", "plan", "plan_name"}, f"[[trials]] #{i + 1}", path, text)
-        for key in ("model", "plan", "plan_name"):
+        _check_keys(t, {"model", "scheme", "plan", "plan_name", "quantized"}, f"[[trials]] #{i + 1}", path, text)
+        if "quantized" in t:
+            both = next((k for k in ("plan", "scheme") if k in t), None)
+            if both:
+                raise _err(
+                    path,
+                    text,
+                    "quantized",
+                    f"[[trials]] #{i + 1}: quantized does not combine with {both}",
+                    "the artifact's tensors are the quantized arm",
+                )
+        for key in ("model", "plan_name") if "quantized" in t else ("model", "plan", "plan_name"):
             if key not in t:
                 raise _err(path, text, "trials", f"[[trials]] #{i + 1} needs {key}")
         for key in t:
             _typed(t[key], "str", key, path, text, after=(_line_of(text, "trials") or 1) - 1)
-        trials.append(TrialSpec(t["model"], t.get("scheme", ""), t["plan_name"], t["plan"]))
+        if "quantized" in t:
+            trials.append(TrialSpec(t["model"], "artifact", t["plan_name"], "", quantized=t["quantized"]))
+        else:
+            trials.append(TrialSpec(t["model"], t.get("scheme", ""), t["plan_name"], t["plan"]))
     return trials
 
 
@@ -641,12 +668,16 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSelection, path: st
     """Checks that need no model: schemes, plan syntax, model names, corpus and languages."""
     from ..corpus import filter_split, open_corpus
     from ..models import classify_source
+    from ..models.artifact import classify_artifact
     from ..quant import parse_scheme
     from ..quant.plan import Plan
 
     for t in trials:
         try:
             classify_source(t.model)
+            if t.quantized:
+                classify_artifact(t.quantized)
+                continue
             if t.scheme:
                 parse_scheme(t.scheme)
             Plan.parse(t.plan)

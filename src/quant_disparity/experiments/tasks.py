@@ -16,7 +16,7 @@ from .._io import digest_json
 from ..corpus import open_corpus
 from ..corpus.selection import resolve_langs
 from ..tasks import Arms, LanguageItems, Metric, Task, TaskContext, parse_tasks
-from .planning import now
+from .planning import now, trial_assignment
 from .spec import ExperimentSpec, TrialSpec
 from .store import Store
 
@@ -68,7 +68,6 @@ def run_spec_tasks(
     from ..models import load_model
     from ..models.modules import build_module_map
     from ..quant import engine_for
-    from ..quant.plan import Plan
 
     tasks = spec_tasks(spec)
     summary = {"task_runs": 0, "already_stored": 0, "computed": 0}
@@ -93,7 +92,7 @@ def run_spec_tasks(
         modmap = build_module_map(lm.model)
         engine = engine_for(lm, modmap)
         for t, task, tk in todo:
-            assignment = Plan.parse(t.plan).resolve(modmap).assignment()
+            assignment = trial_assignment(t, lm, modmap, log)[0]
             ctx = TaskContext(
                 lm=lm, corpus=corpus, langs=langs, arms=Arms(engine, assignment), settings=settings, log=log
             )

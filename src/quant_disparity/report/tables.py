@@ -134,28 +134,56 @@ def audit_summary_lines(result: Mapping) -> list[str]:
     return lines
 
 
+def artifact_lines(sc: Mapping) -> list[str]:
+    """What a pre-quantized artifact changed and what it stores (an audit's ``scheme.artifact``), for audit.md."""
+    a, cst = sc["artifact"], sc["cost"]
+    differ = [f"{comp} {r['differing']}/{r['tensors']}" for comp, r in a["by_component"].items() if r["differing"]]
+    types = ", ".join(f"{t} {v['tensors']}" for t, v in sorted(a["tensor_types"].items()))
+    block = cst.get("bits_per_block_linear_weight")
+    return [
+        f"- Quantized: the artifact `{a['path']}` ({a['format']}, sha256 `{a['sha256'][:16]}`): "
+        + (
+            f"{a['differing_tensors']} of {a['differing_tensors'] + a['equal_tensors']} tensors differ from the "
+            f"reference ({', '.join(differ)} differing/tensors)."
+            if a["differing_tensors"]
+            else "no tensor differs from the reference (it is compared with itself)."
+        )
+        + (f" Tensors the reference lacks: {', '.join(a['not_in_reference'])}." if a["not_in_reference"] else ""),
+        f"- Cost, as the artifact stores every tensor ({types} tensors by stored type): "
+        f"{cst['bits_per_weight']:.3f} bits per weight over the whole model"
+        + (f", {block:.3f} per block Linear weight." if block is not None else "."),
+    ]
+
+
 def audit_markdown(result: Mapping) -> str:
     m, sc, co, cfg = result["model"], result["scheme"], result["corpus"], result["config"]
     short = short_languages(language_rows(result))
     q = sc["quantized"]
     cst = sc["cost"]
+    scheme_lines = (
+        artifact_lines(sc)
+        if sc.get("artifact")
+        else [
+            "- Quantized: nothing (the reference is compared with itself)."
+            if not cst["quantized_params"]
+            else f"- Quantized: {q['tensors']} tensors in layers {q['layers']} "
+            f"({', '.join(f'{k}' for k in q['params_by_component'])}); kept: {', '.join(q['kept_components'])}."
+            + (f" {' '.join(q['tied'])}." if q["tied"] else ""),
+            (
+                "- Cost: no weight quantized; "
+                if cst["bits_per_quantized_weight"] is None
+                else f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); "
+            )
+            + f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
+            f"{100 * cst['quantized_fraction']:.1f}% of parameters quantized.",
+        ]
+    )
     head = [
         f"# Audit: {m['name']} with {sc['name']}",
         "",
         f"- Model: `{m['name']}` ({m['arch']}, {m['n_params']:,} parameters, {m['dtype']} on {m['device']}); "
         f"digest `{m['digest'][:16]}`. Reference: {sc['reference']}.",
-        "- Quantized: nothing (the reference is compared with itself)."
-        if not cst["quantized_params"]
-        else f"- Quantized: {q['tensors']} tensors in layers {q['layers']} "
-        f"({', '.join(f'{k}' for k in q['params_by_component'])}); kept: {', '.join(q['kept_components'])}."
-        + (f" {' '.join(q['tied'])}." if q["tied"] else ""),
-        (
-            "- Cost: no weight quantized; "
-            if cst["bits_per_quantized_weight"] is None
-            else f"- Cost: {cst['bits_per_quantized_weight']:.3f} bits per quantized weight (scales included); "
-        )
-        + f"{cst['bits_per_weight']:.2f} bits per weight over the whole model; "
-        f"{100 * cst['quantized_fraction']:.1f}% of parameters quantized.",
+        *scheme_lines,
         f"- Corpus: `{co['name']}` (digest `{co['digest'][:16]}`), split `{co['split']}`, up to "
         f"{co['max_tokens_per_language'] or 'all'} tokens per language (whole documents"
         + (f", at least {co['min_docs_per_language']} each" if co.get("min_docs_per_language") else "")
