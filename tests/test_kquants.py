@@ -1,0 +1,222 @@
+"""llama.cpp's K-quants (``gguf:q4_k`` ...) and recipes (``gguf:q4_k_m``) by llama.cpp's own quantizer.
+
+Expected values come from elsewhere than the scheme code: a ctypes call to ``ggml_quantize_chunk`` written here,
+the gguf package's independent numpy dequantizer and legacy-type quantizer, ``gguf.GGML_QUANT_SIZES``, and the
+per-tensor types of the bundled Q4_K_M file that llama-quantize wrote.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, skip_unless_ci, tiny_model
+from gguf import quants
+
+from quant_disparity.errors import UserError
+from quant_disparity.models.modules import build_module_map
+from quant_disparity.quant import parse_scheme
+from quant_disparity.quant.backends import ggml
+from quant_disparity.quant.plan import Plan
+
+K_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+
+
+@pytest.fixture(scope="module")
+def libggml():
+    try:
+        path = ggml.library_path()
+    except UserError as e:
+        skip_unless_ci(f"libggml-base is not installed ({e.message})")
+    return ctypes.CDLL(str(path))
+
+
+def _direct(lib, name: str, x: np.ndarray) -> np.ndarray:
+    """ggml_quantize_chunk called by hand (no imatrix), then the gguf package's numpy dequantizer."""
+    qtype = gguf.GGMLQuantizationType[name.upper()]
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, n = x.shape
+    dst = np.zeros((rows, n // block * type_size), dtype=np.uint8)
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = (
+        [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    )
+    assert lib.ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, rows, n, None) == dst.nbytes
+    return quants.dequantize(dst, qtype).reshape(rows, n)
+
+
+def _weights(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.05
+    w[1, 7] = 0.9  # an outlier in one super-block
+    w[2, :256] = 0.0  # an all-zero super-block
+    return w
+
+
+@pytest.mark.parametrize("name", K_TYPES)
+def test_k_types_are_llama_cpps_own_quantize_dequantize(libggml, name):
+    w = _weights(8, 512)
+    expected = _direct(libggml, name, w.numpy())
+    ours = parse_scheme(f"gguf:{name}").fake_quantize(w)
+    np.testing.assert_array_equal(ours.numpy(), expected)
+    assert torch.equal(ours[2, :256], torch.zeros(256))  # a zero super-block stays zero
+    # llama.cpp's to_float (what the scheme dequantizes with) and the gguf package's numpy code agree bit for bit
+    raw = ggml.quantize(w.numpy(), name)
+    np.testing.assert_array_equal(
+        ggml.dequantize(raw, name, (8, 512)), quants.dequantize(raw, gguf.GGMLQuantizationType[name.upper()])
+    )
+
+
+def test_k_types_error_falls_with_bits(libggml):
+    w = torch.randn(16, 1024, generator=torch.Generator().manual_seed(1))
+    rel = [float((parse_scheme(f"gguf:{t}").fake_quantize(w) - w).norm() / w.norm()) for t in K_TYPES]
+    assert rel == sorted(rel, reverse=True), rel
+    assert 0.2 < rel[0] < 0.5 and rel[-1] < 0.02, rel  # 2-bit coarse, 6-bit close
+
+
+@pytest.mark.parametrize(
+    "name,fallback", [("q2_k", "q4_0"), ("q3_k", "q4_0"), ("q4_k", "q5_0"), ("q5_k", "q5_1"), ("q6_k", "q8_0")]
+)
+def test_rows_of_640_fall_back_as_llama_quantize_does(libggml, name, fallback):
+    """640 = 2.5 super-blocks: llama.cpp stores the fallback type, which the gguf package quantizes independently."""
+    w = _weights(6, 640)
+    expected = quants.dequantize(
+        quants.quantize(w.numpy(), gguf.GGMLQuantizationType[fallback.upper()]),
+        gguf.GGMLQuantizationType[fallback.upper()],
+    )
+    np.testing.assert_array_equal(parse_scheme(f"gguf:{name}").fake_quantize(w).numpy(), expected)
+    # and the direct call of the fallback type through libggml-base gives the same
+    np.testing.assert_array_equal(_direct(libggml, fallback, w.numpy()), expected)
+
+
+def test_rows_not_a_multiple_of_32_are_stored_as_f16(libggml):
+    w = _weights(4, 48)
+    w[0, 0] = 1 / 3
+    out = parse_scheme("gguf:q4_k").fake_quantize(w)
+    np.testing.assert_array_equal(out.numpy(), w.numpy().astype(np.float16).astype(np.float32))
+    assert parse_scheme("gguf:q4_k").storage_bits((4, 48), 32) == 4 * 48 * 16
+
+
+def test_storage_bits_follow_gguf_quant_sizes():
+    # (block, bytes) from gguf.GGML_QUANT_SIZES: q4_k (256, 144), q6_k (256, 210), q5_0 (32, 22), q8_0 (32, 34)
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K] == (256, 144)
+    assert parse_scheme("gguf:q4_k").storage_bits((3, 512), 32) == 3 * 2 * 144 * 8  # 4.5 bits
+    assert parse_scheme("gguf:q6_k").storage_bits((3, 512), 32) == 3 * 2 * 210 * 8  # 6.5625 bits
+    assert parse_scheme("gguf:q4_k").storage_bits((3, 640), 32) == 3 * 20 * 22 * 8  # stored as q5_0: 5.5 bits
+    assert parse_scheme("gguf:q6_k").storage_bits((3, 640), 32) == 3 * 20 * 34 * 8  # stored as q8_0: 8.5 bits
+    for name, bits in (("q2_k", 2.625), ("q3_k", 3.4375), ("q5_k", 5.5)):
+        assert parse_scheme(f"gguf:{name}").storage_bits((1, 2048), 32) == 2048 * bits
+
+
+def test_plans_name_what_is_stored_and_count_it():
+    """A tiny Llama (hidden 64, MLP 128): no row holds a super-block of 256, so every tensor falls back."""
+    modmap = build_module_map(tiny_model("llama"))
+    resolved = Plan.parse("keep:head:0.1; gguf:q6_k:*").resolve(modmap)
+    by_name = {d.name: d for d in resolved.decisions}
+    q = by_name["model.layers.0.self_attn.q_proj.weight"]
+    assert q.action == "gguf:q6_k-as-q8_0+keep-rows:16-31"
+    assert q.bits == 16 * 64 * 32 + 48 * 64 / 32 * 34 * 8  # kept rows at fp32, the rest q8_0
+    # o keeps input columns 16-31: 48 columns are left, not a multiple of 32 -> f16
+    o = by_name["model.layers.0.self_attn.o_proj.weight"]
+    assert o.action == "gguf:q6_k-as-f16+keep-cols:16-31"
+    assert o.bits == 64 * 16 * 32 + 64 * 48 * 16
+    down = by_name["model.layers.1.mlp.down_proj.weight"]  # [64, 128]
+    assert down.action == "gguf:q6_k-as-q8_0" and down.bits == 64 * 4 * 34 * 8
+    assert parse_scheme(q.action).name == q.action  # the bound name reads back
+
+
+def _gemma_270m_modmap():
+    """Gemma 3 270M's module map on the meta device (FACTS.md's hyperparameters), no weights."""
+    import transformers as T
+
+    cfg = T.Gemma3TextConfig(
+        vocab_size=262144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = T.AutoModelForCausalLM.from_config(cfg)
+    return build_module_map(model)
+
+
+_GGUF_NAMES = {
+    "attn_q": "attn.q",
+    "attn_k": "attn.k",
+    "attn_v": "attn.v",
+    "attn_output": "attn.o",
+    "ffn_gate": "mlp.gate",
+    "ffn_up": "mlp.up",
+    "ffn_down": "mlp.down",
+}
+
+
+@pytest.mark.integration
+def test_q4_k_m_recipe_names_every_type_of_the_bundled_file(tmp_path):
+    """The bundled GGUF is llama-quantize's Q4_K_M of Gemma 3 270M: the recipe gives each tensor its type."""
+    from quant_disparity.models.bundled import BUNDLED
+
+    reader = gguf.GGUFReader(BUNDLED.get("gemma-3-270m").gguf_path(tmp_path))
+    real = {}
+    for t in reader.tensors:
+        if t.tensor_type in (gguf.GGMLQuantizationType.F32,):
+            continue
+        if t.name == "token_embd.weight":
+            real[(None, "embed.token")] = (t.tensor_type.name.lower(), tuple(int(s) for s in t.shape))
+            continue
+        m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", t.name)
+        assert m, t.name
+        real[(int(m.group(1)), _GGUF_NAMES[m.group(2)])] = (t.tensor_type.name.lower(), tuple(int(s) for s in t.shape))
+    modmap = _gemma_270m_modmap()
+    resolved = Plan.parse("gguf:q4_k_m:all").resolve(modmap)
+    ours = {}
+    for d in resolved.decisions:
+        if not d.quantized:
+            continue
+        p = modmap[d.name]
+        scheme = resolved.assignment()[d.name]
+        ours[(p.layer, p.component)] = (scheme.stored, tuple(reversed(p.shape)))  # GGUF lists ne[0] first
+    assert len(real) == 18 * 7 + 1
+    assert ours == real
+    # the mixture of FACTS.md, spelled out: v and down get more bits on layers 0, 1, 4, 7, 10, 13, 15, 16, 17
+    more = {0, 1, 4, 7, 10, 13, 15, 16, 17}
+    assert {i for i in range(18) if real[(i, "attn.v")][0] == "q8_0"} == more
+    assert {i for i in range(18) if real[(i, "mlp.down")][0] == "q6_k"} == more
+
+
+def test_recipe_needs_a_tensor_and_unknown_k_types_are_errors():
+    with pytest.raises(UserError, match="per-tensor recipe"):
+        parse_scheme("gguf:q4_k_m").fake_quantize(torch.zeros(2, 256))
+    with pytest.raises(UserError, match="unknown llama.cpp K-type 'q7_k'"):
+        parse_scheme("gguf:q7_k")
+    with pytest.raises(UserError, match="q4_k falls back to q5_0 or f16, not q8_0"):
+        parse_scheme("gguf:q4_k-as-q8_0")
+
+
+def test_missing_library_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    monkeypatch.delenv(ggml.ENV, raising=False)
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real_find(n, *a))
+    with pytest.raises(UserError) as e:
+        ggml.library_path()
+    assert "pip install 'quant-disparity[llamacpp]'" in e.value.hint
+    monkeypatch.setenv(ggml.ENV, "/nonexistent/libggml-base.so")
+    with pytest.raises(UserError, match="is not a file"):
+        ggml.library_path()
+
+
+def test_cli_unknown_k_type_is_one_line_exit_2(capsys, tmp_path):
+    code, _out, err = run_cli(["audit", "--scheme", "gguf:q9_k", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "unknown llama.cpp K-type 'q9_k'" in err
+    assert not (tmp_path / "a").exists()
