@@ -220,3 +220,130 @@ def test_cli_unknown_k_type_is_one_line_exit_2(capsys, tmp_path):
     code, _out, err = run_cli(["audit", "--scheme", "gguf:q9_k", "--out", str(tmp_path / "a")], capsys)
     assert code == 2 and "unknown llama.cpp K-type 'q9_k'" in err
     assert not (tmp_path / "a").exists()
+
+
+# -- real vs simulated: llama.cpp's own forward over a GGUF written here ---------------------------------------------
+def _llama_cpp():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        skip_unless_ci("llama-cpp-python is not installed (pip install 'quant-disparity[llamacpp]')")
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's q/k row order for llama.cpp's rope (pairs interleaved)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_llama_gguf(model, tokenizer, path) -> None:
+    """A float32 llama-architecture GGUF of a transformers Llama, as convert_hf_to_gguf.py lays it out."""
+    import json
+
+    cfg = model.config
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    tokens = tokenizer.convert_ids_to_tokens(list(range(cfg.vocab_size)))
+    w.add_token_list(tokens)
+    special = set(tokenizer.all_special_ids)
+    w.add_token_types([3 if i in special else 1 for i in range(cfg.vocab_size)])
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    w.add_token_merges([" ".join(m) for m in merges])
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    names = {"self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate"}
+    names |= {"mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(cfg.num_hidden_layers):
+        pre = f"model.layers.{i}."
+        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[pre + "input_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[pre + "post_attention_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.attn_q.weight", _permute(sd[pre + "self_attn.q_proj.weight"], cfg.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight", _permute(sd[pre + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
+        for hf, ours in names.items():
+            w.add_tensor(f"blk.{i}.{ours}.weight", sd[pre + hf + ".weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_llama_cpp_runs_the_written_gguf_as_we_evaluate_it(tmp_path, tokenizer):
+    """A tiny Llama (rows of 256 and 512: real K-quant blocks) as a float32 GGUF, and the same with v, o and the MLP
+    in llama.cpp's q4_k bytes: llama.cpp's own per-document NLL matches our evaluation of the reference and of the
+    dequantized weights, and the quantization's effect is the same on both sides."""
+    _llama_cpp()
+    import transformers as T
+
+    from quant_disparity.corpus import CorpusSelection, load_udhr, select_documents
+    from quant_disparity.evaluate import EvalSettings, prepare, tokenize
+    from quant_disparity.evaluate.llamacpp import llamacpp_doc_nats, simulated_doc_nats
+    from quant_disparity.models import wrap_model
+    from quant_disparity.models.gguf_write import write_quantized_gguf
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(
+        vocab_size=320,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = T.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)  # sharper predictions, so that quantization changes them
+    lm = wrap_model(model, tokenizer, name="tiny-llama-256")
+    modmap = build_module_map(model)
+    template = tmp_path / "ref.gguf"
+    _write_llama_gguf(model, tokenizer, template)
+    resolved = Plan.parse("gguf:q4_k:component:attn.v,component:attn.o,component:mlp").resolve(modmap)
+    assignment = resolved.assignment()
+    assert {s.name for s in assignment.values()} == {"gguf:q4_k"}  # no fallback: these are real Q4_K tensors
+    quantized = tmp_path / "q4_k.gguf"
+    types = write_quantized_gguf(template, quantized, model, modmap, assignment)
+    assert set(types.values()) == {"q4_k"} and len(types) == 2 * 5
+    assert gguf.GGUFReader(quantized).tensors[0].name == "token_embd.weight"
+
+    chosen = select_documents(
+        load_udhr(),
+        CorpusSelection(langs=("eng_Latn", "heb_Hebr", "amh_Ethi"), max_tokens=100),
+        lambda docs: tokenize(tokenizer, docs),
+    )
+    settings = EvalSettings(window=64, context=16, batch_tokens=256)
+    prepared = prepare(chosen.documents(), chosen.all_tokens(), lm.prefix_token_id, settings, 256)
+    n_pred = np.asarray(prepared.n_pred, dtype=np.float64)
+    ours_ref = simulated_doc_nats(lm, modmap, prepared, {}) / n_pred
+    real_ref = llamacpp_doc_nats(template, prepared) / n_pred
+    ours_q = simulated_doc_nats(lm, modmap, prepared, assignment) / n_pred
+    real_q = llamacpp_doc_nats(quantized, prepared) / n_pred
+    # llama.cpp's float32 kernels on float32 weights: the same numbers up to summation order (measured: 8e-5
+    # nats per token at most)
+    np.testing.assert_allclose(real_ref, ours_ref, rtol=0, atol=2e-4)
+    # on q4_k weights llama.cpp's dot products quantize the activations to 8 bits (q8_K): close, not equal
+    # (measured: 6e-3 nats per token at most)
+    np.testing.assert_allclose(real_q, ours_q, rtol=0, atol=1e-2)
+    # the quantization's effect over all documents is well above that noise, and the same on both sides
+    w = n_pred / n_pred.sum()
+    effect_ours, effect_real = float(w @ (ours_q - ours_ref)), float(w @ (real_q - real_ref))
+    assert abs(effect_ours) > 2e-2, effect_ours
+    assert abs(effect_real - effect_ours) < 0.25 * abs(effect_ours), (effect_ours, effect_real)
