@@ -347,3 +347,33 @@ def test_llama_cpp_runs_the_written_gguf_as_we_evaluate_it(tmp_path, tokenizer):
     effect_ours, effect_real = float(w @ (ours_q - ours_ref)), float(w @ (real_q - real_ref))
     assert abs(effect_ours) > 2e-2, effect_ours
     assert abs(effect_real - effect_ours) < 0.25 * abs(effect_ours), (effect_ours, effect_real)
+
+
+def _audit(model_dir, out, scheme: str, capsys):
+    argv = ["audit", "--model", str(model_dir), "--langs", "eng,heb", "--max-tokens", "40", "--scheme", scheme]
+    return run_cli([*argv, "--n-boot", "50", "--window", "64", "--out", str(out)], capsys)
+
+
+def test_audit_records_what_each_tensor_stored(libggml, saved_model, isolated_cache, tmp_path, capsys):
+    out = tmp_path / "q4k"
+    code, _o, err = _audit(saved_model("llama"), out, "gguf:q4_k", capsys)
+    assert code == 0, err
+    import json
+
+    scheme = json.loads((out / "audit.json").read_text())["scheme"]
+    stored = scheme["stored_as"]  # hidden size 64, MLP 128: every tensor falls back to q5_0 (rows of 32)
+    assert len(stored) == 3 * 7 and set(stored.values()) == {"gguf:q4_k-as-q5_0"}
+    assert scheme["cost"]["bits_per_quantized_weight"] == pytest.approx(5.5)
+
+
+def test_audit_without_the_library_is_one_line_exit_2(saved_model, isolated_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(ggml.ENV, str(tmp_path / "missing.so"))
+    ggml._lib.cache_clear()
+    out = tmp_path / "a"
+    try:
+        code, _o, err = _audit(saved_model("llama"), out, "gguf:q4_k", capsys)
+    finally:
+        ggml._lib.cache_clear()
+    last = err.strip().splitlines()[-1]  # after the progress lines of loading, the one error line
+    assert code == 2 and "is not a file" in last and "pip install 'quant-disparity[llamacpp]'" in last
+    assert not out.exists()

@@ -45,7 +45,7 @@ def gguf_name(p: ParamInfo) -> str | None:
     return None
 
 
-def stored_type(scheme: Scheme) -> str:
+def gguf_tensor_type(scheme: Scheme) -> str:
     """The llama.cpp type a (bound) scheme stores; a :class:`UserError` for one a GGUF cannot hold."""
     whole = not (scheme.partial or scheme.outliers or scheme.keep_points or scheme.zero_points)
     if isinstance(scheme, KQuant) and scheme.stored is not None and whole:
@@ -73,7 +73,7 @@ def write_quantized_gguf(
         gname = gguf_name(p)
         if gname is None:
             raise UserError(f"{name} has no llama.cpp tensor name", "assign schemes to block Linear weights")
-        by_gguf[gname] = (p, stored_type(scheme))
+        by_gguf[gname] = (p, gguf_tensor_type(scheme))
     missing = set(by_gguf) - {t.name for t in reader.tensors}
     if missing:
         raise UserError(f"the template {template.name} has no tensor {sorted(missing)[0]}", "use the model's own GGUF")
