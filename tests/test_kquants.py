@@ -377,3 +377,20 @@ def test_audit_without_the_library_is_one_line_exit_2(saved_model, isolated_cach
     last = err.strip().splitlines()[-1]  # after the progress lines of loading, the one error line
     assert code == 2 and "is not a file" in last and "pip install 'quant-disparity[llamacpp]'" in last
     assert not out.exists()
+
+
+def test_importance_weights_the_error_where_it_is_large(libggml):
+    """ggml_quantize_chunk's importance matrix (per input channel, e.g. mean squared activations): channels
+    marked important come out closer to their weights than without one, at the cost of the others."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    important = np.zeros(512, dtype=bool)
+    important[rng.choice(512, 64, replace=False)] = True
+    imp = np.where(important, 100.0, 1.0).astype(np.float32)
+    for name in ("q3_k", "q4_k"):
+        plain = ggml.dequantize(ggml.quantize(x, name), name, x.shape) - x
+        weighted = ggml.dequantize(ggml.quantize(x, name, importance=imp), name, x.shape) - x
+        assert (weighted[:, important] ** 2).mean() < 0.8 * (plain[:, important] ** 2).mean()
+        assert (weighted[:, ~important] ** 2).mean() > (plain[:, ~important] ** 2).mean()
+    with pytest.raises(UserError, match="needs 512 values"):
+        ggml.quantize(x, "q4_k", importance=imp[:100])
