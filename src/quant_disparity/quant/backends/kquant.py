@@ -160,7 +160,7 @@ def _parse(text: str) -> Scheme | None:
 
 KIND = SchemeKind(
     name="kquant",
-    syntax="gguf:" + ", ".join(ggml.K_TYPES + RECIPES) + " (llama.cpp's own code; needs the llamacpp extra)",
+    syntax="gguf:" + ", ".join(ggml.K_TYPES + RECIPES) + " (llama.cpp's own code, needs the llamacpp extra)",
     examples=(
         ("gguf:q2_k", "llama.cpp Q2_K (libggml-base's quantizer, bit-exact; q4_0 on rows not a multiple of 256)"),
         ("gguf:q3_k", "llama.cpp Q3_K (q4_0 on rows not a multiple of 256)"),
