@@ -48,9 +48,9 @@ class KQuant(Scheme):
         return ggml.stored_type(self.ggml_type, row_length)
 
     def bind(self, p: ParamInfo, modmap: ModuleMap) -> Scheme:
-        from ..plan import weight_2d_shape
+        from ...models.modules import weight_2d
 
-        shape = weight_2d_shape(p)
+        shape: tuple[int, int] = tuple(weight_2d(torch.empty(p.shape, device="meta"), p).shape)  # type: ignore[assignment]  # 2-D
         cols = len(self._rest(shape)[1]) if self.partial else shape[1]
         return dataclasses.replace(self, stored=self.stored_for(cols) if cols else self.ggml_type)
 
