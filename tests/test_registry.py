@@ -47,7 +47,8 @@ def install_entry_points(site: Path, dist: str, group: str, entry_points: dict[s
     "lookup,typo,meant",
     [
         (lambda s: parse_scheme(s), "fp61", "fp16"),
-        (lambda s: parse_scheme(s), "gguf:q4_k", "gguf:q4_0"),
+        (lambda s: parse_scheme(s), "gguf:q4_o", "gguf:q4_0"),
+        (lambda s: parse_scheme(s), "gguf:q4_km", "gguf:q4_k_m"),
         (lambda s: SCHEMES.get(s), "rnt", "rtn"),
         (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "lyer:0", "layer"),
         (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "norm", "norms"),
