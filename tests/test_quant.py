@@ -292,7 +292,7 @@ def test_scheme_names_round_trip(text):
     assert parse_scheme(s.name) == s and s.name == text
 
 
-@pytest.mark.parametrize("text", ["w4", "w9g128", "w1g64", "w4g0", "q4_k", "int4", "", "w4-row"])
+@pytest.mark.parametrize("text", ["w4", "w9g128", "w1g64", "w4g0", "q4_k_s", "q7_k", "int4", "", "w4-row"])
 def test_bad_schemes_are_user_errors(text):
     with pytest.raises(UserError) as e:
         parse_scheme(text)

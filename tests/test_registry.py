@@ -47,7 +47,8 @@ def install_entry_points(site: Path, dist: str, group: str, entry_points: dict[s
     "lookup,typo,meant",
     [
         (lambda s: parse_scheme(s), "fp61", "fp16"),
-        (lambda s: parse_scheme(s), "gguf:q4_k", "gguf:q4_0"),
+        (lambda s: parse_scheme(s), "gguf:q4_o", "gguf:q4_0"),
+        (lambda s: parse_scheme(s), "gguf:q4_km", "gguf:q4_k_m"),
         (lambda s: SCHEMES.get(s), "rnt", "rtn"),
         (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "lyer:0", "layer"),
         (lambda s: Plan.parse(f"keep:{s}; w4g32:*"), "norm", "norms"),
@@ -91,12 +92,12 @@ def test_scheme_help_lists_every_kind():
     parts = e.value.hint.removeprefix("schemes: ").split("; ")
     assert parts[:-1] == [k.syntax for k in SCHEMES.values()] and parts[-1] == "any quantizing one +outliers:P%"
     assert "w4g128" in e.value.hint and "gguf:q4_0" in e.value.hint
-    assert SCHEMES.names() == ["rtn", "gguf", "cast", "none", "reference"]
+    assert SCHEMES.names() == ["rtn", "gguf", "kquant", "cast", "none", "reference"]
 
 
 def test_every_listed_scheme_example_parses_to_its_own_name():
     examples = [name for kind in SCHEMES.values() for name, _ in kind.examples]
-    assert "w4g128" in examples and "reference" in examples and len(examples) == 14
+    assert "w4g128" in examples and "reference" in examples and len(examples) == 22
     for name in examples:
         assert parse_scheme(name).name == name
 

@@ -21,7 +21,7 @@ from .models import LoadedModel
 from .models.modules import ModuleMap, build_module_map
 from .provenance import environment
 from .quant import Scheme, cost, engine_for, parse_scheme
-from .quant.plan import Plan, load_plan
+from .quant.plan import Plan, bind_assignment, load_plan
 
 
 def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
@@ -51,6 +51,17 @@ def quantization_targets(modmap: ModuleMap, include: tuple[str, ...]) -> list[st
         if "lm_head" in include and "lm_head" in p.components and p.role in ("matrix", "embedding"):
             names.append(p.name)
     return list(dict.fromkeys(names))
+
+
+def scheme_assignment(modmap: ModuleMap, scheme: Scheme, include: tuple[str, ...]) -> dict[str, Scheme]:
+    """``--scheme`` on the default targets (and ``--include``), each bound to its tensor (a llama.cpp type's
+    row-length fallback, a per-tensor recipe)."""
+    return bind_assignment({name: scheme for name in quantization_targets(modmap, include)}, modmap)
+
+
+def stored_as(assignment: dict[str, Scheme], name: str) -> dict[str, str]:
+    """The tensors whose bound scheme is not the one named (what a llama.cpp type or recipe really stored)."""
+    return {t: s.name for t, s in assignment.items() if s.name != name}
 
 
 def describe_targets(modmap: ModuleMap, names: list[str]) -> dict:
@@ -163,8 +174,8 @@ def run_audit(
         if found is not None:
             plan_info["super_weights"] = found
     else:
-        targets = quantization_targets(modmap, config.include)
-        assignment = {name: scheme for name in targets}
+        assignment = scheme_assignment(modmap, scheme, config.include)
+        targets = list(assignment)
         plan_info = None
     log(
         f"{len(prepared.docs)} documents, {prepared.total_pred} predicted tokens, {len(prepared.batches)} batches "
@@ -258,6 +269,8 @@ def run_audit(
         "plan": plan_info,
         "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)",
     }
+    if plan is None and artifact is None and (stored := stored_as(assignment, scheme.name)):
+        scheme_info["stored_as"] = stored  # tensors a K-quant stores as another type (llama.cpp's fallback)
     if artifact is not None:
         scheme_info["name"] = f"artifact:{artifact.format}"
         # every tensor at the width the artifact stores it, those equal to the reference included
@@ -318,7 +331,7 @@ def run_audit_with_tasks(
     elif config.plan:
         assignment = _bound_plan(config, lm, log)[0].resolve(modmap).assignment()
     else:
-        assignment = {name: scheme for name in quantization_targets(modmap, config.include)}
+        assignment = scheme_assignment(modmap, scheme, config.include)
     data = result.to_dict()
     data["tasks"] = run_tasks(
         chosen,

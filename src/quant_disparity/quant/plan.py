@@ -451,6 +451,7 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                 used.add(j)
         applied = action not in (KEEP, "none") or not scheme.is_identity
         if applied:
+            scheme = scheme.bind(p, modmap)
             scheme.check_shape(weight_2d_shape(p), p.name)
             schemes[p.name] = scheme
         shape = weight_2d_shape(p)
@@ -473,6 +474,12 @@ def resolve(plan: Plan, modmap: ModuleMap) -> ResolvedPlan:
                 "outlier, head, neuron and super-weight keep rules only act on tensors that a scheme rule quantizes",
             )
     return ResolvedPlan(plan=plan, decisions=tuple(decisions), _schemes=schemes, notes=tuple(notes))
+
+
+def bind_assignment(assignment: dict[str, Scheme], modmap: ModuleMap) -> dict[str, Scheme]:
+    """Each tensor's scheme as it applies to that tensor (:meth:`.backends.base.Scheme.bind`: a llama.cpp type's
+    row-length fallback, a per-tensor recipe), for assignments made without a plan (``audit --scheme``)."""
+    return {name: scheme.bind(modmap[name], modmap) for name, scheme in assignment.items()}
 
 
 def weight_2d_shape(p: ParamInfo) -> tuple[int, int]:

@@ -9,11 +9,14 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from ...errors import UserError
+
+if TYPE_CHECKING:
+    from ...models.modules import ModuleMap, ParamInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +118,13 @@ class Scheme(ABC):
         """The rows and columns that are quantized (not kept)."""
         kr, kc = set(range_indices(self.keep_rows)), set(range_indices(self.keep_cols))
         return [i for i in range(shape[0]) if i not in kr], [j for j in range(shape[1]) if j not in kc]
+
+    def bind(self, p: ParamInfo, modmap: ModuleMap) -> Scheme:
+        """The scheme as it applies to tensor ``p`` of ``modmap`` (default: itself). A kind whose stored format
+        depends on the tensor (llama.cpp's fallback for row lengths, a per-tensor recipe) returns the scheme really
+        applied, so that its name records what is stored. Called once per tensor, after kept rows, columns and
+        points are added."""
+        return self
 
     # -- the transform -------------------------------------------------------------------------
     def fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
