@@ -312,7 +312,11 @@ def run_heads(
         "environment": environment(),
     }
     if locate is not None:
-        result["prediction"] = _prediction(locate, lm, modmap, langs, score, heads, config)
+        names = [str(h["name"]) for h in heads]
+        errors = head_errors(lm.model, modmap, locate)
+        result["prediction"] = predict_protection(
+            locate, errors, names, langs, score, config.n_boot, config.seed, str(config.locate)
+        )
     result["timing"] = {
         "attention_s": round(t_counted - t_count, 3),
         "counted_tokens": int(sums.queries.sum()),
@@ -321,13 +325,23 @@ def run_heads(
     return result
 
 
-def _prediction(locate, lm, modmap, langs, score, heads, config) -> dict:
-    names = [h["name"] for h in heads]
-    errors = head_errors(lm.model, modmap, locate)
+def predict_protection(
+    locate: dict,
+    errors: dict[str, float],
+    names: list[str],
+    langs: list[str],
+    score: np.ndarray,
+    n_boot: int,
+    seed: int,
+    path: str,
+) -> dict:
+    """Per language, the rank correlation across query heads (``names``) of the specificity score (``score
+    [lang, head]``) with the head's protect-one effect in ``locate``, and of the weight error (``errors``, from
+    :func:`head_errors`) with the same effect."""
     err = np.array([errors.get(n, np.nan) for n in names])
     located = {lang["id"] for lang in locate.get("languages", [])}
-    rng = np.random.default_rng([config.seed, 1])
-    rows = []
+    rng = np.random.default_rng([seed, 1])
+    rows: list[dict] = []
     for j, lang in enumerate(langs):
         if lang not in located:
             rows.append({"id": lang, "note": "not in the locate run"})
@@ -343,13 +357,13 @@ def _prediction(locate, lm, modmap, langs, score, heads, config) -> dict:
         rows.append(
             {
                 "id": lang,
-                "specificity": rank_correlation(score[j], eff, config.n_boot, rng),
-                "weight_error": rank_correlation(err, eff, config.n_boot, rng),
+                "specificity": rank_correlation(score[j], eff, n_boot, rng),
+                "weight_error": rank_correlation(err, eff, n_boot, rng),
             }
         )
     return {
         "locate": {
-            "path": str(config.locate),
+            "path": path,
             "model": locate.get("model", {}).get("name"),
             "scheme": locate.get("config", {}).get("scheme"),
             "split": locate.get("corpus", {}).get("split"),
@@ -364,4 +378,4 @@ def _prediction(locate, lm, modmap, langs, score, heads, config) -> dict:
     }
 
 
-__all__ = ["HeadsConfig", "head_errors", "read_locate", "run_heads", "validate"]
+__all__ = ["HeadsConfig", "head_errors", "predict_protection", "read_locate", "run_heads", "validate"]
