@@ -254,6 +254,21 @@ def test_run_heads_prediction_and_false_positive_check(tiny_lm, tmp_path):
     assert data["heads"][0]["kv_shared_by"] == ["L0.h0", "L0.h1"]
     # the half split of one language against itself: no difference exists, the rule finds (almost) none
     assert data["false_positive"]["mean_share"] is not None and data["false_positive"]["mean_share"] <= 0.1
+    # REPLICATION.md's row from this result: the shares as measured, the correlation pending without a sweep
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "origin"))
+    from export_heads import export
+    from rows_heads import head_rows
+
+    (tmp_path / "heads.json").write_text(json.dumps(data))
+    exported = export("gemma-3-270m", tmp_path / "heads.json", tmp_path / "no-locate.json")
+    (tmp_path / "heads-gemma-3-270m.json").write_text(json.dumps(exported))
+    row = head_rows(tmp_path)[0]
+    shares = sorted(lang["share_specific"] for lang in data["languages"])
+    assert f"median {100 * (shares[1] + shares[2]) / 2:.1f} %" in row[4] and "pending" in row[4]
+    assert row[0] == "C20b" and "not comparable" in row[5]
     # the correlation against a locate file whose effects are known: the score itself, and its reverse
     score = {lang["id"]: np.array(lang["specificity"], dtype=float).ravel() for lang in data["languages"]}
     loc = tmp_path / "locate.json"
