@@ -29,15 +29,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import interleaved, median, save
+from common import interleaved, median, panel_inputs, save
 
-from quant_disparity.config import ModelRuntime
-from quant_disparity.corpus import CorpusSelection, load_udhr
-from quant_disparity.corpus.selection import DEFAULT_PANEL
-from quant_disparity.evaluate import EvalSettings, Forward, score_documents
-from quant_disparity.inputs import load_inputs
+from quant_disparity.evaluate import Forward, score_documents
 from quant_disparity.inspect.attention import attention_sums, script_ids
-from quant_disparity.models import load_model
 
 #: The audit's memory target in bench_memory.py: peak RSS over fp32 weights + corpus bytes.
 AUDIT_BOUND = 2.2
@@ -64,9 +59,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    lm = load_model(args.model, log=lambda m: None)
-    selection = CorpusSelection(split="select", langs=DEFAULT_PANEL, max_tokens=args.max_tokens)
-    inputs = load_inputs(ModelRuntime(args.model), load_udhr(), selection, EvalSettings(batch_tokens=2048), lm=lm)
+    lm, inputs = panel_inputs(args.model, args.max_tokens)
     modmap, chosen, prepared = inputs.modmap, inputs.selection, inputs.prepared
     script_of, _ = script_ids(lm.tokenizer, sorted({t for b in prepared.batches for w in b for t in w.input_ids}))
     forward = Forward(lm.model)
