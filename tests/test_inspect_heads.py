@@ -139,6 +139,7 @@ def test_token_script_by_hand():
     assert token_script("ab中") == "LATIN"  # most letters
     assert token_script("中ab") == "LATIN"
     assert token_script("a中") == "LATIN"  # a tie: the script met first
+    assert token_script("ẹ̀") == "LATIN" and token_script("\u0301\u0300") is None  # combining marks: inherited
     for none in ("", " ", "123", ",.!", "\ufffd", "<bos>"[0:1] + ">"):
         assert token_script(none) is None
 

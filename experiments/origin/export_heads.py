@@ -60,6 +60,7 @@ def export(model: str, heads_path: Path, locate_path: Path) -> dict:
         "model": model,
         "split": data["corpus"]["split"],
         "threshold": data["threshold"],
+        "interval_level": data["interval_level"],
         "n_boot": data["config"]["n_boot"],
         "seed": data["config"]["seed"],
         "n_heads": len(data["heads"]),

@@ -44,13 +44,14 @@ _SCRIPT_ALIASES = {"CJK": "HAN", "KANGXI": "HAN", "IDEOGRAPHIC": "HAN", "HALFWID
 
 
 def char_script(ch: str) -> str | None:
-    """The script of one character: the first word of its Unicode name for letters and combining marks
-    (``LATIN``, ``CYRILLIC``, ``ARABIC``, ``DEVANAGARI``, ``ETHIOPIC``, ``HANGUL``; CJK ideographs are ``HAN``);
-    None for anything else (digits, punctuation, spaces, symbols, the replacement character)."""
+    """The script of one character: the first word of its Unicode name for letters and marks (``LATIN``,
+    ``CYRILLIC``, ``ARABIC``, ``DEVANAGARI``, ``ETHIOPIC``, ``HANGUL``; CJK ideographs are ``HAN``); None for
+    anything else (digits, punctuation, spaces, symbols, the replacement character) and for the generic combining
+    marks (``COMBINING ACUTE ACCENT`` ...: Unicode's Inherited script, which takes its base letter's)."""
     if not unicodedata.category(ch).startswith(("L", "M")):
         return None
     name = unicodedata.name(ch, "")
-    if not name:
+    if not name or name.startswith("COMBINING "):
         return None
     words = name.split()
     first = _SCRIPT_ALIASES.get(words[0], words[0])

@@ -28,7 +28,7 @@ from ..models.modules import ModuleMap, weight_2d
 from ..provenance import environment
 from ..quant import parse_scheme
 from .attention import STATS, attention_sums, script_ids
-from .head_specificity import THRESHOLD, half_split, rank_correlation, specificity
+from .head_specificity import THRESHOLD, family_level, half_split, rank_correlation, specificity
 
 LOCATE_HINT = "pass the locate.json of `locate --granularity head --mode protect-one`"
 
@@ -39,8 +39,8 @@ def _heads_eval() -> EvalSettings:
 
 @dataclass(frozen=True, init=False)
 class HeadsConfig(FlatConfig):
-    """``threshold``: a head is specific on a statistic when the 95% interval of its standardized difference
-    lies beyond ±threshold; ``locate``: a locate.json (head granularity, protect-one) to correlate with."""
+    """``threshold``: a head is specific on a statistic when the interval of its standardized difference (95%
+    family-wise over the statistics) lies beyond ±threshold; ``locate``: a locate.json (head granularity, protect-one) to correlate with."""
 
     runtime: ModelRuntime = ModelRuntime()
     selection: CorpusSelection = CorpusSelection(split="select", max_tokens=0)
@@ -167,6 +167,7 @@ def run_heads(
     n_layers, n_heads = len(sums.layers), sums.n_heads
     n_docs = len(lang_of_doc)
     rng = np.random.default_rng(config.seed)
+    level = family_level(len(STATS))
 
     def flat(stat: str) -> tuple[np.ndarray, np.ndarray]:
         return sums.sums[stat].reshape(n_docs, n_layers * n_heads), sums.counts(stat)
@@ -196,14 +197,16 @@ def run_heads(
             num, den = flat(stat)
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = num[docs].sum(0) / den[docs].sum()
-            sp = specificity(num, den, lang_of_doc, j, threshold=config.threshold, n_boot=config.n_boot, rng=rng)
+            sp = specificity(
+                num, den, lang_of_doc, j, threshold=config.threshold, level=level, n_boot=config.n_boot, rng=rng
+            )
             any_specific |= sp.specific
             abs_d.append(np.abs(sp.d))
             by_stat[stat] = {
                 "mean": grid(mean),
                 "d": grid(sp.d),
-                "ci95_lo": grid(sp.lo),
-                "ci95_hi": grid(sp.hi),
+                "ci_lo": grid(sp.lo),
+                "ci_hi": grid(sp.hi),
                 "specific": [[bool(x) for x in row] for row in sp.specific.reshape(n_layers, n_heads)],
                 "share_specific": float(sp.specific.mean()) if sp.has_interval else None,
             }
@@ -231,7 +234,9 @@ def run_heads(
         ok = True
         for stat in STATS:
             num, den = flat(stat)
-            sp = specificity(num[idx], den[idx], halves, 0, threshold=config.threshold, n_boot=config.n_boot, rng=rng)
+            sp = specificity(
+                num[idx], den[idx], halves, 0, threshold=config.threshold, level=level, n_boot=config.n_boot, rng=rng
+            )
             ok = ok and sp.has_interval
             any_specific |= sp.specific
         row["share_specific"] = float(any_specific.mean()) if ok else None
@@ -291,15 +296,17 @@ def run_heads(
             "the character name; CJK ideographs: HAN); special tokens and tokens without a letter: none",
             "aggregate": "per language: sum over its documents / queries (a ratio of sums)",
             "specificity": "d = (language mean - mean of the other languages' documents) / pooled within-language "
-            "standard deviation of per-document values; 95% bootstrap interval, documents resampled within each "
-            f"language ({config.n_boot} replicates, seed {config.seed})",
-            "specific": f"the 95% interval of d lies beyond ±{config.threshold:g} on at least one of the "
+            f"standard deviation of per-document values; {100 * level:g}% bootstrap interval (95% family-wise over "
+            f"the {len(STATS)} statistics, Bonferroni), documents resampled within each language ({config.n_boot} "
+            f"replicates, seed {config.seed})",
+            "specific": f"the interval of d lies beyond ±{config.threshold:g} on at least one of the "
             f"{len(STATS)} statistics",
             "score": "a head's specificity score for a language: the largest |d| over the statistics",
             "false_positive_check": "the same test of the even-indexed half of one language's documents against "
             "the odd-indexed half",
         },
         "threshold": config.threshold,
+        "interval_level": level,
         "scripts": script_names,
         "layers": list(sums.layers),
         "heads": heads,

@@ -12,12 +12,13 @@ languages; ``N - G`` degrees of freedom). ``d`` says by how many typical documen
 group's mean departs. Documents without a query for the statistic (no token with a script) leave it.
 
 **Interval.** A bootstrap over documents, stratified by group: every group's documents are resampled with
-replacement within the group, and ``m_A``, ``m_B`` and ``s_w`` are recomputed on each replicate; the 95%
-percentile interval of ``d``. A target group with fewer than ``MIN_DOCS_FOR_INTERVAL`` documents gets no
+replacement within the group, and ``m_A``, ``m_B`` and ``s_w`` are recomputed on each replicate; the percentile
+interval of ``d`` at ``level`` (the command uses the family-wise level of its four statistics, Bonferroni:
+1 - 0.05 / 4 = 98.75 %). A target group with fewer than ``MIN_DOCS_FOR_INTERVAL`` documents gets no
 interval (and so can never be called specific).
 
-**Specific.** A head is specific on a statistic when the whole 95% interval of ``d`` lies beyond
-``±threshold``; it is specific for the group when it is so on at least one statistic. The false-positive
+**Specific.** A head is specific on a statistic when the whole interval of ``d`` lies beyond ``±threshold``;
+it is specific for the group when it is so on at least one statistic. The false-positive
 check runs the same test on one language's documents split in two halves (alternate documents in corpus
 order): there is no difference to find, so the share of heads it calls specific estimates the rule's
 false-positive rate.
@@ -30,10 +31,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.stats import CI_PERCENTILES, MIN_DOCS_FOR_INTERVAL, resample_counts, spearman_replicates
+from ..analysis.stats import MIN_DOCS_FOR_INTERVAL, resample_counts, spearman_replicates
 
 #: Default threshold on |d|: the interval must lie beyond one within-group document standard deviation.
 THRESHOLD = 1.0
+
+
+def family_level(n_tests: int, alpha: float = 0.05) -> float:
+    """The interval level that keeps ``n_tests`` intervals at ``1 - alpha`` family-wise (Bonferroni)."""
+    return 1 - alpha / n_tests
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ def specificity(
     target: int,
     *,
     threshold: float = THRESHOLD,
+    level: float = 0.95,
     n_boot: int = 1000,
     rng: np.random.Generator,
 ) -> Specificity:
@@ -98,7 +105,8 @@ def specificity(
         return Specificity(point, nan, nan, np.zeros(point.shape, dtype=bool), False)
     reps = _d(num, den, x, w, target_mask, groups_a)
     with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(reps, CI_PERCENTILES, axis=0) if reps.size else (point, point)
+        tail = 50 * (1 - level)
+        lo, hi = np.nanpercentile(reps, (tail, 100 - tail), axis=0) if reps.size else (point, point)
     specific = np.isfinite(lo) & ((lo > threshold) | (hi < -threshold))
     return Specificity(point, lo, hi, specific, True)
 
@@ -126,4 +134,4 @@ def rank_correlation(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.G
     return out
 
 
-__all__ = ["THRESHOLD", "Specificity", "half_split", "rank_correlation", "specificity"]
+__all__ = ["THRESHOLD", "Specificity", "family_level", "half_split", "rank_correlation", "specificity"]
