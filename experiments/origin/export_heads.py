@@ -84,7 +84,8 @@ def export(model: str, heads_path: Path, locate_path: Path) -> dict:
         pred = prediction(model, data, locate_path)
         out["prediction"] = {"locate": pred["locate"], "method": pred["method"], "languages": pred["languages"]}
     else:
-        out["prediction"] = {"pending": f"no head protect-one sweep at {locate_path}"}
+        shown = str(locate_path).replace(str(Path.home()), "~", 1)
+        out["prediction"] = {"pending": f"no head protect-one sweep at {shown} yet"}
     return out
 
 
