@@ -231,17 +231,19 @@ def run_heads(
         halves = half_split(len(idx))
         row: dict = {"id": lang, "docs": [int((halves == 0).sum()), int((halves == 1).sum())]}
         any_specific = np.zeros(n_layers * n_heads, dtype=bool)
-        ok = True
+        tested = []
         for stat in STATS:
             num, den = flat(stat)
             sp = specificity(
                 num[idx], den[idx], halves, 0, threshold=config.threshold, level=level, n_boot=config.n_boot, rng=rng
             )
-            ok = ok and sp.has_interval
+            if sp.has_interval:
+                tested.append(stat)
             any_specific |= sp.specific
-        row["share_specific"] = float(any_specific.mean()) if ok else None
-        if not ok:
-            row["note"] = f"a half has fewer than {MIN_DOCS_FOR_INTERVAL} documents: no interval"
+        row["statistics"] = tested
+        row["share_specific"] = float(any_specific.mean()) if tested else None
+        if not tested:
+            row["note"] = f"a half has fewer than {MIN_DOCS_FOR_INTERVAL} documents with queries: no interval"
         fp_rows.append(row)
     fp_shares = [r["share_specific"] for r in fp_rows if r["share_specific"] is not None]
 
