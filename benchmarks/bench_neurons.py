@@ -21,15 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from common import interleaved, median, save
+from common import interleaved, median, panel_inputs, save
 
-from quant_disparity.config import ModelRuntime
-from quant_disparity.corpus import CorpusSelection, load_udhr
-from quant_disparity.corpus.selection import DEFAULT_PANEL
-from quant_disparity.evaluate import EvalSettings, Forward, score_documents
-from quant_disparity.inputs import load_inputs
+from quant_disparity.evaluate import Forward, score_documents
 from quant_disparity.inspect.neurons import count_firing
-from quant_disparity.models import load_model
 
 
 def main() -> None:
@@ -39,9 +34,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    lm = load_model(args.model, log=lambda m: None)
-    selection = CorpusSelection(split="select", langs=DEFAULT_PANEL, max_tokens=args.max_tokens)
-    inputs = load_inputs(ModelRuntime(args.model), load_udhr(), selection, EvalSettings(batch_tokens=2048), lm=lm)
+    lm, inputs = panel_inputs(args.model, args.max_tokens)
     modmap, chosen, prepared = inputs.modmap, inputs.selection, inputs.prepared
     lang_of_doc = [i for i, lang in enumerate(chosen.langs) for _ in chosen.docs[lang]]
     forward = Forward(lm.model)

@@ -32,6 +32,21 @@ def documents(tokenizer, langs=LANGS, max_tokens=512):
     return select_documents(load_udhr(), selection, functools.partial(tokenize, tokenizer)).documents()
 
 
+def panel_inputs(model: str, max_tokens: int):
+    """The loaded model (with its tokenizer) and the inputs of the inspect benchmarks: the default panel's
+    selection documents up to ``max_tokens`` per language, batched as ``inspect neurons`` / ``heads`` batch."""
+    from quant_disparity.config import ModelRuntime
+    from quant_disparity.corpus import CorpusSelection
+    from quant_disparity.corpus.selection import DEFAULT_PANEL
+    from quant_disparity.evaluate import EvalSettings
+    from quant_disparity.inputs import load_inputs
+    from quant_disparity.models import load_model
+
+    lm = load_model(model, log=lambda m: None)
+    selection = CorpusSelection(split="select", langs=DEFAULT_PANEL, max_tokens=max_tokens)
+    return lm, load_inputs(ModelRuntime(model), load_udhr(), selection, EvalSettings(batch_tokens=2048), lm=lm)
+
+
 def interleaved(fns: dict, repeats: int = 3) -> dict[str, list[float]]:
     """Wall times of each function, after one warm-up call each, repeated in turn (so drift in machine
     speed hits all alike). Returns name -> list of seconds."""

@@ -159,3 +159,44 @@ def run_cli(argv, capsys):
         raise SystemExit(0)
     captured = capsys.readouterr()
     return e.value.code or 0, captured.out, captured.err
+
+
+def chromium_images_loaded(html: str, tmp_path) -> None:
+    """Open ``html`` in headless Chromium and assert that every image decoded (skips outside CI without
+    Chromium; CI installs it)."""
+    import shutil
+    import subprocess
+
+    n_img = html.count("<img ")
+    chromium = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
+    if chromium is None:
+        skip_unless_ci("Chromium is not installed (apt-get install chromium): figures not checked in a browser")
+    # A copy of the report with a probe script: after load it writes how many images decoded into the DOM.
+    probe = html.replace(
+        "</body>",
+        "<script>window.addEventListener('load', () => {const imgs = [...document.images];"
+        "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0)"
+        ".length + '/' + imgs.length);});</script></body>",
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(probe)
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # a hang guard only
+    assert f'data-loaded="{n_img}/{n_img}"' in dom.stdout, dom.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import skip_unless_ci
+from conftest import chromium_images_loaded
 
 from quant_disparity.errors import UserError
 from quant_disparity.experiments import Store, load_run, run_experiment
@@ -451,44 +451,7 @@ def test_reports_render_and_every_figure_loads_in_chromium(model_dir, tmp_path):
     html = (tmp_path / "run" / "report.html").read_text()
     n_img = html.count("<img ")
     assert n_img >= 4 and "http://" not in html and "https://" not in html  # self-contained
-    chromium = next((c for c in ("chromium", "chromium-browser", "google-chrome") if _which(c)), None)
-    if chromium is None:
-        skip_unless_ci("Chromium is not installed (apt-get install chromium): figures not checked in a browser")
-    # A copy of the report with a probe script: after load it writes how many images decoded into the DOM.
-    probe = html.replace(
-        "</body>",
-        "<script>window.addEventListener('load', () => {const imgs = [...document.images];"
-        "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0)"
-        ".length + '/' + imgs.length);});</script></body>",
-    )
-    page = tmp_path / "probe.html"
-    page.write_text(probe)
-    dom = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'chrome'}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # a hang guard only
-    assert f'data-loaded="{n_img}/{n_img}"' in dom.stdout, dom.stderr[-2000:]
-
-
-def _which(name: str) -> bool:
-    import shutil
-
-    return shutil.which(name) is not None
+    chromium_images_loaded(html, tmp_path)
 
 
 def test_report_bad_targets(tmp_path, capsys):

@@ -27,6 +27,7 @@ from quant_disparity.experiments.spec import parse_spec
 from quant_disparity.report.tables import NO_CI, fmt, lacks_interval, markdown_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rows_heads import head_rows
 from rows_inside import inside_rows
 from rows_neurons import neuron_rows
 from rows_scores import score_rows
@@ -280,10 +281,10 @@ def main() -> None:
         if verdict_fw != "—":
             tally_fw[cid] = verdict_fw
         rows.append([cid, statement, numbers, log_cell, sound_cell, verdict, verdict_fw])
-    # C20-C23, the inside of the layers: heads, outliers, super weights, fertility (rows_inside.py) and
-    # language-specific neurons (rows_neurons.py)
+    # C20-C23, the inside of the layers: heads, outliers, super weights, fertility (rows_inside.py),
+    # language-specific heads (rows_heads.py) and language-specific neurons (rows_neurons.py)
     inside = inside_rows(EXPORT)
-    rows += inside[:1] + neuron_rows(EXPORT) + inside[1:]
+    rows += inside[:1] + head_rows(EXPORT) + neuron_rows(EXPORT) + inside[1:]
     lspec, sspec = log["spec"], sound["spec"]
     text = [
         "# Replication of the original research log",

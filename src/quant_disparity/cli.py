@@ -494,7 +494,7 @@ def locate(
 
 @app.group()
 def inspect() -> None:
-    """Look inside a model's layers: super weights, outlier structure of its weight tensors, language-specific neurons."""
+    """Look inside a model's layers: super weights, outlier structure, language-specific neurons and attention heads."""
 
 
 @inspect.command("super-weights")
@@ -706,6 +706,64 @@ def inspect_neurons(
     )
 
 
+@inspect.command("heads")
+@click.option("--model", default="gemma-3-270m", show_default=True, help="Bundled alias, HF id, model dir or .gguf.")
+@click.option("--langs", callback=_nonempty_list, help="Comma-separated languages (default: the 12-language panel).")
+@click.option("--corpus", help="udhr (default), a JSONL file, or a directory.")
+@click.option("--max-tokens", type=int, help="Selection tokens per language (default 0 = every selection document).")
+@click.option("--min-docs", type=int, help="At least this many selection documents per language (default 1).")
+@click.option(
+    "--threshold", type=float, help="Specific: the 95% interval of the standardized difference beyond ±this (1)."
+)
+@click.option(
+    "--locate",
+    "locate_file",
+    type=click.Path(path_type=Path),
+    help="A locate.json (--granularity head --mode protect-one): correlate specificity with its effects.",
+)
+@click.option("--seed", type=_SEED, help="Bootstrap seed (>= 0).")
+@click.option("--n-boot", type=_n_boot_range(), help="Bootstrap replicates (50-100000).")
+@click.option("--out", "out_dir", callback=_out_path, help="Output directory (default runs/heads-<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing heads.json in --out.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+def inspect_heads(
+    model, langs, corpus, max_tokens, min_docs, threshold, locate_file, seed, n_boot, out_dir, overwrite, device, dtype
+) -> None:
+    """Attention statistics per head and language, language-specific heads, and whether they predict protection."""
+    from ._io import OutputDir
+    from .inspect.head_run import HeadsConfig, run_heads, validate
+    from .report import plots
+    from .report.head_tables import heads_figures, heads_markdown
+
+    base = HeadsConfig().to_dict()
+    overrides = {
+        "model": model,
+        "langs": list(_csv(langs)) or None,
+        "corpus": corpus,
+        "max_tokens": max_tokens,
+        "min_docs": min_docs,
+        "threshold": threshold,
+        "locate": None if locate_file is None else str(locate_file),
+        "seed": seed,
+        "n_boot": n_boot,
+        "device": device,
+        "dtype": dtype,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = HeadsConfig.from_dict(base)
+    validate(cfg)
+    with OutputDir(out_dir or _default_out("heads"), "heads.json", overwrite) as staged:
+        data = _run_with_progress(lambda log, prog: run_heads(cfg, log=log, progress=prog), "tokens")
+        for name, fig in heads_figures(data).items():
+            plots.save(fig, staged.path(name))
+        md = heads_markdown(data)
+        staged.write_text("heads.md", md)
+        staged.write_text("heads.json", json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    out.print(md, markup=False)
+    out.print(f"wrote {staged.target / 'heads.json'}, heads.md, heads_specificity.png")
+
+
 @app.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -763,10 +821,12 @@ def run(spec, executor, ray_address, out_dir, device, dtype, dry_run, estimate_d
 @click.option("--overwrite", is_flag=True, help="Replace an existing file at the output path.")
 def report(target, report_format, out_file, overwrite) -> None:
     """Report a run directory (or a spec's default run): HTML with figures, markdown, or LaTeX tables."""
-    from ._io import atomic_write_text, lock_file_for
     from .experiments import analyse, load_run, run_inputs
     from .provenance import stored_provenance
 
+    if target.is_dir() and (target / "heads.json").is_file() and not (target / "spec.toml").exists():
+        _report_heads(target, report_format, out_file, overwrite)
+        return
     spec, store = load_run(target)
     try:
         result = analyse(spec, store)
@@ -776,7 +836,12 @@ def report(target, report_format, out_file, overwrite) -> None:
     run_dir = target if target.is_dir() else Path("runs") / spec.name
     path = out_file or run_dir / f"report.{report_format.suffix}"
     _check_report_path(path, overwrite, [*run_inputs(run_dir), *([] if target.is_dir() else [target])])
-    text = report_format.render(result, store_info)
+    _write_report(path, report_format.render(result, store_info), overwrite)
+
+
+def _write_report(path: Path, text: str, overwrite: bool) -> None:
+    from ._io import atomic_write_text, lock_file_for
+
     try:
         with lock_file_for(path):
             _check_report_path(path, overwrite, [])  # again, now that no other report can write it
@@ -784,6 +849,23 @@ def report(target, report_format, out_file, overwrite) -> None:
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror})", "choose another --out") from None
     out.print(f"wrote {path}")
+
+
+def _report_heads(target: Path, report_format, out_file: Path | None, overwrite: bool) -> None:
+    """The report of an ``inspect heads`` output directory (HTML or markdown)."""
+    from .report.head_tables import heads_html, heads_markdown
+
+    if report_format.name not in ("html", "md"):
+        raise UserError(f"an inspect heads result has no {report_format.name} report", "use --format html or md")
+    try:
+        data = json.loads((target / "heads.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{target / 'heads.json'} is not readable JSON ({e})", "rerun inspect heads") from None
+    if not isinstance(data, dict) or data.get("schema") != "quant-disparity/heads":
+        raise UserError(f"{target / 'heads.json'} is not an inspect heads output", "rerun inspect heads")
+    path = out_file or target / f"report.{report_format.suffix}"
+    _check_report_path(path, overwrite, [target / "heads.json"])
+    _write_report(path, heads_html(data) if report_format.name == "html" else heads_markdown(data), overwrite)
 
 
 def _check_report_path(path: Path, overwrite: bool, inputs: list[Path]) -> None:

@@ -91,6 +91,39 @@ def bars_by_group(
     return fig
 
 
+def panel_heatmaps(
+    panels: Mapping[str, np.ndarray], rows: list[str], cols: list[str], title: str, cbar_label: str, ncols: int = 4
+):
+    """Small multiples of non-negative ``rows x columns`` matrices (e.g. layers x heads), one panel per name
+    (e.g. language), on one shared sequential colour scale."""
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(max(2.4, 0.35 * len(cols) + 1.2) * ncols + 1.0, max(2.2, 0.16 * len(rows) + 1.0) * nrows),
+        squeeze=False,
+        layout="constrained",
+    )
+    finite = [m[np.isfinite(m)] for m in panels.values()]
+    vals = np.concatenate(finite) if finite else np.zeros(0)
+    lim = float(vals.max()) if vals.size and vals.max() > 0 else 1.0
+    im = None
+    for ax, (name, m) in zip(axes.flat, panels.items()):
+        im = ax.imshow(m, cmap="Reds", vmin=0.0, vmax=lim, aspect="auto")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(cols)), cols, fontsize=6)
+        step = max(1, len(rows) // 10)
+        ax.set_yticks(range(0, len(rows), step), rows[::step], fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes, label=cbar_label, shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def locate_figures(data: LocateResult | Mapping) -> dict[str, object]:
     """The figures of a locate sweep by file name: ``heatmap.png`` (effect by unit and language) and ``bars.png``
     (one panel per language, the units' effects with their 95% intervals)."""
