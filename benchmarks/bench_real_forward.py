@@ -5,7 +5,7 @@ For every scheme: the quantization's damage (Δbpb, ours) and the library forwar
 interval over documents), the KL of the library's next-token distributions from ours and their top-1 agreement,
 and whether they agree within :data:`quant_disparity.evaluate.real.TOLERANCE_BPB` (or 5 % of the damage).
 
-    python benchmarks/bench_real_forward.py [--model gemma-3-270m] [--langs eng,heb,amh,cmn] [--max-tokens 512]
+    python benchmarks/bench_real_forward.py [--model gemma-3-270m] [--langs eng,heb,amh,cmn_Hans] [--max-tokens 512]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SCHEMES = ("hqq:w4g64", "quanto:w4", "quanto:w8")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--langs", default="eng,heb,amh,cmn")
+    ap.add_argument("--langs", default="eng,heb,amh,cmn_Hans")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     a = ap.parse_args()
@@ -57,7 +57,7 @@ def main() -> None:
             d, diff = row["delta_bpb_ours"], row["library_minus_ours_bpb"]
             print(
                 f"{scheme.name} {lang}: Δbpb ours {d['value']:+.4f}; library - ours {diff['value']:+.2e} "
-                f"{diff["ci95"]}; KL {row['kl_bits_library_from_ours']:.2e} bits; "
+                f"{diff['ci95']}; KL {row['kl_bits_library_from_ours']:.2e} bits; "
                 f"top-1 {row['top1_agreement_library_vs_ours']:.4f}; agree {row['agree']}",
                 flush=True,
             )

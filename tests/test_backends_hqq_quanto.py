@@ -213,18 +213,27 @@ def test_a_shape_the_library_refuses_in_an_audit_writes_nothing(saved_model, tmp
     assert cost["bits_per_quantized_weight"] == 4 + 32 / 32
 
 
-@pytest.mark.parametrize("name, module, extra", [("hqq:w4g64", "hqq", "hqq"), ("quanto:w4", "optimum.quanto", "quanto")])
+@pytest.mark.parametrize(
+    "name, module, extra", [("hqq:w4g64", "hqq", "hqq"), ("quanto:w4", "optimum.quanto", "quanto")]
+)
 def test_a_missing_extra_names_the_install_command(name, module, extra, monkeypatch, tmp_path, capsys):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == module else real_find_spec(n, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == module else real_find_spec(n, *a))
     with pytest.raises(MissingExtra):
         parse_scheme(name)
     out = tmp_path / "never"
     code, _, err = run_cli(["audit", "--scheme", name, "--out", str(out)], capsys)
     assert code == 2 and f"pip install 'quant-disparity[{extra}]'" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_the_scheme_listing_shows_a_missing_extra_instead_of_failing(monkeypatch, capsys):
+    code, out, _ = run_cli(["schemes"], capsys)
+    assert code == 0 and "hqq:w4g64" in out and "not installed" not in out
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "hqq" else real_find_spec(n, *a))
+    code, out, _ = run_cli(["schemes"], capsys)
+    assert code == 0 and "not installed" in " ".join(out.split()) and "quanto:w8" in out
 
 
 # -- the library's own forward ----------------------------------------------------------------------------------

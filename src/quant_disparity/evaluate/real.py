@@ -46,10 +46,16 @@ def real_vs_simulated(
     of our evaluation and of the library's forward, their differences with intervals, and whether they agree
     within the tolerance. The engine must hold the reference weights when called (it does again on return)."""
     layers = LibraryLayers(forward.model, engine.modmap, assignment)  # from the reference weights
-    use_sim = lambda: engine.assign_(assignment)
+
+    def use_reference() -> None:
+        engine.restore_()
+
+    def use_sim() -> None:
+        engine.assign_(assignment)
+
     try:
         damage = score_documents(
-            forward, prepared, use_reference=engine.restore_, use_model=use_sim, vocab_chunk=vocab_chunk
+            forward, prepared, use_reference=use_reference, use_model=use_sim, vocab_chunk=vocab_chunk
         )
 
         def use_ours() -> None:
@@ -90,7 +96,7 @@ def real_vs_simulated(
         )
         diff = lib.estimates["delta_bpb"].value
         delta = sim.estimates["delta_bpb"].value
-        bound = max(TOLERANCE_BPB, TOLERANCE_OF_DAMAGE * abs(delta))
+        bound = max(TOLERANCE_BPB, TOLERANCE_OF_DAMAGE * abs(delta or 0.0))
         out[lang] = {
             "docs": n,
             "bytes": sim.n_bytes,
@@ -103,7 +109,7 @@ def real_vs_simulated(
             "kl_bits_library_from_ours": lib.estimates["kl_bits"].value,
             "top1_agreement_library_vs_ours": lib.estimates["top1_agreement"].value,
             "tolerance_bpb": bound,
-            "agree": abs(diff) <= bound,
+            "agree": diff is not None and abs(diff) <= bound,
         }
     return {
         "tolerance": {"bpb": TOLERANCE_BPB, "of_damage": TOLERANCE_OF_DAMAGE},

@@ -86,11 +86,6 @@ class Quanto(Scheme):
         return bits
 
 
-def group_size_of(layer) -> int | None:
-    """The group size of a frozen ``QLinear`` (None: one scale per output channel)."""
-    return getattr(layer.weight, "_group_size", None)
-
-
 def stored_tensors(qweight) -> list[torch.Tensor]:
     """The tensors a frozen quanto weight stores (a packed code tensor as its bytes)."""
     names, _ = qweight.__tensor_flatten__()
