@@ -1,7 +1,7 @@
 """A quantizing library's own forward pass: a model's linear layers swapped for the library's quantized layers.
 
 Our evaluation of a scheme runs the model on the dequantized weights (:mod:`.engine`). A scheme made by a library
-(``hqq:``, ``quanto:``) can also give the library's own quantized layer (``library_module(weight, bias)``, e.g.
+(``hqq:``, ``quanto:``) can also give the library's own quantized layer (``library_module(weight, bias)`` of a :class:`.backends.library.LibraryScheme`, e.g.
 ``HQQLinear``, a frozen quanto ``QLinear``), which stores the packed codes and computes the way the library
 does, in its compute dtype (float16 for both). :class:`LibraryLayers` builds those layers from a model's
 reference weights and swaps them in and out; each one takes its input cast to its compute dtype and returns its
@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UserError
 from ..models.modules import ModuleMap
+from .backends.library import LibraryScheme
 from .schemes import Scheme
 
 
@@ -37,7 +38,7 @@ class LibraryLinear(torch.nn.Module):
 
 def has_library_forward(scheme: Scheme) -> bool:
     """Whether the scheme's library gives a quantized layer of its own (a plain scheme: no kept elements)."""
-    return hasattr(scheme, "library_module") and not (
+    return isinstance(scheme, LibraryScheme) and not (
         scheme.outliers or scheme.partial or scheme.keep_points or scheme.zero_points
     )
 
@@ -55,7 +56,7 @@ class LibraryLayers:
                 continue
             info = modmap[name]
             module = model.get_submodule(info.module)
-            if not has_library_forward(scheme):
+            if not isinstance(scheme, LibraryScheme) or not has_library_forward(scheme):
                 raise UserError(
                     f"{name}: {scheme.name} has no library forward",
                     "compare schemes made by a library (hqq:, quanto:) without kept elements or outliers",
@@ -67,8 +68,8 @@ class LibraryLayers:
                 )
             parent_name, _, attr = info.module.rpartition(".")
             parent = model.get_submodule(parent_name)
-            layer = scheme.library_module(module.weight.data, module.bias.data if module.bias is not None else None)  # type: ignore[attr-defined]  # has_library_forward checked it
-            self._swaps.append((parent, attr, module, LibraryLinear(layer, scheme.compute_dtype)))  # type: ignore[attr-defined]  # idem
+            layer = scheme.library_module(module.weight.data, module.bias.data if module.bias is not None else None)
+            self._swaps.append((parent, attr, module, LibraryLinear(layer, scheme.compute_dtype)))
         self.installed = False
 
     def __len__(self) -> int:

@@ -14,18 +14,16 @@ plus a float16 scale and zero point per group.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import torch
 
 from ...errors import UserError
-from .base import Scheme, SchemeKind, require_extra
+from .base import SchemeKind, require_extra
+from .library import LibraryScheme
 
 EXTRA = "hqq"
-#: The library's compute dtype by default, in which ``HQQLinear`` keeps its scales and zero points and computes.
-COMPUTE_DTYPE = torch.float16
 _SYNTAX = re.compile(r"^hqq:w(\d+)(?:g(\d+))?((?:-axis[01]|-noopt)*)$")
 
 
@@ -37,7 +35,11 @@ def _library():
 
 
 @dataclass(frozen=True)
-class HQQ(Scheme):
+class HQQ(LibraryScheme):
+    library = "the hqq library"
+    shape_hint = "choose a group size whose groups fill the tensor in the numbers the library packs, or keep it"
+    #: The library's default compute dtype, in which ``HQQLinear`` keeps its scales and zero points and computes.
+    compute_dtype = torch.float16
     bits: int
     group_size: int | None = 64  # None: one group per row (axis 1) or per column (axis 0)
     axis: int = 1
@@ -48,18 +50,14 @@ class HQQ(Scheme):
         group = f"g{self.group_size}" if self.group_size else ""
         return f"hqq:w{self.bits}{group}{'-axis0' if self.axis == 0 else ''}{'' if self.optimize else '-noopt'}"
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return COMPUTE_DTYPE
-
-    def config(self, optimize: bool | None = None) -> dict:
-        """The library's ``BaseQuantizeConfig`` for this scheme (``optimize`` overrides the scheme's)."""
+    def config(self) -> dict:
+        """The library's ``BaseQuantizeConfig`` for this scheme."""
         q = _library()
         cfg = q.BaseQuantizeConfig(nbits=self.bits, group_size=self.group_size, axis=self.axis)
-        cfg["weight_quant_params"]["optimize"] = self.optimize if optimize is None else optimize
+        cfg["weight_quant_params"]["optimize"] = self.optimize
         return cfg
 
-    def library_module(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, optimize=None):
+    def library_module(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """The library's quantized layer (``HQQLinear``, on the CPU) made from a ``[out, in]`` weight."""
         q = _library()
         lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -67,41 +65,18 @@ class HQQ(Scheme):
             lin.weight.data = weight.detach().to("cpu", torch.float32).clone()
             if bias is not None:
                 lin.bias.data = bias.detach().to("cpu", torch.float32).clone()
-        return q.HQQLinear(lin, self.config(optimize), compute_dtype=COMPUTE_DTYPE, device="cpu")
+        return q.HQQLinear(lin, self.config(), compute_dtype=self.compute_dtype, device="cpu")
+
+    def stored_tensors(self, layer: torch.nn.Module) -> list[torch.Tensor]:
+        codes, meta = getattr(layer, "W_q"), getattr(layer, "meta")  # an HQQLinear's packed codes and meta-data
+        return [codes] + [v for v in meta.values() if isinstance(v, torch.Tensor)]
+
+    def probe_options(self) -> dict:
+        return {"optimize": False}  # the optimization changes values, never sizes
 
     def _fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
         layer = self.library_module(w2d)
         return layer.dequantize().to(device=w2d.device, dtype=w2d.dtype)
-
-    def _check_shape(self, shape: tuple[int, int], where: str) -> None:
-        self._stored(shape, where)
-
-    def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        return self._stored(shape, "a tensor")
-
-    def _stored(self, shape: tuple[int, int], where: str) -> float:
-        bits = _stored_bits(self.bits, self.group_size, self.axis, shape)
-        if isinstance(bits, str):
-            raise UserError(
-                f"{self.base_name} cannot quantize {where} ([{shape[0]}, {shape[1]}]): the hqq library refuses it "
-                f"({bits})",
-                "choose a group size whose groups fill the tensor in the numbers the library packs, or keep it",
-            )
-        return bits
-
-
-@functools.cache
-def _stored_bits(bits: int, group_size: int | None, axis: int, shape: tuple[int, int]) -> float | str:
-    """Bits the library's layer stores for a ``[out, in]`` weight, read from its tensors: made once per shape from
-    a constant weight without the optimization (which changes values, never sizes); the library's complaint when it
-    refuses the shape."""
-    scheme = HQQ(bits=bits, group_size=group_size, axis=axis)
-    try:
-        layer = scheme.library_module(torch.zeros(shape), optimize=False)
-    except (AssertionError, RuntimeError, ValueError) as e:
-        return " ".join(str(e).split()) or type(e).__name__
-    tensors = [layer.W_q] + [v for v in layer.meta.values() if isinstance(v, torch.Tensor)]
-    return float(sum(t.numel() * t.element_size() * 8 for t in tensors))
 
 
 def _parse(text: str) -> HQQ | None:

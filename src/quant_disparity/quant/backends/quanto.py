@@ -14,18 +14,16 @@ tensors: codes (int8, or uint8 holding two 4-bit or four 2-bit codes) plus float
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import torch
 
 from ...errors import UserError
-from .base import Scheme, SchemeKind, require_extra
+from .base import SchemeKind, require_extra
+from .library import LibraryScheme
 
 EXTRA = "quanto"
-#: The dtype of the linear layer the library quantizes, and so of its scales, shifts and computation.
-COMPUTE_DTYPE = torch.float16
 BITS = (2, 4, 8)
 _SYNTAX = re.compile(r"^quanto:w(\d+)(?:g(\d+))?$")
 
@@ -38,7 +36,11 @@ def _library():
 
 
 @dataclass(frozen=True)
-class Quanto(Scheme):
+class Quanto(LibraryScheme):
+    library = "optimum-quanto"
+    shape_hint = "use a group size that divides the tensor's rows, or keep it"
+    #: The dtype of the linear layer the library quantizes, and so of its scales, shifts and computation.
+    compute_dtype = torch.float16
     bits: int
     group_size: int | None = None  # None: the library's QLinear chooses
 
@@ -46,18 +48,14 @@ class Quanto(Scheme):
     def base_name(self) -> str:
         return f"quanto:w{self.bits}{f'g{self.group_size}' if self.group_size else ''}"
 
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return COMPUTE_DTYPE
-
     def library_module(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """The library's frozen ``QLinear`` (float16, on the CPU) made from a ``[out, in]`` weight."""
         quanto = _library()
-        lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=COMPUTE_DTYPE)
+        lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=self.compute_dtype)
         with torch.no_grad():
-            lin.weight.data = weight.detach().to("cpu", COMPUTE_DTYPE).clone()
+            lin.weight.data = weight.detach().to("cpu", self.compute_dtype).clone()
             if bias is not None:
-                lin.bias.data = bias.detach().to("cpu", COMPUTE_DTYPE).clone()
+                lin.bias.data = bias.detach().to("cpu", self.compute_dtype).clone()
         qtype = {2: quanto.qint2, 4: quanto.qint4, 8: quanto.qint8}[self.bits]
         layer = quanto.QLinear.from_module(lin, weights=qtype)
         if self.group_size is not None:
@@ -69,43 +67,15 @@ class Quanto(Scheme):
         with torch.no_grad():
             return self.library_module(w2d).weight.dequantize().to(device=w2d.device, dtype=w2d.dtype)
 
-    def _check_shape(self, shape: tuple[int, int], where: str) -> None:
-        self._stored(shape, where)
-
-    def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        return self._stored(shape, "a tensor")
-
-    def _stored(self, shape: tuple[int, int], where: str) -> float:
-        bits = _stored_bits(self.bits, self.group_size, shape)
-        if isinstance(bits, str):
-            raise UserError(
-                f"{self.base_name} cannot quantize {where} ([{shape[0]}, {shape[1]}]): optimum-quanto refuses it "
-                f"({bits})",
-                "use a group size that divides the tensor's rows, or keep it",
-            )
-        return bits
-
-
-def stored_tensors(qweight) -> list[torch.Tensor]:
-    """The tensors a frozen quanto weight stores (a packed code tensor as its bytes)."""
-    names, _ = qweight.__tensor_flatten__()
-    out = []
-    for name in names:
-        t = getattr(qweight, name)
-        out.append(t._data if hasattr(t, "_data") else t)  # PackedTensor: the uint8 bytes behind it
-    return out
-
-
-@functools.cache
-def _stored_bits(bits: int, group_size: int | None, shape: tuple[int, int]) -> float | str:
-    """Bits the library's frozen weight stores for a ``[out, in]`` weight (read from its tensors; made once per
-    shape from a ramp weight); the library's complaint when it refuses the shape."""
-    ramp = torch.linspace(-1, 1, shape[0] * shape[1]).reshape(shape)
-    try:
-        layer = Quanto(bits=bits, group_size=group_size).library_module(ramp)
-    except (AssertionError, RuntimeError, ValueError) as e:
-        return " ".join(str(e).split()) or type(e).__name__
-    return float(sum(t.numel() * t.element_size() * 8 for t in stored_tensors(layer.weight)))
+    def stored_tensors(self, layer: torch.nn.Module) -> list[torch.Tensor]:
+        """The frozen weight's inner tensors (a packed code tensor as the bytes behind it)."""
+        qweight = getattr(layer, "weight")  # a quanto QTensor
+        names, _ = qweight.__tensor_flatten__()
+        out = []
+        for name in names:
+            t = getattr(qweight, name)
+            out.append(t._data if hasattr(t, "_data") else t)  # PackedTensor: the uint8 bytes behind it
+        return out
 
 
 def _parse(text: str) -> Quanto | None:
