@@ -30,7 +30,7 @@ from quant_disparity.quant import parse_scheme
 from quant_disparity.quant.backends.base import MissingExtra
 
 BASELINE = "w4g128"
-SCHEMES = (BASELINE, "hqq:w4g64", "hqq:w4g64-noopt", "quanto:w4", "quanto:w8", "gguf:q4_k", "gptq:w4g128", "awq:w4g128")
+SCHEMES = (BASELINE, "quanto:w8", "quanto:w4", "hqq:w4g64", "hqq:w4g64-noopt", "gguf:q4_k", "gptq:w4g128", "awq:w4g128")
 
 CHILD = r"""
 import json, sys, time
@@ -92,14 +92,36 @@ def main() -> None:
     names = [BASELINE, *(s for s in a.schemes.split(",") if s and s != BASELINE)]
     load_before = os.getloadavg()
     runs: dict[str, dict] = {}
+
+    def write():
+        base = runs[BASELINE]
+        for r in runs.values():
+            if r["status"] == "measured":
+                r["time_over_rtn"] = r["seconds"] / base["seconds"]
+                r["added_memory_over_rtn"] = r["added_bytes"] / base["added_bytes"]
+                r["peak_over_rtn"] = r["peak_rss"] / base["peak_rss"]
+        return save(
+            "backends",
+            {
+                "model": a.model,
+                "baseline": BASELINE,
+                "schemes_asked": names,
+                "complete": len(runs) == len(names),
+                "runs": runs,
+                "load_average": {"before": load_before, "after": os.getloadavg()},
+            },
+        )
+
     for name in names:
         why = status(name)
         if why:
             runs[name] = {"status": why}
             print(f"{name}: {why}", flush=True)
+            path = write()
             continue
         m = measure(a.model, name)
         m["added_bytes"] = m["peak_rss"] - m["rss_before"]
+        m["load_average_after"] = os.getloadavg()
         runs[name] = {"status": "measured", **m}
         print(
             f"{name}: {m['seconds']:.1f} s, peak {m['peak_rss'] / 2**30:.2f} GiB "
@@ -107,21 +129,7 @@ def main() -> None:
             f"{m['bits_per_quantized_weight']:.3f} bits/weight, load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-    base = runs[BASELINE]
-    for r in runs.values():
-        if r["status"] == "measured":
-            r["time_over_rtn"] = r["seconds"] / base["seconds"]
-            r["added_memory_over_rtn"] = r["added_bytes"] / base["added_bytes"]
-            r["peak_over_rtn"] = r["peak_rss"] / base["peak_rss"]
-    path = save(
-        "backends",
-        {
-            "model": a.model,
-            "baseline": BASELINE,
-            "runs": runs,
-            "load_average": {"before": load_before, "after": os.getloadavg()},
-        },
-    )
+        path = write()
     for name, r in runs.items():
         if r["status"] == "measured":
             print(
