@@ -247,7 +247,12 @@ def table() -> list[str]:
                 + f" (RTN: {base['seconds']:.1f} s, +{base['added_bytes'] / 2**20:.0f} MiB over the loaded model; "
                 f"{base['tensors']} tensors; load average {bk['load_average']['before'][0]:.1f} → "
                 f"{bk['load_average']['after'][0]:.1f})"
-                + (f"; not measured here: {', '.join(absent)}" if absent else ""),
+                + (f"; not measured here: {', '.join(absent)}" if absent else "")
+                + (
+                    ""
+                    if bk.get("complete", True)
+                    else f"; the run stopped before {', '.join(k for k in bk['schemes_asked'] if k not in bk['runs'])}"
+                ),
             )
         )
     rf = load("real_forward-gemma-3-270m")
@@ -291,6 +296,9 @@ def real_forward_table() -> list[str]:
         "| top-1 agreement | agree |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    missing = [k for k in rf.get("schemes_asked", []) if k not in rf["runs"]]
+    if missing:
+        lines.insert(1, f"(the run stopped before {', '.join(missing)}: not measured)")
     for name, run in rf["runs"].items():
         for lang, v in run["languages"].items():
             d = v["delta_bpb_ours"]
