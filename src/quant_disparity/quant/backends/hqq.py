@@ -21,7 +21,7 @@ import torch
 
 from ...errors import UserError
 from .base import SchemeKind, require_extra
-from .library import LibraryScheme
+from .library import LibraryScheme, linear_of
 
 EXTRA = "hqq"
 _SYNTAX = re.compile(r"^hqq:w(\d+)(?:g(\d+))?((?:-axis[01]|-noopt)*)$")
@@ -60,11 +60,7 @@ class HQQ(LibraryScheme):
     def library_module(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """The library's quantized layer (``HQQLinear``, on the CPU) made from a ``[out, in]`` weight."""
         q = _library()
-        lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        with torch.no_grad():
-            lin.weight.data = weight.detach().to("cpu", torch.float32).clone()
-            if bias is not None:
-                lin.bias.data = bias.detach().to("cpu", torch.float32).clone()
+        lin = linear_of(weight, bias, torch.float32)  # the library finds its scales in float32, keeps them in float16
         return q.HQQLinear(lin, self.config(), compute_dtype=self.compute_dtype, device="cpu")
 
     def stored_tensors(self, layer: torch.nn.Module) -> list[torch.Tensor]:

@@ -71,6 +71,17 @@ class LibraryScheme(Scheme):
         return bits
 
 
+def linear_of(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.nn.Linear:
+    """A CPU ``torch.nn.Linear`` in ``dtype`` holding copies of a ``[out, in]`` weight and a bias (what the
+    libraries turn into their quantized layers)."""
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=dtype)
+    with torch.no_grad():
+        lin.weight.data = weight.detach().to("cpu", dtype).clone()
+        if bias is not None:
+            lin.bias.data = bias.detach().to("cpu", dtype).clone()
+    return lin
+
+
 @functools.cache
 def _stored_bits(scheme: LibraryScheme, shape: tuple[int, int]) -> float | str:
     """Bits the library's layer stores for a ``[out, in]`` weight, read from its tensors (one layer per scheme and

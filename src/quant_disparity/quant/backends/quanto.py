@@ -21,7 +21,7 @@ import torch
 
 from ...errors import UserError
 from .base import SchemeKind, require_extra
-from .library import LibraryScheme
+from .library import LibraryScheme, linear_of
 
 EXTRA = "quanto"
 BITS = (2, 4, 8)
@@ -51,11 +51,7 @@ class Quanto(LibraryScheme):
     def library_module(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """The library's frozen ``QLinear`` (float16, on the CPU) made from a ``[out, in]`` weight."""
         quanto = _library()
-        lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=self.compute_dtype)
-        with torch.no_grad():
-            lin.weight.data = weight.detach().to("cpu", self.compute_dtype).clone()
-            if bias is not None:
-                lin.bias.data = bias.detach().to("cpu", self.compute_dtype).clone()
+        lin = linear_of(weight, bias, self.compute_dtype)
         qtype = {2: quanto.qint2, 4: quanto.qint4, 8: quanto.qint8}[self.bits]
         layer = quanto.QLinear.from_module(lin, weights=qtype)
         if self.group_size is not None:
