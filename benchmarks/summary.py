@@ -264,9 +264,10 @@ def table() -> list[str]:
                 (
                     f"real vs simulated: {name} library forward vs our evaluation of its dequantized weights, "
                     f"{rf['model']} (`bench_real_forward.py`)",
-                    f"|Δ| ≤ {run['tolerance']['bpb']:g} bpb or {100 * run['tolerance']['of_damage']:g} % of Δbpb",
+                    f"library − ours within ±{run['tolerance']['bpb']:g} bpb or ±{100 * run['tolerance']['of_damage']:g} % "
+                    "of Δbpb",
                     rev("real_forward-gemma-3-270m"),
-                    f"{'agree' if run['agree'] else 'DISAGREE'}: largest |library − ours| {worst:.1e} bpb over "
+                    f"{'agree' if run['agree'] else 'DISAGREE'}: largest difference {worst:.1e} bpb over "
                     f"{len(run['languages'])} languages (Δbpb ours "
                     f"{min(v['delta_bpb_ours']['value'] for v in langs):.3f} to "
                     f"{max(v['delta_bpb_ours']['value'] for v in langs):.3f}); KL ≤ "
