@@ -242,10 +242,13 @@ def table() -> list[str]:
                 "; ".join(
                     f"{k}: time {r['time_over_rtn']:.1f}×, added memory {r['added_memory_over_rtn']:.2f}×, "
                     f"peak {r['peak_over_rtn']:.2f}×"
+                    + (f" (load {r['load_average_after'][0]:.0f})" if "load_average_after" in r else "")
                     for k, r in measured.items()
                 )
-                + f" (RTN: {base['seconds']:.1f} s, +{base['added_bytes'] / 2**20:.0f} MiB over the loaded model; "
-                f"{base['tensors']} tensors; load average {bk['load_average']['before'][0]:.1f} → "
+                + f" (RTN: {base['seconds']:.1f} s, +{base['added_bytes'] / 2**20:.0f} MiB over the loaded model"
+                + (f", load {base['load_average_after'][0]:.0f}" if "load_average_after" in base else "")
+                + "; the children ran one after another on a shared machine, so the time ratios carry its load; "
+                + f"{base['tensors']} tensors; load average {bk['load_average']['before'][0]:.1f} → "
                 f"{bk['load_average']['after'][0]:.1f})"
                 + (f"; not measured here: {', '.join(absent)}" if absent else "")
                 + (
