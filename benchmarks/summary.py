@@ -234,9 +234,91 @@ def table() -> list[str]:
                 f"{sr['load_average']['before'][0]:.1f} → {sr['load_average']['after'][0]:.1f})",
             )
         )
+    bk = load("backends")
+    if bk:
+        measured = {k: r for k, r in bk["runs"].items() if r["status"] == "measured" and k != bk["baseline"]}
+        absent = [k for k, r in bk["runs"].items() if r["status"] != "measured"]
+        base = bk["runs"][bk["baseline"]]
+        rows.append(
+            (
+                f"quantization wall time and memory per backend vs RTN {bk['baseline']}, {bk['model']} "
+                "(`bench_backends.py`)",
+                "report",
+                rev("backends"),
+                "; ".join(
+                    f"{k}: time {r['time_over_rtn']:.1f}×, added memory {r['added_memory_over_rtn']:.2f}×, "
+                    f"peak {r['peak_over_rtn']:.2f}×"
+                    + (f" (load {r['load_average_after'][0]:.0f})" if "load_average_after" in r else "")
+                    for k, r in measured.items()
+                )
+                + f" (RTN: {base['seconds']:.1f} s, +{base['added_bytes'] / 2**20:.0f} MiB over the loaded model"
+                + (f", load {base['load_average_after'][0]:.0f}" if "load_average_after" in base else "")
+                + "; the children ran one after another on a shared machine, so the time ratios carry its load; "
+                + f"{base['tensors']} tensors; load average {bk['load_average']['before'][0]:.1f} → "
+                f"{bk['load_average']['after'][0]:.1f})"
+                + (f"; not measured here: {', '.join(absent)}" if absent else "")
+                + (
+                    ""
+                    if bk.get("complete", True)
+                    else f"; the run stopped before {', '.join(k for k in bk['schemes_asked'] if k not in bk['runs'])}"
+                ),
+            )
+        )
+    rf = load("real_forward-gemma-3-270m")
+    if rf:
+        for name, run in rf["runs"].items():
+            langs = run["languages"].values()
+            worst = max(abs(v["library_minus_ours_bpb"]["value"]) for v in langs)
+            rows.append(
+                (
+                    f"real vs simulated: {name} library forward vs our evaluation of its dequantized weights, "
+                    f"{rf['model']} (`bench_real_forward.py`)",
+                    f"library − ours within ±{run['tolerance']['bpb']:g} bpb or ±{100 * run['tolerance']['of_damage']:g} % "
+                    "of Δbpb",
+                    rev("real_forward-gemma-3-270m"),
+                    f"{'agree' if run['agree'] else 'DISAGREE'}: largest difference {worst:.1e} bpb over "
+                    f"{len(run['languages'])} languages (Δbpb ours "
+                    f"{min(v['delta_bpb_ours']['value'] for v in langs):.3f} to "
+                    f"{max(v['delta_bpb_ours']['value'] for v in langs):.3f}); KL ≤ "
+                    f"{max(v['kl_bits_library_from_ours'] for v in langs):.1e} bits/token, top-1 ≥ "
+                    f"{min(v['top1_agreement_library_vs_ours'] for v in langs):.4f}",
+                )
+            )
     out = ["| benchmark | target | revision | measured |", "|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out
+
+
+def real_forward_table() -> list[str]:
+    """Per language and scheme: the real-vs-simulated check on held-out documents."""
+    rf = load("real_forward-gemma-3-270m")
+    if not rf:
+        return []
+    ci = lambda e, k=1: (
+        f"{k * e['value']:+.2e}" + (f" [{k * e['ci95'][0]:+.1e}, {k * e['ci95'][1]:+.1e}]" if e.get("ci95") else " †")
+    )
+    lines = [
+        f"Real vs simulated on {rf['model']} ({rf['split']} documents, up to {rf['max_tokens']} tokens per language, "
+        f"{rf['quantized_tensors']} block linear weights quantized; the library's layers compute in float16, ours in "
+        f"float32; load average {rf['load_average']['before'][0]:.1f} → {rf['load_average']['after'][0]:.1f}):",
+        "",
+        "| scheme | language | docs | bpb reference | Δbpb ours [95 % CI] | library − ours, bpb [95 % CI] | KL bits/token "
+        "| top-1 agreement | agree |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    missing = [k for k in rf.get("schemes_asked", []) if k not in rf["runs"]]
+    if missing:
+        lines.insert(1, f"(the run stopped before {', '.join(missing)}: not measured)")
+    for name, run in rf["runs"].items():
+        for lang, v in run["languages"].items():
+            d = v["delta_bpb_ours"]
+            dci = f"{d['value']:.4f}" + (f" [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}]" if d.get("ci95") else " †")
+            lines.append(
+                f"| {name} | {lang} | {v['docs']} | {v['bpb_reference']:.4f} | {dci} | "
+                f"{ci(v['library_minus_ours_bpb'])} | {v['kl_bits_library_from_ours']:.1e} | "
+                f"{v['top1_agreement_library_vs_ours']:.4f} | {'yes' if v['agree'] else 'no'} |"
+            )
+    return ["\n".join(lines)]
 
 
 def revisions() -> str:
@@ -327,6 +409,7 @@ def prose() -> list[str]:
                 "task's per-language accuracy in both arms"
             )
         out.append(text + ".")
+    out += real_forward_table()
     out.append(f"Measured at revision(s) {revisions()}.")
     return out
 

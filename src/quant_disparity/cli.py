@@ -1009,9 +1009,15 @@ def schemes() -> None:
     t.add_column("scheme")
     t.add_column("bits/weight", justify="right")
     t.add_column("meaning")
+    from .quant.backends.base import MissingExtra
+
     for kind in SCHEMES.values():  # the registry's kinds, plugins included, each with its own examples
         for name, meaning in kind.examples:
-            s = parse_scheme(name)
+            try:
+                s = parse_scheme(name)
+            except MissingExtra as e:  # a kind whose library is not installed: its install command instead
+                t.add_row(name, "not installed", f"{meaning} ({e.hint})")
+                continue
             t.add_row(name, f"{s.storage_bits((2048, 2048), 32) / 2048**2:.3f}", meaning)
     out.print(t)
 

@@ -3,8 +3,9 @@
 A scheme name is written in one kind's syntax (case-insensitive); ``quant-disparity schemes`` lists the kinds
 with examples and bit costs. Built-in kinds (one module each under :mod:`.backends`): round-to-nearest
 (``w4g128``, ``w4g128-asym``, ``w8-channel``, ``w4-tensor``), llama.cpp's legacy types (``gguf:q4_0`` ...),
-its K-types and recipes by its own code (``gguf:q4_k``, ``gguf:q4_k_m``),
-16-bit casts (``fp16``, ``bf16``) and ``none``. Any quantizing scheme takes ``+outliers:1%``: it keeps the 1 %
+its K-types and recipes by its own code (``gguf:q4_k``, ``gguf:q4_k_m``), HQQ and optimum-quanto through their
+libraries (``hqq:w4g64``, ``quanto:w4``; optional extras), 16-bit casts (``fp16``, ``bf16``) and ``none``. Any
+quantizing scheme takes ``+outliers:1%``: it keeps the 1 %
 largest-magnitude weights of each tensor in float16 (the scale computed on the rest; ``+outliers-inscale:``
 lets them set it). Third-party kinds come from ``quant_disparity.schemes`` entry points.
 """
@@ -15,7 +16,7 @@ import re
 
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
-from .backends import cast, gguf, identity, kquant, rtn
+from .backends import cast, gguf, hqq, identity, kquant, quanto, rtn
 from .backends.base import Scheme, SchemeKind, n_outliers, parse_points, parse_ranges, range_indices
 
 __all__ = [
@@ -44,6 +45,8 @@ def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
 
 SCHEMES: Registry[SchemeKind] = Registry("scheme kind", SchemeKind, group="quant_disparity.schemes", hint=scheme_help)
 for _kind in (rtn.KIND, gguf.KIND, kquant.KIND, cast.KIND, identity.KIND, identity.REFERENCE_KIND):
+    SCHEMES.register(_kind)
+for _kind in (hqq.KIND, quanto.KIND):  # real quantizers' libraries (optional extras; checked when a name is parsed)
     SCHEMES.register(_kind)
 
 
@@ -83,7 +86,7 @@ def parse_scheme(text: str) -> Scheme:
         try:
             scheme = kind.parse(raw)
         except UserError as e:
-            raise UserError(f"scheme {text!r}: {e.message}", e.hint) from None
+            raise type(e)(f"scheme {text!r}: {e.message}", e.hint) from None
         if scheme is not None:
             return scheme
     examples = [name for kind in SCHEMES.values() for name, _ in kind.examples]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 from abc import ABC, abstractmethod
@@ -296,3 +297,19 @@ class SchemeKind:
     examples: tuple[tuple[str, str], ...]  # (scheme name, what it does), for listings
     parse: Callable[[str], Scheme | None]
     colon_name: str | None = None  # a regex of the kind's names that hold a colon, which plans must not split at
+
+
+class MissingExtra(UserError):
+    """A scheme kind whose library (an optional extra) is not installed."""
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Raise :class:`MissingExtra` (one line with the install command) when ``module`` cannot be imported."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
+        raise MissingExtra(
+            f"{what} need the {module} library, which is not installed", f"run pip install 'quant-disparity[{extra}]'"
+        )
