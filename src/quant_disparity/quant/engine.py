@@ -34,6 +34,7 @@ from .schemes import NONE, Scheme
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
     from ..models.originals import CheckpointOriginals
+    from .calibration import CalibrationStats
 
 #: Environment variable that forces the memory mode: ``fast``, ``lean`` or ``auto`` (the default).
 MEMORY_ENV = "QUANT_DISPARITY_MEMORY"
@@ -73,7 +74,15 @@ class QuantEngine:
                 if name in originals and originals.matches(name, p.data):
                     self._from_file.add(name)
         self._active: dict[str, Scheme] = {}
-        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._cache: dict[tuple[str, str, str], torch.Tensor] = {}
+        self.calibration: CalibrationStats | None = None
+
+    def calibrate_(self, stats: CalibrationStats | None) -> Manifest:
+        """Use ``stats`` for calibrated schemes from now on (None: none). Parameters held in a calibrated scheme
+        are put back first, so the model never mixes two calibrations; cached tensors stay, keyed by calibration."""
+        manifest = self.assign_({n: s for n, s in self._active.items() if not s.needs_calibration})
+        self.calibration = stats
+        return manifest
 
     @property
     def mode(self) -> str:
@@ -99,7 +108,15 @@ class QuantEngine:
         return self._store.read(name, self._params[name].data)
 
     def quantized(self, name: str, scheme: Scheme) -> torch.Tensor:
-        key = (name, scheme.name)
+        stats = None
+        if scheme.needs_calibration and self.calibration is not None:
+            stats = self.calibration.for_param(name)
+            if stats is None:
+                raise UserError(
+                    f"{name}: no calibration statistics for {scheme.name} (only linear layers' inputs are recorded)",
+                    "keep this tensor or give it an uncalibrated scheme in a plan",
+                )
+        key = (name, scheme.name, self.calibration.key if stats is not None and self.calibration else "")
         if key in self._cache:
             return self._cache[key]
         info = self.modmap[name]
@@ -107,7 +124,7 @@ class QuantEngine:
         with torch.no_grad():
             w2d = weight_2d(orig, info)
             scheme.check_shape(cast("tuple[int, int]", tuple(w2d.shape)), name)  # weight_2d: 2-D
-            q = from_2d(scheme.fake_quantize(w2d), info)
+            q = from_2d(scheme.fake_quantize(w2d, stats), info)
         del orig, w2d
         if self.cache:
             self._cache[key] = q

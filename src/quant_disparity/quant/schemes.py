@@ -3,7 +3,8 @@
 A scheme name is written in one kind's syntax (case-insensitive); ``quant-disparity schemes`` lists the kinds
 with examples and bit costs. Built-in kinds (one module each under :mod:`.backends`): round-to-nearest
 (``w4g128``, ``w4g128-asym``, ``w8-channel``, ``w4-tensor``), llama.cpp's legacy types (``gguf:q4_0`` ...),
-16-bit casts (``fp16``, ``bf16``) and ``none``. Any quantizing scheme takes ``+outliers:1%``: it keeps the 1 %
+calibrated GPTQ and AWQ (``gptq:w4g128``, ``awq:w4g128``: they need calibration statistics,
+:mod:`.calibration`), 16-bit casts (``fp16``, ``bf16``) and ``none``. Any quantizing scheme takes ``+outliers:1%``: it keeps the 1 %
 largest-magnitude weights of each tensor in float16 (the scale computed on the rest; ``+outliers-inscale:``
 lets them set it). Third-party kinds come from ``quant_disparity.schemes`` entry points.
 """
@@ -14,7 +15,7 @@ import re
 
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
-from .backends import cast, gguf, identity, rtn
+from .backends import awq, cast, gguf, gptq, identity, rtn
 from .backends.base import Scheme, SchemeKind, n_outliers, parse_points, parse_ranges, range_indices
 
 __all__ = [
@@ -42,7 +43,7 @@ def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
 
 
 SCHEMES: Registry[SchemeKind] = Registry("scheme kind", SchemeKind, group="quant_disparity.schemes", hint=scheme_help)
-for _kind in (rtn.KIND, gguf.KIND, cast.KIND, identity.KIND, identity.REFERENCE_KIND):
+for _kind in (rtn.KIND, gguf.KIND, gptq.KIND, awq.KIND, cast.KIND, identity.KIND, identity.REFERENCE_KIND):
     SCHEMES.register(_kind)
 
 
