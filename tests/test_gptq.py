@@ -307,3 +307,82 @@ def test_document_ids_only_compare_within_the_corpus():
     check_no_overlap([Document("file", "cal.txt#1", "Other text.")], evaluated)
     with pytest.raises(UserError):
         check_no_overlap([Document("file", "x#9", "An  evaluated\ntext.")], evaluated)
+
+
+# -- specs ----------------------------------------------------------------------------------------
+
+
+def _spec(model, calibrations: str, claims: str = "") -> str:
+    return f"""
+name = "cal-tiny"
+n_boot = 50
+[corpus]
+split = "heldout"
+langs = ["eng", "heb"]
+max_tokens = 200
+min_docs = 5
+[eval]
+window = 64
+context = 8
+batch_tokens = 192
+[calibration]
+tokens = 300
+[grid]
+models = ["{model}"]
+schemes = ["w4g16", "gptq:w4g16"]
+{calibrations}
+[grid.plans]
+all = "{{scheme}}:*"
+{claims}
+"""
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_spec_calibrations_are_trials_with_their_own_keys(saved_model, tmp_path):
+    import sqlite3
+
+    from quant_disparity.experiments import run_experiment
+    from quant_disparity.experiments.spec import parse_spec
+
+    model = saved_model("llama")
+    cals = 'calibrations = { eng = "eng", t = "target" }'
+    claim = """[[claims]]
+id = "T1"
+expr = "delta_bpb(lang='heb', plan='all.t-heb') < delta_bpb(lang='heb', plan='all.eng')"
+where = { scheme = "gptq:w4g16" }
+"""
+    spec = parse_spec(_spec(model, cals, claim))
+    names = sorted(t.plan_name + "|" + t.scheme for t in spec.trials)
+    assert names == ["all.eng|gptq:w4g16", "all.t-eng|gptq:w4g16", "all.t-heb|gptq:w4g16", "all|w4g16"]
+    assert {t.calibration for t in spec.trials} == {"", "eng", "heb"}
+    f = tmp_path / "s.toml"
+    f.write_text(_spec(model, cals, claim))
+    r = run_experiment(f, tmp_path / "run")
+    assert r["run"]["computed"] == 3  # all.t-eng is all.eng (same calibration, same content): computed once
+    claim_out = r["verdicts"][0]
+    assert claim_out["id"] == "T1" and claim_out["verdict"] in ("supported", "refuted", "inconclusive")
+    db = sqlite3.connect(tmp_path / "run" / "store.sqlite")
+    keys = dict(db.execute("SELECT trial_name, trial_key FROM spec_trials").fetchall())
+    by_plan = {n.split("|")[-1] + "|" + n.split("|")[1]: k for n, k in keys.items()}
+    assert by_plan["all.t-eng|gptq:w4g16"] == by_plan["all.eng|gptq:w4g16"]
+    assert len(set(keys.values())) == 3  # two calibrations are two trials
+    # the RTN trial's key is the one a spec without calibrations gives it (existing stores keep their keys)
+    f2 = tmp_path / "s2.toml"
+    f2.write_text(_spec(model, "").replace('"gptq:w4g16"', '"w3g16"'))
+    run_experiment(f2, tmp_path / "run2")
+    keys2 = dict(sqlite3.connect(tmp_path / "run2" / "store.sqlite").execute(
+        "SELECT trial_name, trial_key FROM spec_trials").fetchall())  # fmt: skip
+    rtn = next(k for n, k in keys.items() if n.endswith("|w4g16|all"))
+    assert rtn == next(k for n, k in keys2.items() if n.endswith("|w4g16|all"))
+
+
+def test_spec_calibration_errors(saved_model):
+    from quant_disparity.experiments.spec import parse_spec
+
+    model = saved_model("llama")
+    with pytest.raises(UserError, match="needs calibration data"):
+        parse_spec(_spec(model, ""))
+    with pytest.raises(UserError, match="calibration language"):
+        parse_spec(_spec(model, 'calibrations = { x = "xx_Zzzz" }'))
+    with pytest.raises(UserError, match="overlap"):
+        parse_spec(_spec(model, 'calibrations = { e = "eng" }').replace('split = "heldout"', 'split = "all"'))

@@ -24,10 +24,12 @@ from .provenance import environment
 from .quant import Scheme, cost, engine_for, parse_scheme
 from .quant.calibration import (
     Calibration,
+    bind_calibration,
     check_calibration_source,
     check_calibration_use,
     choose_documents,
     collect_statistics,
+    plan_needs_calibration,
 )
 from .quant.plan import Plan, load_plan
 
@@ -51,17 +53,6 @@ def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
     corpus, langs = check_model_and_corpus(config.runtime, config.selection)
     check_calibration_source(config.calibration_spec, corpus, config.split)
     return scheme, corpus, langs
-
-
-def plan_needs_calibration(plan: Plan) -> bool:
-    """Whether any scheme a plan names is calibrated (GPTQ, AWQ)."""
-    needs = False
-    for rule in plan.rules:
-        try:
-            needs = needs or parse_scheme(rule.action).needs_calibration
-        except UserError:  # keep, zero: not a scheme
-            pass
-    return needs
 
 
 def quantization_targets(modmap: ModuleMap, include: tuple[str, ...]) -> list[str]:
@@ -198,8 +189,10 @@ def run_audit(
     def use_reference() -> None:
         engine.restore_()
 
+    bound = dict(assignment)  # with calibrated schemes bound to the calibration in use
+
     def use_model() -> None:
-        engine.assign_(assignment)
+        engine.assign_(bound)
 
     calibration_info: dict | None = None
     t_cal = 0.0
@@ -223,11 +216,10 @@ def run_audit(
                     targets,
                     cal_set,
                     lm.prefix_token_id,
-                    window=config.eval.window,
-                    batch_tokens=min(config.eval.batch_tokens, 2048),
-                    seed=calibration.seed,
+                    max_length=lm.info.max_length,
                 )
-                engine.calibrate_(stats)
+                engine.add_calibration(stats)
+                bound = bind_calibration(assignment, stats.key)
                 log(f"calibration {cal_set.calibration.name}{f' ({lang})' if lang else ''}: {cal_set.n_tokens} tokens")
                 t_cal += time.perf_counter() - t0_cal
                 record = cal_set.record()
@@ -245,8 +237,9 @@ def run_audit(
                         progress=tick,
                     )
                 )
+                engine.restore_()
+                engine.calibrations.pop(stats.key)
                 del stats
-                engine.calibrate_(None)
             scores = concat_scores(parts)
             t_eval = t_q
         else:

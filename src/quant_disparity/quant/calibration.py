@@ -24,9 +24,10 @@ quantized earlier ones instead, which this module does not do.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,9 @@ from ..errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where statistics are collected: the spec's checks need none
     import torch
+
+    from .backends.base import Scheme
+    from .plan import Plan
 
 #: Default calibration budget, tokens of the whole set (the bundled UDHR's select split holds a few thousand
 #: tokens per language; real GPTQ calibration sets hold ~10^5).
@@ -119,6 +123,12 @@ class CalibrationSet:
             h.update(np.asarray(t, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
+    @property
+    def key(self) -> str:
+        """``cal-<digest>`` of the spec, the target and the documents' tokens: what a bound scheme names."""
+        text = f"{self.calibration.name}|{self.target or ''}|{self.digest}"
+        return "cal-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
     def record(self) -> dict:
         """What results store about the calibration: spec, documents, token count, digest."""
         return {
@@ -128,6 +138,7 @@ class CalibrationSet:
             "documents": [f"{d.lang}/{d.id}" for d in self.docs],
             "n_tokens": self.n_tokens,
             "digest": self.digest,
+            "key": self.key,
             "inputs": "full-precision model (non-sequential)",
         }
 
@@ -282,12 +293,13 @@ def collect_statistics(
     cal: CalibrationSet,
     prefix: int | None,
     *,
+    max_length: int | None = None,
     window: int = 1024,
     batch_tokens: int = 2048,
     max_rows: int = DEFAULT_MAX_ROWS,
-    seed: int = 0,
 ) -> CalibrationStats:
-    """Run ``model`` (full precision) over ``cal``'s documents and gather :class:`SiteStats` for each linear
+    """Run ``model`` (full precision) over ``cal``'s documents (windows of ``window`` tokens, or the model's
+    ``max_length`` when shorter, with no context carried over; the subsample drawn with the calibration's seed) and gather :class:`SiteStats` for each linear
     layer whose weight is in ``param_names`` (other parameters are ignored). Memory: one ``[in, in]`` float64
     matrix and ``max_rows`` rows per site, whatever the calibration size."""
     import torch
@@ -298,6 +310,8 @@ def collect_statistics(
     wanted = {n.removesuffix(".weight"): n for n in param_names if n.endswith(".weight")}
     modules = {mod: model.get_submodule(mod) for mod in wanted}
     modules = {m: mod for m, mod in modules.items() if isinstance(mod, torch.nn.Linear) or hasattr(mod, "nf")}
+    seed = cal.calibration.seed
+    window = min(window, max_length or window)
     windows = []
     for i, toks in enumerate(cal.tokens):
         windows.extend(make_windows(i, toks, prefix, window, 0))
@@ -356,12 +370,30 @@ def collect_statistics(
     finally:
         for h in handles:
             h.remove()
-    out = CalibrationStats(key=f"{cal.calibration.name}:{cal.target or ''}:{cal.digest}")
+    out = CalibrationStats(key=cal.key)
     for mod, pname in wanted.items():
         if mod in site_of:
             out.sites[pname] = sites[site_of[mod]]
             out.shared.setdefault(site_of[mod], []).append(pname)
     return out
+
+
+def bind_calibration(assignment: Mapping[str, Scheme], key: str) -> dict[str, Scheme]:
+    """``assignment`` with every calibrated scheme bound to the calibration ``key`` (others unchanged)."""
+    return {n: dataclasses.replace(s, calibration=key) if s.needs_calibration else s for n, s in assignment.items()}
+
+
+def plan_needs_calibration(plan: Plan) -> bool:
+    """Whether any scheme a plan names is calibrated (GPTQ, AWQ)."""
+    from .schemes import parse_scheme
+
+    needs = False
+    for rule in plan.rules:
+        try:
+            needs = needs or parse_scheme(rule.action).needs_calibration
+        except UserError:  # keep, zero: not a scheme
+            pass
+    return needs
 
 
 def check_calibration_use(needs: bool, calibration: Calibration, what: str) -> None:

@@ -74,15 +74,13 @@ class QuantEngine:
                 if name in originals and originals.matches(name, p.data):
                     self._from_file.add(name)
         self._active: dict[str, Scheme] = {}
-        self._cache: dict[tuple[str, str, str], torch.Tensor] = {}
-        self.calibration: CalibrationStats | None = None
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        #: calibration statistics by key; a calibrated scheme names its key (``gptq:w4g128@cal-...``), so the
+        #: cache key (parameter, scheme name) includes the calibration
+        self.calibrations: dict[str, CalibrationStats] = {}
 
-    def calibrate_(self, stats: CalibrationStats | None) -> Manifest:
-        """Use ``stats`` for calibrated schemes from now on (None: none). Parameters held in a calibrated scheme
-        are put back first, so the model never mixes two calibrations; cached tensors stay, keyed by calibration."""
-        manifest = self.assign_({n: s for n, s in self._active.items() if not s.needs_calibration})
-        self.calibration = stats
-        return manifest
+    def add_calibration(self, stats: CalibrationStats) -> None:
+        self.calibrations[stats.key] = stats
 
     @property
     def mode(self) -> str:
@@ -109,14 +107,15 @@ class QuantEngine:
 
     def quantized(self, name: str, scheme: Scheme) -> torch.Tensor:
         stats = None
-        if scheme.needs_calibration and self.calibration is not None:
-            stats = self.calibration.for_param(name)
+        calibration = getattr(scheme, "calibration", "")
+        if scheme.needs_calibration and calibration in self.calibrations:
+            stats = self.calibrations[calibration].for_param(name)
             if stats is None:
                 raise UserError(
                     f"{name}: no calibration statistics for {scheme.name} (only linear layers' inputs are recorded)",
                     "keep this tensor or give it an uncalibrated scheme in a plan",
                 )
-        key = (name, scheme.name, self.calibration.key if stats is not None and self.calibration else "")
+        key = (name, scheme.name)
         if key in self._cache:
             return self._cache[key]
         info = self.modmap[name]

@@ -11,6 +11,7 @@ lets them set it). Third-party kinds come from ``quant_disparity.schemes`` entry
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from ..errors import UserError, did_you_mean
@@ -35,6 +36,7 @@ NONE = identity.NONE
 _OUTLIER_RE = re.compile(r"^(.*)\+outliers(-inscale)?:([0-9.]+)%$")
 _KEEP_RE = re.compile(r"^(.*)\+keep-(rows|cols):([0-9.-]+)$")
 _POINTS_RE = re.compile(r"^(.*)\+(keep|zero)-at:([0-9x.]+)$")
+_CALIBRATION_RE = re.compile(r"^(.*)@(cal-[0-9a-f]+)$")
 
 
 def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
@@ -79,6 +81,12 @@ def parse_scheme(text: str) -> Scheme:
         if base.is_identity:
             raise UserError(f"scheme {text!r}: outliers need a quantizing scheme", scheme_help())
         return base.with_outliers(parse_outlier_fraction(m.group(3) + "%", f"scheme {text!r}"), bool(m.group(2)))
+    c = _CALIBRATION_RE.match(raw)
+    if c:  # the calibration a calibrated scheme is bound to (set by the audit and the experiment planner)
+        base = parse_scheme(c.group(1))
+        if not base.needs_calibration:
+            raise UserError(f"scheme {text!r}: {base.name} takes no calibration", scheme_help())
+        return dataclasses.replace(base, calibration=c.group(2))
     for kind in SCHEMES.values():
         try:
             scheme = kind.parse(raw)

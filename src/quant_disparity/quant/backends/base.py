@@ -50,6 +50,9 @@ class Scheme(ABC):
     #: Single elements set to 0 (an ablation, e.g. ``zero:super``): 0 before and after quantizing; each costs a
     #: 32-bit index (the value is implied).
     zero_points: tuple[tuple[int, int], ...] = ()
+    #: For calibrated kinds: the key of the calibration statistics the scheme quantizes with (``cal-<digest>``,
+    #: :mod:`..calibration`); part of the name, so that caches and trial keys tell calibrations apart.
+    calibration: str = ""
 
     @property
     @abstractmethod
@@ -59,6 +62,8 @@ class Scheme(ABC):
     @property
     def name(self) -> str:
         name = self.base_name
+        if self.calibration:
+            name += f"@{self.calibration}"
         if self.outliers:
             name += f"+outliers{'-inscale' if self.outliers_in_scale else ''}:{100 * self.outliers:g}%"
         if self.keep_rows:
