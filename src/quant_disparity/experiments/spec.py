@@ -516,7 +516,7 @@ def _with_calibrations(trial: TrialSpec, calibrations: dict, langs_of_target: tu
     once per corpus language, ``PLAN.NAME-LANG``, calibrated on that language); an uncalibrated trial once."""
     if not calibrations or not _calibrated(trial.plan):
         return [trial]
-    out = []
+    out: list[TrialSpec] = []
     for cname, source in calibrations.items():
         if source.strip().lower() == "target":
             out.extend(
