@@ -10,7 +10,7 @@ calibration input rows wins. Here the search is **per tensor** on the tensor's o
 scale between the tensors that read the same input, e.g. q/k/v, and scores the block's output). In fake
 quantization the folded scale is exact either way; a per-tensor scale cannot be folded into a shared norm, so
 its ``in`` float16 values are counted in the bits. alpha = 0 is plain RTN. ``-clip`` then searches, per
-output row and group, a clipping ratio 1, 0.95, ..., 0.5 of the group's range with the smallest error of the
+output row and group, a clipping ratio 1, 0.95, ..., 0.55 of the group's range with the smallest error of the
 group's own partial output (AutoAWQ's ``_compute_best_clip``). The grid is this project's RTN grid (:mod:`..rtn`).
 """
 

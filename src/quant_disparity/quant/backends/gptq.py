@@ -88,6 +88,24 @@ def gptq(
         ) from None
     S = scale.double().to(W.device)[:, gid]  # [out, in]: each column's grid, in the working order
     Z = zero.double().to(W.device)[:, gid]
+    threads = torch.get_num_threads()
+    # The column loop is thousands of small operations: on one thread they run ~25x faster on a loaded CPU
+    # than on a pool that has to be woken for each (measured: 2 s vs 49 s for a [640, 1024] weight, 2 cores).
+    torch.set_num_threads(1)
+    try:
+        Q = _columns(W, Hinv, S, Z, lo, hi, block)
+    finally:
+        torch.set_num_threads(threads)
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q
+
+
+def _columns(
+    W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor, Z: torch.Tensor, lo: int, hi: int, block: int
+) -> torch.Tensor:
+    """GPTQ's loop over columns in blocks (lazy batch updates); ``W`` is updated in place."""
+    cols = W.shape[1]
     Q = torch.zeros_like(W)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -102,8 +120,6 @@ def gptq(
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
     return Q
 
 
