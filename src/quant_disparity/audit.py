@@ -16,7 +16,7 @@ from .corpus import Corpus, Selection, language_info
 from .corpus.documents import base_language
 from .corpus.resources import MEASURES
 from .errors import UserError, did_you_mean
-from .evaluate import Forward, Prepared, concat_scores, prepare, score_documents, tokenize
+from .evaluate import DocScores, Forward, Prepared, concat_scores, prepare, score_documents, tokenize
 from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
 from .models.modules import ModuleMap, build_module_map
@@ -194,6 +194,16 @@ def run_audit(
     def use_model() -> None:
         engine.assign_(bound)
 
+    def score(docs: Prepared) -> DocScores:
+        return score_documents(
+            forward,
+            docs,
+            use_reference=use_reference,
+            use_model=use_model,
+            vocab_chunk=config.eval.vocab_chunk,
+            progress=tick,
+        )
+
     calibration_info: dict | None = None
     t_cal = 0.0
     try:
@@ -227,16 +237,7 @@ def run_audit(
                     calibration_info[lang] = record
                 else:
                     calibration_info = record
-                parts.append(
-                    score_documents(
-                        forward,
-                        docs_prepared,
-                        use_reference=use_reference,
-                        use_model=use_model,
-                        vocab_chunk=config.eval.vocab_chunk,
-                        progress=tick,
-                    )
-                )
+                parts.append(score(docs_prepared))
                 engine.restore_()
                 engine.calibrations.pop(stats.key)
                 del stats
@@ -247,14 +248,7 @@ def run_audit(
                 engine.assign_(assignment)
                 engine.restore_()
             t_eval = time.perf_counter()
-            scores = score_documents(
-                forward,
-                prepared,
-                use_reference=use_reference,
-                use_model=use_model,
-                vocab_chunk=config.eval.vocab_chunk,
-                progress=tick,
-            )
+            scores = score(prepared)
     finally:
         engine.restore_()
     t_done = time.perf_counter()

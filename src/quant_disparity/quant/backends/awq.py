@@ -118,9 +118,8 @@ class AWQ(Scheme):
         return q.to(dtype=w2d.dtype, device=w2d.device)
 
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        groups = rtn.n_groups(shape, self.group_size, False)
-        per_group = 16 + (0 if self.symmetric else self.bits)
-        return float(shape[0] * shape[1] * self.bits + groups * per_group + 16 * shape[1])  # + the scale vector
+        scale_vector = 16 * shape[1]  # per tensor, not folded into a shared norm
+        return rtn.storage_bits(shape, self.bits, self.group_size, False, self.symmetric) + scale_vector
 
 
 def _parse(text: str) -> AWQ | None:

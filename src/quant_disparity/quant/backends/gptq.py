@@ -157,9 +157,7 @@ class GPTQ(Scheme):
         return q.to(dtype=w2d.dtype, device=w2d.device)
 
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        groups = rtn.n_groups(shape, self.group_size, False)
-        per_group = 16 + (0 if self.symmetric else self.bits)
-        return float(shape[0] * shape[1] * self.bits + groups * per_group)
+        return rtn.storage_bits(shape, self.bits, self.group_size, False, self.symmetric)
 
 
 def parse_options(text: str) -> dict[str, str]:
