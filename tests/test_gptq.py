@@ -279,6 +279,7 @@ def test_audit_with_gptq_and_calibration(saved_model, capsys, tmp_path):
 @pytest.mark.usefixtures("isolated_cache")
 def test_audit_calibration_bad_inputs(saved_model, capsys, tmp_path):
     model = str(saved_model("llama"))
+    capsys.readouterr()  # the fixture's own output, when it builds the model here
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     base = ["audit", "--model", model, "--langs", "eng", "--max-tokens", "100"]
@@ -293,6 +294,7 @@ def test_audit_calibration_bad_inputs(saved_model, capsys, tmp_path):
         (["--scheme", "gptq:w4g128", "--calibration", str(tmp_path / "no.jsonl")], "not found"),
         (["--scheme", "gptq:w4g128", "--calibration", "eng", "--split", "all"], "overlap the evaluated"),
         (["--scheme", "gptq:w11g128", "--calibration", "eng"], "bits must be 2-8"),
+        (["--scheme", "gptq:w4g128", "--calibration", "eng", "--tasks", "cloze"], "--tasks does not run calibrated"),
     )
     for i, (extra, message) in enumerate(cases):
         out = tmp_path / f"o{i}"

@@ -378,6 +378,8 @@ def run_audit_with_tasks(
     assert isinstance(settings, TaskSettings)
     chosen = parse_tasks(tasks, settings)
     scheme, corpus, langs = validate(config)
+    if config.calibration_spec:
+        raise UserError("--tasks does not run calibrated schemes yet", "audit the calibrated scheme without --tasks")
     for task in chosen:
         task.check(corpus, langs)
     lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)

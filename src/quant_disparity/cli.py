@@ -201,6 +201,10 @@ def audit(
         from .corpus.selection import open_corpus, resolve_langs
         from .tasks import TaskSettings, parse_tasks
 
+        if cfg.calibration:
+            raise UserError(
+                "--tasks does not run calibrated schemes yet", "audit the calibrated scheme without --tasks"
+            )
         task_settings = TaskSettings(
             seed=cfg.seed,
             gen_tokens=gen_tokens,
