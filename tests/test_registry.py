@@ -92,12 +92,12 @@ def test_scheme_help_lists_every_kind():
     parts = e.value.hint.removeprefix("schemes: ").split("; ")
     assert parts[:-1] == [k.syntax for k in SCHEMES.values()] and parts[-1] == "any quantizing one +outliers:P%"
     assert "w4g128" in e.value.hint and "gguf:q4_0" in e.value.hint
-    assert SCHEMES.names() == ["rtn", "gguf", "kquant", "cast", "none", "reference", "hqq", "quanto"]
+    assert SCHEMES.names() == ["rtn", "gguf", "kquant", "gptq", "awq", "cast", "none", "reference", "hqq", "quanto"]
 
 
 def test_every_listed_scheme_example_parses_to_its_own_name():
     examples = [name for kind in SCHEMES.values() for name, _ in kind.examples]
-    assert "w4g128" in examples and "reference" in examples and len(examples) == 28
+    assert "w4g128" in examples and "reference" in examples and len(examples) == 33
     for name in examples:
         assert parse_scheme(name).name == name
 

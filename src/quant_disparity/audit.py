@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -11,24 +12,35 @@ from .analysis import LanguageStats, correlation, disparity, language_stats
 from .analysis.fertility import FERTILITY_STREAM, Fertility, fertility_summary, language_fertility
 from .analysis.records import AuditResult, DocumentRow, LanguageRow
 from .config import AuditConfig
-from .corpus import Corpus, language_info
+from .corpus import Corpus, Selection, language_info
 from .corpus.documents import base_language
 from .corpus.resources import MEASURES
 from .errors import UserError, did_you_mean
-from .evaluate import Forward, score_documents
+from .evaluate import DocScores, Forward, Prepared, concat_scores, prepare, score_documents, tokenize
 from .inputs import check_model_and_corpus, load_inputs
 from .models import LoadedModel
 from .models.modules import ModuleMap, build_module_map
 from .provenance import environment
 from .quant import Scheme, cost, engine_for, parse_scheme
+from .quant.calibration import (
+    Calibration,
+    bind_calibration,
+    check_calibration_source,
+    check_calibration_use,
+    choose_documents,
+    collect_statistics,
+    plan_needs_calibration,
+)
 from .quant.plan import Plan, bind_assignment, load_plan
 
 
 def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
     """Everything that can be checked before a model is loaded; raises :class:`UserError`."""
     scheme = parse_scheme(config.scheme)
+    needs_calibration = scheme.needs_calibration
     if config.plan:
-        load_plan(config.plan)
+        plan = load_plan(config.plan)
+        needs_calibration = plan_needs_calibration(plan)
         if config.include:
             raise UserError("--include does not combine with --plan", "name those tensors in the plan instead")
     if config.quantized:
@@ -40,7 +52,11 @@ def validate(config: AuditConfig) -> tuple[Scheme, Corpus, list[str]]:
             f"unknown resource measure {config.resource_measure!r}{did_you_mean(config.resource_measure, MEASURES)}",
             f"use one of {', '.join(MEASURES)}",
         )
-    return scheme, *check_model_and_corpus(config.runtime, config.selection)
+    what = f"plan {config.plan!r}" if config.plan else f"scheme {scheme.name}"
+    check_calibration_use(needs_calibration, config.calibration_spec, what)
+    corpus, langs = check_model_and_corpus(config.runtime, config.selection)
+    check_calibration_source(config.calibration_spec, corpus, config.split)
+    return scheme, corpus, langs
 
 
 def quantization_targets(modmap: ModuleMap, include: tuple[str, ...]) -> list[str]:
@@ -155,6 +171,11 @@ def run_audit(
         from .models.artifact import check_artifact
 
         check_artifact(config.quantized, config.model, log)
+    calibration = config.calibration_spec
+    if calibration and lm is None:  # loaded here so that its tokenizer stays for the calibration documents
+        from .models import load_model
+
+        lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
     t_load = inputs.loaded_at
@@ -195,23 +216,66 @@ def run_audit(
     def use_reference() -> None:
         engine.restore_()
 
-    def use_model() -> None:
-        engine.assign_(assignment)
+    bound = dict(assignment)  # with calibrated schemes bound to the calibration in use
 
-    try:
-        t_q = time.perf_counter()
-        if engine.cache:  # quantize once up front (cached), so the timing below is evaluation only
-            engine.assign_(assignment)
-            engine.restore_()
-        t_eval = time.perf_counter()
-        scores = score_documents(
+    def use_model() -> None:
+        engine.assign_(bound)
+
+    def score(docs: Prepared) -> DocScores:
+        return score_documents(
             forward,
-            prepared,
+            docs,
             use_reference=use_reference,
             use_model=use_model,
             vocab_chunk=config.eval.vocab_chunk,
             progress=tick,
         )
+
+    calibration_info: dict | None = None
+    t_cal = 0.0
+    try:
+        t_q = time.perf_counter()
+        if calibration:
+            # one quantized model per calibration set: per evaluated language for ``target``, else one
+            parts = []
+            calibration_info = {} if calibration.is_target else None
+            for lang, docs_prepared in _calibration_parts(calibration, langs, selection, prepared, lm, config):
+                t0_cal = time.perf_counter()
+                cal_set = choose_documents(
+                    calibration,
+                    corpus,
+                    functools.partial(tokenize, lm.tokenizer),
+                    selection.documents(),
+                    target=lang,
+                )
+                stats = collect_statistics(
+                    lm.model,
+                    targets,
+                    cal_set,
+                    lm.prefix_token_id,
+                    max_length=lm.info.max_length,
+                )
+                engine.add_calibration(stats)
+                bound = bind_calibration(assignment, stats.key)
+                log(f"calibration {cal_set.calibration.name}{f' ({lang})' if lang else ''}: {cal_set.n_tokens} tokens")
+                t_cal += time.perf_counter() - t0_cal
+                record = cal_set.record()
+                if calibration_info is not None:
+                    calibration_info[lang] = record
+                else:
+                    calibration_info = record
+                parts.append(score(docs_prepared))
+                engine.restore_()
+                engine.calibrations.pop(stats.key)
+                del stats
+            scores = concat_scores(parts)
+            t_eval = t_q
+        else:
+            if engine.cache:  # quantize once up front (cached), so the timing below is evaluation only
+                engine.assign_(assignment)
+                engine.restore_()
+            t_eval = time.perf_counter()
+            scores = score(prepared)
     finally:
         engine.restore_()
     t_done = time.perf_counter()
@@ -268,8 +332,14 @@ def run_audit(
         "cost": cost(modmap, assignment),
         "plan": plan_info,
         "reference": "the model's weights as loaded (dequantized fp32 for GGUF models)",
+        **({"calibration": calibration_info} if calibration_info is not None else {}),
     }
-    if plan is None and artifact is None and (stored := stored_as(assignment, scheme.name)):
+    if (
+        plan is None
+        and artifact is None
+        and calibration_info is None
+        and (stored := stored_as(assignment, scheme.name))
+    ):
         scheme_info["stored_as"] = stored  # tensors a K-quant stores as another type (llama.cpp's fallback)
     if artifact is not None:
         scheme_info["name"] = f"artifact:{artifact.format}"
@@ -296,11 +366,40 @@ def run_audit(
         timing={
             "load_s": round(t_load - t0, 3),
             "quantize_s": round(t_eval - t_q, 3),
+            **({"calibrate_s": round(t_cal, 3)} if calibration else {}),
             "evaluate_s": round(t_done - t_eval, 3),
             "total_s": round(time.perf_counter() - t0, 3),
             "predicted_tokens": prepared.total_pred,
         },
     )
+
+
+def _calibration_parts(
+    calibration: Calibration,
+    langs: list[str],
+    selection: Selection,
+    prepared: Prepared,
+    lm: LoadedModel,
+    config: AuditConfig,
+) -> list[tuple[str | None, Prepared]]:
+    """The documents scored under each calibration: all of them (one calibration), or per language for
+    ``target`` (each language's documents prepared alone, in the same order)."""
+    if not calibration.is_target:
+        return [(None, prepared)]
+    return [
+        (
+            lang,
+            prepare(
+                selection.docs[lang],
+                selection.tokens[lang],
+                lm.prefix_token_id,
+                config.eval,
+                lm.info.max_length,
+                tokenizer=lm.tokenizer,
+            ),
+        )
+        for lang in langs
+    ]
 
 
 def run_audit_with_tasks(
@@ -319,6 +418,8 @@ def run_audit_with_tasks(
     assert isinstance(settings, TaskSettings)
     chosen = parse_tasks(tasks, settings)
     scheme, corpus, langs = validate(config)
+    if config.calibration_spec:
+        raise UserError("--tasks does not run calibrated schemes yet", "audit the calibrated scheme without --tasks")
     for task in chosen:
         task.check(corpus, langs)
     lm = load_model(config.model, device=config.device, dtype=config.dtype, log=log)

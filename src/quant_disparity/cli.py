@@ -123,6 +123,13 @@ def _default_out(kind: str) -> Path:
     help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
 )
 @click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
+@click.option(
+    "--calibration",
+    help="Calibration data for gptq:/awq: schemes: eng | mix:eng,heb,arb | target | a .jsonl/.txt file "
+    "(select split; the evaluation split then defaults to heldout).",
+)
+@click.option("--calibration-tokens", type=click.IntRange(min=1), help="Calibration tokens in all (default 4096).")
+@click.option("--calibration-seed", type=_SEED, help="Order in which calibration documents are drawn (default 0).")
 def audit(
     model,
     scheme,
@@ -150,6 +157,9 @@ def audit(
     dry_run,
     estimate_device,
     force,
+    calibration,
+    calibration_tokens,
+    calibration_seed,
 ) -> None:
     """Audit a quantization scheme per language: bits per byte, KL and top-1 agreement, with 95% CIs."""
     from ._io import OutputDir
@@ -184,7 +194,12 @@ def audit(
         "n_boot": n_boot,
         "device": device,
         "dtype": dtype,
+        "calibration": calibration,
+        "calibration_tokens": calibration_tokens,
+        "calibration_seed": calibration_seed,
     }
+    if calibration and split is None and config is None:
+        overrides["split"] = "heldout"  # calibration documents come from the select split
     base.update({k: v for k, v in overrides.items() if v is not None})
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = AuditConfig.from_dict(base)
@@ -195,6 +210,10 @@ def audit(
         from .corpus.selection import open_corpus, resolve_langs
         from .tasks import TaskSettings, parse_tasks
 
+        if cfg.calibration:
+            raise UserError(
+                "--tasks does not run calibrated schemes yet", "audit the calibrated scheme without --tasks"
+            )
         task_settings = TaskSettings(
             seed=cfg.seed,
             gen_tokens=gen_tokens,

@@ -19,6 +19,8 @@ from .corpus.selection import CorpusSelection
 from .errors import UserError, did_you_mean
 from .evaluate.batching import EvalSettings
 from .models.bundled import DEFAULT_MODEL
+from .quant.calibration import DEFAULT_TOKENS as DEFAULT_CALIBRATION_TOKENS
+from .quant.calibration import Calibration
 
 C = TypeVar("C")
 
@@ -227,6 +229,10 @@ class AuditConfig(FlatConfig):
     resource_measure: str = "joshi_class"
     eval: EvalSettings = field(default_factory=EvalSettings)
     version: int = 1
+    #: calibration data for calibrated schemes (gptq:..., awq:...): quant.calibration's spec ("" none)
+    calibration: str = ""
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    calibration_seed: int = 0
 
     NAME = "audit config"
     KEYS = {
@@ -250,10 +256,14 @@ class AuditConfig(FlatConfig):
         "dtype": ("runtime", "dtype"),
         "eval": None,
         "version": None,
+        "calibration": None,
+        "calibration_tokens": None,
+        "calibration_seed": None,
     }
 
     def __post_init__(self):
         check_common(self)
+        self.calibration_spec  # checks the spec
         if self.lr_max_class not in JOSHI_CLASSES:
             raise UserError(f"lr_max_class must be a Joshi class (0-5), got {self.lr_max_class}")
         check_langs(self.selection)
@@ -269,6 +279,10 @@ class AuditConfig(FlatConfig):
         if not self.quantized:
             del data["quantized"]
         return data
+
+    @property
+    def calibration_spec(self) -> Calibration:
+        return Calibration(self.calibration, self.calibration_tokens, self.calibration_seed)
 
 
 INCLUDE_CHOICES = ("embeddings", "lm_head")

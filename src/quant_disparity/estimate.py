@@ -408,10 +408,17 @@ def _time_quantize(scheme_name: str) -> float:
     scheme = parse_scheme(scheme_name)
     if scheme.is_identity:
         return 0.0
-    w = torch.randn(1024, 4096, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(1024, 4096, generator=gen)
+    stats = None
+    if scheme.needs_calibration:  # GPTQ, AWQ: statistics of random inputs (their cost is not the data's)
+        from .quant.calibration import SiteStats
+
+        x = torch.randn(256, 4096, generator=gen)
+        stats = SiteStats(xtx=x.double().T @ x.double(), abs_sum=x.abs().double().sum(0), rows=x, n=256)
 
     def once() -> None:
-        scheme.fake_quantize(w)
+        scheme.fake_quantize(w, stats)
 
     return _best_of(once, repeats=2) / w.numel()
 

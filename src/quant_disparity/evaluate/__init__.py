@@ -2,12 +2,13 @@
 
 from .batching import EvalSettings, Prepared, prepare, tokenize
 from .forward import Forward
-from .paired import DocScores, score_documents
+from .paired import DocScores, concat_scores, score_documents
 from .scoring import LMHead, TokenScores, head_of, score_tokens
 from .totals import DocTotals
 from .windows import Window, batch_windows, make_windows, n_predicted
 
 __all__ = [
+    "concat_scores",
     "DocScores",
     "DocTotals",
     "EvalSettings",

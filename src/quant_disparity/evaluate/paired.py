@@ -76,3 +76,17 @@ def score_documents(
         kl=as_np(model.kl),
         top1=as_np(model.top1),
     )
+
+
+def concat_scores(parts: list[DocScores]) -> DocScores:
+    """Scores of consecutive document lists, as one (documents in the order of ``parts``)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    nll, n_pred = cat("nll"), cat("n_pred")
+    assert nll is not None and n_pred is not None
+    return DocScores(nll=nll, n_pred=n_pred, nll_ref=cat("nll_ref"), kl=cat("kl"), top1=cat("top1"))

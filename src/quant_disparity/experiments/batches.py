@@ -12,6 +12,7 @@ from ..evaluate.sweep import Sweeper
 from ..models import LoadedModel
 from ..models.modules import ModuleMap, build_module_map
 from ..quant import engine_for
+from ..quant.calibration import CalibrationSet, collect_statistics
 
 #: Trials scored in one sweep. A sweep holds the hidden rows of every one of its trials for a whole scoring
 #: group, and the Ray executor sends one task per sweep, so this bounds a sweep's memory and a task's length
@@ -39,8 +40,12 @@ def iter_batches(
     *,
     vocab_chunk: int,
     modmap: ModuleMap | None = None,
+    calibrations: dict[str, CalibrationSet] | None = None,
 ):
     """Score ``configs`` (name -> assignment) on the batches each one misses.
+
+    Calibrated schemes name a key of ``calibrations``: configs are swept by calibration, each calibration's
+    statistics collected on the reference weights before its sweeps and dropped after them (one set in memory).
 
     Yields ``(group index, {name: [(doc, nll, nll_ref, kl, top1), ...]}, scored tokens)`` per batch group
     (:func:`..evaluate.batching.score_groups`); the caller commits each before the next is computed.
@@ -49,8 +54,29 @@ def iter_batches(
     engine = engine_for(lm, modmap)
     forward = Forward(lm.model)
     names = [n for n in configs if missing.get(n)]
-    for start in range(0, len(names), MAX_CONFIGS_PER_SWEEP):
-        group = {n: configs[n] for n in names[start : start + MAX_CONFIGS_PER_SWEEP]}
+    by_calibration: dict[str, list[str]] = {}
+    for n in names:
+        keys = sorted({s.calibration for s in configs[n].values() if s.needs_calibration})
+        if len(keys) > 1:
+            raise ValueError(f"{n}: one calibration per trial, got {keys}")
+        by_calibration.setdefault(keys[0] if keys else "", []).append(n)
+    sweeps = [
+        (key, members[start : start + MAX_CONFIGS_PER_SWEEP])
+        for key, members in by_calibration.items()
+        for start in range(0, len(members), MAX_CONFIGS_PER_SWEEP)
+    ]
+    for key, members in sweeps:
+        engine.restore_()
+        engine.calibrations.clear()
+        if key:
+            assert calibrations is not None and key in calibrations, f"calibration {key} was not planned"
+            params = sorted({p for n in members for p, s in configs[n].items() if s.needs_calibration})
+            engine.add_calibration(
+                collect_statistics(
+                    lm.model, params, calibrations[key], lm.prefix_token_id, max_length=lm.info.max_length
+                )
+            )
+        group = {n: configs[n] for n in members}
         sweeper = Sweeper(
             forward,
             engine,

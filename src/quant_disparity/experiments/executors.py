@@ -61,6 +61,7 @@ def run_locally(
             {k: mp.missing[k] for k in by_key},
             vocab_chunk=spec.eval.vocab_chunk,
             modmap=mp.modmap,
+            calibrations=mp.calibrations,
         ):
             summary["computed"] += len(store.commit_batch(i, results, now()))
             done_tokens += n_tokens
@@ -96,6 +97,8 @@ def run_with_ray(
         raise UserError(
             f"trial {artifact.name} audits an artifact: run it with the local executor", "omit --executor ray"
         )
+    if any(t.calibration for trials in by_model.values() for t in trials):
+        raise UserError("calibrated trials (gptq:, awq:) run with the local executor", "drop --executor ray")
     try:
         import ray
     except ImportError:

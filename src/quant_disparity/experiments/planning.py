@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..evaluate import Prepared, prepare, tokenize
 from ..models import LoadedModel, load_model
 from ..models.modules import ModuleMap, build_module_map
+from ..quant.calibration import CalibrationSet, bind_calibration, choose_documents
 from ..quant.plan import Plan
 from .spec import ExperimentSpec, TrialSpec
 from .store import Store
@@ -46,6 +47,8 @@ class ModelPlan:
     trials: dict[str, dict]  # trial name -> {"key", "assignment", "meta"}
     missing: dict[str, set[int]] = field(default_factory=dict)  # trial key -> batch indices to compute
     modmap: ModuleMap | None = None  # built once (its probe forward included) and reused for the sweeps
+    #: calibration key -> its calibration set, for the trials with calibrated schemes
+    calibrations: dict[str, CalibrationSet] = field(default_factory=dict)
 
     def to_compute(self, trials: list[TrialSpec]) -> tuple[dict[str, dict], int]:
         """({trial key: trial} still missing batches, number of ``trials`` already stored). Several trial
@@ -166,6 +169,20 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
     lm, prepared = mp.lm, mp.prepared
     assert lm is not None and mp.modmap is not None  # plan_model plans with the model loaded and mapped
     assignment, resolved, artifact = trial_assignment(t, lm, mp.modmap)
+    calibration = None
+    if t.calibration:
+        try:
+            cal_set = choose_documents(
+                spec.calibration_of(t),
+                chosen.corpus,
+                functools.partial(tokenize, lm.tokenizer),
+                chosen.documents(),
+            )
+        except UserError as e:
+            raise UserError(f"trial {t.name}: {e.message}", e.hint) from None
+        mp.calibrations[cal_set.key] = cal_set
+        assignment = bind_calibration(assignment, cal_set.key)
+        calibration = cal_set.record()
     corpus_digest = chosen.corpus.digest
     selection = selection_record(spec, chosen)
     content = {
@@ -179,6 +196,8 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
         "dtype": lm.info.dtype,
         "assignment": sorted((k, v.name) for k, v in assignment.items()),
         "results_version": RESULTS_VERSION,
+        # left out without calibration, so that the keys of existing trials stay
+        **({"calibration": calibration} if calibration is not None else {}),
     }
     if artifact is not None:  # a new key field only where it is set: the keys of every other trial stay as they were
         content["artifact"] = artifact.digest
@@ -201,5 +220,6 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
             "device": computed_on,
             "dtype": lm.info.dtype,
         },
+        **({"calibration": calibration} if calibration is not None else {}),
     }
     return {"key": digest_json(content, 32), "assignment": assignment, "meta": meta}

@@ -68,6 +68,8 @@ from ..config import JOSHI_CLASSES, N_BOOT_MAX, N_BOOT_MIN, check_eval, shown
 from ..corpus import CorpusSelection
 from ..errors import LanguageError, UserError, did_you_mean
 from ..evaluate import EvalSettings
+from ..quant.calibration import DEFAULT_TOKENS as DEFAULT_CALIBRATION_TOKENS
+from ..quant.calibration import Calibration
 
 SPEC_VERSION = 1
 
@@ -104,6 +106,7 @@ class TrialSpec:
     #: a pre-quantized artifact of ``model`` whose tensors are the quantized arm (then ``plan`` is empty and
     #: ``scheme`` is "artifact")
     quantized: str = ""
+    calibration: str = ""  # the calibration spec of calibrated schemes (quant.calibration), "" none
 
     @property
     def estimate_plan(self) -> str:
@@ -145,6 +148,12 @@ class ExperimentSpec:
     tasks: tuple[str, ...] = ()
     gen_tokens: int = 32
     lmeval_include: str = ""  # resolved against the spec's directory
+    #: ``[calibration]``: the budget and seed of every trial's calibration set
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    calibration_seed: int = 0
+
+    def calibration_of(self, trial: TrialSpec) -> Calibration:
+        return Calibration(trial.calibration, self.calibration_tokens, self.calibration_seed)
 
     def task_settings(self):
         """The :class:`~quant_disparity.tasks.TaskSettings` of ``[tasks]`` (the item draw uses the spec's seed)."""
@@ -179,6 +188,7 @@ _TOP = {
     "verdict_basis",
     "model_configs",
     "tasks",
+    "calibration",
 }
 
 
@@ -347,7 +357,8 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
     eval_settings = _eval(data.get("eval", {}), path, text)
     groups = _groups(data, path, text)
     trials = _trials(data, path, text)
-    loaded = _validate_offline(trials, corpus, path, text)
+    calibration = _calibration(data.get("calibration", {}), path, text)
+    loaded = _validate_offline(trials, corpus, path, text, calibration)
     if groups is not None:
         groups = _validate_groups(groups, corpus, loaded, path, text)
     claims = _claims(data.get("claims", []), trials, path, text)
@@ -363,6 +374,7 @@ def parse_spec(text: str, path: str = "<spec>") -> ExperimentSpec:
         groups=groups,
         source=text,
         path=path,
+        **calibration,
         **header,
     )
     _check_claim_instances(spec, path, text)
@@ -415,7 +427,7 @@ def _header(data: dict, path: str, text: str) -> dict:
     lr_max_class = _typed(data.get("lr_max_class", 3), "int", "lr_max_class", path, text)
     if lr_max_class not in JOSHI_CLASSES:
         raise _err(path, text, "lr_max_class", f"lr_max_class must be a Joshi class (0-5), got {lr_max_class}")
-    for section in ("corpus", "eval", "groups", "grid", "tasks"):
+    for section in ("corpus", "eval", "groups", "grid", "tasks", "calibration"):
         if section in data:
             _typed(data[section], "table", section, path, text)
     for section in ("trials", "claims"):
@@ -479,7 +491,9 @@ def _groups(data: dict, path: str, text: str) -> tuple[tuple[str, ...], tuple[st
 
 def _trials(data: dict, path: str, text: str) -> list[TrialSpec]:
     """The [grid]'s trials, then the explicit [[trials]]; at least one, no name twice."""
-    trials = _grid_trials(data.get("grid", {}), path, text) + _explicit_trials(data.get("trials", []), path, text)
+    langs = tuple(data.get("corpus", {}).get("langs", ())) if isinstance(data.get("corpus"), dict) else ()
+    grid = _grid_trials(data.get("grid", {}), path, text, langs)
+    trials = grid + _explicit_trials(data.get("trials", []), path, text)
     if not trials:
         raise SpecError(f"{path}: the spec defines no trials", "add a [grid] or [[trials]]")
     names = [t.name for t in trials]
@@ -489,8 +503,47 @@ def _trials(data: dict, path: str, text: str) -> list[TrialSpec]:
     return trials
 
 
-def _grid_trials(grid: dict, path: str, text: str) -> list[TrialSpec]:
-    _check_keys(grid, {"models", "schemes", "plans"}, "[grid]", path, text)
+def _calibration(raw: dict, path: str, text: str) -> dict:
+    """``[calibration]``: tokens (the budget of each calibration set) and seed."""
+    _check_keys(raw, {"tokens", "seed"}, "[calibration]", path, text)
+    after = (_line_of(text, "calibration") or 1) - 1
+    tokens = _typed(raw.get("tokens", DEFAULT_CALIBRATION_TOKENS), "int", "tokens", path, text, after=after)
+    seed = _typed(raw.get("seed", 0), "int", "seed", path, text, after=after)
+    _ranged(tokens, 1, None, "tokens", path, text)
+    _ranged(seed, 0, None, "seed", path, text)
+    return {"calibration_tokens": tokens, "calibration_seed": seed}
+
+
+def _calibrated(template: str) -> bool:
+    """Whether a plan names a calibrated scheme (GPTQ, AWQ); a plan that does not parse says no (reported later)."""
+    from ..quant.calibration import plan_needs_calibration
+    from ..quant.plan import Plan
+
+    try:
+        return plan_needs_calibration(Plan.parse(template))
+    except UserError:
+        return False
+
+
+def _with_calibrations(trial: TrialSpec, calibrations: dict, langs_of_target: tuple[str, ...]) -> list[TrialSpec]:
+    """A calibrated trial once per ``[grid] calibrations`` entry (plan name ``PLAN.NAME``; a ``target`` entry
+    once per corpus language, ``PLAN.NAME-LANG``, calibrated on that language); an uncalibrated trial once."""
+    if not calibrations or not _calibrated(trial.plan):
+        return [trial]
+    out: list[TrialSpec] = []
+    for cname, source in calibrations.items():
+        if source.strip().lower() == "target":
+            out.extend(
+                dataclasses.replace(trial, plan_name=f"{trial.plan_name}.{cname}-{lang}", calibration=lang)
+                for lang in langs_of_target
+            )
+        else:
+            out.append(dataclasses.replace(trial, plan_name=f"{trial.plan_name}.{cname}", calibration=source))
+    return out
+
+
+def _grid_trials(grid: dict, path: str, text: str, langs: tuple[str, ...] = ()) -> list[TrialSpec]:
+    _check_keys(grid, {"models", "schemes", "plans", "calibrations"}, "[grid]", path, text)
     if not grid:
         return []
     models = _typed(grid.get("models", []), "list[str]", "models", path, text)
@@ -509,15 +562,22 @@ def _grid_trials(grid: dict, path: str, text: str) -> list[TrialSpec]:
                     trials.append(TrialSpec(model, s, pname, template.replace("{scheme}", s)))
             else:
                 trials.append(TrialSpec(model, schemes[0] if len(schemes) == 1 else "", pname, template))
-    return trials
+    calibrations = _typed(grid.get("calibrations", {}), "table", "calibrations", path, text)
+    for cname, source in calibrations.items():
+        _typed(source, "str", cname, path, text)
+        if not re.fullmatch(r"[A-Za-z0-9_]+", cname):
+            raise _err(path, text, cname, f"calibration name {cname!r} must be letters, digits or '_'")
+    return [x for t in trials for x in _with_calibrations(t, calibrations, langs)]
 
 
 def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec]:
     trials = []
     for i, t in enumerate(tables):
-        _check_keys(t, {"model", "scheme", "plan", "plan_name", "quantized"}, f"[[trials]] #{i + 1}", path, text)
+        _check_keys(
+            t, {"model", "scheme", "plan", "plan_name", "quantized", "calibration"}, f"[[trials]] #{i + 1}", path, text
+        )
         if "quantized" in t:
-            both = next((k for k in ("plan", "scheme") if k in t), None)
+            both = next((k for k in ("plan", "scheme", "calibration") if k in t), None)
             if both:
                 raise _err(
                     path,
@@ -534,7 +594,11 @@ def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec
         if "quantized" in t:
             trials.append(TrialSpec(t["model"], "artifact", t["plan_name"], "", quantized=t["quantized"]))
         else:
-            trials.append(TrialSpec(t["model"], t.get("scheme", ""), t["plan_name"], t["plan"]))
+            trials.append(
+                TrialSpec(
+                    t["model"], t.get("scheme", ""), t["plan_name"], t["plan"], calibration=t.get("calibration", "")
+                )
+            )
     return trials
 
 
@@ -664,14 +728,18 @@ def _validate_groups(groups, corpus: CorpusSelection, loaded, path: str, text: s
     return groups
 
 
-def _validate_offline(trials: list[TrialSpec], corpus: CorpusSelection, path: str, text: str):
-    """Checks that need no model: schemes, plan syntax, model names, corpus and languages."""
+def _validate_offline(
+    trials: list[TrialSpec], corpus: CorpusSelection, path: str, text: str, calibration: dict | None = None
+):
+    """Checks that need no model: schemes, plan syntax, model names, calibrations, corpus and languages."""
     from ..corpus import filter_split, open_corpus
     from ..models import classify_source
     from ..models.artifact import classify_artifact
     from ..quant import parse_scheme
+    from ..quant.calibration import check_calibration_source, check_calibration_use, plan_needs_calibration
     from ..quant.plan import Plan
 
+    calibration = calibration or {}
     for t in trials:
         try:
             classify_source(t.model)
@@ -680,7 +748,13 @@ def _validate_offline(trials: list[TrialSpec], corpus: CorpusSelection, path: st
                 continue
             if t.scheme:
                 parse_scheme(t.scheme)
-            Plan.parse(t.plan)
+            plan = Plan.parse(t.plan)
+            cal = Calibration(t.calibration, calibration.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS),
+                              calibration.get("calibration_seed", 0))  # fmt: skip
+            if cal.is_target:
+                raise UserError("calibration 'target' in a spec is a [grid] calibrations entry", 'e.g. t = "target"')
+            check_calibration_use(plan_needs_calibration(plan), cal, f"plan {t.plan!r}")
+            check_calibration_source(cal, open_corpus(corpus), corpus.split)
         except UserError as e:
             key = t.plan_name if _line_of(text, t.plan_name) else "grid"
             raise _err(path, text, key, f"trial {t.name}: {e.message}", e.hint) from None

@@ -34,6 +34,7 @@ from .schemes import NONE, Scheme
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
     from ..models.originals import CheckpointOriginals
+    from .calibration import CalibrationStats
 
 #: Environment variable that forces the memory mode: ``fast``, ``lean`` or ``auto`` (the default).
 MEMORY_ENV = "QUANT_DISPARITY_MEMORY"
@@ -74,6 +75,12 @@ class QuantEngine:
                     self._from_file.add(name)
         self._active: dict[str, Scheme] = {}
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        #: calibration statistics by key; a calibrated scheme names its key (``gptq:w4g128@cal-...``), so the
+        #: cache key (parameter, scheme name) includes the calibration
+        self.calibrations: dict[str, CalibrationStats] = {}
+
+    def add_calibration(self, stats: CalibrationStats) -> None:
+        self.calibrations[stats.key] = stats
 
     @property
     def mode(self) -> str:
@@ -99,6 +106,15 @@ class QuantEngine:
         return self._store.read(name, self._params[name].data)
 
     def quantized(self, name: str, scheme: Scheme) -> torch.Tensor:
+        stats = None
+        calibration = getattr(scheme, "calibration", "")
+        if scheme.needs_calibration and calibration in self.calibrations:
+            stats = self.calibrations[calibration].for_param(name)
+            if stats is None:
+                raise UserError(
+                    f"{name}: no calibration statistics for {scheme.name} (only linear layers' inputs are recorded)",
+                    "keep this tensor or give it an uncalibrated scheme in a plan",
+                )
         key = (name, scheme.name)
         if key in self._cache:
             return self._cache[key]
@@ -107,7 +123,7 @@ class QuantEngine:
         with torch.no_grad():
             w2d = weight_2d(orig, info)
             scheme.check_shape(cast("tuple[int, int]", tuple(w2d.shape)), name)  # weight_2d: 2-D
-            q = from_2d(scheme.fake_quantize(w2d), info)
+            q = from_2d(scheme.fake_quantize(w2d, stats), info)
         del orig, w2d
         if self.cache:
             self._cache[key] = q

@@ -170,3 +170,10 @@ def n_groups(shape: tuple[int, int], group_size: int | None, per_tensor: bool) -
         return 1
     g = in_f if group_size is None else min(group_size, in_f)
     return out_f * (-(-in_f // g))
+
+
+def storage_bits(shape: tuple[int, int], bits: int, group_size: int | None, per_tensor: bool, symmetric: bool) -> float:
+    """Bits of a ``[out, in]`` tensor stored as B-bit codes with a float16 scale per group and, when asymmetric, a
+    B-bit zero point per group (the RTN formats, and GPTQ's and AWQ's, which share them)."""
+    groups = n_groups(shape, group_size, per_tensor)
+    return float(shape[0] * shape[1] * bits + groups * (16 + (0 if symmetric else bits)))

@@ -3,20 +3,22 @@
 A scheme name is written in one kind's syntax (case-insensitive); ``quant-disparity schemes`` lists the kinds
 with examples and bit costs. Built-in kinds (one module each under :mod:`.backends`): round-to-nearest
 (``w4g128``, ``w4g128-asym``, ``w8-channel``, ``w4-tensor``), llama.cpp's legacy types (``gguf:q4_0`` ...),
-its K-types and recipes by its own code (``gguf:q4_k``, ``gguf:q4_k_m``), HQQ and optimum-quanto through their
-libraries (``hqq:w4g64``, ``quanto:w4``; optional extras), 16-bit casts (``fp16``, ``bf16``) and ``none``. Any
-quantizing scheme takes ``+outliers:1%``: it keeps the 1 %
+its K-types and recipes by its own code (``gguf:q4_k``, ``gguf:q4_k_m``), calibrated GPTQ and AWQ
+(``gptq:w4g128``, ``awq:w4g128``: they need calibration statistics, :mod:`.calibration`), HQQ and
+optimum-quanto through their libraries (``hqq:w4g64``, ``quanto:w4``; optional extras), 16-bit casts
+(``fp16``, ``bf16``) and ``none``. Any quantizing scheme takes ``+outliers:1%``: it keeps the 1 %
 largest-magnitude weights of each tensor in float16 (the scale computed on the rest; ``+outliers-inscale:``
 lets them set it). Third-party kinds come from ``quant_disparity.schemes`` entry points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from ..errors import UserError, did_you_mean
 from ..registry import Registry
-from .backends import cast, gguf, hqq, identity, kquant, quanto, rtn
+from .backends import awq, cast, gguf, gptq, hqq, identity, kquant, quanto, rtn
 from .backends.base import Scheme, SchemeKind, n_outliers, parse_points, parse_ranges, range_indices
 
 __all__ = [
@@ -36,6 +38,7 @@ NONE = identity.NONE
 _OUTLIER_RE = re.compile(r"^(.*)\+outliers(-inscale)?:([0-9.]+)%$")
 _KEEP_RE = re.compile(r"^(.*)\+keep-(rows|cols):([0-9.-]+)$")
 _POINTS_RE = re.compile(r"^(.*)\+(keep|zero)-at:([0-9x.]+)$")
+_CALIBRATION_RE = re.compile(r"^(.*)@(cal-[0-9a-f]+)$")
 
 
 def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
@@ -44,7 +47,7 @@ def scheme_help(registry: Registry[SchemeKind] | None = None) -> str:
 
 
 SCHEMES: Registry[SchemeKind] = Registry("scheme kind", SchemeKind, group="quant_disparity.schemes", hint=scheme_help)
-for _kind in (rtn.KIND, gguf.KIND, kquant.KIND, cast.KIND, identity.KIND, identity.REFERENCE_KIND):
+for _kind in (rtn.KIND, gguf.KIND, kquant.KIND, gptq.KIND, awq.KIND, cast.KIND, identity.KIND, identity.REFERENCE_KIND):
     SCHEMES.register(_kind)
 for _kind in (hqq.KIND, quanto.KIND):  # real quantizers' libraries (optional extras; checked when a name is parsed)
     SCHEMES.register(_kind)
@@ -82,6 +85,12 @@ def parse_scheme(text: str) -> Scheme:
         if base.is_identity:
             raise UserError(f"scheme {text!r}: outliers need a quantizing scheme", scheme_help())
         return base.with_outliers(parse_outlier_fraction(m.group(3) + "%", f"scheme {text!r}"), bool(m.group(2)))
+    c = _CALIBRATION_RE.match(raw)
+    if c:  # the calibration a calibrated scheme is bound to (set by the audit and the experiment planner)
+        base = parse_scheme(c.group(1))
+        if not base.needs_calibration:
+            raise UserError(f"scheme {text!r}: {base.name} takes no calibration", scheme_help())
+        return dataclasses.replace(base, calibration=c.group(2))
     for kind in SCHEMES.values():
         try:
             scheme = kind.parse(raw)

@@ -18,6 +18,7 @@ from ...errors import UserError
 
 if TYPE_CHECKING:
     from ...models.modules import ModuleMap, ParamInfo
+    from ..calibration import SiteStats
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +38,9 @@ class Scheme(ABC):
     """
 
     is_identity: ClassVar[bool] = False
+    #: Whether the kind quantizes with calibration statistics of the tensor's input (GPTQ, AWQ): it then
+    #: implements ``_calibrated`` and the engine hands it the statistics (:mod:`..calibration`).
+    needs_calibration: ClassVar[bool] = False
     outliers: float = 0.0
     outliers_in_scale: bool = False
     keep_rows: tuple[tuple[int, int], ...] = ()
@@ -48,6 +52,9 @@ class Scheme(ABC):
     #: Single elements set to 0 (an ablation, e.g. ``zero:super``): 0 before and after quantizing; each costs a
     #: 32-bit index (the value is implied).
     zero_points: tuple[tuple[int, int], ...] = ()
+    #: For calibrated kinds: the key of the calibration statistics the scheme quantizes with (``cal-<digest>``,
+    #: :mod:`..calibration`); part of the name, so that caches and trial keys tell calibrations apart.
+    calibration: str = ""
 
     @property
     @abstractmethod
@@ -57,6 +64,8 @@ class Scheme(ABC):
     @property
     def name(self) -> str:
         name = self.base_name
+        if self.calibration:
+            name += f"@{self.calibration}"
         if self.outliers:
             name += f"+outliers{'-inscale' if self.outliers_in_scale else ''}:{100 * self.outliers:g}%"
         if self.keep_rows:
@@ -128,15 +137,18 @@ class Scheme(ABC):
         return self
 
     # -- the transform -------------------------------------------------------------------------
-    def fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
-        """Quantize and dequantize a 2-D ``[out, in]`` weight; returns a new tensor of the same dtype."""
+    def fake_quantize(self, w2d: torch.Tensor, stats: SiteStats | None = None) -> torch.Tensor:
+        """Quantize and dequantize a 2-D ``[out, in]`` weight; returns a new tensor of the same dtype.
+
+        ``stats``: the calibration statistics of the tensor's input, for kinds that need them (kept columns
+        take their input channels out of the statistics too; kept points and outliers are set to 0 first)."""
         if self.keep_points or self.zero_points:
             points = self.keep_points + self.zero_points
             r = torch.tensor([p[0] for p in points], dtype=torch.long, device=w2d.device)
             c = torch.tensor([p[1] for p in points], dtype=torch.long, device=w2d.device)
             src = w2d.clone()
             src[r, c] = 0  # they set no scale
-            out = dataclasses.replace(self, keep_points=(), zero_points=()).fake_quantize(src)
+            out = dataclasses.replace(self, keep_points=(), zero_points=()).fake_quantize(src, stats)
             k = len(self.keep_points)
             out[r[:k], c[:k]] = w2d[r[:k], c[:k]]
             out[r[k:], c[k:]] = 0
@@ -148,21 +160,34 @@ class Scheme(ABC):
                 r = torch.tensor(rows, device=w2d.device)
                 c = torch.tensor(cols, device=w2d.device)
                 sub = w2d.index_select(0, r).index_select(1, c).contiguous()
-                out[r[:, None], c[None, :]] = self._whole(sub)
+                out[r[:, None], c[None, :]] = self._whole(sub, None if stats is None else stats.columns(c.cpu()))
             return out
-        return self._whole(w2d)
+        return self._whole(w2d, stats)
 
-    def _whole(self, w2d: torch.Tensor) -> torch.Tensor:
+    def _whole(self, w2d: torch.Tensor, stats: SiteStats | None = None) -> torch.Tensor:
         if self.outliers and not self.is_identity:
-            return self._with_outliers(w2d)
-        return self._fake_quantize(w2d)
+            return self._with_outliers(w2d, stats)
+        return self._own(w2d, stats)
 
-    def _with_outliers(self, w2d: torch.Tensor) -> torch.Tensor:
+    def _own(self, w2d: torch.Tensor, stats: SiteStats | None) -> torch.Tensor:
+        if not self.needs_calibration:
+            return self._fake_quantize(w2d)
+        if stats is None:
+            raise UserError(
+                f"{self.name} needs calibration data", "pass --calibration eng (or mix:..., target, a file)"
+            )
+        return self._calibrated(w2d, stats)
+
+    def _calibrated(self, w2d: torch.Tensor, stats: SiteStats) -> torch.Tensor:
+        """A calibrated kind's transform of a 2-D ``[out, in]`` weight given its input's statistics."""
+        raise NotImplementedError
+
+    def _with_outliers(self, w2d: torch.Tensor, stats: SiteStats | None = None) -> torch.Tensor:
         k = n_outliers(w2d.numel(), self.outliers)
         flat = w2d.reshape(-1)
         idx = torch.topk(flat.abs(), k, sorted=False).indices if k else flat.new_zeros(0, dtype=torch.long)
         rest = w2d if self.outliers_in_scale else flat.clone().index_fill_(0, idx, 0).reshape(w2d.shape)
-        out = self._fake_quantize(rest).reshape(-1)
+        out = self._own(rest, stats).reshape(-1)
         out[idx] = flat[idx].to(torch.float16).to(w2d.dtype)
         return out.reshape(w2d.shape)
 

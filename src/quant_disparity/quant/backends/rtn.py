@@ -37,9 +37,7 @@ class RTN(Scheme):
         )
 
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
-        groups = rtn.n_groups(shape, self.group_size, self.per_tensor)
-        per_group = 16 + (0 if self.symmetric else self.bits)
-        return float(shape[0] * shape[1] * self.bits + groups * per_group)
+        return rtn.storage_bits(shape, self.bits, self.group_size, self.per_tensor, self.symmetric)
 
 
 def _parse(text: str) -> RTN | None:
