@@ -231,7 +231,7 @@ def test_inspect_outliers_command(planted_dir, tmp_path, capsys):
         (["super-weights", "--device", "tpu"], "device"),
         (["outliers", "--dtype", "int3"], "unknown dtype"),
         (["outliers", "--top", "0"], "--top"),
-        (["heads"], "No such command 'heads'"),
+        (["headz"], "No such command 'headz'"),
     ],
 )
 def test_bad_inspect_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys):
