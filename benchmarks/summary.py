@@ -198,6 +198,20 @@ def table() -> list[str]:
                 f"{nr['predicted_tokens']} tokens; load average {nr['load_average_1min'][0]:.1f})",
             )
         )
+    hb = load("heads")
+    if hb:
+        mem = hb["memory"]
+        rows.append(
+            (
+                "attention statistics per head (eager, streamed) vs one evaluation, same documents; peak memory of "
+                "`inspect heads` (`bench_heads.py`)",
+                f"report; memory ≤ {mem['audit_bound']}× fp32 weights + corpus (the audit's bound)",
+                rev("heads"),
+                f"{hb['ratio_heads_to_evaluation']:.2f}× ({hb['model']}, {len(hb['langs'])} languages, "
+                f"{hb['predicted_tokens']} tokens; load average {hb['load_average_1min'][0]:.1f}); peak RSS "
+                f"{mem['peak_over_weights_plus_corpus']:.2f}× fp32 weights + corpus",
+            )
+        )
     sr = load("search-gemma-3-270m")
     if sr:
         srev = f"`{(sr.get('measured_revision') or sr['machine']['git_revision'])[:7]}`"
