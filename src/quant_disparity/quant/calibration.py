@@ -36,6 +36,7 @@ import numpy as np
 
 from ..corpus.documents import Corpus, Document, filter_split, take_until_tokens
 from ..errors import UserError
+from .site_stats import SiteStats
 
 if TYPE_CHECKING:  # torch is imported where statistics are collected: the spec's checks need none
     import torch
@@ -245,34 +246,6 @@ def choose_documents(
 
 
 # -- statistics ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SiteStats:
-    """Statistics of the input ``x`` of one linear layer (shared by the tensors that read the same input)."""
-
-    xtx: torch.Tensor  # float64 [in, in]: Σ x xᵀ over calibration rows
-    abs_sum: torch.Tensor  # float64 [in]: Σ |x|
-    rows: torch.Tensor  # float32 [r, in]: a seeded subsample of input rows
-    n: int  # rows seen
-
-    @property
-    def hessian(self) -> torch.Tensor:
-        """GPTQ's ``H = 2/n Σ x xᵀ`` (float64; the scale does not change GPTQ's result, damping is relative)."""
-        return self.xtx * (2.0 / max(self.n, 1))
-
-    @property
-    def mean_abs(self) -> torch.Tensor:
-        return self.abs_sum / max(self.n, 1)
-
-    def columns(self, idx: torch.Tensor) -> SiteStats:
-        """The statistics of the input channels ``idx`` alone (for a tensor whose other columns are kept)."""
-        return SiteStats(
-            xtx=self.xtx.index_select(0, idx).index_select(1, idx),
-            abs_sum=self.abs_sum.index_select(0, idx),
-            rows=self.rows.index_select(1, idx),
-            n=self.n,
-        )
 
 
 @dataclass

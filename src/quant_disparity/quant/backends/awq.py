@@ -23,7 +23,7 @@ import torch
 
 from ...errors import UserError
 from .. import rtn
-from ..calibration import SiteStats
+from ..site_stats import SiteStats
 from .base import Scheme, SchemeKind
 from .gptq import check_bits_group
 

@@ -18,7 +18,7 @@ from ...errors import UserError
 
 if TYPE_CHECKING:
     from ...models.modules import ModuleMap, ParamInfo
-    from ..calibration import SiteStats
+    from ..site_stats import SiteStats
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ import torch
 
 from ...errors import UserError
 from .. import rtn
-from ..calibration import SiteStats
+from ..site_stats import SiteStats
 from .base import Scheme, SchemeKind
 
 DEFAULT_DAMP = 0.01
