@@ -29,6 +29,11 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in value.split(",") if x.strip()) if value else ()
 
 
+def _set_given(base: dict, overrides: dict) -> None:
+    """Put the options the user gave (not None) over a config's defaults (``base``, its ``to_dict()``)."""
+    base.update({k: v for k, v in overrides.items() if v is not None})
+
+
 def _nonempty_list(ctx, param, value: str | None) -> str | None:
     """An option given as an empty list (``--langs ""``) is an error, not a silent fall back to the default."""
     if value is not None and not _csv(value):
@@ -200,7 +205,7 @@ def audit(
     }
     if calibration and split is None and config is None:
         overrides["split"] = "heldout"  # calibration documents come from the select split
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    _set_given(base, overrides)
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = AuditConfig.from_dict(base)
     validate(cfg)
@@ -487,7 +492,7 @@ def locate(
         "dtype": dtype,
         "reuse": False if no_reuse else None,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    _set_given(base, overrides)
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = LocateConfig.from_dict(base)
     validate(cfg)
@@ -596,7 +601,7 @@ def inspect_super_effect(
         "device": device,
         "dtype": dtype,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    _set_given(base, overrides)
     cfg = AuditConfig.from_dict(base)
     parse_scheme(cfg.scheme)
     check_model_and_corpus(cfg.runtime, cfg.selection)
@@ -707,7 +712,7 @@ def inspect_neurons(
         "device": device,
         "dtype": dtype,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    _set_given(base, overrides)
     cfg = NeuronsConfig.from_dict(base)
     validate(cfg)
     with OutputDir(out_dir or _default_out("neurons"), "neurons.json", overwrite) as staged:
@@ -769,7 +774,7 @@ def inspect_heads(
         "device": device,
         "dtype": dtype,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    _set_given(base, overrides)
     cfg = HeadsConfig.from_dict(base)
     validate(cfg)
     with OutputDir(out_dir or _default_out("heads"), "heads.json", overwrite) as staged:
