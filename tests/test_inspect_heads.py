@@ -184,6 +184,25 @@ def test_specificity_finds_planted_features_and_its_half_split_finds_none():
     assert fp.has_interval and fp.specific.mean() < 0.02
 
 
+def test_beyond_the_common_shift_only_the_heads_that_move_apart_are_specific():
+    rng = np.random.default_rng(3)
+    n_lang, per, n_feat = 4, 30, 200
+    groups = np.repeat(np.arange(n_lang), per)
+    den = rng.integers(50, 200, len(groups)).astype(float)
+    x = rng.normal(0.5, 0.05, (len(groups), n_feat))
+    x[groups == 0] += 0.2  # language 0 moves every feature by 4 sd (longer documents, another script ...)
+    x[groups == 0, :20] += 0.25  # and the first 20 by 5 sd more
+    num = x * den[:, None]
+    raw = specificity(num, den, groups, 0, threshold=2.0, n_boot=400, rng=np.random.default_rng(1))
+    assert raw.specific.all() and raw.common_shift == 0.0  # the raw difference calls every feature specific
+    rel = specificity(num, den, groups, 0, threshold=2.0, n_boot=400, rng=np.random.default_rng(1), relative=True)
+    hand = _hand_d(x, num, den, groups, 0)
+    assert rel.common_shift == pytest.approx(float(np.median(hand)), rel=1e-10)
+    np.testing.assert_allclose(rel.d, hand - np.median(hand), rtol=1e-10, atol=1e-12)
+    assert rel.specific[:20].all() and rel.specific[20:].mean() < 0.02
+    assert np.all(rel.lo <= rel.d) and np.all(rel.d <= rel.hi)
+
+
 def test_too_few_documents_give_no_interval_and_no_specific_head():
     rng = np.random.default_rng(0)
     groups = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1])

@@ -60,6 +60,7 @@ def export(model: str, heads_path: Path, locate_path: Path) -> dict:
         "model": model,
         "split": data["corpus"]["split"],
         "threshold": data["threshold"],
+        "relative": data.get("schema_version", 1) >= 2,
         "interval_level": data["interval_level"],
         "n_boot": data["config"]["n_boot"],
         "seed": data["config"]["seed"],

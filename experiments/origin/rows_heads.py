@@ -49,7 +49,8 @@ def head_rows(export: Path) -> list[list[str]]:
         cell = (
             f"{model} ({d['n_heads']} query heads, {d['split']} split, "
             f"{'/'.join(sorted({str(x['docs']) for x in langs}))} documents per language; specific: "
-            f"{100 * d['interval_level']:g}% interval (95% family-wise) of the standardized difference beyond "
+            f"{100 * d['interval_level']:g}% interval (95% family-wise) of the standardized difference "
+            f"{'less the common shift of all heads ' if d.get('relative') else ''}beyond "
             f"±{d['threshold']:g} on one of 4 attention statistics): "
             + (f"median {_pct(_median(shares))} of heads per language ({per})" if shares else "no interval")
             + f"; half-split false positives: mean {_pct(fp['mean_share'])}, largest {_pct(fp['max_share'])}"

@@ -737,7 +737,9 @@ def inspect_neurons(
 @click.option("--max-tokens", type=int, help="Selection tokens per language (default 0 = every selection document).")
 @click.option("--min-docs", type=int, help="At least this many selection documents per language (default 1).")
 @click.option(
-    "--threshold", type=float, help="Specific: the 95% interval of the standardized difference beyond ±this (1)."
+    "--threshold",
+    type=float,
+    help="Specific: the 95% interval of the standardized difference beyond the common shift lies beyond ±this (2).",
 )
 @click.option(
     "--locate",

@@ -39,8 +39,10 @@ def _heads_eval() -> EvalSettings:
 
 @dataclass(frozen=True, init=False)
 class HeadsConfig(FlatConfig):
-    """``threshold``: a head is specific on a statistic when the interval of its standardized difference (95%
-    family-wise over the statistics) lies beyond ±threshold; ``locate``: a locate.json (head granularity, protect-one) to correlate with."""
+    """``threshold``: a head is specific on a statistic when the interval of its standardized difference beyond the
+    common shift of all heads (95% family-wise over the statistics) lies beyond ±threshold; ``version`` 2: the
+    measure is taken beyond the common shift and the default threshold is 2 (version 1: raw difference, 1);
+    ``locate``: a locate.json (head granularity, protect-one) to correlate with."""
 
     runtime: ModelRuntime = ModelRuntime()
     selection: CorpusSelection = CorpusSelection(split="select", max_tokens=0)
@@ -50,7 +52,7 @@ class HeadsConfig(FlatConfig):
     seed: int = 0
     n_boot: int = 1000
     eval: EvalSettings = field(default_factory=_heads_eval)
-    version: int = 1
+    version: int = 2
 
     NAME = "heads config"
     KEYS = {
@@ -75,7 +77,7 @@ class HeadsConfig(FlatConfig):
         check_common(self)
         check_langs(self.selection)
         if not (np.isfinite(self.threshold) and self.threshold > 0):
-            raise UserError(f"--threshold must be a positive number, got {self.threshold:g}", "the default is 1")
+            raise UserError(f"--threshold must be a positive number, got {self.threshold:g}", "the default is 2")
 
 
 def read_locate(path: str | Path) -> dict:
@@ -198,13 +200,22 @@ def run_heads(
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = num[docs].sum(0) / den[docs].sum()
             sp = specificity(
-                num, den, lang_of_doc, j, threshold=config.threshold, level=level, n_boot=config.n_boot, rng=rng
+                num,
+                den,
+                lang_of_doc,
+                j,
+                threshold=config.threshold,
+                level=level,
+                n_boot=config.n_boot,
+                rng=rng,
+                relative=True,
             )
             any_specific |= sp.specific
             abs_d.append(np.abs(sp.d))
             by_stat[stat] = {
                 "mean": grid(mean),
                 "d": grid(sp.d),
+                "common_shift": None if not np.isfinite(sp.common_shift) else round(sp.common_shift, 6),
                 "ci_lo": grid(sp.lo),
                 "ci_hi": grid(sp.hi),
                 "specific": [[bool(x) for x in row] for row in sp.specific.reshape(n_layers, n_heads)],
@@ -235,7 +246,15 @@ def run_heads(
         for stat in STATS:
             num, den = flat(stat)
             sp = specificity(
-                num[idx], den[idx], halves, 0, threshold=config.threshold, level=level, n_boot=config.n_boot, rng=rng
+                num[idx],
+                den[idx],
+                halves,
+                0,
+                threshold=config.threshold,
+                level=level,
+                n_boot=config.n_boot,
+                rng=rng,
+                relative=True,
             )
             if sp.has_interval:
                 tested.append(stat)
@@ -269,7 +288,7 @@ def run_heads(
     ]
     result: dict = {
         "schema": "quant-disparity/heads",
-        "schema_version": 1,
+        "schema_version": 2,
         "config": config.to_dict(),
         "model": {**lm.info.to_dict(), "module_map": modmap.summary()},
         "corpus": {"name": corpus.name, "digest": corpus.digest, "split": "select"},
@@ -298,14 +317,17 @@ def run_heads(
             "the character name; CJK ideographs: HAN); special tokens and tokens without a letter: none",
             "aggregate": "per language: sum over its documents / queries (a ratio of sums)",
             "specificity": "d = (language mean - mean of the other languages' documents) / pooled within-language "
-            f"standard deviation of per-document values; {100 * level:g}% bootstrap interval (95% family-wise over "
+            "standard deviation of per-document values, less the common shift (the median of d over all heads: "
+            "what the language does to every head, such as longer documents or another script); "
+            f"{100 * level:g}% bootstrap interval (95% family-wise over "
             f"the {len(STATS)} statistics, Bonferroni), documents resampled within each language ({config.n_boot} "
             f"replicates, seed {config.seed})",
             "specific": f"the interval of d lies beyond ±{config.threshold:g} on at least one of the "
             f"{len(STATS)} statistics",
-            "score": "a head's specificity score for a language: the largest |d| over the statistics",
-            "false_positive_check": "the same test of the even-indexed half of one language's documents against "
-            "the odd-indexed half",
+            "score": "a head's specificity score for a language: the largest |d| (beyond the common shift) over the "
+            "statistics",
+            "false_positive_check": "the same test (common shift included) of the even-indexed half of one "
+            "language's documents against the odd-indexed half",
         },
         "threshold": config.threshold,
         "interval_level": level,
