@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import chromium_images_loaded, run_cli
 
 from quant_disparity.corpus import load_udhr
 from quant_disparity.corpus.documents import split_of
@@ -132,6 +132,25 @@ def test_search_writes_plans_table_and_figure_and_is_deterministic(searched):
     assert kinds == {"searched", "uniform", "structural"}
     for p in data["points"]:
         assert p["target"] == {"value": 1e-9, "reached": False}  # out of reach: said, not an error
+
+
+def test_report_of_a_search_directory_shows_the_frontier_in_a_browser(searched, tmp_path, capsys):
+    _, (a, _) = searched
+    out = tmp_path / "r.html"
+    code, _, err = run_cli(["report", str(a), "--out", str(out)], capsys)
+    assert code == 0, err
+    page = out.read_text()
+    data = _data(a)
+    assert page.count("<img ") == 1 and "http://" not in page and "https://" not in page
+    # every evaluated plan of search.json is a row of the page's frontier table, with its bits
+    for r in data["table"]:
+        assert f"<td>{r['name']}" in page and f"{r['bits_per_universe_weight']:.3f}" in page
+    chromium_images_loaded(page, tmp_path)
+    md = tmp_path / "r.md"
+    code, _, err = run_cli(["report", str(a), "--format", "md", "--out", str(md)], capsys)
+    assert code == 0 and md.read_text() == (a / "search.md").read_text()
+    code, _, err = run_cli(["report", str(a), "--format", "latex", "--out", str(tmp_path / "r.tex")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "r.tex").exists()
 
 
 def test_selection_and_heldout_documents_never_overlap(searched):

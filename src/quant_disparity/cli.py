@@ -850,9 +850,11 @@ def report(target, report_format, out_file, overwrite) -> None:
     from .experiments import analyse, load_run, run_inputs
     from .provenance import stored_provenance
 
-    if target.is_dir() and (target / "heads.json").is_file() and not (target / "spec.toml").exists():
-        _report_heads(target, report_format, out_file, overwrite)
-        return
+    if target.is_dir() and not (target / "spec.toml").exists():
+        single = next((name for name in _SINGLE_REPORTS if (target / name).is_file()), None)
+        if single:
+            _report_single(target, single, report_format, out_file, overwrite)
+            return
     spec, store = load_run(target)
     try:
         result = analyse(spec, store)
@@ -877,21 +879,34 @@ def _write_report(path: Path, text: str, overwrite: bool) -> None:
     out.print(f"wrote {path}")
 
 
-def _report_heads(target: Path, report_format, out_file: Path | None, overwrite: bool) -> None:
-    """The report of an ``inspect heads`` output directory (HTML or markdown)."""
-    from .report.head_tables import heads_html, heads_markdown
+#: Result files of one command that `report DIR` renders (HTML or markdown): file -> (schema, command).
+_SINGLE_REPORTS = {
+    "heads.json": ("quant-disparity/heads", "inspect heads"),
+    "search.json": ("quant-disparity/search", "search"),
+}
 
+
+def _report_single(target: Path, name: str, report_format, out_file: Path | None, overwrite: bool) -> None:
+    """The report of one command's output directory (``inspect heads``, ``search``)."""
+    schema, command = _SINGLE_REPORTS[name]
     if report_format.name not in ("html", "md"):
-        raise UserError(f"an inspect heads result has no {report_format.name} report", "use --format html or md")
+        raise UserError(f"the result of {command} has no {report_format.name} report", "use --format html or md")
     try:
-        data = json.loads((target / "heads.json").read_text(encoding="utf-8"))
+        data = json.loads((target / name).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{target / 'heads.json'} is not readable JSON ({e})", "rerun inspect heads") from None
-    if not isinstance(data, dict) or data.get("schema") != "quant-disparity/heads":
-        raise UserError(f"{target / 'heads.json'} is not an inspect heads output", "rerun inspect heads")
+        raise UserError(f"{target / name} is not readable JSON ({e})", f"rerun {command}") from None
+    # search results written before the schema field carry only their command's name
+    if not isinstance(data, dict) or (data.get("schema") or f"quant-disparity/{data.get('command')}") != schema:
+        raise UserError(f"{target / name} is not an output of {command}", f"rerun {command}")
+    if name == "heads.json":
+        from .report.head_tables import heads_html as to_html
+        from .report.head_tables import heads_markdown as to_md
+    else:
+        from .report.search import search_html as to_html
+        from .report.search import search_markdown as to_md
     path = out_file or target / f"report.{report_format.suffix}"
-    _check_report_path(path, overwrite, [target / "heads.json"])
-    _write_report(path, heads_html(data) if report_format.name == "html" else heads_markdown(data), overwrite)
+    _check_report_path(path, overwrite, [target / name])
+    _write_report(path, to_html(data) if report_format.name == "html" else to_md(data), overwrite)
 
 
 def _check_report_path(path: Path, overwrite: bool, inputs: list[Path]) -> None:

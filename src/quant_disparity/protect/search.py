@@ -558,6 +558,8 @@ def run_search(
                     f"held-out {config.objective} {p['heldout']['objective']['value']:.4g}"
                 )
     return {
+        "schema": "quant-disparity/search",
+        "schema_version": 1,
         "command": "search",
         "config": config.to_dict(),
         "objective": {"name": config.objective, "definition": OBJECTIVES[config.objective], "metric": "rel_delta_bpb"},

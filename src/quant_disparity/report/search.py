@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 
 import numpy as np
@@ -12,6 +13,25 @@ from .tables import fmt, markdown_table
 
 def _name(row: Mapping) -> str:
     return row["name"] if row["kind"] != "structural" else f"{row['name']} (structural)"
+
+
+def frontier_rows(data: Mapping) -> tuple[list[str], list[list[str]]]:
+    """The frontier table: every evaluated plan in order of bits, its effective bits two ways and its damage."""
+    obj = data["objective"]["name"]
+    rows = []
+    for r in sorted(data["table"], key=lambda r: (r["bits_per_universe_weight"], r["name"])):
+        rows.append(
+            [
+                _name(r),
+                f"{r['bits_per_universe_weight']:.3f}",
+                f"{r['bits_per_model_weight']:.3f}",
+                f"{r['model_bytes'] / 2**20:.1f}",
+                fmt(r["worst"], 2, pct=True) + f" ({r['worst']['lang']})",
+                fmt(r["mean"], 2, pct=True),
+                fmt(r["objective"], 2, pct=True),
+            ]
+        )
+    return ["plan", "bits/w (universe)", "bits/w (model)", "MiB", "worst rel. Δbpb", "mean rel. Δbpb", obj], rows
 
 
 def search_markdown(data: Mapping) -> str:
@@ -32,24 +52,7 @@ def search_markdown(data: Mapping) -> str:
         "stored width (fp32 = 32 bits).",
         "",
     ]
-    rows = []
-    for r in sorted(data["table"], key=lambda r: (r["bits_per_universe_weight"], r["name"])):
-        rows.append(
-            [
-                _name(r),
-                f"{r['bits_per_universe_weight']:.3f}",
-                f"{r['bits_per_model_weight']:.3f}",
-                f"{r['model_bytes'] / 2**20:.1f}",
-                fmt(r["worst"], 2, pct=True) + f" ({r['worst']['lang']})",
-                fmt(r["mean"], 2, pct=True),
-                fmt(r["objective"], 2, pct=True),
-            ]
-        )
-    lines.append(
-        markdown_table(
-            ["plan", "bits/w (universe)", "bits/w (model)", "MiB", "worst rel. Δbpb", "mean rel. Δbpb", obj], rows
-        )
-    )
+    lines.append(markdown_table(*frontier_rows(data)))
     lines.append("")
     for p in data["points"]:
         v = p["versus_uniform"]
@@ -103,3 +106,24 @@ def pareto_figure(data: Mapping):
         f"{data['model']['name']} · base {data['scheme']} · protect {data['protect']} · 95% intervals", fontsize=10
     )
     return fig
+
+
+def search_html(data: Mapping) -> str:
+    """A self-contained HTML page of a ``search`` result: its notes, the frontier table and the Pareto figure."""
+    from .experiment import _CSS, _html_table, _png
+
+    md = search_markdown(data).splitlines()
+    intro = "".join(f"<p>{html.escape(ln)}</p>" for ln in md[2:] if ln and not ln.startswith(("|", "- ")))
+    notes = "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md if ln.startswith("- "))
+    fig = pareto_figure(data)
+    title = md[0].lstrip("# ")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} — quant-disparity report</title>
+<style>{_CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>{intro}
+<h2>Frontier (held-out)</h2>{_html_table(*frontier_rows(data))}
+<ul>{notes}</ul>
+<h2>Figures</h2><figure><img alt='pareto.png' src='data:image/png;base64,{_png(fig)}'>
+<figcaption>pareto.png: effective bits per weight against the worst-language and mean damage</figcaption></figure>
+</body></html>
+"""
