@@ -440,6 +440,12 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
     help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
 )
 @click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
+@click.option(
+    "--estimate",
+    "estimate_score",
+    help="Rank the units by this cheap score (e.g. fisher, rel_frobenius; see `scores`) and measure only the top K.",
+)
+@click.option("--top", type=int, help="With --estimate: how many of the ranked units to measure.")
 def locate(
     model,
     scheme,
@@ -465,6 +471,8 @@ def locate(
     dry_run,
     estimate_device,
     force,
+    estimate_score,
+    top,
 ) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
@@ -491,6 +499,8 @@ def locate(
         "device": device,
         "dtype": dtype,
         "reuse": False if no_reuse else None,
+        "estimate": estimate_score,
+        "top": top,
     }
     _set_given(base, overrides)
     apply_eval_options(base["eval"], window, context, batch_tokens)

@@ -857,10 +857,13 @@ def _audit_assignment(config, modmap, scheme, quantization_targets, load_plan) -
 
 def locate_configs(config, modmap) -> tuple[dict, list[str]]:
     """The configurations of a locate sweep and its replay bases (as :func:`..locate.run_locate` builds them)."""
-    from .locate import sweep_configs
+    from .locate import build_configs, sweep_configs
     from .quant import parse_scheme
 
-    _universe, _units, _pairs, configs = sweep_configs(config, modmap, parse_scheme(config.scheme))
+    scheme = parse_scheme(config.scheme)
+    universe, units, _pairs, configs = sweep_configs(config, modmap, scheme)
+    if config.estimate:  # K units are measured (which K is known only after scoring; the scoring is not counted)
+        configs = build_configs(universe, units[: config.top], [], scheme, config.mode, modmap)
     return configs, (["all"] if config.mode == "protect-one" else [])
 
 

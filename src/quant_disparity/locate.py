@@ -69,6 +69,9 @@ class LocateConfig(FlatConfig):
     n_boot: int = 1000
     eval: EvalSettings = field(default_factory=_locate_eval)
     version: int = 1
+    # ``--estimate SCORE --top K``: measure only the K units the score ranks first (protect/estimate.py)
+    estimate: str = ""
+    top: int = 0
 
     NAME = "locate config"
     KEYS = {
@@ -92,7 +95,16 @@ class LocateConfig(FlatConfig):
         "sentences_per_doc": ("selection", "sentences_per_doc"),
         "eval": None,
         "version": None,
+        "estimate": None,
+        "top": None,
     }
+
+    def to_dict(self) -> dict:
+        """Every key; ``estimate`` and ``top`` only when set (locate outputs written before them keep their shape)."""
+        data = super().to_dict()
+        if not self.estimate and not self.top:
+            del data["estimate"], data["top"]
+        return data
 
     def __post_init__(self):
         g = {
@@ -116,6 +128,9 @@ class LocateConfig(FlatConfig):
             raise UserError("--pairs needs at least two units", "e.g. --pairs L0,L-1,L5")
         check_common(self)
         check_langs(self.selection)
+        from .protect.estimate import check_estimate
+
+        check_estimate(self.estimate, self.top, g, self.pairs)
 
 
 # -- units ---------------------------------------------------------------------------------------------------------
@@ -484,6 +499,10 @@ def run_locate(
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
     universe, units, pairs, configs = sweep_configs(config, modmap, scheme)
+    estimate: dict | None = None
+    if config.estimate:
+        units, estimate = _estimated_units(config, inputs, scheme, universe, units, langs, log)
+        configs = build_configs(universe, units, [], scheme, config.mode, modmap)
     total = prepared.total_pred * len(configs)
     if config.granularity == "head" and modmap.attention is not None and modmap.attention.shared_kv:
         lay = modmap.attention
@@ -529,6 +548,15 @@ def run_locate(
         )
         offset += n
     results = analyse(scores, lang_data, [u.name for u in units], config.mode, [(a.name, b.name) for a, b in pairs])
+    timing = {
+        "quantize_s": round(t_eval - t_q, 3),
+        "evaluate_s": round(t_done - t_eval, 3),
+        **({"estimate_s": estimate["score_s"]} if estimate else {}),
+        "total_s": round(time.perf_counter() - t0, 3),
+        "configurations": len(configs),
+        "tokens_per_configuration": prepared.total_pred,
+        **scores.stats,
+    }
     return LocateResult(
         config=config.to_dict(),
         model={**lm.info.to_dict(), "module_map": modmap.summary()},
@@ -565,15 +593,38 @@ def run_locate(
         results=results,
         pairs=[[a.name, b.name] for a, b in pairs],
         environment=environment(),
-        timing={
-            "quantize_s": round(t_eval - t_q, 3),
-            "evaluate_s": round(t_done - t_eval, 3),
-            "total_s": round(time.perf_counter() - t0, 3),
-            "configurations": len(configs),
-            "tokens_per_configuration": prepared.total_pred,
-            **scores.stats,
-        },
+        timing=timing,
+        estimate=estimate,
     )
+
+
+def _estimated_units(config: LocateConfig, inputs, scheme: Scheme, universe, units, langs, log):
+    """The top ``config.top`` units by ``config.estimate`` (all of them when there are fewer) and the record."""
+    from .protect.data import windows_by_language
+    from .protect.estimate import rank_units
+    from .protect.weights import SCORES
+
+    windows = None
+    if SCORES.get(config.estimate).needs != "weights":
+        docs = [(lang, len(inputs.selection.docs[lang])) for lang in langs]
+        windows = windows_by_language(inputs.prepared.batches, docs)
+    ranking = rank_units(
+        config.estimate,
+        [u.name for u in units],
+        inputs.lm.model,
+        inputs.modmap,
+        scheme,
+        universe,
+        config.granularity,
+        windows,
+        config.seed,
+        log,
+    )
+    top = min(config.top, len(units))
+    record = ranking.record(top)
+    keep = set(record["measured_units"])
+    log(f"--estimate {config.estimate}: measuring {top} of {len(units)} units ({', '.join(record['measured_units'])})")
+    return [u for u in units if u.name in keep], record
 
 
 __all__ = [

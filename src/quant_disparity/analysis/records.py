@@ -289,6 +289,7 @@ class LocateResult:
     environment: dict
     timing: dict
     created: str = field(default_factory=_now)
+    estimate: dict | None = None  # locate --estimate: the score's ranking and which units were measured
 
     def to_dict(self) -> dict:
         return {
@@ -308,6 +309,7 @@ class LocateResult:
             "pairs": self.pairs,
             "environment": self.environment,
             "timing": self.timing,
+            **({"estimate": self.estimate} if self.estimate is not None else {}),
         }
 
     @classmethod
@@ -327,6 +329,7 @@ class LocateResult:
             environment=data["environment"],
             timing=data["timing"],
             created=data["created"],
+            estimate=data.get("estimate"),
         )
 
     @property

@@ -253,6 +253,17 @@ def _shared_kv_note(units) -> list[str]:
     ]
 
 
+def _estimate_note(est: Mapping | None) -> list[str]:
+    if not est:
+        return []
+    n = len(est["measured_units"]) + len(est["unmeasured_units"])
+    return [
+        f"- Estimated: only the {len(est['measured_units'])} of {n} units that the score `{est['score']}` ranks "
+        f"first ({est['order']}; {est['combined']}) were measured, scored in {est['score_s']:.1f} s: "
+        f"{', '.join(est['measured_units'])}. The others ({', '.join(est['unmeasured_units']) or 'none'}) were not.",
+    ]
+
+
 def locate_markdown(data: Mapping) -> str:
     res = LocateResult.from_dict(data)
     units, langs, m = res.effect_matrix()
@@ -274,6 +285,7 @@ def locate_markdown(data: Mapping) -> str:
         f"in {res.timing['evaluate_s']:.0f} s; block replay saved "
         f"{100 * res.timing['block_work_saved']:.0f}% of decoder-block work.",
         *_shared_kv_note(res.units),
+        *_estimate_note(res.estimate),
         "",
         "## Damage with everything quantized",
         "",
