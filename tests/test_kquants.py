@@ -394,3 +394,58 @@ def test_importance_weights_the_error_where_it_is_large(libggml):
         assert (weighted[:, ~important] ** 2).mean() > (plain[:, ~important] ** 2).mean()
     with pytest.raises(UserError, match="needs 512 values"):
         ggml.quantize(x, "q4_k", importance=imp[:100])
+
+
+def test_a_gguf_written_by_the_k_quant_backend_audits_as_the_simulated_scheme(libggml, tokenizer, tmp_path, capsys):
+    """An artifact written by a backend of this package: llama.cpp's Q4_K bytes of v, o and the MLP of a tiny Llama
+    (rows of 256 and 512) put into a GGUF by ``write_quantized_gguf``. ``audit --quantized`` of that file and
+    ``audit --plan`` of the same tensors under ``gguf:q4_k`` score the same documents with the same weights."""
+    import json
+
+    import transformers as T
+
+    from quant_disparity.models.gguf_write import write_quantized_gguf
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(
+        vocab_size=320,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = T.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    ref_dir = tmp_path / "ref"
+    model.save_pretrained(ref_dir)
+    tokenizer.save_pretrained(ref_dir)
+    template = tmp_path / "ref.gguf"
+    _write_llama_gguf(model, tokenizer, template)
+    plan = "gguf:q4_k:component:attn.v,component:attn.o,component:mlp"
+    modmap = build_module_map(model)
+    quantized = tmp_path / "q4_k.gguf"
+    types = write_quantized_gguf(template, quantized, model, modmap, Plan.parse(plan).resolve(modmap).assignment())
+    assert set(types.values()) == {"q4_k"} and len(types) == 10
+
+    common = ["--model", str(ref_dir), "--langs", "eng,heb", "--max-tokens", "120", "--n-boot", "50"]
+    common += ["--window", "64", "--split", "all"]
+    code, _, err = run_cli(["audit", *common, "--quantized", str(quantized), "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["audit", *common, "--plan", plan, "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    art = json.loads((tmp_path / "a" / "audit.json").read_text())
+    sim = json.loads((tmp_path / "s" / "audit.json").read_text())
+    assert art["scheme"]["artifact"]["differing_tensors"] == 10
+    assert art["scheme"]["artifact"]["by_component"]["mlp.down"]["stored"] == {"q4_k": 2}
+    for a, s in zip(art["languages"], sim["languages"], strict=True):
+        assert a["lang"] == s["lang"]
+        assert abs(s["delta_bpb"]["value"]) > 1e-3  # the quantization does something
+        assert a["delta_bpb"]["value"] == pytest.approx(s["delta_bpb"]["value"], rel=1e-5, abs=1e-7)
