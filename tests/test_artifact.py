@@ -539,3 +539,45 @@ quantized = "{gguf_path}"
     bad = text.replace('quantized = "', 'plan = "w4g128:*"\nquantized = "')
     with pytest.raises(SpecError, match="quantized does not combine with plan"):
         parse_spec(bad, "bad.toml")
+
+
+# -- locate over an artifact ----------------------------------------------------------------------------------------
+def test_locate_of_an_artifact_equals_the_bit_exact_scheme(model_dir, tokenizer, tmp_path, capsys):
+    """A Q8_0 GGUF of every block Linear weight, swept by component with ``locate --quantized``, gives the effects
+    of ``locate --scheme gguf:q8_0`` on the same weights (the same tensors enter the same configurations)."""
+    from gguf import GGMLQuantizationType as QT
+
+    gguf_path = tmp_path / "q8.gguf"
+    write_gguf(tiny_model("llama"), tokenizer, gguf_path, {"self_attn": QT.Q8_0, "mlp": QT.Q8_0})
+    common = ["locate", "--model", str(model_dir), "--langs", "eng,heb", "--max-tokens", "120", "--n-boot", "50"]
+    common += ["--window", "64", "--split", "all", "--granularity", "component"]
+    code, _, err = run_cli([*common, "--quantized", str(gguf_path), "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*common, "--scheme", "gguf:q8_0", "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    art = json.loads((tmp_path / "a" / "locate.json").read_text())
+    sim = json.loads((tmp_path / "s" / "locate.json").read_text())
+    assert art["scheme"]["name"] == "artifact:gguf" and art["scheme"]["universe_tensors"] == 21
+    assert art["scheme"]["artifact"]["differing_tensors"] == 21 and art["config"]["quantized"] == str(gguf_path)
+    assert "quantized" not in sim["config"]
+    assert [u["name"] for u in art["units"]] == [u["name"] for u in sim["units"]]
+    effects = []
+    for lang in ("eng_Latn", "heb_Hebr"):
+        a, s = art["results"][lang], sim["results"][lang]
+        assert a["all_quantized"]["delta_bpb"]["value"] == pytest.approx(
+            s["all_quantized"]["delta_bpb"]["value"], rel=1e-5, abs=1e-8
+        )
+        for u in a["units"]:
+            x, y = a["units"][u]["effect"]["value"], s["units"][u]["effect"]["value"]
+            assert x == pytest.approx(y, rel=1e-4, abs=1e-8)
+            effects.append(abs(x))
+    assert max(effects) > 1e-5  # protecting a component changes something
+    bad = tmp_path / "bad"
+    for extra, message in (
+        (["--quantized", str(gguf_path), "--scheme", "w4g128"], "--scheme does not combine with --quantized"),
+        (["--quantized", str(gguf_path), "--granularity", "head"], "--quantized works on whole tensors"),
+        (["--quantized", str(tmp_path / "missing.gguf")], "missing.gguf"),
+    ):
+        code, _, err = run_cli([*common, *extra, "--out", str(bad)], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not bad.exists()

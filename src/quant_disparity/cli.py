@@ -446,6 +446,11 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
     help="Rank the units by this cheap score (e.g. fisher, rel_frobenius; see `scores`) and measure only the top K.",
 )
 @click.option("--top", type=int, help="With --estimate: how many of the ranked units to measure.")
+@click.option(
+    "--quantized",
+    help="A pre-quantized artifact of --model (GGUF, GPTQ/AWQ/compressed-tensors or HF directory): sweep the "
+    "tensors it changes, each at its stored value.",
+)
 def locate(
     model,
     scheme,
@@ -473,6 +478,7 @@ def locate(
     force,
     estimate_score,
     top,
+    quantized,
 ) -> None:
     """Which layers or components cause each language's damage (a per-unit x per-language sweep)."""
     from ._io import OutputDir
@@ -501,7 +507,12 @@ def locate(
         "reuse": False if no_reuse else None,
         "estimate": estimate_score,
         "top": top,
+        "quantized": quantized,
     }
+    if quantized and scheme:
+        raise UserError(
+            "--scheme does not combine with --quantized: the artifact's tensors are what is swept", "drop --scheme"
+        )
     _set_given(base, overrides)
     apply_eval_options(base["eval"], window, context, batch_tokens)
     cfg = LocateConfig.from_dict(base)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +72,8 @@ class LocateConfig(FlatConfig):
     # ``--estimate SCORE --top K``: measure only the K units the score ranks first (protect/estimate.py)
     estimate: str = ""
     top: int = 0
+    # ``--quantized ARTIFACT``: the universe is the tensors the artifact changes, each at its stored value
+    quantized: str = ""
 
     NAME = "locate config"
     KEYS = {
@@ -97,13 +99,17 @@ class LocateConfig(FlatConfig):
         "version": None,
         "estimate": None,
         "top": None,
+        "quantized": None,
     }
 
     def to_dict(self) -> dict:
-        """Every key; ``estimate`` and ``top`` only when set (locate outputs written before them keep their shape)."""
+        """Every key; ``estimate``, ``top`` and ``quantized`` only when set (locate outputs written before them
+        keep their shape)."""
         data = super().to_dict()
         if not self.estimate and not self.top:
             del data["estimate"], data["top"]
+        if not self.quantized:
+            del data["quantized"]
         return data
 
     def __post_init__(self):
@@ -131,6 +137,19 @@ class LocateConfig(FlatConfig):
         from .protect.estimate import check_estimate
 
         check_estimate(self.estimate, self.top, g, self.pairs)
+        if self.quantized:
+            if g not in ("layer", "component", "layer×component"):
+                raise UserError(
+                    f"--quantized works on whole tensors (layer, component or layer×component units), not {g!r}",
+                    "use --granularity layer",
+                )
+            if self.include:
+                raise UserError("--include does not combine with --quantized", "the artifact decides what differs")
+            if self.estimate:
+                raise UserError(
+                    "--estimate does not combine with --quantized yet (the scores quantize with a scheme)",
+                    "run the full sweep of the artifact",
+                )
 
 
 # -- units ---------------------------------------------------------------------------------------------------------
@@ -404,13 +423,25 @@ def analyse(
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
+#: A sweep's quantization: one scheme for every tensor of the universe, or (an artifact) each tensor's own.
+Schemes = Scheme | Mapping[str, Scheme]
+
+
+def _scheme_of(schemes: Schemes, tensor: str) -> Scheme:
+    return schemes if isinstance(schemes, Scheme) else schemes[tensor]
+
+
 def unit_config(
-    universe: list[str], units: list[Unit], scheme: Scheme, mode: str, modmap: ModuleMap | None = None
+    universe: list[str], units: list[Unit], schemes: Schemes, mode: str, modmap: ModuleMap | None = None
 ) -> dict[str, Scheme]:
     """The assignment that protects (protect-one) or alone quantizes (quantize-only) the union of ``units``.
 
     Element units (heads, neurons) keep rows / columns: protect-one keeps the unit's, quantize-only keeps all
     the others of each tensor the unit touches (``modmap`` gives their shapes)."""
+
+    def scheme(t: str) -> Scheme:
+        return _scheme_of(schemes, t)
+
     whole: set[str] = set()
     rows: dict[str, set[int]] = {}
     cols: dict[str, set[int]] = {}
@@ -421,8 +452,10 @@ def unit_config(
             rows.setdefault(t, set()).update(r)
             cols.setdefault(t, set()).update(c)
     if mode == "protect-one":
-        return {t: scheme.with_kept(rows[t], cols[t]) if t in rows else scheme for t in universe if t not in whole}
-    out = {t: scheme for t in universe if t in whole}
+        return {
+            t: scheme(t).with_kept(rows[t], cols[t]) if t in rows else scheme(t) for t in universe if t not in whole
+        }
+    out = {t: scheme(t) for t in universe if t in whole}
     for t in rows:
         if t in whole:
             continue
@@ -432,7 +465,7 @@ def unit_config(
             raise UserError(f"quantize-only: cannot quantize both rows and columns of {t} alone")
         keep_r = [i for i in range(out_f) if rows[t] and i not in rows[t]]
         keep_c = [j for j in range(in_f) if cols[t] and j not in cols[t]]
-        out[t] = scheme.with_kept(keep_r, keep_c)
+        out[t] = scheme(t).with_kept(keep_r, keep_c)
     return out
 
 
@@ -440,14 +473,14 @@ def build_configs(
     universe: list[str],
     units: list[Unit],
     pairs: list[tuple[Unit, Unit]],
-    scheme: Scheme,
+    schemes: Schemes,
     mode: str,
     modmap: ModuleMap | None = None,
 ) -> dict[str, dict[str, Scheme]]:
-    configs = {"all": {t: scheme for t in universe}}
+    configs = {"all": {t: _scheme_of(schemes, t) for t in universe}}
 
     def config(*us: Unit) -> dict[str, Scheme]:
-        return unit_config(universe, list(us), scheme, mode, modmap)
+        return unit_config(universe, list(us), schemes, mode, modmap)
 
     for u in units:
         configs[u.name] = config(u)
@@ -468,23 +501,30 @@ def _unit_record(u: Unit, modmap: ModuleMap) -> dict:
 
 
 def sweep_configs(
-    config: LocateConfig, modmap: ModuleMap, scheme: Scheme
+    config: LocateConfig, modmap: ModuleMap, scheme: Scheme, artifact: Mapping[str, Scheme] | None = None
 ) -> tuple[list[str], list[Unit], list[tuple[Unit, Unit]], dict[str, dict[str, Scheme]]]:
     """The universe, units, pairs and configurations of ``config``'s sweep on ``modmap`` (also what
-    ``--dry-run`` counts)."""
-    universe = quantization_targets(modmap, config.include)
+    ``--dry-run`` counts). ``artifact``: the tensors a pre-quantized artifact changes, each with its stored value
+    (the universe is then those tensors)."""
+    universe = list(artifact) if artifact is not None else quantization_targets(modmap, config.include)
     units = make_units(modmap, universe, config.granularity)
     pair_units = [parse_unit(u, modmap, universe) for u in config.pairs]
     names = [u.name for u in pair_units]
     if len(set(names)) != len(names):
         raise UserError(f"--pairs names a unit twice ({', '.join(names)})")
     pairs = list(itertools.combinations(pair_units, 2))
-    return universe, units, pairs, build_configs(universe, units, pairs, scheme, config.mode, modmap)
+    schemes: Schemes = artifact if artifact is not None else scheme
+    return universe, units, pairs, build_configs(universe, units, pairs, schemes, config.mode, modmap)
 
 
 def validate(config: LocateConfig) -> tuple[Scheme, Corpus, list[str]]:
     """Everything that can be checked before a model is loaded; raises :class:`UserError`."""
-    return parse_scheme(config.scheme), *check_model_and_corpus(config.runtime, config.selection)
+    scheme = parse_scheme(config.scheme)
+    if config.quantized:
+        from .models.artifact import classify_artifact
+
+        classify_artifact(config.quantized)
+    return scheme, *check_model_and_corpus(config.runtime, config.selection)
 
 
 def run_locate(
@@ -496,13 +536,27 @@ def run_locate(
 ) -> LocateResult:
     t0 = time.perf_counter()
     scheme, corpus, langs = validate(config)
+    if config.quantized:  # before any weights are loaded: a model, the same tokenizer, the same tensors
+        from .models.artifact import check_artifact
+
+        check_artifact(config.quantized, config.model, log)
     inputs = load_inputs(config.runtime, corpus, config.selection, config.eval, lm=lm, log=log)
     lm, modmap, selection, prepared = inputs.lm, inputs.modmap, inputs.selection, inputs.prepared
-    universe, units, pairs, configs = sweep_configs(config, modmap, scheme)
+    artifact, artifact_info = None, None
+    if config.quantized:
+        from .models.artifact import open_artifact
+
+        opened = open_artifact(config.quantized, lm, modmap, log)
+        artifact = opened.assignment(modmap)
+        artifact_info = {"name": f"artifact:{opened.format}", "artifact": opened.summary(modmap)}
+        if not artifact:
+            raise UserError(f"{config.quantized}: no tensor differs from the reference, so there is nothing to locate")
+        log(f"artifact: {len(artifact)} of {len(modmap.params)} tensors differ from the reference")
+    universe, units, pairs, configs = sweep_configs(config, modmap, scheme, artifact)
     estimate: dict | None = None
     if config.estimate:
         units, estimate = _estimated_units(config, inputs, scheme, universe, units, langs, log)
-        configs = build_configs(universe, units, [], scheme, config.mode, modmap)
+        configs = build_configs(universe, units, [], artifact or scheme, config.mode, modmap)
     total = prepared.total_pred * len(configs)
     if config.granularity == "head" and modmap.attention is not None and modmap.attention.shared_kv:
         lay = modmap.attention
@@ -563,7 +617,8 @@ def run_locate(
         scheme={
             "name": scheme.name,
             "universe_tensors": len(universe),
-            "universe_cost": cost(modmap, {t: scheme for t in universe}),
+            "universe_cost": cost(modmap, configs["all"]),
+            **(artifact_info or {}),
         },
         corpus={
             "name": corpus.name,
