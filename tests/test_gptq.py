@@ -388,3 +388,50 @@ def test_spec_calibration_errors(saved_model):
         parse_spec(_spec(model, 'calibrations = { x = "xx_Zzzz" }'))
     with pytest.raises(UserError, match="overlap"):
         parse_spec(_spec(model, 'calibrations = { e = "eng" }').replace('split = "heldout"', 'split = "all"'))
+
+
+def test_the_engine_holds_one_calibrations_tensors_at_a_time(tiny_lm):
+    """Quantized tensors of a calibration are dropped with it (their names carry its key), uncalibrated ones stay;
+    the estimate's cache term counts the uncalibrated tensors and the largest calibration, not their sum."""
+    import dataclasses
+
+    from quant_disparity.estimate import sweep_work
+    from quant_disparity.models.modules import build_module_map
+    from quant_disparity.quant import QuantEngine, parse_scheme
+    from quant_disparity.quant.calibration import CalibrationStats
+    from quant_disparity.quant.site_stats import SiteStats
+
+    lm = tiny_lm("llama")
+    mm = build_module_map(lm.model)
+    engine = QuantEngine(lm.model, mm)
+    name = "model.layers.0.mlp.down_proj.weight"
+    w = lm.model.get_parameter(name)
+    x = torch.randn(64, w.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    site = SiteStats(xtx=x.T @ x, abs_sum=x.abs().sum(0), rows=x.float(), n=64)
+    gptq = parse_scheme("gptq:w4g16")
+    rtn = parse_scheme("w4g16")
+    for key in ("cal-a", "cal-b"):
+        engine.add_calibration(CalibrationStats(key, {name: site}))
+        engine.quantized(name, dataclasses.replace(gptq, calibration=key))
+    engine.quantized(name, rtn)
+    assert {k[1] for k in engine._cache} == {"gptq:w4g16@cal-a", "gptq:w4g16@cal-b", "w4g16"}
+    engine.drop_calibrations()
+    assert {k[1] for k in engine._cache} == {"w4g16"} and not engine.calibrations
+
+    class _NoDocs:
+        docs: list = []
+        batches: list = []
+        total_pred = 0
+
+    other = "model.layers.1.mlp.down_proj.weight"
+    configs = {
+        "a": {
+            name: dataclasses.replace(gptq, calibration="cal-a"),
+            other: dataclasses.replace(gptq, calibration="cal-a"),
+        },
+        "b": {name: dataclasses.replace(gptq, calibration="cal-b")},
+        "r": {name: rtn},
+    }
+    work = sweep_work(mm, _NoDocs(), configs, [], False, 1, 1)
+    n = w.numel()
+    assert work.quantized_elements == 4 * n and work.cache_elements == n + 2 * n

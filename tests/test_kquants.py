@@ -35,8 +35,9 @@ def libggml():
     return ctypes.CDLL(str(path))
 
 
-def _direct(lib, name: str, x: np.ndarray) -> np.ndarray:
-    """ggml_quantize_chunk called by hand (no imatrix), then the gguf package's numpy dequantizer."""
+def _direct(lib, name: str, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml_quantize_chunk called by hand (``imatrix``: per input channel), then the gguf package's numpy
+    dequantizer."""
     qtype = gguf.GGMLQuantizationType[name.upper()]
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     rows, n = x.shape
@@ -46,7 +47,9 @@ def _direct(lib, name: str, x: np.ndarray) -> np.ndarray:
     lib.ggml_quantize_chunk.argtypes = (
         [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     )
-    assert lib.ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, rows, n, None) == dst.nbytes
+    imp = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    ptr = None if imp is None else imp.ctypes.data
+    assert lib.ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, rows, n, ptr) == dst.nbytes
     return quants.dequantize(dst, qtype).reshape(rows, n)
 
 
@@ -449,3 +452,53 @@ def test_a_gguf_written_by_the_k_quant_backend_audits_as_the_simulated_scheme(li
         assert a["lang"] == s["lang"]
         assert abs(s["delta_bpb"]["value"]) > 1e-3  # the quantization does something
         assert a["delta_bpb"]["value"] == pytest.approx(s["delta_bpb"]["value"], rel=1e-5, abs=1e-7)
+
+
+def test_imatrix_scheme_is_llama_cpps_quantizer_with_the_mean_squared_activations(libggml):
+    """gguf:q4_k-imatrix on calibration statistics = ggml_quantize_chunk called by hand with llama-imatrix's value
+    per input channel (the mean of x² over the calibration rows, computed here from the rows in float64); it
+    lowers the output error ‖(W - Q(W)) xᵀ‖ against plain q4_k; without calibration it is an error."""
+    from quant_disparity.quant.site_stats import SiteStats
+
+    rng = np.random.default_rng(5)
+    w = torch.from_numpy(rng.standard_normal((16, 512)).astype(np.float32) * 0.05)
+    scale = np.exp(rng.normal(0, 1.5, 512))  # channels of very different magnitude, as real activations have
+    x = rng.standard_normal((300, 512)) * scale
+    xt = torch.from_numpy(x)
+    stats = SiteStats(xtx=xt.T @ xt, abs_sum=xt.abs().sum(0), rows=xt[:32].float(), n=300)
+    scheme = parse_scheme("gguf:q4_k-imatrix")
+    assert scheme.needs_calibration and scheme.name == "gguf:q4_k-imatrix"
+    got = scheme.fake_quantize(w, stats).numpy()
+    expected = _direct(libggml, "q4_k", w.numpy(), (x**2).mean(axis=0))
+    np.testing.assert_array_equal(got, expected)
+    plain = parse_scheme("gguf:q4_k").fake_quantize(w).numpy()
+    assert not np.array_equal(got, plain)
+    out_err = lambda q: float((((w.numpy() - q).astype(np.float64) @ x.T) ** 2).sum())
+    assert out_err(got) < 0.9 * out_err(plain)
+    with pytest.raises(UserError, match="needs calibration"):
+        scheme.fake_quantize(w)
+    # a recipe with an importance matrix gives each tensor its K-type with one
+    recipe = parse_scheme("gguf:q4_k_m-imatrix")
+    assert recipe.needs_calibration and recipe.name == "gguf:q4_k_m-imatrix"
+
+
+def test_imatrix_audit_needs_calibration_and_records_it(libggml, saved_model, isolated_cache, tmp_path, capsys):
+    model = saved_model("llama")
+    code, _o, err = _audit(model, tmp_path / "no-cal", "gguf:q4_k-imatrix", capsys)
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("error")]
+    assert code == 2 and len(lines) == 1 and "needs calibration" in lines[0]
+    assert not (tmp_path / "no-cal").exists()
+    out = tmp_path / "cal"
+    argv = ["audit", "--model", str(model), "--langs", "eng,heb", "--max-tokens", "40", "--scheme"]
+    argv += ["gguf:q4_k-imatrix", "--calibration", "eng", "--n-boot", "50", "--window", "64", "--out", str(out)]
+    code, _o, err = run_cli(argv, capsys)
+    assert code == 0, err
+    import json
+
+    r = json.loads((out / "audit.json").read_text())
+    plain = tmp_path / "plain"
+    code, _o, err = _audit(model, plain, "gguf:q4_k", capsys)
+    assert code == 0, err
+    p = json.loads((plain / "audit.json").read_text())
+    assert r["scheme"]["calibration"]["source"] == "eng"
+    assert [x["delta_bpb"]["value"] for x in r["languages"]] != [x["delta_bpb"]["value"] for x in p["languages"]]

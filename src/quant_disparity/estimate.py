@@ -409,12 +409,15 @@ def _time_quantize(scheme_name: str) -> float:
     if scheme.is_identity:
         return 0.0
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(1024, 4096, generator=gen)
+    # a K-quant bound to its fallback (``gguf:q4_k-as-q5_0``) quantizes rows a K-type cannot hold: time it on such
+    # rows (not a multiple of 256; for f16 not of 32 either), as the tensors it was bound to have
+    cols = 4096 if "-as-" not in scheme_name else (4095 if scheme_name.endswith("-as-f16") else 4064)
+    w = torch.randn(1024, cols, generator=gen)
     stats = None
     if scheme.needs_calibration:  # GPTQ, AWQ: statistics of random inputs (their cost is not the data's)
         from .quant.calibration import SiteStats
 
-        x = torch.randn(256, 4096, generator=gen)
+        x = torch.randn(256, cols, generator=gen)
         stats = SiteStats(xtx=x.double().T @ x.double(), abs_sum=x.abs().double().sum(0), rows=x, n=256)
 
     def once() -> None:
@@ -525,6 +528,13 @@ def sweep_work(
             if not s.is_identity:
                 pairs_q.add((t, s.name))
     quantized = sum(numel[t] for t, _ in pairs_q)
+    # the cache holds every uncalibrated tensor, but one calibration's tensors at a time (calibrated scheme names
+    # end in @<calibration key>; the engine drops a calibration's tensors when the next one starts)
+    by_cal: dict[str, int] = {}
+    for t, name in pairs_q:
+        key = name.rpartition("@")[2] if "@" in name else ""
+        by_cal[key] = by_cal.get(key, 0) + numel[t]
+    cache = by_cal.pop("", 0) + max(by_cal.values(), default=0)
     schemes = sorted({s for _, s in pairs_q})
     max_seq = max((len(w.input_ids) for b in prepared.batches for w in b), default=0)
     used_bases = [b for b in bases if b in configs] if replay else []
@@ -539,7 +549,7 @@ def sweep_work(
         block_passes_without_replay=padded * full_layers,
         head_passes=prepared.total_pred * (1 + len(configs)),
         quantized_elements=quantized,
-        cache_elements=quantized,
+        cache_elements=cache,
         largest_quantized=max((numel[t] for t, _ in pairs_q), default=0),
         batch_tokens=batch_tokens,
         rows_kept=max(score_rows, batch_tokens) * (1 + len(configs)),
@@ -945,7 +955,8 @@ def run_job(
                 )
             if len(parts) > 1:  # one engine serves every sweep of a model: its cache holds the union
                 union = sweep_work(mp.modmap, mp.prepared, todo, [], False, 1, 1)
-                parts[0].quantized_elements = parts[0].cache_elements = union.cache_elements
+                parts[0].quantized_elements = union.quantized_elements
+                parts[0].cache_elements = union.cache_elements
                 parts[0].largest_quantized = union.largest_quantized
             if shell.lm.info.source in ("config", "hf-hub"):  # type: ignore[attr-defined]  # a LoadedModel
                 shell.notes.append("trial keys need the downloaded weights' commit: stored trials are not subtracted")
@@ -985,7 +996,8 @@ def precheck(
         every.update({(i, name): a for name, a in configs.items()})
     work = merge_work(parts)
     union = _shape_only_work(shell.modmap, every, [], False, batch_tokens, score_rows, seq)
-    work.quantized_elements = work.cache_elements = union.cache_elements  # one engine, one cache, all sweeps
+    work.quantized_elements = union.quantized_elements  # one engine, one cache, all sweeps
+    work.cache_elements = union.cache_elements
     mode = predicted_mode(shell.shape.n_params * _bytes(dtype), available_memory(device))
     mem = memory_terms(shell.shape, work, dtype, shell.stored_dtype, 0, mode)
     return check_fits(mem["peak"], 0, device, fix_hint(dtype), force)

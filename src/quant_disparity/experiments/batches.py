@@ -65,10 +65,13 @@ def iter_batches(
         for key, members in by_calibration.items()
         for start in range(0, len(members), MAX_CONFIGS_PER_SWEEP)
     ]
+    previous = None
     for key, members in sweeps:
         engine.restore_()
-        engine.calibrations.clear()
-        if key:
+        if key != previous:  # a new calibration: the last one's statistics and tensors are never used again
+            engine.drop_calibrations()
+            previous = key
+        if key and key not in engine.calibrations:
             assert calibrations is not None and key in calibrations, f"calibration {key} was not planned"
             params = sorted({p for n in members for p, s in configs[n].items() if s.needs_calibration})
             engine.add_calibration(

@@ -82,6 +82,15 @@ class QuantEngine:
     def add_calibration(self, stats: CalibrationStats) -> None:
         self.calibrations[stats.key] = stats
 
+    def drop_calibrations(self) -> None:
+        """Forget every calibration's statistics and the quantized tensors made with them (their scheme names
+        carry the calibration key, so no later configuration of another calibration could use them): a study over
+        many calibrations holds one calibration's tensors at a time, not all of them. Call after ``restore_``."""
+        assert not self._active, "restore_() before dropping the calibrated tensors"
+        self.calibrations.clear()
+        for key in [k for k in self._cache if "@" in k[1]]:
+            del self._cache[key]
+
     @property
     def mode(self) -> str:
         return "fast" if self.cache and self._store is None else "lean"

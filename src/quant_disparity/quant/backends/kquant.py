@@ -6,6 +6,12 @@ type on every tensor the plan gives it (as ``llama-quantize --pure`` does), and 
 Both follow llama.cpp's fallback for rows a K-type cannot hold (:func:`.ggml.stored_type`): bound to a tensor
 (:meth:`.base.Scheme.bind`), a scheme names what it stores, e.g. ``gguf:q4_k-as-q5_0`` for a 640-wide row, and
 counts the bits of that type. The rows left after kept columns are what decides.
+
+``-imatrix`` (``gguf:q4_k-imatrix``, ``gguf:q4_k_m-imatrix``): quantized with an importance matrix, as
+``llama-quantize --imatrix`` does. llama.cpp's ``llama-imatrix`` stores, per input channel of each tensor, the mean
+of the squared activations over its calibration tokens; here that is the diagonal of the calibration statistics'
+``Σ x xᵀ`` divided by the rows seen, from the same ``--calibration`` documents GPTQ and AWQ use, handed to
+llama.cpp's own quantizer (``ggml_quantize_chunk``'s ``imatrix`` argument).
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from .base import Scheme, SchemeKind
 
 if TYPE_CHECKING:
     from ...models.modules import ModuleMap, ParamInfo
+    from ..site_stats import SiteStats
 
 RECIPES = ("q3_k_m", "q4_k_m", "q5_k_m")
-_NAME_RE = re.compile(r"^(?:gguf:)?(q[2-6]_k)(?:-as-([a-z0-9_]+))?$")
+_NAME_RE = re.compile(r"^(?:gguf:)?(q[2-6]_k)(-imatrix)?(?:-as-([a-z0-9_]+))?$")
+IMATRIX = "-imatrix"
 
 
 def _base_fields(scheme: Scheme) -> dict:
@@ -63,6 +71,34 @@ class KQuant(Scheme):
 
     def _storage_bits(self, shape: tuple[int, int], orig_bits: int) -> float:
         return ggml.storage_bits(self.stored_for(shape[1]), shape)
+
+
+def importance(stats: SiteStats) -> np.ndarray:
+    """llama-imatrix's value per input channel: the mean squared activation over the calibration rows."""
+    return (stats.xtx.diagonal() / max(stats.n, 1)).float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class KQuantImatrix(KQuant):
+    """A K-type quantized with the importance of its input channels (calibration statistics)."""
+
+    needs_calibration = True
+
+    @property
+    def base_name(self) -> str:
+        name = f"gguf:{self.ggml_type}{IMATRIX}"
+        return name if self.stored in (None, self.ggml_type) else f"{name}-as-{self.stored}"
+
+    def _fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
+        raise UserError(f"{self.name} needs calibration data", "pass --calibration eng (or mix:..., target, a file)")
+
+    def _calibrated(self, w2d: torch.Tensor, stats: SiteStats) -> torch.Tensor:
+        stored = self.stored_for(w2d.shape[1])
+        assert self.stored in (None, stored), f"{self.name} bound to another row length than {w2d.shape[1]}"
+        data = w2d.detach().float().cpu().numpy()
+        packed = ggml.quantize(data, stored, importance(stats))
+        out = ggml.dequantize(packed, stored, tuple(data.shape))  # type: ignore[arg-type]  # 2-D
+        return torch.from_numpy(np.ascontiguousarray(out)).to(device=w2d.device, dtype=w2d.dtype)
 
 
 def _use_more_bits(i: int, n: int) -> bool:
@@ -124,7 +160,8 @@ class Recipe(Scheme):
         ggml_type = recipe_type(self.recipe, p, modmap)
         if ggml_type is None:
             return NONE
-        return KQuant(ggml_type=ggml_type, **_base_fields(self)).bind(p, modmap)
+        kind = KQuantImatrix if self.needs_calibration else KQuant
+        return kind(ggml_type=ggml_type, **_base_fields(self)).bind(p, modmap)
 
     def _fake_quantize(self, w2d: torch.Tensor) -> torch.Tensor:
         raise UserError(
@@ -137,10 +174,23 @@ class Recipe(Scheme):
         return KQuant(ggml_type=self.recipe.removesuffix("_m"))._storage_bits(shape, orig_bits)
 
 
+@dataclass(frozen=True)
+class RecipeImatrix(Recipe):
+    """A llama.cpp mixture quantized with an importance matrix: each tensor becomes a :class:`KQuantImatrix`."""
+
+    needs_calibration = True
+
+    @property
+    def base_name(self) -> str:
+        return f"gguf:{self.recipe}{IMATRIX}"
+
+
 def _parse(text: str) -> Scheme | None:
     name = text.removeprefix("gguf:")
     if name in RECIPES:
         return Recipe(recipe=name)
+    if name.endswith(IMATRIX) and name.removesuffix(IMATRIX) in RECIPES:
+        return RecipeImatrix(recipe=name.removesuffix(IMATRIX))
     m = _NAME_RE.match(text)
     if not m:
         if re.fullmatch(r"(?:gguf:)?q\d_k(?:_[a-z]+)?", text):
@@ -149,18 +199,19 @@ def _parse(text: str) -> Scheme | None:
                 f"K-types: {', '.join(ggml.K_TYPES)}; recipes: {', '.join(RECIPES)}",
             )
         return None
-    ggml_type, stored = m.group(1), m.group(2)
+    ggml_type, imatrix, stored = m.group(1), m.group(2), m.group(3)
     if ggml_type not in ggml.K_TYPES:
         return None
     chain = (ggml_type, ggml.FALLBACK[ggml_type], "f16")
     if stored is not None and stored not in chain:
         raise UserError(f"{ggml_type} falls back to {' or '.join(chain[1:])}, not {stored}", f"write gguf:{ggml_type}")
-    return KQuant(ggml_type=ggml_type, stored=stored)
+    return (KQuantImatrix if imatrix else KQuant)(ggml_type=ggml_type, stored=stored)
 
 
 KIND = SchemeKind(
     name="kquant",
-    syntax="gguf:" + ", ".join(ggml.K_TYPES + RECIPES) + " (llama.cpp's own code, needs the llamacpp extra)",
+    syntax="gguf:" + ", ".join(ggml.K_TYPES + RECIPES) + ", each with -imatrix (needs --calibration) "
+    "(llama.cpp's own code, needs the llamacpp extra)",
     examples=(
         ("gguf:q2_k", "llama.cpp Q2_K (libggml-base's quantizer, bit-exact; q4_0 on rows not a multiple of 256)"),
         ("gguf:q3_k", "llama.cpp Q3_K (q4_0 on rows not a multiple of 256)"),
@@ -170,7 +221,9 @@ KIND = SchemeKind(
         ("gguf:q4_k_m", "llama-quantize's Q4_K_M mixture, type per tensor (cost shown: its default q4_k)"),
         ("gguf:q3_k_m", "llama-quantize's Q3_K_M mixture (cost shown: q3_k)"),
         ("gguf:q5_k_m", "llama-quantize's Q5_K_M mixture (cost shown: q5_k)"),
+        ("gguf:q4_k-imatrix", "Q4_K with an importance matrix from the calibration data (needs --calibration)"),
+        ("gguf:q4_k_m-imatrix", "the Q4_K_M mixture with an importance matrix (needs --calibration)"),
     ),
     parse=_parse,
-    colon_name=r"gguf:[a-z0-9_]+(?:-as-[a-z0-9_]+)?",
+    colon_name=r"gguf:[a-z0-9_]+(?:-imatrix)?(?:-as-[a-z0-9_]+)?",
 )
