@@ -284,18 +284,10 @@ def _write_llama_gguf(model, tokenizer, path) -> None:
     w.close()
 
 
-def test_llama_cpp_runs_the_written_gguf_as_we_evaluate_it(tmp_path, tokenizer):
-    """A tiny Llama (rows of 256 and 512: real K-quant blocks) as a float32 GGUF, and the same with v, o and the MLP
-    in llama.cpp's q4_k bytes: llama.cpp's own per-document NLL matches our evaluation of the reference and of the
-    dequantized weights, and the quantization's effect is the same on both sides."""
-    _llama_cpp()
+def _tiny_llama_256():
+    """A tiny Llama whose rows (256 and 512) hold real K-quant super-blocks, with sharper predictions (weights x3)
+    so that quantization changes them."""
     import transformers as T
-
-    from quant_disparity.corpus import CorpusSelection, load_udhr, select_documents
-    from quant_disparity.evaluate import EvalSettings, prepare, tokenize
-    from quant_disparity.evaluate.llamacpp import llamacpp_doc_nats, simulated_doc_nats
-    from quant_disparity.models import wrap_model
-    from quant_disparity.models.gguf_write import write_quantized_gguf
 
     torch.manual_seed(0)
     cfg = T.LlamaConfig(
@@ -314,7 +306,23 @@ def test_llama_cpp_runs_the_written_gguf_as_we_evaluate_it(tmp_path, tokenizer):
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
-                p.mul_(3.0)  # sharper predictions, so that quantization changes them
+                p.mul_(3.0)
+    return model
+
+
+def test_llama_cpp_runs_the_written_gguf_as_we_evaluate_it(tmp_path, tokenizer):
+    """A tiny Llama (rows of 256 and 512: real K-quant blocks) as a float32 GGUF, and the same with v, o and the MLP
+    in llama.cpp's q4_k bytes: llama.cpp's own per-document NLL matches our evaluation of the reference and of the
+    dequantized weights, and the quantization's effect is the same on both sides."""
+    _llama_cpp()
+
+    from quant_disparity.corpus import CorpusSelection, load_udhr, select_documents
+    from quant_disparity.evaluate import EvalSettings, prepare, tokenize
+    from quant_disparity.evaluate.llamacpp import llamacpp_doc_nats, simulated_doc_nats
+    from quant_disparity.models import wrap_model
+    from quant_disparity.models.gguf_write import write_quantized_gguf
+
+    model = _tiny_llama_256()
     lm = wrap_model(model, tokenizer, name="tiny-llama-256")
     modmap = build_module_map(model)
     template = tmp_path / "ref.gguf"
@@ -405,28 +413,9 @@ def test_a_gguf_written_by_the_k_quant_backend_audits_as_the_simulated_scheme(li
     ``audit --plan`` of the same tensors under ``gguf:q4_k`` score the same documents with the same weights."""
     import json
 
-    import transformers as T
-
     from quant_disparity.models.gguf_write import write_quantized_gguf
 
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(
-        vocab_size=320,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model = T.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(3.0)
+    model = _tiny_llama_256()
     ref_dir = tmp_path / "ref"
     model.save_pretrained(ref_dir)
     tokenizer.save_pretrained(ref_dir)

@@ -174,6 +174,21 @@ def run_heads(
     def flat(stat: str) -> tuple[np.ndarray, np.ndarray]:
         return sums.sums[stat].reshape(n_docs, n_layers * n_heads), sums.counts(stat)
 
+    def test(num: np.ndarray, den: np.ndarray, groups: np.ndarray, target: int):
+        """The specificity test of the command: beyond the common shift, its threshold, level and replicates (the
+        same stream of draws for the languages and then the false-positive halves)."""
+        return specificity(
+            num,
+            den,
+            groups,
+            target,
+            threshold=config.threshold,
+            level=level,
+            n_boot=config.n_boot,
+            rng=rng,
+            relative=True,
+        )
+
     def grid(v: np.ndarray) -> list[list[float | None]]:
         m = v.reshape(n_layers, n_heads)
         return [[None if not np.isfinite(x) else round(float(x), 6) for x in row] for row in m]
@@ -199,17 +214,7 @@ def run_heads(
             num, den = flat(stat)
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = num[docs].sum(0) / den[docs].sum()
-            sp = specificity(
-                num,
-                den,
-                lang_of_doc,
-                j,
-                threshold=config.threshold,
-                level=level,
-                n_boot=config.n_boot,
-                rng=rng,
-                relative=True,
-            )
+            sp = test(num, den, lang_of_doc, j)
             any_specific |= sp.specific
             abs_d.append(np.abs(sp.d))
             by_stat[stat] = {
@@ -245,17 +250,7 @@ def run_heads(
         tested = []
         for stat in STATS:
             num, den = flat(stat)
-            sp = specificity(
-                num[idx],
-                den[idx],
-                halves,
-                0,
-                threshold=config.threshold,
-                level=level,
-                n_boot=config.n_boot,
-                rng=rng,
-                relative=True,
-            )
+            sp = test(num[idx], den[idx], halves, 0)
             if sp.has_interval:
                 tested.append(stat)
             any_specific |= sp.specific
