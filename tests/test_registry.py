@@ -97,7 +97,7 @@ def test_scheme_help_lists_every_kind():
 
 def test_every_listed_scheme_example_parses_to_its_own_name():
     examples = [name for kind in SCHEMES.values() for name, _ in kind.examples]
-    assert "w4g128" in examples and "reference" in examples and len(examples) == 33
+    assert "w4g128" in examples and "reference" in examples and len(examples) == 35
     for name in examples:
         assert parse_scheme(name).name == name
 
