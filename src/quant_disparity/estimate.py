@@ -522,18 +522,19 @@ def sweep_work(
     run_layers = n + sum(n - choice[c][1] for c in configs)
     full_layers = n * (1 + len(configs))
     pairs_q: set[tuple[str, str]] = set()
+    calibration_of: dict[str, str] = {}  # scheme name -> its calibration key ("" when uncalibrated)
     numel = {p.name: p.numel for p in modmap.params}
     for a in configs.values():
         for t, s in a.items():
             if not s.is_identity:
                 pairs_q.add((t, s.name))
+                calibration_of[s.name] = s.calibration if s.needs_calibration else ""
     quantized = sum(numel[t] for t, _ in pairs_q)
-    # the cache holds every uncalibrated tensor, but one calibration's tensors at a time (calibrated scheme names
-    # end in @<calibration key>; the engine drops a calibration's tensors when the next one starts)
+    # the cache holds every uncalibrated tensor, but one calibration's tensors at a time (the engine drops a
+    # calibration's tensors when the next one starts)
     by_cal: dict[str, int] = {}
     for t, name in pairs_q:
-        key = name.rpartition("@")[2] if "@" in name else ""
-        by_cal[key] = by_cal.get(key, 0) + numel[t]
+        by_cal[calibration_of[name]] = by_cal.get(calibration_of[name], 0) + numel[t]
     cache = by_cal.pop("", 0) + max(by_cal.values(), default=0)
     schemes = sorted({s for _, s in pairs_q})
     max_seq = max((len(w.input_ids) for b in prepared.batches for w in b), default=0)

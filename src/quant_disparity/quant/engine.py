@@ -75,6 +75,7 @@ class QuantEngine:
                     self._from_file.add(name)
         self._active: dict[str, Scheme] = {}
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._calibrated: set[tuple[str, str]] = set()  # cache keys of tensors made with calibration statistics
         #: calibration statistics by key; a calibrated scheme names its key (``gptq:w4g128@cal-...``), so the
         #: cache key (parameter, scheme name) includes the calibration
         self.calibrations: dict[str, CalibrationStats] = {}
@@ -88,8 +89,9 @@ class QuantEngine:
         many calibrations holds one calibration's tensors at a time, not all of them. Call after ``restore_``."""
         assert not self._active, "restore_() before dropping the calibrated tensors"
         self.calibrations.clear()
-        for key in [k for k in self._cache if "@" in k[1]]:
-            del self._cache[key]
+        for key in self._calibrated:
+            self._cache.pop(key, None)
+        self._calibrated.clear()
 
     @property
     def mode(self) -> str:
@@ -136,6 +138,8 @@ class QuantEngine:
         del orig, w2d
         if self.cache:
             self._cache[key] = q
+            if stats is not None:
+                self._calibrated.add(key)
         return q
 
     def _put_back(self, name: str) -> None:
