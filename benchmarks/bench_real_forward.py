@@ -6,6 +6,10 @@ interval over documents), the KL of the library's next-token distributions from 
 and whether they agree within :data:`quant_disparity.evaluate.real.TOLERANCE_BPB` (or 5 % of the damage).
 
     python benchmarks/bench_real_forward.py [--model gemma-3-270m] [--langs eng,heb,amh,cmn_Hans] [--max-tokens 512]
+        [--schemes hqq:w4g64 --tag hqq]   # a run of its own: results/real_forward-MODEL-TAG.json
+
+The libraries' float16 layers are slow on a CPU (quanto:w8 took 25 minutes on 4 languages x 512 tokens), so a
+slow scheme is run on its own, with fewer tokens, under a tag; benchmarks/summary.py reports every such file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def main() -> None:
     ap.add_argument("--langs", default="eng,heb,amh,cmn_Hans")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--tag", default="", help="save as real_forward-MODEL-TAG (a run beside the default one)")
     a = ap.parse_args()
     schemes = [parse_scheme(s) for s in a.schemes.split(",")]
     cfg = AuditConfig(model=a.model, langs=tuple(a.langs.split(",")), split="heldout", max_tokens=a.max_tokens)
@@ -47,7 +52,7 @@ def main() -> None:
 
     def write():
         return save(
-            f"real_forward-{a.model}",
+            f"real_forward-{a.model}" + (f"-{a.tag}" if a.tag else ""),
             {
                 "model": a.model,
                 "langs": langs,
