@@ -1,6 +1,10 @@
 """The calibration-language table of a run of study.toml (or smoke.toml): per language and scheme, Δbpb with its 95%
 interval under each calibration; the ``target`` column takes, for each language, the row of the trial calibrated
-on that language (plan ``PLAN.target-LANG``, or ``PLAN.t-LANG``). Reads the run's results.json; writes markdown.
+on that language (plan ``PLAN.target-LANG``, or ``PLAN.t-LANG``). Before it, a summary per scheme and calibration
+(bits per weight, mean and worst relative damage, the low/high-resource disparity); after it, the 4-bit backends
+side by side (English calibration where one is needed) and the claims' verdicts. Every number is read from the
+run's results.json (written by ``quant-disparity run``); this script computes none of them except the mean of the
+``target`` cells, which come from different trials. Writes markdown.
 
     python experiments/calibration/make_table.py RUN_DIR [--out TABLE.md]
 """
@@ -20,31 +24,157 @@ def _fmt(cell: dict | None) -> str:
     return f"{v:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else " (no interval)")
 
 
-def table(results: dict) -> str:
-    trials = results["trials"]
-    langs = list(dict.fromkeys(lang for t in trials for lang in t["languages"]))
-    # (scheme) -> calibration label -> lang -> cell
+def _columns(trials: list[dict]) -> dict[str, dict[str, dict[str, dict]]]:
+    """scheme -> calibration label ("none" for an uncalibrated trial, "target" assembled per language) -> lang ->
+    that language's row (every metric) of the trial."""
     cols: dict[str, dict[str, dict[str, dict]]] = {}
     for t in trials:
-        plan = t["plan_name"]
-        m = re.fullmatch(r"[^.]+\.(?:(t|target)-(.+)|(.+))", plan)
+        m = re.fullmatch(r"[^.]+\.(?:(t|target)-(.+)|(.+))", t["plan_name"])
         per = cols.setdefault(t["scheme"], {})
-        if m is None:  # an uncalibrated trial (RTN)
-            per.setdefault("none", {}).update({lg: row["delta_bpb"] for lg, row in t["languages"].items()})
+        if m is None:  # an uncalibrated trial
+            per.setdefault("none", {}).update(t["languages"])
         elif m.group(1):  # a target trial: only its own language's row
             for lg, row in t["languages"].items():
                 if lg.split("_")[0] == m.group(2).split("_")[0]:
-                    per.setdefault("target", {})[lg] = row["delta_bpb"]
+                    per.setdefault("target", {})[lg] = row
         else:
-            per.setdefault(m.group(3), {}).update({lg: row["delta_bpb"] for lg, row in t["languages"].items()})
-    out = [f"# Calibration-language table: {results['spec']['name']}", "",
-           "Δbpb (quantized − full precision, bits per byte) on held-out documents, 95% paired bootstrap interval.", ""]  # fmt: skip
+            per.setdefault(m.group(3), {}).update(t["languages"])
+    return cols
+
+
+def _trial(trials: list[dict], scheme: str, label: str) -> dict | None:
+    """The one trial of ``scheme`` under calibration ``label`` ("none": the uncalibrated one)."""
+    for t in trials:
+        if t["scheme"] != scheme:
+            continue
+        suffix = t["plan_name"].partition(".")[2]
+        if (label == "none" and not suffix) or suffix == label:
+            return t
+    return None
+
+
+def _pct(cell: dict | None) -> str:
+    if not cell or cell.get("value") is None:
+        return "–"
+    v, ci = cell["value"], cell.get("ci95")
+    return f"{100 * v:.1f} %" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _ratio(cell: dict | None) -> str:
+    if not cell or cell.get("value") is None:
+        return "–"
+    v, ci = cell["value"], cell.get("ci95")
+    return f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def summary(results: dict, cols: dict) -> list[str]:
+    """Per scheme and calibration: bits, mean and worst relative Δbpb, the low/high disparity (the trial's own
+    statistics; the target column is assembled from one trial per language, so it has only the mean, worst)."""
+    trials = results["trials"]
+    out = [
+        "## Summary",
+        "",
+        "Relative damage = Δbpb / full-precision bpb, per language; mean over the languages with the run's 95 % "
+        "interval; disparity = mean relative damage of the low-resource languages over that of the high-resource "
+        f"ones ({', '.join(results['groups']['low'])} low; {', '.join(results['groups']['high'])} high). "
+        "`target` assembles one trial per language (each calibrated on the language it is scored on): its mean is "
+        "of point values, without an interval.",
+        "",
+        "| scheme | calibration | bits/weight | mean rel. Δbpb | worst language (rel. Δbpb) | disparity low/high |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scheme, per in cols.items():
+        for label, rows in per.items():
+            t = _trial(trials, scheme, label)
+            if t is not None:
+                bits = t["cost"].get("bits_per_weight")
+                worst = t["worst_language"]
+                out.append(
+                    f"| {scheme} | {label} | {bits:.3f} | {_pct(t['summary']['mean_rel_delta'])} | {worst} "
+                    f"({_pct(t['languages'][worst]['rel_delta_bpb'])}) | {_ratio(t['summary']['disparity'])} |"
+                )
+            else:
+                rel = {lg: r["rel_delta_bpb"]["value"] for lg, r in rows.items()}
+                worst = max(rel, key=lambda lg: rel[lg])
+                mean = sum(rel.values()) / len(rel)
+                out.append(
+                    f"| {scheme} | {label} ({len(rel)} trials) | | {100 * mean:.1f} % | {worst} "
+                    f"({100 * rel[worst]:.1f} %) | |"
+                )
+    return out + [""]
+
+
+#: The 4-bit backends side by side, each at its default calibration (English where it takes one).
+FOUR_BIT = (
+    ("w4g128", "none"),
+    ("gptq:w4g128", "eng"),
+    ("awq:w4g128", "eng"),
+    ("gguf:q4_k", "none"),
+    ("gguf:q4_k-imatrix", "eng"),
+    ("gguf:q4_k_m", "none"),
+    ("hqq:w4g64", "none"),
+    ("quanto:w4", "none"),
+)
+
+
+def four_bit(results: dict, cols: dict, langs: list[str]) -> list[str]:
+    have = [(s, c) for s, c in FOUR_BIT if c in cols.get(s, {})]
+    if not have:
+        return []
+    bits = {}
+    for s, c in have:
+        t = _trial(results["trials"], s, c)
+        bits[s] = t["cost"].get("bits_per_weight") if t else None
+    head = [f"{s}{' (' + c + ')' if c != 'none' else ''}, {bits[s]:.3f} b/w" for s, c in have]
+    out = [
+        "## The 4-bit backends side by side",
+        "",
+        "Δbpb [95 % CI] on the same held-out documents; calibrated backends on English (`eng`); bits per weight "
+        "as each stores them.",
+        "",
+        "| language | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(have),
+    ]
+    for lg in langs:
+        out.append(f"| {lg} | " + " | ".join(_fmt(cols[s][c].get(lg, {}).get("delta_bpb")) for s, c in have) + " |")
+    return out + [""]
+
+
+def verdicts(results: dict) -> list[str]:
+    vs = results.get("verdicts") or []
+    if not vs:
+        return []
+    out = [
+        "## Claims",
+        "",
+        "| claim | instance | left − right [95 % CI] | verdict | family-wise (Holm) |",
+        "|---|---|---|---|---|",
+    ]
+    for v in vs:
+        inst = ", ".join(f"{k}={x}" for k, x in (v.get("instance") or {}).items())
+        out.append(
+            f"| {v['id']}: {v.get('text') or v['expr']} | {inst} | {_fmt(v['difference'])} | {v['verdict']} | "
+            f"{v.get('verdict_familywise') or '–'} |"
+        )
+    return out + [""]
+
+
+def table(results: dict) -> str:
+    trials = results["trials"]
+    langs = list(dict.fromkeys(lang for t in trials for lang in t["languages"]))
+    cols = _columns(trials)
+    out = [f"# Calibration-language table: {results['spec']['name']}", ""]
+    out += summary(results, cols)
+    out += ["## Per language and calibration", "",
+            "Δbpb (quantized − full precision, bits per byte) on held-out documents, 95% paired bootstrap interval.", ""]  # fmt: skip
     for scheme, per in cols.items():
         labels = list(per)
-        out += [f"## {scheme}", "", "| language | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        out += [f"### {scheme}", "", "| language | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         for lg in langs:
-            out.append(f"| {lg} | " + " | ".join(_fmt(per[c].get(lg)) for c in labels) + " |")
+            out.append(f"| {lg} | " + " | ".join(_fmt(per[c].get(lg, {}).get("delta_bpb")) for c in labels) + " |")
         out.append("")
+    out += four_bit(results, cols, langs)
+    out += verdicts(results)
     return "\n".join(out)
 
 
