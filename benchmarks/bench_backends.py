@@ -6,7 +6,12 @@ interpreter: the child loads the model, resets its peak resident size (``/proc/s
 the originals, as an audit does) and reads the peak (``VmHWM``). Ratios: wall time over RTN's, and the memory the
 quantization added to the loaded model (peak - resident size before it) over RTN's; the whole peak over RTN's is
 recorded too. The children run one after the other in the same invocation, RTN first; the load average is
-recorded before and after.
+recorded before and after, and each child's CPU seconds beside its wall time (a ratio of CPU seconds moves less
+with the machine's load than one of wall times).
+
+A calibrated scheme (GPTQ, AWQ, a K-quant with an importance matrix) first collects its statistics on English
+(the select split, the audit's default of 4096 tokens, all of what the split has on the default model); its time is
+the statistics plus the quantization, and the statistics' share is recorded (``calibration_seconds``).
 
 The list is generic: a scheme name that this build does not know (a backend of another branch) or whose library
 (an optional extra) is not installed is reported as such instead of measured.
@@ -30,7 +35,18 @@ from quant_disparity.quant import parse_scheme
 from quant_disparity.quant.backends.base import MissingExtra
 
 BASELINE = "w4g128"
-SCHEMES = (BASELINE, "quanto:w8", "quanto:w4", "hqq:w4g64", "hqq:w4g64-noopt", "gguf:q4_k", "gptq:w4g128", "awq:w4g128")
+SCHEMES = (
+    BASELINE,
+    "quanto:w8",
+    "quanto:w4",
+    "hqq:w4g64",
+    "hqq:w4g64-noopt",
+    "gguf:q4_k",
+    "gguf:q4_k_m",
+    "gguf:q4_k-imatrix",
+    "gptq:w4g128",
+    "awq:w4g128",
+)
 
 CHILD = r"""
 import json, sys, time
@@ -50,14 +66,29 @@ lm = load_model(sys.argv[1], log=lambda m: None)
 modmap = build_module_map(lm.model)
 assignment = {n: scheme for n in quantization_targets(modmap, ())}
 engine = QuantEngine(lm.model, modmap, cache=False)
+calibrated = any(s.needs_calibration for s in assignment.values())
+if calibrated:
+    import functools
+    from quant_disparity.corpus.readers import load_corpus
+    from quant_disparity.evaluate import tokenize
+    from quant_disparity.quant.calibration import Calibration, bind_calibration, choose_documents, collect_statistics
+    cal_set = choose_documents(Calibration("eng"), load_corpus("udhr"), functools.partial(tokenize, lm.tokenizer), [])
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak: the quantization's own from here
 before = rss()
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
+cal_seconds = 0.0
+if calibrated:
+    stats = collect_statistics(lm.model, list(assignment), cal_set, lm.prefix_token_id, max_length=lm.info.max_length)
+    engine.add_calibration(stats)
+    assignment = bind_calibration(assignment, stats.key)
+    cal_seconds = time.perf_counter() - t
 engine.assign_(assignment)
-seconds = time.perf_counter() - t
+seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
 peak = peak_rss_bytes()
 c = cost(modmap, assignment)
-print(json.dumps({"seconds": seconds, "rss_before": before, "peak_rss": peak, "tensors": len(assignment),
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "calibration_seconds": cal_seconds,
+                  "calibration_tokens": cal_set.n_tokens if calibrated else 0,
+                  "rss_before": before, "peak_rss": peak, "tensors": len(assignment),
                   "quantized_params": c["quantized_params"], "bits_per_quantized_weight": c["bits_per_quantized_weight"]}))
 """
 
@@ -98,6 +129,7 @@ def main() -> None:
         for r in runs.values():
             if r["status"] == "measured":
                 r["time_over_rtn"] = r["seconds"] / base["seconds"]
+                r["cpu_time_over_rtn"] = r["cpu_seconds"] / base["cpu_seconds"]
                 r["added_memory_over_rtn"] = r["added_bytes"] / base["added_bytes"]
                 r["peak_over_rtn"] = r["peak_rss"] / base["peak_rss"]
         return save(
@@ -124,7 +156,7 @@ def main() -> None:
         m["load_average_after"] = os.getloadavg()
         runs[name] = {"status": "measured", **m}
         print(
-            f"{name}: {m['seconds']:.1f} s, peak {m['peak_rss'] / 2**30:.2f} GiB "
+            f"{name}: {m['seconds']:.1f} s ({m['cpu_seconds']:.1f} CPU s), peak {m['peak_rss'] / 2**30:.2f} GiB "
             f"(+{m['added_bytes'] / 2**20:.0f} MiB over the loaded model), "
             f"{m['bits_per_quantized_weight']:.3f} bits/weight, load {os.getloadavg()[0]:.1f}",
             flush=True,
@@ -133,7 +165,7 @@ def main() -> None:
     for name, r in runs.items():
         if r["status"] == "measured":
             print(
-                f"{name}: time {r['time_over_rtn']:.2f}x RTN, added memory {r['added_memory_over_rtn']:.2f}x, "
+                f"{name}: time {r['time_over_rtn']:.2f}x RTN (CPU {r['cpu_time_over_rtn']:.2f}x), added memory {r['added_memory_over_rtn']:.2f}x, "
                 f"peak {r['peak_over_rtn']:.2f}x"
             )
     print(f"wrote {path}; load average {load_before} -> {os.getloadavg()}")

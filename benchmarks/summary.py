@@ -260,14 +260,22 @@ def table() -> list[str]:
                 "report",
                 rev("backends"),
                 "; ".join(
-                    f"{k}: time {r['time_over_rtn']:.1f}×, added memory {r['added_memory_over_rtn']:.2f}×, "
-                    f"peak {r['peak_over_rtn']:.2f}×"
+                    f"{k}: time {r['time_over_rtn']:.1f}×"
+                    + (f" (CPU {r['cpu_time_over_rtn']:.1f}×)" if "cpu_time_over_rtn" in r else "")
+                    + (
+                        f" of which English statistics {r['calibration_seconds'] / r['seconds']:.0%}"
+                        if r.get("calibration_seconds")
+                        else ""
+                    )
+                    + f", added memory {r['added_memory_over_rtn']:.2f}×, peak {r['peak_over_rtn']:.2f}×"
                     + (f" (load {r['load_average_after'][0]:.0f})" if "load_average_after" in r else "")
                     for k, r in measured.items()
                 )
-                + f" (RTN: {base['seconds']:.1f} s, +{base['added_bytes'] / 2**20:.0f} MiB over the loaded model"
+                + f" (RTN: {base['seconds']:.1f} s"
+                + (f", {base['cpu_seconds']:.1f} CPU s" if "cpu_seconds" in base else "")
+                + f", +{base['added_bytes'] / 2**20:.0f} MiB over the loaded model"
                 + (f", load {base['load_average_after'][0]:.0f}" if "load_average_after" in base else "")
-                + "; the children ran one after another on a shared machine, so the time ratios carry its load; "
+                + "; the children ran one after another, so the wall-time ratios carry the machine's load as it was; "
                 + f"{base['tensors']} tensors; load average {bk['load_average']['before'][0]:.1f} → "
                 f"{bk['load_average']['after'][0]:.1f})"
                 + (f"; not measured here: {', '.join(absent)}" if absent else "")
