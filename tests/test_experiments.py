@@ -419,6 +419,51 @@ def test_sigkill_at_random_points_then_resume_gives_identical_rows(model_dir, tm
     assert _rows(store) == expected
 
 
+def test_sigterm_unwinds_cleanly_and_resume_gives_identical_rows(model_dir, tmp_path):
+    # SIGTERM (a scheduler's stop) is sent once the first batch group is committed (observed progress, not the
+    # clock): the command must unwind as from Ctrl-C, exit 143 with its one line, leave no lock, staging directory
+    # or temporary file behind, keep what it committed, and a rerun must finish with the rows of an unbroken run.
+    from quant_disparity._io import LOCK_NAME
+
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(
+        spec_text(model_dir, claims=False, max_tokens=400).replace(
+            "batch_tokens = 192", "batch_tokens = 192\nscore_rows = 64"
+        )
+    )
+    run_experiment(spec_file, tmp_path / "ref")
+    expected = _rows(tmp_path / "ref" / "store.sqlite")
+    out = tmp_path / "termed"
+    store = out / "store.sqlite"
+    cmd = [sys.executable, "-m", "quant_disparity.cli", "run", str(spec_file), "--out", str(out)]
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=os.environ.copy())
+        try:
+            deadline = time.monotonic() + 600.0  # a hang guard only: the whole run takes seconds
+            while proc.poll() is None and (_committed_batches(store) or 0) < 1:
+                assert time.monotonic() < deadline, "no batch group committed: a hang"
+                time.sleep(0.01)
+            running = proc.poll() is None
+            if running:
+                proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert running, f"run ended (rc {proc.returncode}) before its first batch group was committed"
+    text = stderr.read_text()
+    assert rc == 143, text
+    assert "the trials committed so far are kept in the store" in text.splitlines()[-1]
+    assert "Traceback" not in text
+    assert not (out / LOCK_NAME).exists()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".staging-") or p.name.endswith(".tmp")]
+    assert (_committed_batches(store) or 0) >= 1  # what was committed before the signal is still there
+    final = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)  # a hang guard only
+    assert final.returncode == 0, final.stderr
+    assert _rows(store) == expected
+
+
 def test_ray_executor_matches_local(model_dir, tmp_path):
     ray = pytest.importorskip("ray")
     spec_file = tmp_path / "s.toml"

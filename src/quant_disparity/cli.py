@@ -1250,12 +1250,37 @@ class Interrupted(Exception):
     """Ctrl-C, with the one line to print about what was kept (that depends on the command)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s stop), raised where the program is so that it unwinds as from Ctrl-C:
+    locks released, staging directories removed, what was committed kept; the exit status is then 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupt_status() -> int:
+    """128 + the signal that stopped the command: 143 after SIGTERM, else 130 (Ctrl-C)."""
+    seen: set[int] = set()
+    e = sys.exc_info()[1]
+    while e is not None and id(e) not in seen:  # Interrupted is raised from the KeyboardInterrupt it replaces
+        if isinstance(e, Terminated):
+            return 143
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return 130
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args:
         click.echo(app.get_help(click.Context(app, info_name="quant-disparity")))
         return
     _install_warning_handler()
+    if argv is None:  # the console script (not a call from Python, whose own handlers stay as they are)
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app.main(args=args, prog_name="quant-disparity", standalone_mode=False)
     except UserError as e:
@@ -1269,10 +1294,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except Interrupted as e:
         err.print(str(e), markup=False, soft_wrap=True)
-        sys.exit(130)
+        sys.exit(_interrupt_status())
     except (click.exceptions.Abort, KeyboardInterrupt):
         err.print("interrupted; nothing was written", markup=False)
-        sys.exit(130)
+        sys.exit(_interrupt_status())
 
 
 if __name__ == "__main__":
