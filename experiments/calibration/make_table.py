@@ -140,6 +140,54 @@ def four_bit(results: dict, cols: dict, langs: list[str]) -> list[str]:
     return out + [""]
 
 
+def cross(results: dict, langs: list[str]) -> list[str]:
+    """Per scheme with target trials: Δbpb of every evaluated language (columns) under each calibration (rows: the
+    calibration languages of its target trials, then eng and mix) — a target trial scores every language, so the
+    whole matrix is measured; the diagonal is the target column. Points only; the intervals are in the tables
+    above for the diagonal and the eng/mix rows."""
+    out: list[str] = []
+    by_scheme: dict[str, dict[str, dict]] = {}
+    for t in results["trials"]:
+        m = re.fullmatch(r"[^.]+\.(?:t|target)-(.+)", t["plan_name"])
+        if m:
+            by_scheme.setdefault(t["scheme"], {})[m.group(1)] = t["languages"]
+    for scheme, rows in by_scheme.items():
+        if len(rows) < 2:
+            continue
+        if not out:
+            out += [
+                "## Cross-calibration",
+                "",
+                "Δbpb of each evaluated language (columns) when the model is calibrated on one language (rows; the "
+                "diagonal is the target column), with the English-only and the mix calibrations below; point values.",
+                "",
+            ]
+        short = [lg.split("_")[0] for lg in langs]
+        out += [f"### {scheme}", "", "| calibrated on | " + " | ".join(short) + " |", "|---|" + "---|" * len(langs)]
+        extra = {}
+        for label in ("eng", "mix"):
+            t = _trial(results["trials"], scheme, label)
+            if t:
+                extra[f"**{label}** (trial)"] = t["languages"]
+        for name, per in [*rows.items(), *extra.items()]:
+            cells = []
+            for lg in langs:
+                d = per.get(lg, {}).get("delta_bpb")
+                v = f"{d['value']:+.3f}" if d and d.get("value") is not None else "–"
+                cells.append(f"**{v}**" if lg.split("_")[0] == name.split("_")[0] else v)
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        own = []
+        for lg in langs:
+            base = lg.split("_")[0]
+            vals = {k.split("_")[0]: per.get(lg, {}).get("delta_bpb", {}).get("value") for k, per in rows.items()}
+            others = [v for k, v in vals.items() if k != base and v is not None]
+            own.append(
+                f"{vals[base] - sum(others) / len(others):+.3f}" if vals.get(base) is not None and others else "–"
+            )
+        out += ["| own − mean of the other calibrations | " + " | ".join(own) + " |", ""]
+    return out
+
+
 def verdicts(results: dict) -> list[str]:
     vs = results.get("verdicts") or []
     if not vs:
@@ -174,6 +222,7 @@ def table(results: dict) -> str:
             out.append(f"| {lg} | " + " | ".join(_fmt(per[c].get(lg, {}).get("delta_bpb")) for c in labels) + " |")
         out.append("")
     out += four_bit(results, cols, langs)
+    out += cross(results, langs)
     out += verdicts(results)
     return "\n".join(out)
 
