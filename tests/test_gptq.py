@@ -378,6 +378,80 @@ where = { scheme = "gptq:w4g16" }
     assert rtn == next(k for n, k in keys2.items() if n.endswith("|w4g16|all"))
 
 
+@pytest.mark.usefixtures("isolated_cache")
+def test_a_calibration_entry_can_have_its_own_token_budget(saved_model, tmp_path):
+    # { source, tokens } in [grid] calibrations (and calibration_tokens in [[trials]]) sets that calibration's
+    # budget: a size-matched comparison (a mix as small as an English-only set) in one spec, each its own trial
+    import json
+    import sqlite3
+
+    from quant_disparity.experiments import run_experiment
+    from quant_disparity.experiments.spec import parse_spec
+
+    model = saved_model("llama")
+    cals = 'calibrations = { eng = "eng", small = { source = "eng", tokens = 40 } }'
+    spec = parse_spec(_spec(model, cals))
+    budget = {t.plan_name: spec.calibration_of(t).tokens for t in spec.trials if t.calibration}
+    assert budget == {"all.eng": 300, "all.small": 40}  # the spec's [calibration] tokens, and the entry's own
+    explicit = (
+        _spec(model, 'calibrations = { eng = "eng" }')
+        + """
+[[trials]]
+model = "MODEL"
+scheme = "gptq:w4g16"
+plan = "gptq:w4g16:*"
+plan_name = "small2"
+calibration = "eng"
+calibration_tokens = 40
+""".replace("MODEL", str(model))
+    )
+    t = next(t for t in parse_spec(explicit).trials if t.plan_name == "small2")
+    assert (t.calibration, t.calibration_tokens) == ("eng", 40)
+    f = tmp_path / "s.toml"
+    f.write_text(_spec(model, cals))
+    assert run_experiment(f, tmp_path / "run")["run"]["computed"] == 3  # rtn, eng, small: two calibrations
+    db = sqlite3.connect(tmp_path / "run" / "store.sqlite")
+    meta = {}
+    for name, key in db.execute("SELECT trial_name, trial_key FROM spec_trials").fetchall():
+        (raw,) = db.execute("SELECT info FROM trials WHERE trial_key = ?", (key,)).fetchone()
+        meta[name.split("|")[-1]] = json.loads(raw).get("calibration")
+    assert meta["all"] is None  # the RTN trial has no calibration record
+    eng, small = meta["all.eng"], meta["all.small"]
+    assert (eng["tokens"], small["tokens"]) == (300, 40) and eng["key"] != small["key"]
+    # whole documents, drawn in the same seeded order: the smaller budget takes a prefix of the larger one's
+    assert 0 < len(small["documents"]) < len(eng["documents"])
+    assert small["documents"] == eng["documents"][: len(small["documents"])]
+    assert small["n_tokens"] < eng["n_tokens"]
+    # results.json carries each trial's calibration record
+    results = json.loads(next((tmp_path / "run").glob("*/results.json")).read_text())
+    by_plan = {t["plan_name"]: t.get("calibration") for t in results["trials"]}
+    assert by_plan["all.small"]["documents"] == small["documents"] and by_plan["all"] is None
+
+
+def test_a_stored_trial_gains_its_calibration_record_and_nothing_else_changes(tmp_path):
+    # stores written before the calibration record was kept get it when the trial is planned again
+    import json
+
+    from quant_disparity.experiments.store import Store
+
+    meta = {
+        "model": "m", "model_digest": "d", "scheme": "gptq:w4g16", "plan": "gptq:w4g16:*", "resolved": {},
+        "corpus_digest": "c", "selection": {}, "eval": {}, "code_version": "v", "n_batches": 1,
+        "info": {"cost": {"bits_per_weight": 4.5}},
+    }  # fmt: skip
+    docs = [{"doc": 0, "lang": "eng_Latn", "doc_id": "a1", "bytes": 10, "chars": 10, "tokens": 3, "n_pred": 2}]
+    store = Store(tmp_path / "store.sqlite")
+    store.register("k1", meta, docs, "s", "t1", "2026-01-01")
+    record = {"source": "eng", "tokens": 40, "n_tokens": 37, "key": "eng@40s0"}
+    later = {**meta, "plan": "changed", "info": {"cost": {"bits_per_weight": 9.9}, "calibration": record}}
+    store.register("k1", later, docs, "s", "t1", "2026-02-02")
+    t = store.trial("k1")
+    assert t["info"] == {"cost": {"bits_per_weight": 4.5}, "calibration": record}  # added, cost untouched
+    assert t["plan"] == "gptq:w4g16:*" and t["created"] == "2026-01-01"
+    store.register("k1", {**later, "info": {"calibration": {**record, "n_tokens": 1}}}, docs, "s", "t1", "x")
+    assert json.loads(json.dumps(store.trial("k1")["info"]["calibration"]))["n_tokens"] == 37  # never replaced
+
+
 def test_spec_calibration_errors(saved_model):
     from quant_disparity.experiments.spec import parse_spec
 
@@ -388,6 +462,12 @@ def test_spec_calibration_errors(saved_model):
         parse_spec(_spec(model, 'calibrations = { x = "xx_Zzzz" }'))
     with pytest.raises(UserError, match="overlap"):
         parse_spec(_spec(model, 'calibrations = { e = "eng" }').replace('split = "heldout"', 'split = "all"'))
+    with pytest.raises(UserError, match="must be >= 1, got 0"):
+        parse_spec(_spec(model, 'calibrations = { e = { source = "eng", tokens = 0 } }'))
+    with pytest.raises(UserError, match="needs a source"):
+        parse_spec(_spec(model, "calibrations = { e = { tokens = 10 } }"))
+    with pytest.raises(UserError, match="unknown field .size. in calibrations.e"):
+        parse_spec(_spec(model, 'calibrations = { e = { source = "eng", size = 10 } }'))
 
 
 def test_the_engine_holds_one_calibrations_tensors_at_a_time(tiny_lm):

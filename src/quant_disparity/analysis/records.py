@@ -428,9 +428,12 @@ class TrialResult:
     summary: Mapping[str, Estimate]  # TRIAL_SUMMARY
     finished: str | None
     protected_layer: int | None  # the one block whose tensors the plan keeps, if that is all it keeps
+    #: what a calibrated trial was calibrated on (spec, budget, documents, token count, digest); None uncalibrated
+    calibration: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return {
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
             "name": self.name,
             "model": self.model,
             "scheme": self.scheme,
@@ -460,6 +463,7 @@ class TrialResult:
             _estimates(data.get("summary", {}), TRIAL_SUMMARY),
             data.get("finished"),
             data.get("protected_layer"),
+            data.get("calibration"),
         )
 
 

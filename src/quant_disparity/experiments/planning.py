@@ -219,7 +219,8 @@ def plan_trial(spec: ExperimentSpec, t: TrialSpec, mp: ModelPlan, chosen: Select
             "cost": resolved["totals"] if isinstance(resolved, dict) else resolved.totals,
             "device": computed_on,
             "dtype": lm.info.dtype,
+            # the record of the set the key holds (documents, token count): stored with the trial, in results.json
+            **({"calibration": calibration} if calibration is not None else {}),
         },
-        **({"calibration": calibration} if calibration is not None else {}),
     }
     return {"key": digest_json(content, 32), "assignment": assignment, "meta": meta}

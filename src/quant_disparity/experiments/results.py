@@ -66,6 +66,7 @@ def study_results(spec: ExperimentSpec, store: Store) -> StudyResult:
                 summary=summary,
                 finished=info["finished"],
                 protected_layer=protected_layer(info["resolved"]),
+                calibration=info["info"].get("calibration"),
             )
         )
     langs = ev.languages()

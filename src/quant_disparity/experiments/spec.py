@@ -107,6 +107,8 @@ class TrialSpec:
     #: ``scheme`` is "artifact")
     quantized: str = ""
     calibration: str = ""  # the calibration spec of calibrated schemes (quant.calibration), "" none
+    #: this trial's calibration budget in tokens; 0: the spec's ``[calibration] tokens``
+    calibration_tokens: int = 0
 
     @property
     def estimate_plan(self) -> str:
@@ -153,7 +155,9 @@ class ExperimentSpec:
     calibration_seed: int = 0
 
     def calibration_of(self, trial: TrialSpec) -> Calibration:
-        return Calibration(trial.calibration, self.calibration_tokens, self.calibration_seed)
+        return Calibration(
+            trial.calibration, trial.calibration_tokens or self.calibration_tokens, self.calibration_seed
+        )
 
     def task_settings(self):
         """The :class:`~quant_disparity.tasks.TaskSettings` of ``[tasks]`` (the item draw uses the spec's seed)."""
@@ -531,14 +535,20 @@ def _with_calibrations(trial: TrialSpec, calibrations: dict, langs_of_target: tu
     if not calibrations or not _calibrated(trial.plan):
         return [trial]
     out: list[TrialSpec] = []
-    for cname, source in calibrations.items():
+    for cname, (source, tokens) in calibrations.items():
         if source.strip().lower() == "target":
             out.extend(
-                dataclasses.replace(trial, plan_name=f"{trial.plan_name}.{cname}-{lang}", calibration=lang)
+                dataclasses.replace(
+                    trial, plan_name=f"{trial.plan_name}.{cname}-{lang}", calibration=lang, calibration_tokens=tokens
+                )
                 for lang in langs_of_target
             )
         else:
-            out.append(dataclasses.replace(trial, plan_name=f"{trial.plan_name}.{cname}", calibration=source))
+            out.append(
+                dataclasses.replace(
+                    trial, plan_name=f"{trial.plan_name}.{cname}", calibration=source, calibration_tokens=tokens
+                )
+            )
     return out
 
 
@@ -562,11 +572,24 @@ def _grid_trials(grid: dict, path: str, text: str, langs: tuple[str, ...] = ()) 
                     trials.append(TrialSpec(model, s, pname, template.replace("{scheme}", s)))
             else:
                 trials.append(TrialSpec(model, schemes[0] if len(schemes) == 1 else "", pname, template))
-    calibrations = _typed(grid.get("calibrations", {}), "table", "calibrations", path, text)
-    for cname, source in calibrations.items():
-        _typed(source, "str", cname, path, text)
+    raw = _typed(grid.get("calibrations", {}), "table", "calibrations", path, text)
+    calibrations: dict[str, tuple[str, int]] = {}  # name -> (source, tokens; 0: the spec's [calibration] tokens)
+    for cname, entry in raw.items():
         if not re.fullmatch(r"[A-Za-z0-9_]+", cname):
             raise _err(path, text, cname, f"calibration name {cname!r} must be letters, digits or '_'")
+        if isinstance(entry, dict):  # { source = "...", tokens = N }: this entry's own budget
+            _check_keys(entry, {"source", "tokens"}, f"calibrations.{cname}", path, text)
+            if "source" not in entry:
+                raise _err(
+                    path, text, cname, f"calibration {cname!r} needs a source", f'{cname} = {{ source = "eng" }}'
+                )
+            source = _typed(entry["source"], "str", cname, path, text)
+            tokens = _typed(entry.get("tokens", 0), "int", cname, path, text)
+            if "tokens" in entry:
+                _ranged(tokens, 1, None, cname, path, text)
+            calibrations[cname] = (source, tokens)
+        else:
+            calibrations[cname] = (_typed(entry, "str", cname, path, text), 0)
     return [x for t in trials for x in _with_calibrations(t, calibrations, langs)]
 
 
@@ -574,8 +597,19 @@ def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec
     trials = []
     for i, t in enumerate(tables):
         _check_keys(
-            t, {"model", "scheme", "plan", "plan_name", "quantized", "calibration"}, f"[[trials]] #{i + 1}", path, text
+            t,
+            {"model", "scheme", "plan", "plan_name", "quantized", "calibration", "calibration_tokens"},
+            f"[[trials]] #{i + 1}",
+            path,
+            text,
         )
+        if "calibration_tokens" in t:
+            if "calibration" not in t:
+                raise _err(
+                    path, text, "calibration_tokens", f"[[trials]] #{i + 1}: calibration_tokens without calibration"
+                )
+            _ranged(_typed(t["calibration_tokens"], "int", "calibration_tokens", path, text), 1, None,
+                    "calibration_tokens", path, text)  # fmt: skip
         if "quantized" in t:
             both = next((k for k in ("plan", "scheme", "calibration") if k in t), None)
             if both:
@@ -589,14 +623,19 @@ def _explicit_trials(tables: list[dict], path: str, text: str) -> list[TrialSpec
         for key in ("model", "plan_name") if "quantized" in t else ("model", "plan", "plan_name"):
             if key not in t:
                 raise _err(path, text, "trials", f"[[trials]] #{i + 1} needs {key}")
-        for key in t:
+        for key in t.keys() - {"calibration_tokens"}:
             _typed(t[key], "str", key, path, text, after=(_line_of(text, "trials") or 1) - 1)
         if "quantized" in t:
             trials.append(TrialSpec(t["model"], "artifact", t["plan_name"], "", quantized=t["quantized"]))
         else:
             trials.append(
                 TrialSpec(
-                    t["model"], t.get("scheme", ""), t["plan_name"], t["plan"], calibration=t.get("calibration", "")
+                    t["model"],
+                    t.get("scheme", ""),
+                    t["plan_name"],
+                    t["plan"],
+                    calibration=t.get("calibration", ""),
+                    calibration_tokens=t.get("calibration_tokens", 0),
                 )
             )
     return trials
@@ -749,7 +788,8 @@ def _validate_offline(
             if t.scheme:
                 parse_scheme(t.scheme)
             plan = Plan.parse(t.plan)
-            cal = Calibration(t.calibration, calibration.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS),
+            cal = Calibration(t.calibration,
+                              t.calibration_tokens or calibration.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS),
                               calibration.get("calibration_seed", 0))  # fmt: skip
             if cal.is_target:
                 raise UserError("calibration 'target' in a spec is a [grid] calibrations entry", 'e.g. t = "target"')

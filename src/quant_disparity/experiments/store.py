@@ -267,7 +267,15 @@ class Store:
     def register(self, key: str, meta: dict, documents: list[dict], spec: str, name: str, created: str) -> None:
         """Record a trial (once) with its documents, and map ``spec``'s trial ``name`` to it."""
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM trials WHERE trial_key = ?", (key,)).fetchone() is None:
+            stored = db.execute("SELECT info FROM trials WHERE trial_key = ?", (key,)).fetchone()
+            if stored is not None:
+                # a record field an older version did not store (a calibrated trial's calibration record) is added;
+                # nothing stored is changed: the key is a hash of the content these fields describe
+                info, new = json.loads(stored[0]), meta.get("info", {})
+                missing = {k: v for k, v in new.items() if k not in info and k == "calibration"}
+                if missing:
+                    db.execute("UPDATE trials SET info = ? WHERE trial_key = ?", (json.dumps({**info, **missing}), key))
+            else:
                 db.execute(
                     "INSERT INTO trials (trial_key, model, model_digest, scheme, plan, resolved, corpus_digest,"
                     " selection, eval, code_version, n_batches, status, info, created)"
