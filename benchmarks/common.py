@@ -79,6 +79,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+#: The environment as the benchmark started (git revision included): a long run's result names the code it ran,
+#: not a commit made while it ran.
+_AT_START = environment()
+
+
 def machine() -> dict:
     cpu = ""
     try:
@@ -88,7 +93,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu or platform.processor(), "threads": torch.get_num_threads(), **environment()}
+    return {"cpu": cpu or platform.processor(), "threads": torch.get_num_threads(), **_AT_START}
 
 
 def save(name: str, data: dict) -> Path:

@@ -319,10 +319,12 @@ def real_forward_runs() -> list[tuple[str, dict]]:
 
 def real_forward_table() -> list[str]:
     """Per language and scheme: the real-vs-simulated check on held-out documents."""
-    return [block for _, rf in real_forward_runs() for block in _real_forward_block(rf)]
+    runs = real_forward_runs()
+    measured = {name for _, rf in runs for name in rf["runs"]}
+    return [block for _, rf in runs for block in _real_forward_block(rf, measured)]
 
 
-def _real_forward_block(rf: dict) -> list[str]:
+def _real_forward_block(rf: dict, measured: set[str]) -> list[str]:
     ci = lambda e, k=1: (
         f"{k * e['value']:+.2e}" + (f" [{k * e['ci95'][0]:+.1e}, {k * e['ci95'][1]:+.1e}]" if e.get("ci95") else " †")
     )
@@ -337,7 +339,12 @@ def _real_forward_block(rf: dict) -> list[str]:
     ]
     missing = [k for k in rf.get("schemes_asked", []) if k not in rf["runs"]]
     if missing:
-        lines.insert(1, f"(the run stopped before {', '.join(missing)}: not measured)")
+        elsewhere = [k for k in missing if k in measured]
+        lines.insert(
+            1,
+            f"(the run stopped before {', '.join(missing)}"
+            + (f"; {', '.join(elsewhere)} measured in a run of its own, below)" if elsewhere else ": not measured)"),
+        )
     for name, run in rf["runs"].items():
         for lang, v in run["languages"].items():
             d = v["delta_bpb_ours"]
