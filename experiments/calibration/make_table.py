@@ -80,25 +80,34 @@ def summary(results: dict, cols: dict) -> list[str]:
         "`target` assembles one trial per language (each calibrated on the language it is scored on): its mean is "
         "of point values, without an interval.",
         "",
-        "| scheme | calibration | bits/weight | mean rel. Δbpb | worst language (rel. Δbpb) | disparity low/high |",
-        "|---|---|---|---|---|---|",
+        "| scheme | calibration | tokens | bits per quantized weight | mean rel. Δbpb | worst language (rel. Δbpb) | disparity low/high |",
+        "|---|---|---|---|---|---|---|",
     ]
     for scheme, per in cols.items():
         for label, rows in per.items():
             t = _trial(trials, scheme, label)
             if t is not None:
-                bits = t["cost"].get("bits_per_weight")
+                bits = t["cost"].get("bits_per_quantized_weight")
                 worst = t["worst_language"]
+                n_tok = (t.get("calibration") or {}).get("n_tokens")
                 out.append(
-                    f"| {scheme} | {label} | {bits:.3f} | {_pct(t['summary']['mean_rel_delta'])} | {worst} "
+                    f"| {scheme} | {label} | {n_tok if n_tok is not None else '–'} | {bits:.3f} | "
+                    f"{_pct(t['summary']['mean_rel_delta'])} | {worst} "
                     f"({_pct(t['languages'][worst]['rel_delta_bpb'])}) | {_ratio(t['summary']['disparity'])} |"
                 )
             else:
                 rel = {lg: r["rel_delta_bpb"]["value"] for lg, r in rows.items()}
                 worst = max(rel, key=lambda lg: rel[lg])
                 mean = sum(rel.values()) / len(rel)
+                toks = [
+                    (t.get("calibration") or {}).get("n_tokens")
+                    for t in results["trials"]
+                    if t["scheme"] == scheme and re.fullmatch(r"[^.]+\.(?:t|target)-.+", t["plan_name"])
+                ]
+                toks = [x for x in toks if x is not None]
+                span = f"{min(toks)}–{max(toks)}" if toks else "–"
                 out.append(
-                    f"| {scheme} | {label} ({len(rel)} trials) | | {100 * mean:.1f} % | {worst} "
+                    f"| {scheme} | {label} ({len(rel)} trials) | {span} | | {100 * mean:.1f} % | {worst} "
                     f"({100 * rel[worst]:.1f} %) | |"
                 )
     return out + [""]
@@ -124,7 +133,7 @@ def four_bit(results: dict, cols: dict, langs: list[str]) -> list[str]:
     bits = {}
     for s, c in have:
         t = _trial(results["trials"], s, c)
-        bits[s] = t["cost"].get("bits_per_weight") if t else None
+        bits[s] = t["cost"].get("bits_per_quantized_weight") if t else None
     head = [f"{s}{' (' + c + ')' if c != 'none' else ''}, {bits[s]:.3f} b/w" for s, c in have]
     out = [
         "## The 4-bit backends side by side",
