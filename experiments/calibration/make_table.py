@@ -149,6 +149,55 @@ def four_bit(results: dict, cols: dict, langs: list[str]) -> list[str]:
     return out + [""]
 
 
+#: The compact table (point values; the README's): each backend at 4 bits, GPTQ and AWQ under both English and mix.
+COMPACT = (
+    ("w4g128", "none"),
+    ("gptq:w4g128", "eng"),
+    ("gptq:w4g128", "mix"),
+    ("awq:w4g128", "eng"),
+    ("awq:w4g128", "mix"),
+    ("hqq:w4g64", "none"),
+    ("quanto:w4", "none"),
+    ("gguf:q4_k", "none"),
+    ("gguf:q4_k-imatrix", "eng"),
+    ("gguf:q4_k_m", "none"),
+)
+
+
+def compact(results: dict, langs: list[str]) -> list[str]:
+    """Δbpb points per language for the 4-bit backends, with bits, mean relative damage and disparity."""
+    have = [(s, c, t) for s, c in COMPACT if (t := _trial(results["trials"], s, c)) is not None]
+    if not have:
+        return []
+    head = [f"`{s}`" + (f" {c}" if c != "none" else "") for s, c, _ in have]
+    point = lambda e, f: "–" if not e or e.get("value") is None else f(e["value"])
+    out = [
+        "## The 4-bit backends, compact",
+        "",
+        "Δbpb per language (point values; intervals in the tables above).",
+        "",
+        "| language | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(have),
+        "| bits per quantized weight | "
+        + " | ".join(f"{t['cost']['bits_per_quantized_weight']:.3f}" for *_, t in have)
+        + " |",
+    ]
+    for lg in langs:
+        cells = [point(t["languages"].get(lg, {}).get("delta_bpb"), lambda v: f"{v:+.3f}") for *_, t in have]
+        out.append(f"| {lg.split('_')[0]} | " + " | ".join(cells) + " |")
+    out.append(
+        "| mean relative damage | "
+        + " | ".join(point(t["summary"]["mean_rel_delta"], lambda v: f"{100 * v:.1f} %") for *_, t in have)
+        + " |"
+    )
+    out.append(
+        "| disparity low/high | "
+        + " | ".join(point(t["summary"]["disparity"], lambda v: f"{v:.2f}") for *_, t in have)
+        + " |"
+    )
+    return out + [""]
+
+
 def cross(results: dict, langs: list[str]) -> list[str]:
     """Per scheme with target trials: Δbpb of every evaluated language (columns) under each calibration (rows: the
     calibration languages of its target trials, then eng and mix) — a target trial scores every language, so the
@@ -232,6 +281,7 @@ def table(results: dict) -> str:
         out.append("")
     out += four_bit(results, cols, langs)
     out += cross(results, langs)
+    out += compact(results, langs)
     out += verdicts(results)
     return "\n".join(out)
 
