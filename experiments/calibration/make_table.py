@@ -225,7 +225,7 @@ def cross(results: dict, langs: list[str]) -> list[str]:
         extra = {}
         for label in ("eng", "mix"):
             t = _trial(results["trials"], scheme, label)
-            if t:
+            if t and label not in rows:  # eng's target trial is the eng trial: one row
                 extra[f"**{label}** (trial)"] = t["languages"]
         for name, per in [*rows.items(), *extra.items()]:
             cells = []
