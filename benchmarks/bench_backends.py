@@ -57,14 +57,14 @@ def rss():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-from quant_disparity.audit import quantization_targets
+from quant_disparity.audit import scheme_assignment
 from quant_disparity.models import load_model
 from quant_disparity.models.modules import build_module_map
 from quant_disparity.quant import QuantEngine, cost, parse_scheme
 scheme = parse_scheme(sys.argv[2])
 lm = load_model(sys.argv[1], log=lambda m: None)
 modmap = build_module_map(lm.model)
-assignment = {n: scheme for n in quantization_targets(modmap, ())}
+assignment = scheme_assignment(modmap, scheme, ())  # as `audit --scheme` makes it (bound per tensor)
 engine = QuantEngine(lm.model, modmap, cache=False)
 calibrated = any(s.needs_calibration for s in assignment.values())
 if calibrated:
