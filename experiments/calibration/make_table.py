@@ -7,6 +7,7 @@ run's results.json (written by ``quant-disparity run``); this script computes no
 ``target`` cells, which come from different trials. Writes markdown.
 
     python experiments/calibration/make_table.py RUN_DIR [--out TABLE.md]
+    python experiments/calibration/make_table.py experiments/calibration/results/study --out .../table.md
 """
 
 from __future__ import annotations
@@ -291,7 +292,9 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    found = sorted(args.run_dir.glob("*/results.json"))
+    # a run directory (its latest invocation's results.json), or a directory holding one (a committed export)
+    found = [args.run_dir / "results.json"] if (args.run_dir / "results.json").exists() else []
+    found = found or sorted(args.run_dir.glob("*/results.json"))
     if not found:
         raise SystemExit(f"no results.json under {args.run_dir}")
     md = table(json.loads(found[-1].read_text(encoding="utf-8")))
