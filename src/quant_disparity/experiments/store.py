@@ -271,10 +271,12 @@ class Store:
             if stored is not None:
                 # a record field an older version did not store (a calibrated trial's calibration record) is added;
                 # nothing stored is changed: the key is a hash of the content these fields describe
-                info, new = json.loads(stored[0]), meta.get("info", {})
-                missing = {k: v for k, v in new.items() if k not in info and k == "calibration"}
-                if missing:
-                    db.execute("UPDATE trials SET info = ? WHERE trial_key = ?", (json.dumps({**info, **missing}), key))
+                info, record = json.loads(stored[0]), meta.get("info", {}).get("calibration")
+                if record is not None and "calibration" not in info:
+                    db.execute(
+                        "UPDATE trials SET info = ? WHERE trial_key = ?",
+                        (json.dumps({**info, "calibration": record}), key),
+                    )
             else:
                 db.execute(
                     "INSERT INTO trials (trial_key, model, model_digest, scheme, plan, resolved, corpus_digest,"
