@@ -18,6 +18,15 @@ bits-per-byte agreement is the bfloat16 audit's reference and quantized bpb agai
 language: a bfloat16 reference is a different reference, and this says how different.
 
     python benchmarks/bench_memory.py --bf16 --model smollm2-135m
+
+The goal is about models whose weights dominate the memory; on the bundled models (135M and 270M parameters)
+the activations, the 49k/262k-entry output layer and the libraries outweigh them. ``--synthetic llama-1b`` builds
+a randomly initialised checkpoint of TinyLlama-1.1B's published shape (vocabulary set to SmolLM2's tokenizer,
+whose tokenizer it uses), written in bfloat16 as 1 GB safetensors shards, and runs the bfloat16 runs on it
+(``--runs`` chooses them). Random weights measure memory only: their bits per byte mean nothing and are not
+reported as a result.
+
+    python benchmarks/bench_memory.py --bf16 --synthetic llama-1b --runs audit-bfloat16-lean,locate-bfloat16-lean
 """
 
 from __future__ import annotations
@@ -102,7 +111,55 @@ def _child(job: dict) -> dict:
     return m
 
 
+# Published shapes (config.json of the named model); the vocabulary is SmolLM2's so its tokenizer can be used.
+SYNTHETIC = {
+    "llama-1b": {  # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    },
+}
+
+SYNTHETIC_CHILD = r"""
+import json, sys
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from quant_disparity.models.loading import load_tokenizer
+shape, out = json.loads(sys.argv[1]), sys.argv[2]
+tok = load_tokenizer("smollm2-135m")
+cfg = AutoConfig.for_model(**shape, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+torch.manual_seed(0)
+torch.set_default_dtype(torch.bfloat16)
+model = AutoModelForCausalLM.from_config(cfg)
+model.save_pretrained(out, max_shard_size="1GB")
+tok.save_pretrained(out)
+"""
+
+
+def synthetic_checkpoint(name: str, directory: Path) -> Path:
+    """A random checkpoint of ``SYNTHETIC[name]``'s shape in ``directory`` (made in a child: its memory is gone
+    before the measured children start)."""
+    out = directory / name
+    subprocess.run([sys.executable, "-c", SYNTHETIC_CHILD, json.dumps(SYNTHETIC[name]), str(out)], check=True)
+    return out
+
+
 def bf16_study(args) -> None:
+    if args.synthetic:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.model = str(synthetic_checkpoint(args.synthetic, Path(tmp)))
+            _bf16_study(args, name=f"synthetic-{args.synthetic}")
+    else:
+        _bf16_study(args, name=args.model)
+
+
+def _bf16_study(args, name: str) -> None:
     langs = ["eng_Latn", "heb_Hebr", "cmn_Hans", "amh_Ethi"]
     audit = {"model": args.model, "langs": langs, "max_tokens": args.max_tokens, "n_boot": 200}
     locate = {"model": args.model, "langs": langs, "max_tokens": args.locate_tokens, "n_boot": 200}
@@ -113,17 +170,32 @@ def bf16_study(args) -> None:
         "locate-bfloat16-lean": ("locate", {**locate, "dtype": "bfloat16"}, "lean"),
         "locate-bfloat16-fast": ("locate", {**locate, "dtype": "bfloat16"}, "fast"),
     }
+    chosen = args.runs.split(",") if args.runs else list(runs)
+    unknown = sorted(set(chosen) - set(runs))
+    if unknown:
+        raise SystemExit(f"bench_memory.py: unknown run(s) {', '.join(unknown)}; choose from {', '.join(runs)}")
     got = {}
-    for name, (kind, cfg, mode) in runs.items():
-        got[name] = m = _child({"kind": kind, "config": cfg, "memory": mode})
+    for run in chosen:
+        kind, cfg, mode = runs[run]
+        got[run] = m = _child({"kind": kind, "config": cfg, "memory": mode})
         print(
-            f"{name}: job peak {m['job_peak_rss'] / 2**30:.2f} GiB = libraries {m['baseline_rss'] / 2**30:.2f} GiB + "
+            f"{run}: job peak {m['job_peak_rss'] / 2**30:.2f} GiB = libraries {m['baseline_rss'] / 2**30:.2f} GiB + "
             f"{m['peak_above_libraries_over_weights']:.2f}x the {m['weight_bytes'] / 2**30:.2f} GiB weights "
             f"(beyond the loaded model: {m['job_over_weights']:.2f}x); load peak "
             f"{m['load_peak_rss'] / 2**30:.2f} GiB; {m['seconds']} s",
             flush=True,
         )
-        save(f"memory-bf16-{args.model}", {"model": args.model, "runs": got, "complete": False})  # so far
+        save(f"memory-bf16-{name}", {"model": name, "runs": got, "complete": False})  # so far
+    peaks = {f"{run.replace('-', '_')}_peak_over_weights": got[run]["peak_above_libraries_over_weights"] for run in got}
+    if args.synthetic or not {"audit-float32-fast", "audit-bfloat16-lean"} <= set(got):
+        for m in got.values():
+            m.pop("bpb", None)  # random weights: memory only
+        path = save(
+            f"memory-bf16-{name}",
+            {"model": name, "shape": SYNTHETIC.get(args.synthetic or ""), "complete": True, "runs": got, **peaks},
+        )
+        print(f"wrote {path}")
+        return
     fp, bf = got["audit-float32-fast"]["bpb"], got["audit-bfloat16-lean"]["bpb"]
     agreement = {
         lang: {
@@ -137,17 +209,14 @@ def bf16_study(args) -> None:
         for lang in fp
     }
     result = {
-        "model": args.model,
+        "model": name,
         "complete": True,
         "runs": got,
         "bpb_agreement_bf16_vs_fp32": agreement,
         "max_abs_rel_diff_reference": max(abs(a["rel_diff_reference"]) for a in agreement.values()),
-        **{
-            f"{name.replace('-', '_')}_peak_over_weights": got[name]["peak_above_libraries_over_weights"]
-            for name in got
-        },
+        **peaks,
     }
-    path = save(f"memory-bf16-{args.model}", result)
+    path = save(f"memory-bf16-{name}", result)
     for lang, a in agreement.items():
         print(
             f"{lang}: bpb fp32 {a['bpb_fp32']:.4f}, bf16 {a['bpb_bf16']:.4f} ({100 * a['rel_diff_reference']:+.2f} %); "
@@ -162,6 +231,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2048)
     ap.add_argument("--bf16", action="store_true", help="run the bfloat16 study (see the module docstring)")
     ap.add_argument("--locate-tokens", type=int, default=256, help="tokens per language of the --bf16 locate sweep")
+    ap.add_argument("--synthetic", choices=sorted(SYNTHETIC), help="--bf16 on a random checkpoint of this shape")
+    ap.add_argument("--runs", help="--bf16: comma-separated runs to do (default all)")
     args = ap.parse_args()
     if args.bf16:
         bf16_study(args)

@@ -116,6 +116,36 @@ def test_bad_inputs_of_a_dry_run_are_one_line(tmp_path, capsys, no_weights):
     assert real[0] == dry[0] == 2 and real[2] == dry[2] and "bogus" in dry[2]  # the same line as a real run
 
 
+def test_recalibrate_measures_this_cpu_again(saved_model, isolated_cache, capsys):
+    """A calibration cached on a busy machine makes every later prediction slow: ``--recalibrate`` replaces the
+    entries the estimate uses with a new measurement, and is refused where it cannot apply."""
+    import datetime
+
+    from quant_disparity.estimate import calibration_path
+
+    base = ["audit", "--model", str(saved_model("llama")), "--langs", "eng_Latn", "--max-tokens", "32", "--dry-run"]
+    code, _, stderr = run_cli(base, capsys)
+    assert code == 0, stderr
+    whole = json.loads(calibration_path().read_text())
+    (machine,) = whole["machines"].values()
+    (layer,) = [k for k in machine["entries"] if k.startswith("layer|")]
+    machine["entries"][layer] = {"s_per_token": 1.0, "s_per_head_entry": 1e-3, "measured": "2000-01-01"}
+    calibration_path().write_text(json.dumps(whole))
+    code, stdout, _ = run_cli(base, capsys)
+    assert code == 0 and "measured 2000-01-01" in stdout  # the cached entry is used as it stands
+    before = datetime.date.today().isoformat()
+    code, stdout, stderr = run_cli([*base, "--recalibrate"], capsys)
+    assert code == 0 and "calibrating: one decoder layer" in stderr and "2000-01-01" not in stdout
+    (machine,) = json.loads(calibration_path().read_text())["machines"].values()
+    entry = machine["entries"][layer]
+    # one second per token would be a 4 kHz CPU: the new entry is a measurement, not the stale value kept
+    assert entry["measured"] >= before and entry["s_per_token"] < 0.1
+    code, _, stderr = run_cli(base[:-1] + ["--recalibrate"], capsys)  # no --dry-run
+    assert code == 2 and stderr.count("\n") == 1 and "--recalibrate only applies to --dry-run" in stderr
+    code, _, stderr = run_cli([*base, "--recalibrate", "--estimate-device", "h100"], capsys)
+    assert code == 2 and "computed from FLOPs" in stderr
+
+
 def test_a_job_that_does_not_fit_is_refused_before_loading(saved_model, tmp_path, capsys, monkeypatch):
     import quant_disparity.estimate as est
 

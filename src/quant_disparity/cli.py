@@ -79,6 +79,28 @@ def _default_out(kind: str) -> Path:
     return Path("runs") / f"{kind}-{stamp}"
 
 
+def _estimate_options(f):
+    """``--dry-run``, ``--estimate-device``, ``--recalibrate`` and ``--force``: the same four on audit, locate, run."""
+    options = [
+        click.option(
+            "--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing."
+        ),
+        click.option(
+            "--estimate-device",
+            help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
+        ),
+        click.option(
+            "--recalibrate",
+            is_flag=True,
+            help="With --dry-run: measure this CPU's throughput again (cached with its date) before predicting.",
+        ),
+        click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory."),
+    ]
+    for option in reversed(options):  # click lists options in decorator order
+        f = option(f)
+    return f
+
+
 @app.command()
 @click.option("--model", help="Bundled alias (gemma-3-270m, smollm2-135m), HF id, model dir or .gguf file.")
 @click.option("--scheme", help="Quantization scheme, e.g. w4g128 (`quant-disparity schemes` lists them).")
@@ -122,12 +144,7 @@ def _default_out(kind: str) -> Path:
     type=click.Path(path_type=Path),
     help="A folder of lm-eval task YAMLs for lmeval:TASK (lm-eval's --include_path).",
 )
-@click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
-@click.option(
-    "--estimate-device",
-    help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
-)
-@click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
+@_estimate_options
 @click.option(
     "--calibration",
     help="Calibration data for gptq:/awq: schemes: eng | mix:eng,heb,arb | target | a .jsonl/.txt file "
@@ -161,6 +178,7 @@ def audit(
     lmeval_include,
     dry_run,
     estimate_device,
+    recalibrate,
     force,
     calibration,
     calibration_tokens,
@@ -228,7 +246,7 @@ def audit(
         corpus_ = open_corpus(cfg.selection)
         for task in parse_tasks(tasks, task_settings):  # before any output directory is made
             task.check(corpus_, resolve_langs(corpus_, cfg.selection.langs))
-    if _estimate_first("audit", cfg, dry_run, estimate_device, force):
+    if _estimate_first("audit", cfg, dry_run, estimate_device, force, recalibrate):
         return
     with OutputDir(out_dir or _default_out("audit"), "audit.json", overwrite) as staged:
         if task_settings is not None:
@@ -253,11 +271,18 @@ def audit(
     out.print(f"wrote {target / 'audit.json'} and audit.md")
 
 
-def _check_estimate_options(dry_run: bool, estimate_device: str | None, dtype: str) -> str:
+def _check_estimate_options(dry_run: bool, estimate_device: str | None, dtype: str, recalibrate: bool) -> str:
     from .estimate import gpu_profile
 
+    if recalibrate and not dry_run:
+        raise UserError("--recalibrate only applies to --dry-run", "add --dry-run, or drop --recalibrate")
     if estimate_device is None or estimate_device == "cpu":
         return "cpu"
+    if recalibrate:
+        raise UserError(
+            "--recalibrate measures this CPU, but a GPU estimate is computed from FLOPs, not measured",
+            "drop --recalibrate, or --estimate-device",
+        )
     if not dry_run:
         raise UserError("--estimate-device only applies to --dry-run", "add --dry-run, or drop --estimate-device")
     gpu_profile(estimate_device, dtype)  # an unknown device, or a dtype it cannot run: one line
@@ -271,15 +296,17 @@ def _print_estimates(kind: str, estimates, extra=None) -> None:
         out.print(line, markup=False)
 
 
-def _estimate_first(kind: str, cfg, dry_run: bool, estimate_device: str | None, force: bool) -> bool:
+def _estimate_first(
+    kind: str, cfg, dry_run: bool, estimate_device: str | None, force: bool, recalibrate: bool = False
+) -> bool:
     """``--dry-run``: print the estimate and return True. Otherwise refuse a job that does not fit (one line)
     before anything is loaded, unless ``--force``."""
     from . import estimate
 
-    target = _check_estimate_options(dry_run, estimate_device, cfg.dtype)
+    target = _check_estimate_options(dry_run, estimate_device, cfg.dtype, recalibrate)
     if dry_run:
         job = estimate.audit_job if kind == "audit" else estimate.locate_job
-        _print_estimates(kind, [job(cfg, target, log=lambda m: err.print(m))])
+        _print_estimates(kind, [job(cfg, target, log=lambda m: err.print(m), recalibrate=recalibrate)])
         return True
     if kind == "audit":
         from .audit import quantization_targets
@@ -320,16 +347,24 @@ def _memory_check(model: str, dtype: str, device: str, force: bool, jobs, ev, la
         err.print(f"warning: {label}{warning}", markup=False)
 
 
-def _estimate_run(spec, out_dir, device: str, dtype: str, dry_run: bool, estimate_device, force: bool) -> bool:
+def _estimate_run(
+    spec, out_dir, device: str, dtype: str, dry_run: bool, estimate_device, force: bool, recalibrate: bool
+) -> bool:
     from . import estimate
     from .experiments.batches import MAX_CONFIGS_PER_SWEEP, pick_bases
     from .experiments.spec import load_spec
     from .quant.plan import Plan
 
-    target = _check_estimate_options(dry_run, estimate_device, dtype)
+    target = _check_estimate_options(dry_run, estimate_device, dtype, recalibrate)
     if dry_run:
         estimates, lines = estimate.run_job(
-            spec, out_dir, device=device, dtype=dtype, target=target, log=lambda m: err.print(m)
+            spec,
+            out_dir,
+            device=device,
+            dtype=dtype,
+            target=target,
+            log=lambda m: err.print(m),
+            recalibrate=recalibrate,
         )
         _print_estimates("run", estimates, lines)
         return True
@@ -434,12 +469,7 @@ def _run_with_progress(fn, what: str = "scoring tokens"):
 @click.option("--window", type=int)
 @click.option("--context", type=int)
 @click.option("--batch-tokens", type=int)
-@click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
-@click.option(
-    "--estimate-device",
-    help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
-)
-@click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
+@_estimate_options
 @click.option(
     "--estimate",
     "estimate_score",
@@ -475,6 +505,7 @@ def locate(
     batch_tokens,
     dry_run,
     estimate_device,
+    recalibrate,
     force,
     estimate_score,
     top,
@@ -522,7 +553,7 @@ def locate(
             f"locate --scheme {cfg.scheme} quantizes nothing, so there is no damage to locate",
             "give a quantizing scheme, e.g. --scheme w4g128 (audit --scheme none compares the reference with itself)",
         )
-    if _estimate_first("locate", cfg, dry_run, estimate_device, force):
+    if _estimate_first("locate", cfg, dry_run, estimate_device, force, recalibrate):
         return
     with OutputDir(out_dir or _default_out("locate"), "locate.json", overwrite) as staged:
         result = _run_with_progress(lambda log, prog: run_locate(cfg, log=log, progress=prog), "scoring")
@@ -818,13 +849,8 @@ def inspect_heads(
 @click.option("--out", "out_dir", callback=_out_path, help="Run directory (default runs/<spec name>).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
-@click.option("--dry-run", is_flag=True, help="Print the work, predicted time and peak memory; load and score nothing.")
-@click.option(
-    "--estimate-device",
-    help="With --dry-run: predict for this CPU (default) or a GPU that need not be here (h100, a100, l4, ...).",
-)
-@click.option("--force", is_flag=True, help="Run even when the job is predicted not to fit in memory.")
-def run(spec, executor, ray_address, out_dir, device, dtype, dry_run, estimate_device, force) -> None:
+@_estimate_options
+def run(spec, executor, ray_address, out_dir, device, dtype, dry_run, estimate_device, recalibrate, force) -> None:
     """Run (or resume) an experiment spec: every missing trial, then the claims' verdicts."""
     from .experiments import run_experiment
     from .experiments.spec import load_spec
@@ -833,7 +859,7 @@ def run(spec, executor, ray_address, out_dir, device, dtype, dry_run, estimate_d
     parse_device(device)
     parse_dtype(dtype)
     load_spec(spec)  # a bad spec is one line, before any progress bar
-    if _estimate_run(spec, out_dir, device, dtype, dry_run, estimate_device, force):
+    if _estimate_run(spec, out_dir, device, dtype, dry_run, estimate_device, force, recalibrate):
         return
     try:
         result = _run_with_progress(

@@ -379,7 +379,8 @@ def _time_layer(shape: Shape, dtype: str, seq: int = 128, batch: int = 2) -> tup
         def once() -> None:
             layer(x, attention_mask=mask, position_ids=pos, position_embeddings=emb)
 
-        t_layer = _best_of(once) / (batch * seq) * (shape.hidden / hidden) ** 2
+        # best of 5: a float32 layer of Gemma's width varied by ±25 % between single runs on an idle 2-core machine
+        t_layer = _best_of(once, repeats=5) / (batch * seq) * (shape.hidden / hidden) ** 2
         rows, chunk = 512, 4096
         h = torch.randn(rows, hidden, generator=gen).to(td)
         w = torch.randn(chunk, hidden, generator=gen).to(td)
@@ -387,7 +388,7 @@ def _time_layer(shape: Shape, dtype: str, seq: int = 128, batch: int = 2) -> tup
         def head() -> None:
             torch.log_softmax((h @ w.T).float(), -1)
 
-        t_head = _best_of(head) / (rows * chunk) * (shape.hidden / hidden)
+        t_head = _best_of(head, repeats=5) / (rows * chunk) * (shape.hidden / hidden)
     return t_layer, t_head
 
 
@@ -426,8 +427,16 @@ def _time_quantize(scheme_name: str) -> float:
     return _best_of(once, repeats=2) / w.numel()
 
 
-def calibration(shape: Shape, dtype: str, schemes: list[str], log: Callable[[str], None] = lambda m: None) -> dict:
-    """This machine's measured rates for ``shape`` in ``dtype`` (cached; measured on first use, ~seconds)."""
+def calibration(
+    shape: Shape,
+    dtype: str,
+    schemes: list[str],
+    log: Callable[[str], None] = lambda m: None,
+    refresh: bool = False,
+) -> dict:
+    """This machine's measured rates for ``shape`` in ``dtype`` (cached; measured on first use, ~seconds).
+    ``refresh`` measures again what this estimate uses (the libraries' size, the layer, the schemes) and replaces
+    the cached entries: a calibration taken on a busy machine makes every later prediction slow."""
     path = calibration_path()
     try:
         whole = json.loads(path.read_text(encoding="utf-8"))
@@ -439,13 +448,17 @@ def calibration(shape: Shape, dtype: str, schemes: list[str], log: Callable[[str
     machines = whole.setdefault("machines", {})  # one entry per CPU, thread count and torch version
     cache = machines.setdefault(machine_key(), {"machine": machine_key()})
     entries = cache.setdefault("entries", {})
+    lkey = f"layer|{dtype}|{shape.hidden}|{shape.intermediate}|{shape.n_heads}|{shape.n_kv_heads}|{shape.head_dim}"
+    if refresh:
+        cache.pop("baseline_rss", None)
+        for key in (lkey, *(f"quantize|{name}" for name in schemes)):
+            entries.pop(key, None)
     changed = False
     if "baseline_rss" not in cache:
         log("calibrating: resident size of the libraries")
         cache["baseline_rss"] = _measure_baseline()
         cache["baseline_measured"] = _today()
         changed = True
-    lkey = f"layer|{dtype}|{shape.hidden}|{shape.intermediate}|{shape.n_heads}|{shape.n_kv_heads}|{shape.head_dim}"
     if lkey not in entries:
         log(f"calibrating: one decoder layer of width {shape.hidden} in {dtype} on this machine")
         t_layer, t_head = _time_layer(shape, dtype)
@@ -725,13 +738,15 @@ def estimate_model(
     dtype: str,
     target: str = "cpu",
     log: Callable[[str], None] = lambda m: None,
+    recalibrate: bool = False,
 ) -> ModelEstimate:
-    """Memory and time of ``work`` on ``shell``'s model, on this CPU or a named GPU (``target``)."""
+    """Memory and time of ``work`` on ``shell``'s model, on this CPU or a named GPU (``target``); ``recalibrate``
+    measures this CPU's rates again (:func:`calibration`)."""
     shape = shell.shape
     fl = flops(shape, work)
     notes = list(shell.notes)
     if target == "cpu":
-        cal = calibration(shape, dtype, work.schemes, log)
+        cal = calibration(shape, dtype, work.schemes, log, refresh=recalibrate)
         mode = predicted_mode(shape.n_params * _bytes(dtype), available_memory())
         mem = memory_terms(shape, work, dtype, shell.stored_dtype, cal["baseline_rss"], mode)
         if mode == "lean":
@@ -836,7 +851,9 @@ def replay_possible(model: torch.nn.Module) -> bool:
     return _base_model(model) is not None and model.get_output_embeddings() is not None  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; HF models define this method
 
 
-def audit_job(config, target: str = "cpu", log: Callable[[str], None] = lambda m: None) -> ModelEstimate:
+def audit_job(
+    config, target: str = "cpu", log: Callable[[str], None] = lambda m: None, recalibrate: bool = False
+) -> ModelEstimate:
     """The estimate of ``quant-disparity audit`` with ``config`` (an :class:`..config.AuditConfig`)."""
     from .audit import quantization_targets, validate
     from .inputs import load_inputs
@@ -855,7 +872,7 @@ def audit_job(config, target: str = "cpu", log: Callable[[str], None] = lambda m
         config.eval.batch_tokens,
         config.eval.score_rows,
     )
-    return estimate_model(shell, work, dtype=config.dtype, target=target, log=log)
+    return estimate_model(shell, work, dtype=config.dtype, target=target, log=log, recalibrate=recalibrate)
 
 
 def _audit_assignment(config, modmap, scheme, quantization_targets, load_plan) -> dict:
@@ -878,7 +895,9 @@ def locate_configs(config, modmap) -> tuple[dict, list[str]]:
     return configs, (["all"] if config.mode == "protect-one" else [])
 
 
-def locate_job(config, target: str = "cpu", log: Callable[[str], None] = lambda m: None) -> ModelEstimate:
+def locate_job(
+    config, target: str = "cpu", log: Callable[[str], None] = lambda m: None, recalibrate: bool = False
+) -> ModelEstimate:
     """The estimate of ``quant-disparity locate`` with ``config`` (a :class:`..locate.LocateConfig`)."""
     from .inputs import load_inputs
     from .locate import validate
@@ -897,7 +916,7 @@ def locate_job(config, target: str = "cpu", log: Callable[[str], None] = lambda 
         config.eval.score_rows,
         replay_possible(shell.lm.model),  # type: ignore[attr-defined]  # a LoadedModel
     )
-    return estimate_model(shell, work, dtype=config.dtype, target=target, log=log)
+    return estimate_model(shell, work, dtype=config.dtype, target=target, log=log, recalibrate=recalibrate)
 
 
 def run_job(
@@ -908,6 +927,7 @@ def run_job(
     dtype: str = "float32",
     target: str = "cpu",
     log: Callable[[str], None] = lambda m: None,
+    recalibrate: bool = False,
 ) -> tuple[list[ModelEstimate], list[str]]:
     """The estimate of ``quant-disparity run SPEC``: per model, the trials the store still lacks."""
     from .experiments import STORE_NAME, default_out
@@ -961,7 +981,8 @@ def run_job(
                 parts[0].largest_quantized = union.largest_quantized
             if shell.lm.info.source in ("config", "hf-hub"):  # type: ignore[attr-defined]  # a LoadedModel
                 shell.notes.append("trial keys need the downloaded weights' commit: stored trials are not subtracted")
-            estimates.append(estimate_model(shell, merge_work(parts), dtype=dtype, target=target, log=log))
+            work = merge_work(parts)
+            estimates.append(estimate_model(shell, work, dtype=dtype, target=target, log=log, recalibrate=recalibrate))
     finally:
         if store is not None:
             store.close()

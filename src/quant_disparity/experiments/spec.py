@@ -155,9 +155,7 @@ class ExperimentSpec:
     calibration_seed: int = 0
 
     def calibration_of(self, trial: TrialSpec) -> Calibration:
-        return Calibration(
-            trial.calibration, trial.calibration_tokens or self.calibration_tokens, self.calibration_seed
-        )
+        return trial_calibration(trial, self.calibration_tokens, self.calibration_seed)
 
     def task_settings(self):
         """The :class:`~quant_disparity.tasks.TaskSettings` of ``[tasks]`` (the item draw uses the spec's seed)."""
@@ -767,6 +765,11 @@ def _validate_groups(groups, corpus: CorpusSelection, loaded, path: str, text: s
     return groups
 
 
+def trial_calibration(trial: TrialSpec, spec_tokens: int, spec_seed: int) -> Calibration:
+    """A trial's calibration set: its entry's own token budget where it has one, else the spec's."""
+    return Calibration(trial.calibration, trial.calibration_tokens or spec_tokens, spec_seed)
+
+
 def _validate_offline(
     trials: list[TrialSpec], corpus: CorpusSelection, path: str, text: str, calibration: dict | None = None
 ):
@@ -788,9 +791,11 @@ def _validate_offline(
             if t.scheme:
                 parse_scheme(t.scheme)
             plan = Plan.parse(t.plan)
-            cal = Calibration(t.calibration,
-                              t.calibration_tokens or calibration.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS),
-                              calibration.get("calibration_seed", 0))  # fmt: skip
+            cal = trial_calibration(
+                t,
+                calibration.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS),
+                calibration.get("calibration_seed", 0),
+            )
             if cal.is_target:
                 raise UserError("calibration 'target' in a spec is a [grid] calibrations entry", 'e.g. t = "target"')
             check_calibration_use(plan_needs_calibration(plan), cal, f"plan {t.plan!r}")
