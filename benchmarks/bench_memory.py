@@ -27,12 +27,20 @@ whose tokenizer it uses), written in bfloat16 as 1 GB safetensors shards, and ru
 reported as a result.
 
     python benchmarks/bench_memory.py --bf16 --synthetic llama-1b --runs audit-bfloat16-lean,locate-bfloat16-lean
+
+``VmHWM`` counts the checkpoint's memory-mapped pages, which are clean and which the kernel takes back when it
+needs the memory (a tensor that the engine replaces is not read again until a restore re-reads it). So each child
+also samples its anonymous memory (``RssAnon``, every 5 ms) — ``anon_above_libraries_over_weights`` — and
+``--limit-over-weights R`` runs each job once more inside a memory cgroup capped at the libraries + R x the
+weights + ``--limit-extra-gib`` (page cache dropped first, so the capped job's reads are charged to it), and
+records whether it completes: the cap, not a reading, says whether the job fits.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,11 +74,20 @@ os.environ["QUANT_DISPARITY_MEMORY"] = job["memory"]
 sys.path.insert(0, sys.argv[2])
 from common import peak_rss_bytes
 import torch, transformers  # noqa: F401
-def rss():
+def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
+def rss():
+    return status("VmRSS")
+import threading
+anon_peak = [0]
+def sample():  # the peak of anonymous memory (VmHWM also counts the checkpoint's clean, reclaimable file pages)
+    while True:
+        anon_peak[0] = max(anon_peak[0], status("RssAnon"))
+        time.sleep(0.005)
 base = peak_rss_bytes()
+base_anon = status("RssAnon")
 from quant_disparity.models import load_model
 cfg = job["config"]
 lm = load_model(cfg["model"], dtype=cfg["dtype"], log=lambda m: None)
@@ -79,6 +96,7 @@ params = {id(p): p for p in lm.model.parameters()}
 weights = sum(p.numel() * p.element_size() for p in params.values())
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak: the job's own from here
 before = rss()
+threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
 if job["kind"] == "audit":
     from quant_disparity.audit import run_audit
@@ -93,21 +111,54 @@ else:
 seconds = time.perf_counter() - t
 print(json.dumps({"baseline_rss": base, "load_peak_rss": load_peak, "rss_before_job": before,
                   "job_peak_rss": peak_rss_bytes(), "weight_bytes": weights, "seconds": round(seconds, 1),
+                  "baseline_anon": base_anon, "job_peak_anon_sampled": max(anon_peak[0], status("RssAnon")),
                   "engine": job["memory"], **extra}))
 """
 
 
-def _child(job: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", STUDY_CHILD, json.dumps(job), str(Path(__file__).resolve().parent)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+CGROUP = Path("/sys/fs/cgroup/memory")  # cgroup v1's memory controller (v2: memory.max; not used here)
+
+
+def _child(job: dict, limit: int | None = None) -> dict:
+    """Run ``job`` in a fresh interpreter; with ``limit``, inside a new memory cgroup capped at ``limit`` bytes
+    (the kernel reclaims page cache to stay under it and kills the job when anonymous memory alone exceeds it:
+    there is no swap on the machines this runs on)."""
+    argv = [sys.executable, "-c", STUDY_CHILD, json.dumps(job), str(Path(__file__).resolve().parent)]
+    if limit is None:
+        out = subprocess.run(argv, check=True, capture_output=True, text=True)
+    else:
+        group = CGROUP / f"bench-memory-{os.getpid()}"
+        group.mkdir()
+        try:
+            (group / "memory.limit_in_bytes").write_text(str(limit))
+            # the checkpoint's pages already cached were charged to whoever read them first: drop them, so the
+            # capped job's own reads are charged to it
+            Path("/proc/sys/vm/drop_caches").write_text("1")
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
+            )
+            verdict = {
+                "limit_bytes": limit,
+                "completed": proc.returncode == 0,
+                "returncode": proc.returncode,
+                "cgroup_max_usage_bytes": int((group / "memory.max_usage_in_bytes").read_text()),
+                "cgroup_failcnt": int((group / "memory.failcnt").read_text()),
+            }
+        finally:
+            group.rmdir()
+        if proc.returncode != 0:
+            return {"limited": verdict}
+        out = proc
     m = json.loads(out.stdout.strip().splitlines()[-1])
+    if limit is not None:
+        m["limited"] = verdict
     m["job_over_weights"] = (m["job_peak_rss"] - m["rss_before_job"]) / m["weight_bytes"]
     m["peak_above_libraries_over_weights"] = (m["job_peak_rss"] - m["baseline_rss"]) / m["weight_bytes"]
     m["job_peak_over_weights"] = m["job_peak_rss"] / m["weight_bytes"]
+    m["anon_above_libraries_over_weights"] = (m["job_peak_anon_sampled"] - m["baseline_anon"]) / m["weight_bytes"]
     return m
 
 
@@ -181,10 +232,22 @@ def _bf16_study(args, name: str) -> None:
         print(
             f"{run}: job peak {m['job_peak_rss'] / 2**30:.2f} GiB = libraries {m['baseline_rss'] / 2**30:.2f} GiB + "
             f"{m['peak_above_libraries_over_weights']:.2f}x the {m['weight_bytes'] / 2**30:.2f} GiB weights "
-            f"(beyond the loaded model: {m['job_over_weights']:.2f}x); load peak "
+            f"(beyond the loaded model: {m['job_over_weights']:.2f}x); anonymous memory "
+            f"{m['anon_above_libraries_over_weights']:.2f}x the weights; load peak "
             f"{m['load_peak_rss'] / 2**30:.2f} GiB; {m['seconds']} s",
             flush=True,
         )
+        if args.limit_over_weights:
+            limit = int(m["baseline_rss"] + args.limit_over_weights * m["weight_bytes"] + args.limit_extra_gib * 2**30)
+            lim = _child({"kind": kind, "config": cfg, "memory": mode}, limit)["limited"]
+            m["limited"] = lim
+            print(
+                f"{run} under a {limit / 2**30:.2f} GiB memory cgroup (libraries + {args.limit_over_weights}x the "
+                f"weights + {args.limit_extra_gib} GiB): {'completed' if lim['completed'] else 'KILLED'} "
+                f"(exit {lim['returncode']}; cgroup peak {lim['cgroup_max_usage_bytes'] / 2**30:.2f} GiB, "
+                f"{lim['cgroup_failcnt']} times at the limit)",
+                flush=True,
+            )
         save(f"memory-bf16-{name}", {"model": name, "runs": got, "complete": False})  # so far
     peaks = {f"{run.replace('-', '_')}_peak_over_weights": got[run]["peak_above_libraries_over_weights"] for run in got}
     if args.synthetic or not {"audit-float32-fast", "audit-bfloat16-lean"} <= set(got):
@@ -233,6 +296,13 @@ def main() -> None:
     ap.add_argument("--locate-tokens", type=int, default=256, help="tokens per language of the --bf16 locate sweep")
     ap.add_argument("--synthetic", choices=sorted(SYNTHETIC), help="--bf16 on a random checkpoint of this shape")
     ap.add_argument("--runs", help="--bf16: comma-separated runs to do (default all)")
+    ap.add_argument(
+        "--limit-over-weights",
+        type=float,
+        help="--bf16: run each job again inside a memory cgroup capped at libraries + this x the weights + "
+        "--limit-extra-gib, and record whether it completes (needs cgroup v1's memory controller, as root)",
+    )
+    ap.add_argument("--limit-extra-gib", type=float, default=0.5, help="activations' allowance of the cap")
     args = ap.parse_args()
     if args.bf16:
         bf16_study(args)

@@ -95,7 +95,18 @@ def table() -> list[str]:
                     + f" GiB peak RSS less {first['baseline_rss'] / 2**30:.2f} GiB interpreter and libraries, "
                     f"{first['weight_bytes'] / 2**30:.2f} GiB weights; "
                     + " vs ".join(f"{r['seconds']:.0f} s" for r in modes.values())
-                    + ")",
+                    + ")"
+                    + "".join(
+                        f"; {m}: anonymous memory {r['anon_above_libraries_over_weights']:.2f}× the weights"
+                        for m, r in modes.items()
+                        if "anon_above_libraries_over_weights" in r
+                    )
+                    + "".join(
+                        f"; {m} {'completes' if r['limited']['completed'] else 'is killed'} under a "
+                        f"{r['limited']['limit_bytes'] / 2**30:.2f} GiB memory cgroup"
+                        for m, r in modes.items()
+                        if "limited" in r
+                    ),
                 )
             )
         agree = b.get("bpb_agreement_bf16_vs_fp32")
