@@ -251,8 +251,9 @@ def _bf16_study(args, name: str) -> None:
         save(f"memory-bf16-{name}", {"model": name, "runs": got, "complete": False})  # so far
     peaks = {f"{run.replace('-', '_')}_peak_over_weights": got[run]["peak_above_libraries_over_weights"] for run in got}
     if args.synthetic or not {"audit-float32-fast", "audit-bfloat16-lean"} <= set(got):
-        for m in got.values():
-            m.pop("bpb", None)  # random weights: memory only
+        if args.synthetic:
+            for m in got.values():
+                m.pop("bpb", None)  # random weights: memory only
         path = save(
             f"memory-bf16-{name}",
             {"model": name, "shape": SYNTHETIC.get(args.synthetic or ""), "complete": True, "runs": got, **peaks},

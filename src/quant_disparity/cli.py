@@ -296,9 +296,7 @@ def _print_estimates(kind: str, estimates, extra=None) -> None:
         out.print(line, markup=False)
 
 
-def _estimate_first(
-    kind: str, cfg, dry_run: bool, estimate_device: str | None, force: bool, recalibrate: bool = False
-) -> bool:
+def _estimate_first(kind: str, cfg, dry_run: bool, estimate_device: str | None, force: bool, recalibrate: bool) -> bool:
     """``--dry-run``: print the estimate and return True. Otherwise refuse a job that does not fit (one line)
     before anything is loaded, unless ``--force``."""
     from . import estimate
